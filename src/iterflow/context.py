@@ -1,0 +1,501 @@
+"""``FlowContext``: the ``ctx`` a flow body receives.
+
+Each call takes its position and cursor key **synchronously, at the call site** (the methods are
+plain functions returning awaitables), asks :mod:`iterflow.replay` what the call means given the
+history, and performs the decision: return a memo, run new work and checkpoint it, or suspend.
+Suspension and drift are ``BaseException``\\ s; if user code swallows one anyway (a bare
+``except:``), the next ``ctx`` call and the end of the body re-raise it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random as _random
+import typing
+import uuid as _uuid
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypeVar, overload
+
+from pydantic import ValidationError
+
+from . import codec, replay
+from .durations import DurationLike, WhenLike, due_at, parse_duration
+from .errors import (
+    FlowDefinitionError,
+    FlowError,
+    NonRetryable,
+    PayloadTooLarge,
+    SignalPayloadInvalid,
+    SignalTimeout,
+    SignalUnknown,
+    StepFailed,
+)
+from .models import RunStatus, SignalRecord, StepKind, StepRecord, StepStatus, TimerRecord
+from .retry import RetryPolicy
+from .store.base import Lease, LeaseLost, Store
+
+__all__ = ["FlowContext", "Interrupt", "Suspended"]
+
+T = TypeVar("T")
+M = TypeVar("M")
+
+logger = logging.getLogger("iterflow.flow")
+
+
+class Interrupt(BaseException):
+    """Ends the attempt. Derives from BaseException so ``except Exception`` cannot swallow it."""
+
+
+class Suspended(Interrupt):
+    """The run waits (sleep, signal, retry backoff); the worker writes ``plan``."""
+
+    def __init__(self, plan: replay.SuspendPlan) -> None:
+        super().__init__(plan.reason)
+        self.plan = plan
+
+
+class Drifted(Interrupt):
+    """The body no longer matches the recorded history."""
+
+    def __init__(self, error: FlowError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@functools.lru_cache(maxsize=1024)
+def _return_type(fn: Callable[..., Any]) -> Any:
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:
+        return Any
+    return hints.get("return", Any)
+
+
+def _step_error(label: str, attempts: int, exc: BaseException) -> FlowError:
+    if isinstance(exc, FlowError):
+        return exc
+    err = StepFailed(
+        f"step {label!r} failed after {attempts} attempt(s): {type(exc).__name__}: {exc}"
+    )
+    err.__cause__ = exc
+    return err
+
+
+class FlowContext:
+    """The durable API of a flow body: ``step``, ``sleep``, ``signal``, ``now``, ``uuid``..."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _uuid.UUID,
+        flow_name: str,
+        attempt: int,
+        store: Store,
+        lease: Lease,
+        history: Sequence[StepRecord],
+        timers: Mapping[str, TimerRecord],
+        inbox: Sequence[SignalRecord],
+        signal_models: Mapping[str, Any],
+        clock: Callable[[], datetime],
+        rng: _random.Random,
+        max_payload_bytes: int,
+        inline_retry_max: timedelta,
+    ) -> None:
+        self.run_id = run_id
+        self.flow_name = flow_name
+        self.attempt = attempt
+        self._store = store
+        self._lease = lease
+        self._cursor = replay.Cursor(history)
+        self._recorded = max((r.position for r in history), default=-1)
+        self._timers = dict(timers)
+        self._inbox = list(inbox)
+        self._signal_models = signal_models
+        self._clock = clock
+        self._rng = rng
+        self._max_payload = max_payload_bytes
+        self._inline_retry_max = inline_retry_max
+        self.interrupted: Interrupt | LeaseLost | None = None
+        self.log = _ReplayQuietLogger(self)
+
+    # -- guards -------------------------------------------------------------------------------
+
+    @property
+    def is_replaying(self) -> bool:
+        """True while the body is re-walking calls already recorded in history."""
+        return self._cursor.position <= self._recorded
+
+    def _check(self) -> None:
+        if self.interrupted is not None:
+            raise self.interrupted
+
+    def _raise(self, exc: Interrupt | LeaseLost) -> typing.NoReturn:
+        self.interrupted = exc
+        raise exc
+
+    def _next(self, kind: StepKind, label: str) -> tuple[replay.Call, StepRecord | None]:
+        self._check()
+        try:
+            return self._cursor.next(kind, label)
+        except FlowError as err:
+            self._raise(Drifted(err))
+
+    async def _checkpoint(
+        self, rec: StepRecord, *, consume_signal: int | None = None, fire_timer: str | None = None
+    ) -> None:
+        try:
+            await self._store.checkpoint(
+                self._lease, rec, consume_signal=consume_signal, fire_timer=fire_timer
+            )
+        except LeaseLost as exc:
+            self._raise(exc)
+        self._cursor.record(rec)
+
+    def check_complete(self) -> None:
+        """Called by the worker when the body returns: pending interrupts and leftover history."""
+        self._check()
+        try:
+            self._cursor.check_complete()
+        except FlowError as err:
+            self._raise(Drifted(err))
+
+    # -- step ---------------------------------------------------------------------------------
+
+    @overload
+    def step(
+        self,
+        label: str,
+        fn: Callable[..., Coroutine[Any, Any, T]],
+        *args: Any,
+        retries: int = 0,
+        backoff: DurationLike | RetryPolicy | None = None,
+        timeout: DurationLike | None = None,
+    ) -> Awaitable[T]: ...
+
+    @overload
+    def step(
+        self,
+        label: str,
+        fn: Callable[..., T],
+        *args: Any,
+        retries: int = 0,
+        backoff: DurationLike | RetryPolicy | None = None,
+        timeout: DurationLike | None = None,
+    ) -> Awaitable[T]: ...
+
+    def step(
+        self,
+        label: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        retries: int = 0,
+        backoff: DurationLike | RetryPolicy | None = None,
+        timeout: DurationLike | None = None,
+    ) -> Awaitable[Any]:
+        """Run ``fn(*args)`` once, durably; on replay return the recorded result.
+
+        The result is stored as JSON (pydantic-encoded, typed by ``fn``'s return annotation) and
+        decoded the same way on the first run and on replays. ``retries`` extra attempts are made
+        with exponential backoff and jitter (``backoff`` is the first wait or a
+        :class:`RetryPolicy`); every attempt is recorded, so a crash never resets the count.
+        """
+        if not isinstance(label, str) or not label:
+            raise FlowDefinitionError("ctx.step needs a non-empty string label")
+        policy = RetryPolicy.of(retries, backoff)
+        limit = parse_duration(timeout) if timeout is not None else None
+        call, memo = self._next(StepKind.STEP, label)
+        return self._run_step(call, memo, fn, args, policy, limit)
+
+    async def _run_step(
+        self,
+        call: replay.Call,
+        memo: StepRecord | None,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        policy: RetryPolicy,
+        timeout: timedelta | None,
+    ) -> Any:
+        from .executor import execute
+
+        self._check()
+        out_type = _return_type(fn)
+        retry_key = f"retry:{call.cursor_key}"
+        fire_timer: str | None = None
+        done = 0
+        if memo is not None:
+            if memo.status is StepStatus.OK:
+                return codec.load(memo.output, out_type)
+            if memo.status is StepStatus.FAILED:
+                raise replay.memo_error(memo)
+            done = memo.attempts
+            timer = self._timers.get(retry_key)
+            if timer is not None:
+                if timer.fire_at > self._clock():
+                    self._raise(
+                        Suspended(
+                            replay.SuspendPlan(
+                                status=RunStatus.RETRYING,
+                                reason="retry",
+                                cursor_key=call.cursor_key,
+                                wake_at=timer.fire_at,
+                                waiting_for=f"timer:{retry_key}",
+                                progress=False,
+                            )
+                        )
+                    )
+                fire_timer = retry_key
+        attempt = done + 1
+        while True:
+            started = self._clock()
+            try:
+                value = await execute(fn, args, timeout)
+                data = codec.dump(value, out_type)
+                codec.check_size(data, self._max_payload, f"result of step {call.label!r}")
+            except Exception as exc:
+                retryable = not isinstance(exc, NonRetryable | PayloadTooLarge)
+                decision = replay.decide_retry(
+                    call,
+                    policy,
+                    attempt,
+                    retryable,
+                    self._rng.random(),
+                    self._clock(),
+                    self._inline_retry_max,
+                )
+                error = _step_error(call.label, attempt, exc)
+                failed = isinstance(decision, replay.Fail)
+                await self._checkpoint(
+                    StepRecord(
+                        position=call.position,
+                        cursor_key=call.cursor_key,
+                        kind=StepKind.STEP,
+                        label=call.label,
+                        status=StepStatus.FAILED if failed else StepStatus.RETRYING,
+                        error=error.to_dict(),
+                        attempts=attempt,
+                        started_at=started,
+                    ),
+                    fire_timer=fire_timer,
+                )
+                fire_timer = None
+                if isinstance(decision, replay.Fail):
+                    raise error from None if error is exc else exc
+                if isinstance(decision, replay.RetryLater):
+                    self._raise(Suspended(decision.plan))
+                await asyncio.sleep(decision.delay.total_seconds())
+                attempt += 1
+                continue
+            await self._checkpoint(
+                StepRecord(
+                    position=call.position,
+                    cursor_key=call.cursor_key,
+                    kind=StepKind.STEP,
+                    label=call.label,
+                    status=StepStatus.OK,
+                    output=data,
+                    attempts=attempt,
+                    started_at=started,
+                ),
+                fire_timer=fire_timer,
+            )
+            return codec.load(data, out_type)
+
+    # -- sleep --------------------------------------------------------------------------------
+
+    def sleep(self, duration: WhenLike, label: str | None = None) -> Awaitable[None]:
+        """Durably wait ``duration`` (``"3d"``, ``timedelta``, seconds) or until a datetime.
+
+        The run leaves memory; a wake-up job scheduled at the due time resumes it.
+        """
+        if isinstance(duration, datetime):
+            due_at(duration, duration)  # validates tz-awareness now, at the call site
+        else:
+            parse_duration(duration)
+        call, memo = self._next(StepKind.SLEEP, label or "")
+        return self._run_sleep(call, memo, duration)
+
+    async def _run_sleep(
+        self, call: replay.Call, memo: StepRecord | None, duration: WhenLike
+    ) -> None:
+        self._check()
+        if memo is not None:
+            return
+        now = self._clock()
+        timer = self._timers.get(call.cursor_key)
+        decision = replay.decide_sleep(call, timer, due_at(duration, now), now)
+        if isinstance(decision, replay.SleepSuspend):
+            self._raise(Suspended(decision.plan))
+        await self._checkpoint(
+            StepRecord(
+                position=call.position,
+                cursor_key=call.cursor_key,
+                kind=StepKind.SLEEP,
+                label=call.label,
+                status=StepStatus.OK,
+                output={"fire_at": (timer.fire_at if timer else now).isoformat()},
+            ),
+            fire_timer=call.cursor_key if timer is not None else None,
+        )
+
+    # -- signal -------------------------------------------------------------------------------
+
+    def signal(
+        self, name: str, model: type[M], *, timeout: DurationLike | None = None
+    ) -> Awaitable[M]:
+        """Wait for the signal ``name`` and return its payload as ``model``.
+
+        Signals are consumed FIFO from the run's inbox, so one sent before the wait is not lost.
+        With ``timeout``, raises :class:`~iterflow.errors.SignalTimeout` (``SIGNAL_TIMEOUT``) when
+        nothing arrives in time; delivery and timeout never both win.
+        """
+        declared = self._signal_models.get(name)
+        if declared is None:
+            raise SignalUnknown(
+                f"flow {self.flow_name!r} does not declare signal {name!r}; add it to "
+                f"signals={{{name!r}: {getattr(model, '__name__', model)}}} when defining the flow"
+            )
+        if declared is not model:
+            raise FlowDefinitionError(
+                f"signal {name!r} is declared with {declared!r} but awaited with {model!r}"
+            )
+        limit = parse_duration(timeout) if timeout is not None else None
+        call, memo = self._next(StepKind.SIGNAL, name)
+        return self._run_signal(call, memo, name, model, limit)
+
+    async def _run_signal(
+        self,
+        call: replay.Call,
+        memo: StepRecord | None,
+        name: str,
+        model: type[M],
+        timeout: timedelta | None,
+    ) -> M:
+        self._check()
+        if memo is not None:
+            if memo.status is StepStatus.OK:
+                return typing.cast(M, codec.load(memo.output, model))
+            raise replay.memo_error(memo)
+        now = self._clock()
+        timer = self._timers.get(call.cursor_key)
+        decision = replay.decide_signal(
+            call, name, self._inbox, timer, now + timeout if timeout else None, now
+        )
+        if isinstance(decision, replay.SignalSuspend):
+            self._raise(Suspended(decision.plan))
+        if isinstance(decision, replay.SignalTimeoutNow):
+            error = SignalTimeout(
+                f"signal {name!r} did not arrive within {timeout or 'its timeout'}"
+                f" (cursor {call.cursor_key})"
+            )
+            await self._checkpoint(
+                self._memo(call, StepKind.SIGNAL, StepStatus.FAILED, error=error.to_dict()),
+                fire_timer=call.cursor_key,
+            )
+            raise error
+        sig = decision.signal
+        self._inbox.remove(sig)
+        try:
+            value = codec.load(sig.payload, model)
+        except ValidationError as exc:
+            error2 = SignalPayloadInvalid(
+                f"buffered signal {name!r} no longer matches {model!r}: "
+                f"{codec.validation_message(exc)}"
+            )
+            await self._checkpoint(
+                self._memo(call, StepKind.SIGNAL, StepStatus.FAILED, error=error2.to_dict()),
+                consume_signal=sig.id,
+                fire_timer=call.cursor_key if timer else None,
+            )
+            raise error2 from exc
+        await self._checkpoint(
+            self._memo(call, StepKind.SIGNAL, StepStatus.OK, output=sig.payload),
+            consume_signal=sig.id,
+            fire_timer=call.cursor_key if timer else None,
+        )
+        return typing.cast(M, value)
+
+    # -- deterministic values -------------------------------------------------------------------
+
+    def now(self) -> Awaitable[datetime]:
+        """The current time, recorded on first run and replayed unchanged."""
+        call, memo = self._next(StepKind.NOW, "")
+        return self._value(call, memo, lambda: self._clock(), datetime)
+
+    def uuid(self) -> Awaitable[_uuid.UUID]:
+        """A random UUID, recorded on first run and replayed unchanged."""
+        call, memo = self._next(StepKind.UUID, "")
+        return self._value(call, memo, _uuid.uuid4, _uuid.UUID)
+
+    def random(self) -> Awaitable[float]:
+        """A float in [0, 1), recorded on first run and replayed unchanged."""
+        call, memo = self._next(StepKind.RANDOM, "")
+        return self._value(call, memo, self._rng.random, float)
+
+    async def _value(
+        self,
+        call: replay.Call,
+        memo: StepRecord | None,
+        make: Callable[[], T],
+        tp: type[T],
+    ) -> T:
+        self._check()
+        if memo is not None:
+            return typing.cast(T, codec.load(memo.output, tp))
+        data = codec.dump(make(), tp)
+        await self._checkpoint(self._memo(call, call.kind, StepStatus.OK, output=data))
+        return typing.cast(T, codec.load(data, tp))
+
+    def _memo(
+        self,
+        call: replay.Call,
+        kind: StepKind,
+        status: StepStatus,
+        *,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+    ) -> StepRecord:
+        return StepRecord(
+            position=call.position,
+            cursor_key=call.cursor_key,
+            kind=kind,
+            label=call.label,
+            status=status,
+            output=output,
+            error=error,
+        )
+
+
+class _ReplayQuietLogger:
+    """``ctx.log``: a logger that stays silent while the body replays recorded calls."""
+
+    def __init__(self, ctx: FlowContext) -> None:
+        self._ctx = ctx
+
+    def _emit(self, level: int, msg: str, *args: Any) -> None:
+        if not self._ctx.is_replaying:
+            logger.log(
+                level,
+                msg,
+                *args,
+                extra={"run_id": str(self._ctx.run_id), "flow": self._ctx.flow_name},
+            )
+
+    def debug(self, msg: str, *args: Any) -> None:
+        """Log at DEBUG unless replaying."""
+        self._emit(logging.DEBUG, msg, *args)
+
+    def info(self, msg: str, *args: Any) -> None:
+        """Log at INFO unless replaying."""
+        self._emit(logging.INFO, msg, *args)
+
+    def warning(self, msg: str, *args: Any) -> None:
+        """Log at WARNING unless replaying."""
+        self._emit(logging.WARNING, msg, *args)
+
+    def error(self, msg: str, *args: Any) -> None:
+        """Log at ERROR unless replaying."""
+        self._emit(logging.ERROR, msg, *args)

@@ -1,0 +1,108 @@
+"""Flow definitions and the registry of flows known to this process."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from pydantic import ValidationError
+
+from . import codec
+from .errors import FlowDefinitionError, InputInvalid, OutputInvalid
+
+if TYPE_CHECKING:
+    from .context import FlowContext
+
+__all__ = ["Body", "FlowDef", "Registry"]
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+Body = Callable[["FlowContext", In], Awaitable[Out]]
+
+_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
+
+
+@dataclass(frozen=True)
+class FlowDef(Generic[In, Out]):
+    """A named, versioned flow: its body and the models of its input, output and signals."""
+
+    name: str
+    version: int
+    input_type: Any
+    output_type: Any
+    body: Callable[[Any, Any], Awaitable[Any]]
+    signals: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise FlowDefinitionError(
+                f"invalid flow name {self.name!r}: use 1-200 letters, digits or _ . : -"
+            )
+        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
+            raise FlowDefinitionError(
+                f"flow {self.name!r}: version must be a positive integer, got {self.version!r}"
+            )
+        for sig in self.signals:
+            if not isinstance(sig, str) or not _NAME.match(sig):
+                raise FlowDefinitionError(f"flow {self.name!r}: invalid signal name {sig!r}")
+
+    @property
+    def key(self) -> str:
+        """``name@version``."""
+        return f"{self.name}@{self.version}"
+
+    def validate_input(self, data: Any) -> In:
+        """Validate (and coerce) an input; raise ``INPUT_INVALID`` with the pydantic details."""
+        try:
+            value: In = codec.load(data, self.input_type)
+        except ValidationError as exc:
+            raise InputInvalid(
+                f"input for flow {self.key} is invalid: {codec.validation_message(exc)}",
+                details={"errors": exc.errors(include_url=False, include_context=False)},
+            ) from exc
+        return value
+
+    def encode_output(self, value: Any) -> Any:
+        """Validate the body's return value against the output model and encode it to JSON."""
+        try:
+            checked = codec.load(value, self.output_type)
+            return codec.dump(checked, self.output_type)
+        except ValidationError as exc:
+            raise OutputInvalid(
+                f"flow {self.key} returned an invalid output: {codec.validation_message(exc)}"
+            ) from exc
+
+    def decode_output(self, data: Any) -> Out:
+        """Decode stored output into the output model."""
+        value: Out = codec.load(data, self.output_type)
+        return value
+
+
+class Registry:
+    """Flows registered in this process, by name and version."""
+
+    def __init__(self) -> None:
+        self._flows: dict[tuple[str, int], FlowDef[Any, Any]] = {}
+
+    def add(self, flow: FlowDef[Any, Any]) -> None:
+        """Register a flow version; registering the same name and version twice is an error."""
+        key = (flow.name, flow.version)
+        if key in self._flows and self._flows[key] is not flow:
+            raise FlowDefinitionError(f"flow {flow.key} is already registered")
+        self._flows[key] = flow
+
+    def get(self, name: str, version: int) -> FlowDef[Any, Any] | None:
+        """The exact version, or None."""
+        return self._flows.get((name, version))
+
+    def latest(self, name: str) -> FlowDef[Any, Any] | None:
+        """The newest registered version of ``name``, or None."""
+        versions = [v for (n, v) in self._flows if n == name]
+        return self._flows[(name, max(versions))] if versions else None
+
+    def all(self) -> list[FlowDef[Any, Any]]:
+        """Every registered flow version."""
+        return list(self._flows.values())

@@ -1,0 +1,478 @@
+"""The engine facade: register flows, start runs, deliver signals, retry, inspect, wait."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from . import codec
+from .definition import FlowDef, Registry
+from .durations import DurationLike, parse_duration
+from .errors import (
+    ConfigInvalid,
+    FlowError,
+    FlowUnknown,
+    InputInvalid,
+    ResultTimeout,
+    RunNotFound,
+    SignalPayloadInvalid,
+    SignalUnknown,
+)
+from .models import (
+    NewRun,
+    RetryResult,
+    RunDetail,
+    RunRecord,
+    RunStatus,
+    SignalResult,
+    StartResult,
+)
+from .notify import TerminalListener
+from .queue import TASK_NAME
+from .reconciler import Reconciler, ReconcileReport
+from .settings import Settings
+from .store.postgres import TERMINAL_CHANNEL, PostgresStore
+from .urls import asyncpg_url, libpq_url
+from .worker import Worker
+
+if TYPE_CHECKING:
+    from .context import FlowContext
+    from .embedded import EmbeddedPostgres
+
+__all__ = ["Engine", "FlowHandle"]
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+logger = logging.getLogger(__name__)
+
+_MAX_KEY = 200
+
+
+class FlowHandle(Generic[In, Out]):
+    """A typed handle on a registered flow: ``start`` runs, wait for their ``result``."""
+
+    def __init__(self, engine: Engine, definition: FlowDef[In, Out]) -> None:
+        self.engine = engine
+        self.definition = definition
+
+    @property
+    def name(self) -> str:
+        """The flow's name."""
+        return self.definition.name
+
+    @property
+    def version(self) -> int:
+        """The flow's version."""
+        return self.definition.version
+
+    async def start(
+        self,
+        input: In | Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        tags: Iterable[str] = (),
+        delay: DurationLike | None = None,
+        priority: int = 0,
+        conn: Any = None,
+    ) -> StartResult:
+        """Start a run. Input is validated before anything is written (``INPUT_INVALID``).
+
+        One transaction writes the run, its ``started`` event and its wake-up job; ``conn`` (a
+        SQLAlchemy ``AsyncConnection`` in a transaction) joins the caller's transaction, so the
+        run exists only if the caller commits. A repeated ``idempotency_key`` returns the
+        existing run (``created=False``).
+        """
+        return await self.engine._start(
+            self.definition,
+            input,
+            idempotency_key=idempotency_key,
+            tags=tags,
+            delay=delay,
+            priority=priority,
+            conn=conn,
+        )
+
+    async def result(self, run_id: uuid.UUID | str, *, timeout: float | None = None) -> Out:
+        """Wait for the run to finish and return its output as the flow's output model.
+
+        Raises the run's :class:`FlowError` (code preserved) if it failed or was canceled, and
+        ``RESULT_TIMEOUT`` if ``timeout`` seconds pass first.
+        """
+        run = await self.engine.wait(run_id, timeout=timeout)
+        return self.definition.decode_output(run.output)
+
+
+class Engine:
+    """Durable flows on PostgreSQL. Use as ``async with Engine(url) as engine: ...``.
+
+    With no ``database_url`` an embedded PostgreSQL is started in ``settings.data_dir``.
+    """
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        **overrides: Any,
+    ) -> None:
+        base = settings or Settings()
+        if database_url is not None:
+            overrides["database_url"] = database_url
+        try:
+            self.settings = base.model_copy(update=overrides) if overrides else base
+            Settings.model_validate(self.settings.model_dump())
+        except ValidationError as exc:
+            raise ConfigInvalid(
+                f"invalid engine settings: {codec.validation_message(exc)}"
+            ) from exc
+        self.registry = Registry()
+        self._url: str | None = None
+        self._sa: AsyncEngine | None = None
+        self._store: PostgresStore | None = None
+        self._worker: Worker | None = None
+        self._listener: TerminalListener | None = None
+        self._embedded: EmbeddedPostgres | None = None
+        self._worker_tasks: list[asyncio.Task[None]] = []
+        self._reconciler: Reconciler | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Engine:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def database_url(self) -> str:
+        """The URL in use (available once open)."""
+        if self._url is None:
+            raise ConfigInvalid("the engine is not open; use `async with Engine(...)`")
+        return self._url
+
+    async def open(self) -> None:
+        """Start the embedded server if needed and create the connection pool."""
+        if self._sa is not None:
+            return
+        url = self.settings.database_url
+        if url is None:
+            from .embedded import EmbeddedPostgres
+
+            self._embedded = EmbeddedPostgres(self.settings.data_dir / "pgdata")
+            url = await asyncio.to_thread(self._embedded.start)
+        self._url = url
+        self._sa = create_async_engine(
+            asyncpg_url(url),
+            pool_size=self.settings.pool_size,
+            max_overflow=self.settings.pool_size,
+            pool_pre_ping=False,
+        )
+        self._store = PostgresStore(
+            self._sa, schema=self.settings.db_schema, queue=self.settings.queue_name
+        )
+        self._worker = Worker(self._store, self.registry, self.settings)
+        self._reconciler = Reconciler(self._store, batch=self.settings.reconcile_batch)
+
+        async def connect() -> Any:
+            import asyncpg
+
+            return await asyncpg.connect(libpq_url(url))
+
+        self._listener = TerminalListener(connect, TERMINAL_CHANNEL)
+
+    async def close(self) -> None:
+        """Stop workers and the listener, dispose the pool, release the embedded server."""
+        for task in self._worker_tasks:
+            task.cancel()
+        for task in self._worker_tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._worker_tasks.clear()
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+        if self._sa is not None:
+            await self._sa.dispose()
+            self._sa = None
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
+            self._embedded = None
+
+    async def migrate(self) -> None:
+        """Install or upgrade iterflow's tables (what ``flowctl migrate`` does)."""
+        from .migrate import run_migrations
+
+        await asyncio.to_thread(run_migrations, self.database_url, schema=self.settings.db_schema)
+
+    @property
+    def store(self) -> PostgresStore:
+        """The store (open engines only)."""
+        if self._store is None:
+            raise ConfigInvalid("the engine is not open; use `async with Engine(...)`")
+        return self._store
+
+    @property
+    def sqlalchemy_engine(self) -> AsyncEngine:
+        """The SQLAlchemy engine, e.g. to open a connection for ``start(..., conn=)``."""
+        if self._sa is None:
+            raise ConfigInvalid("the engine is not open; use `async with Engine(...)`")
+        return self._sa
+
+    @property
+    def worker(self) -> Worker:
+        """The attempt loop (open engines only)."""
+        if self._worker is None:
+            raise ConfigInvalid("the engine is not open; use `async with Engine(...)`")
+        return self._worker
+
+    # -- definition ---------------------------------------------------------------------------
+
+    def flow(
+        self,
+        name: str,
+        *,
+        version: int = 1,
+        input: type[In],
+        output: type[Out],
+        signals: Mapping[str, type[Any]] | None = None,
+    ) -> Callable[[Callable[[FlowContext, In], Awaitable[Out]]], FlowHandle[In, Out]]:
+        """Register ``async def body(ctx, input) -> output`` as flow ``name`` at ``version``.
+
+        Every signal the body waits for must be declared in ``signals`` so that
+        ``engine.signal`` can validate payloads before storing them.
+        """
+
+        def register(body: Callable[[FlowContext, In], Awaitable[Out]]) -> FlowHandle[In, Out]:
+            definition: FlowDef[In, Out] = FlowDef(
+                name=name,
+                version=version,
+                input_type=input,
+                output_type=output,
+                body=cast(Callable[[Any, Any], Awaitable[Any]], body),
+                signals=dict(signals or {}),
+            )
+            return self.register(definition)
+
+        return register
+
+    def register(self, definition: FlowDef[In, Out]) -> FlowHandle[In, Out]:
+        """Register a flow definition and return its typed handle."""
+        self.registry.add(definition)
+        return FlowHandle(self, definition)
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    async def _start(
+        self,
+        flow: FlowDef[Any, Any],
+        input: Any,
+        *,
+        idempotency_key: str | None,
+        tags: Iterable[str],
+        delay: DurationLike | None,
+        priority: int,
+        conn: Any,
+    ) -> StartResult:
+        value = flow.validate_input(input)
+        data = codec.dump(value, flow.input_type)
+        codec.check_size(data, self.settings.max_payload_bytes, f"input of flow {flow.key}")
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= _MAX_KEY
+        ):
+            raise InputInvalid(f"idempotency_key must be a string of 1-{_MAX_KEY} characters")
+        tag_list = tuple(tags)
+        if any(not isinstance(t, str) or not t for t in tag_list):
+            raise InputInvalid("tags must be non-empty strings")
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise InputInvalid("priority must be an integer")
+        wake_at = datetime.now(UTC) + parse_duration(delay) if delay is not None else None
+        return await self.store.create_run(
+            NewRun(
+                id=uuid.uuid4(),
+                name=flow.name,
+                version=flow.version,
+                input=data,
+                idempotency_key=idempotency_key,
+                tags=tag_list,
+                priority=priority,
+                wake_at=wake_at,
+            ),
+            conn=conn,
+        )
+
+    async def signal(
+        self,
+        run_id: uuid.UUID | str,
+        name: str,
+        payload: Any,
+        *,
+        idempotency_key: str | None = None,
+    ) -> SignalResult:
+        """Deliver signal ``name`` to a run (what a webhook handler calls).
+
+        The payload is validated against the model the flow declares for ``name`` before
+        anything is stored. Returns ``delivered``, ``buffered``, ``duplicate``, ``not_found`` or
+        ``closed``; invalid input raises a :class:`FlowError` and writes nothing.
+        """
+        rid = _run_id(run_id)
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= _MAX_KEY
+        ):
+            raise InputInvalid(f"idempotency_key must be a string of 1-{_MAX_KEY} characters")
+        run = await self.store.get_run(rid)
+        if run is None:
+            return SignalResult("not_found")
+        flow = self.registry.get(run.name, run.version)
+        if flow is None:
+            raise FlowUnknown(
+                f"flow {run.name}@{run.version} of run {rid} is not registered in this process; "
+                "register it to validate its signals"
+            )
+        model = flow.signals.get(name)
+        if model is None:
+            known = ", ".join(sorted(flow.signals)) or "none"
+            raise SignalUnknown(f"flow {flow.key} declares no signal {name!r} (declared: {known})")
+        try:
+            data = codec.dump(codec.load(payload, model), model)
+        except ValidationError as exc:
+            raise SignalPayloadInvalid(
+                f"payload for signal {name!r} is invalid: {codec.validation_message(exc)}",
+                details={"errors": exc.errors(include_url=False, include_context=False)},
+            ) from exc
+        codec.check_size(data, self.settings.max_payload_bytes, f"signal {name!r} payload")
+        return await self.store.deliver_signal(rid, name, data, idempotency_key)
+
+    async def retry(self, run_id: uuid.UUID | str) -> RetryResult:
+        """Replay a failed run in place from its failed step (same id; ok steps kept)."""
+        return await self.store.retry(_run_id(run_id))
+
+    async def status(self, run_id: uuid.UUID | str) -> RunDetail:
+        """The run row with its steps, signals, timers and events (``RUN_NOT_FOUND`` if none)."""
+        rid = _run_id(run_id)
+        detail = await self.store.detail(rid)
+        if detail is None:
+            raise RunNotFound(f"no run {rid}")
+        return detail
+
+    async def wait(self, run_id: uuid.UUID | str, *, timeout: float | None = None) -> RunRecord:
+        """Wait until the run is terminal; return it, or raise its error if not ``done``."""
+        rid = _run_id(run_id)
+        if self._listener is None:
+            raise ConfigInvalid("the engine is not open; use `async with Engine(...)`")
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        event = self._listener.subscribe(str(rid))
+        delay = 0.02
+        try:
+            while True:
+                run = await self.store.get_run(rid)
+                if run is None:
+                    raise RunNotFound(f"no run {rid}")
+                if run.is_terminal:
+                    break
+                wait_for = self.settings.result_poll_max_seconds
+                wait_for = min(delay, wait_for)
+                if deadline is not None:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        raise ResultTimeout(
+                            f"run {rid} is still {run.status.value} after {timeout}s; it goes "
+                            "on running, call result() again to keep waiting"
+                        )
+                    wait_for = min(wait_for, remaining)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), wait_for)
+                event.clear()
+                delay *= 2
+        finally:
+            self._listener.unsubscribe(str(rid), event)
+        if run.status is RunStatus.DONE:
+            return run
+        raise FlowError.from_dict(run.error or {"code": "RUN_CANCELED", "message": "canceled"})
+
+    async def result(self, run_id: uuid.UUID | str, *, timeout: float | None = None) -> Any:
+        """The run's output decoded with its flow's output model (untyped; prefer the handle)."""
+        run = await self.wait(run_id, timeout=timeout)
+        flow = self.registry.get(run.name, run.version)
+        return run.output if flow is None else flow.decode_output(run.output)
+
+    async def reconcile(self) -> ReconcileReport:
+        """Run one reconciler sweep now (workers also run it periodically)."""
+        if self._reconciler is None:
+            raise ConfigInvalid("the engine is not open; use `async with Engine(...)`")
+        return await self._reconciler.sweep()
+
+    # -- workers ------------------------------------------------------------------------------
+
+    async def listen(self, *, concurrency: int = 4) -> None:
+        """Start an in-process worker in the background; it stops when the engine closes."""
+        task = asyncio.create_task(self.run_worker(concurrency=concurrency), name="iterflow-worker")
+        self._worker_tasks.append(task)
+        await asyncio.sleep(0)
+
+    async def run_worker(self, *, concurrency: int = 4) -> None:
+        """Run a procrastinate worker executing wake-ups until cancelled."""
+        import procrastinate
+
+        if concurrency < 1:
+            raise ConfigInvalid("concurrency must be at least 1")
+        worker = self.worker
+        app = procrastinate.App(
+            connector=procrastinate.PsycopgConnector(
+                conninfo=libpq_url(self.database_url),
+                min_size=1,
+                max_size=concurrency + 2,
+            )
+        )
+
+        @app.task(name=TASK_NAME, queue=self.settings.queue_name, pass_context=False)
+        async def advance(run_id: str) -> None:
+            try:
+                await worker.advance(uuid.UUID(run_id))
+            except FlowError as exc:
+                logger.error("attempt on run %s failed: %s", run_id, exc)
+
+        every = self.settings.reconcile_every_seconds
+
+        @app.periodic(cron=f"*/{every} * * * * *", periodic_id=self.settings.queue_name)
+        @app.task(
+            name=f"iterflow.reconcile.{self.settings.db_schema}",
+            queue=self.settings.queue_name,
+            queueing_lock=f"iterflow.reconcile.{self.settings.db_schema}",
+            pass_context=False,
+        )
+        async def reconcile(timestamp: int) -> None:
+            try:
+                await self.reconcile()
+            except FlowError as exc:
+                logger.warning("reconciler sweep failed: %s", exc)
+
+        async with app.open_async():
+            await app.run_worker_async(
+                queues=[self.settings.queue_name],
+                concurrency=concurrency,
+                wait=True,
+                fetch_job_polling_interval=self.settings.worker_poll_interval,
+                install_signal_handlers=False,
+                delete_jobs="successful",
+                shutdown_graceful_timeout=5.0,
+            )
+
+
+def _run_id(value: uuid.UUID | str) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError as exc:
+        raise InputInvalid(f"run id {value!r} is not a UUID") from exc

@@ -1,0 +1,231 @@
+"""Frozen records and statuses shared by every layer."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+__all__ = [
+    "LIVE_STATUSES",
+    "RESUMABLE_STATUSES",
+    "TERMINAL_STATUSES",
+    "CancelResult",
+    "EventRecord",
+    "RetryResult",
+    "RunDetail",
+    "RunRecord",
+    "RunStatus",
+    "SignalRecord",
+    "SignalResult",
+    "StartResult",
+    "StepKind",
+    "StepRecord",
+    "StepStatus",
+    "TimerRecord",
+]
+
+
+class RunStatus(StrEnum):
+    """Lifecycle of a run. ``done``, ``failed`` and ``canceled`` are terminal."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SLEEPING = "sleeping"
+    AWAITING_SIGNAL = "awaiting_signal"
+    AWAITING_CHILD = "awaiting_child"
+    RETRYING = "retrying"
+    PARKED = "parked"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+TERMINAL_STATUSES: frozenset[RunStatus] = frozenset(
+    {RunStatus.DONE, RunStatus.FAILED, RunStatus.CANCELED}
+)
+#: Statuses a wake-up may claim (``running`` only once its lease has expired).
+RESUMABLE_STATUSES: frozenset[RunStatus] = frozenset(
+    {
+        RunStatus.PENDING,
+        RunStatus.SLEEPING,
+        RunStatus.AWAITING_SIGNAL,
+        RunStatus.AWAITING_CHILD,
+        RunStatus.RETRYING,
+    }
+)
+LIVE_STATUSES: frozenset[RunStatus] = frozenset(set(RunStatus) - TERMINAL_STATUSES)
+
+
+class StepKind(StrEnum):
+    """What kind of ``ctx`` call produced a memo row."""
+
+    STEP = "step"
+    SLEEP = "sleep"
+    SIGNAL = "signal"
+    INVOKE = "invoke"
+    NOW = "now"
+    UUID = "uuid"
+    RANDOM = "random"
+    PATCH = "patch"
+
+
+class StepStatus(StrEnum):
+    """Outcome recorded for one cursor key."""
+
+    OK = "ok"
+    FAILED = "failed"
+    RETRYING = "retrying"
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One row of ``runs``."""
+
+    id: uuid.UUID
+    name: str
+    version: int
+    status: RunStatus
+    input: Any
+    output: Any
+    error: dict[str, Any] | None
+    idempotency_key: str | None
+    parent_run_id: uuid.UUID | None
+    parent_cursor_key: str | None
+    tags: tuple[str, ...]
+    priority: int
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    attempts: int
+    stalled_claims: int
+    waiting_for: str | None
+    wake_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    seq: int
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the run is done, failed or canceled."""
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """One memo row of ``steps``: the recorded outcome of one cursor key."""
+
+    position: int
+    cursor_key: str
+    kind: StepKind
+    label: str
+    status: StepStatus
+    output: Any = None
+    error: dict[str, Any] | None = None
+    attempts: int = 1
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TimerRecord:
+    """One row of ``timers``: a pinned due time for a sleep, a timeout or a retry backoff."""
+
+    cursor_key: str
+    fire_at: datetime
+    fired_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SignalRecord:
+    """One message of a run's signal inbox."""
+
+    id: int
+    name: str
+    payload: Any
+    idempotency_key: str | None
+    received_at: datetime
+    consumed_by: str | None = None
+    consumed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One run-level transition for the timeline."""
+
+    id: int
+    type: str
+    cursor_key: str | None
+    data: Any
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RunDetail:
+    """Everything ``engine.status(run_id)`` knows about a run."""
+
+    run: RunRecord
+    steps: tuple[StepRecord, ...] = ()
+    signals: tuple[SignalRecord, ...] = ()
+    timers: tuple[TimerRecord, ...] = ()
+    events: tuple[EventRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StartResult:
+    """What ``handle.start`` returns. ``created`` is False when an idempotency key matched."""
+
+    run_id: uuid.UUID
+    created: bool
+    status: RunStatus
+
+
+@dataclass(frozen=True, slots=True)
+class SignalResult:
+    """What ``engine.signal`` returns.
+
+    * ``delivered``: the run was waiting for this signal and has been woken.
+    * ``buffered``: stored in the run's inbox; consumed by its next wait for this name.
+    * ``duplicate``: a signal with the same idempotency key was already received.
+    * ``not_found``: no run with that id.
+    * ``closed``: the run is terminal; nothing was stored.
+    """
+
+    kind: Literal["delivered", "buffered", "duplicate", "not_found", "closed"]
+    signal_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryResult:
+    """What ``engine.retry`` returns: ``queued``, ``missing`` or ``not_failed``."""
+
+    kind: Literal["queued", "missing", "not_failed"]
+    status: RunStatus | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    """What ``engine.cancel`` returns: ``canceled``, ``not_found`` or ``already_terminal``."""
+
+    kind: Literal["canceled", "not_found", "already_terminal"]
+    status: RunStatus | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """A run to insert (built by the engine after validation)."""
+
+    id: uuid.UUID
+    name: str
+    version: int
+    input: Any
+    idempotency_key: str | None = None
+    tags: tuple[str, ...] = ()
+    priority: int = 0
+    wake_at: datetime | None = None
+    parent_run_id: uuid.UUID | None = None
+    parent_cursor_key: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)

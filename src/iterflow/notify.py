@@ -1,0 +1,116 @@
+"""One shared, self-reconnecting LISTEN connection per engine for terminal-run notifications.
+
+NOTIFY is a latency hint only: callers of ``handle.result`` also poll with backoff, so a
+notification lost while the connection was down costs latency, never correctness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+__all__ = ["TerminalListener"]
+
+logger = logging.getLogger(__name__)
+
+
+class TerminalListener:
+    """Keeps ``LISTEN <channel>`` alive and wakes the waiters of the notified run ids."""
+
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[Any]],
+        channel: str,
+        *,
+        health_interval: float = 2.0,
+    ) -> None:
+        self._connect = connect
+        self._channel = channel
+        self._health_interval = health_interval
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._conn: Any = None
+        self.connected = asyncio.Event()
+        self.reconnects = 0
+
+    def subscribe(self, run_id: str) -> asyncio.Event:
+        """An event set whenever ``run_id`` is notified (or the listener reconnects)."""
+        self._ensure_started()
+        event = asyncio.Event()
+        self._waiters.setdefault(run_id, set()).add(event)
+        return event
+
+    def unsubscribe(self, run_id: str, event: asyncio.Event) -> None:
+        """Forget a waiter."""
+        events = self._waiters.get(run_id)
+        if events is not None:
+            events.discard(event)
+            if not events:
+                del self._waiters[run_id]
+
+    def _ensure_started(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="iterflow-listener")
+
+    async def close(self) -> None:
+        """Stop listening and close the connection."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        for event in self._waiters.get(payload, ()):
+            event.set()
+
+    def _wake_all(self) -> None:
+        for events in self._waiters.values():
+            for event in events:
+                event.set()
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            conn: Any = None
+            try:
+                conn = await self._connect()
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(self._channel, self._on_notify)
+                self._conn = conn
+                self.connected.set()
+                if failures or self.reconnects:
+                    self._wake_all()  # anything may have finished while we were away
+                failures = 0
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), self._health_interval)
+                    if not lost.is_set():
+                        await asyncio.wait_for(conn.execute("SELECT 1"), self._health_interval)
+            except asyncio.CancelledError:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 1.0)
+                raise
+            except Exception as exc:
+                logger.warning("notification listener lost its connection: %s", exc)
+            self.connected.clear()
+            self._conn = None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.terminate()
+            failures += 1
+            self.reconnects += 1
+            delay = min(5.0, 0.05 * 2 ** min(failures, 7)) * (0.5 + random.random() / 2)
+            await asyncio.sleep(delay)
+
+    async def backend_pid(self) -> int | None:
+        """The server pid of the LISTEN connection (for fault-injection tests)."""
+        await asyncio.wait_for(self.connected.wait(), 10)
+        conn = self._conn
+        return None if conn is None else int(conn.get_server_pid())

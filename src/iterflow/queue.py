@@ -1,0 +1,44 @@
+"""Wake-up jobs in procrastinate's queue, written with plain SQL inside our own transactions.
+
+The job for a run has ``lock = run_id`` (one attempt per run at a time) and
+``queueing_lock = run_id`` (one queued wake-up per run). A second wake-up for the same run merges
+into the queued one and keeps the **earliest** due time; it never aborts the transaction. The
+engine owns retries and timers, so procrastinate's own retry is never used for this task.
+"""
+
+from __future__ import annotations
+
+__all__ = ["TASK_NAME", "wake_insert_sql"]
+
+#: The procrastinate task every wake-up job runs.
+TASK_NAME = "iterflow.advance"
+
+
+def wake_insert_sql(
+    source: str,
+    run_id_expr: str = "id",
+    *,
+    wake_at: str = ":wake_at",
+    priority: str = ":priority",
+) -> str:
+    """An ``INSERT ... SELECT`` of one wake-up job per row of ``source`` (a CTE or table).
+
+    Bind parameters: ``:queue`` (text); ``wake_at`` (a timestamptz expression, NULL = now) and
+    ``priority`` (an integer expression) default to the parameters ``:wake_at``/``:priority``.
+    """
+    rid = f"({run_id_expr})::text"
+    return f"""
+        INSERT INTO procrastinate_jobs
+            (queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at)
+        SELECT CAST(:queue AS varchar), '{TASK_NAME}', CAST({priority} AS integer), {rid}, {rid},
+               jsonb_build_object('run_id', {rid}), CAST({wake_at} AS timestamptz)
+        FROM {source}
+        ON CONFLICT (queueing_lock) WHERE status = 'todo'
+        DO UPDATE SET
+            scheduled_at = CASE
+                WHEN procrastinate_jobs.scheduled_at IS NULL OR EXCLUDED.scheduled_at IS NULL
+                THEN NULL
+                ELSE LEAST(procrastinate_jobs.scheduled_at, EXCLUDED.scheduled_at)
+            END,
+            priority = GREATEST(procrastinate_jobs.priority, EXCLUDED.priority)
+        RETURNING id"""

@@ -1,0 +1,74 @@
+"""One frozen, documented configuration object, passed explicitly to ``Engine``.
+
+The library never reads environment variables; ``flowctl`` does (``ITERFLOW_DATABASE_URL`` or
+``DATABASE_URL``) and passes the result here.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["Settings"]
+
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class Settings(BaseModel):
+    """Engine configuration. Every field has a safe default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL. None starts the embedded server in ``data_dir``.",
+    )
+    db_schema: str = Field(default="iterflow", description="Schema holding iterflow's tables.")
+    data_dir: Path = Field(
+        default=Path(".iterflow"), description="Where the embedded PostgreSQL keeps its data."
+    )
+    lease_seconds: float = Field(
+        default=30.0, gt=0, description="How long a claim is owned without renewal."
+    )
+    max_stalled_claims: int = Field(
+        default=10, ge=1, description="Claims without progress before RUN_ATTEMPTS_EXHAUSTED."
+    )
+    max_payload_bytes: int = Field(
+        default=1_000_000, ge=1, description="Cap on inputs, outputs, step results and signals."
+    )
+    pool_size: int = Field(default=10, ge=1, description="SQLAlchemy pool size (asyncpg).")
+    worker_poll_interval: float = Field(
+        default=0.5,
+        gt=0,
+        le=1.0,
+        description="Worker fetch polling; bounds timer lateness (scheduled jobs never NOTIFY).",
+    )
+    inline_retry_max_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="Step-retry backoffs up to this wait in process; longer ones suspend the run.",
+    )
+    reconcile_every_seconds: int = Field(
+        default=5,
+        ge=1,
+        le=59,
+        description="How often the reconciler sweeps (a procrastinate periodic task).",
+    )
+    reconcile_batch: int = Field(default=500, ge=1, description="Runs per reconciler batch.")
+    result_poll_max_seconds: float = Field(
+        default=1.0, gt=0, description="Upper bound of handle.result's polling floor."
+    )
+
+    @field_validator("db_schema")
+    @classmethod
+    def _check_schema(cls, value: str) -> str:
+        if not _IDENT.match(value):
+            raise ValueError("db_schema must be a lowercase SQL identifier, e.g. 'iterflow'")
+        return value
+
+    @property
+    def queue_name(self) -> str:
+        """The procrastinate queue used for this schema's wake-ups."""
+        return f"iterflow.{self.db_schema}"

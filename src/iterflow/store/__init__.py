@@ -1,0 +1,1 @@
+"""Storage: a Protocol (``base``), the tables (``schema``) and the PostgreSQL adapter."""

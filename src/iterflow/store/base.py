@@ -1,0 +1,119 @@
+"""The storage Protocol every store implements (PostgreSQL, in-memory)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from ..models import (
+    NewRun,
+    RetryResult,
+    RunDetail,
+    RunRecord,
+    RunStatus,
+    SignalRecord,
+    SignalResult,
+    StartResult,
+    StepRecord,
+    TimerRecord,
+)
+from ..replay import SuspendPlan
+
+__all__ = ["Claim", "Lease", "LeaseLost", "Store"]
+
+
+class LeaseLost(BaseException):
+    """This attempt no longer owns the run (lease expired and another worker claimed it, or the
+    run was canceled). The attempt must stop without writing anything else."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Proof of ownership of one run for one attempt; every write is fenced by ``token``."""
+
+    run_id: uuid.UUID
+    token: uuid.UUID
+    owner: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A claimed run with everything replay needs, loaded in one round trip."""
+
+    run: RunRecord
+    lease: Lease
+    history: Sequence[StepRecord]
+    timers: Mapping[str, TimerRecord]
+    inbox: Sequence[SignalRecord]
+    db_now: datetime
+
+
+class Store(Protocol):
+    """Durable state of runs. Every status change is compare-and-set."""
+
+    async def create_run(self, run: NewRun, *, conn: Any = None) -> StartResult:
+        """Insert the run, its ``started`` event and its wake-up in one transaction.
+
+        With ``conn``, join the caller's transaction. An existing idempotency key returns the
+        existing run with ``created=False`` and writes nothing.
+        """
+        ...
+
+    async def claim(self, run_id: uuid.UUID, owner: str, lease_seconds: float) -> Claim | None:
+        """Take the run if it is resumable (or running with an expired lease)."""
+        ...
+
+    async def renew(self, lease: Lease) -> None:
+        """Extend the lease; raise :class:`LeaseLost` if it is gone."""
+        ...
+
+    async def checkpoint(
+        self,
+        lease: Lease,
+        record: StepRecord,
+        *,
+        consume_signal: int | None = None,
+        fire_timer: str | None = None,
+    ) -> None:
+        """Write one memo row (and its side marks) in one fenced transaction."""
+        ...
+
+    async def suspend(self, lease: Lease, plan: SuspendPlan) -> None:
+        """End the attempt: status, timer, event and wake-up in one fenced transaction."""
+        ...
+
+    async def finish(
+        self, lease: Lease, status: RunStatus, output: Any, error: dict[str, Any] | None
+    ) -> None:
+        """Terminal write: status, output or error, event and NOTIFY in one transaction."""
+        ...
+
+    async def fail_unclaimed(self, lease: Lease, error: dict[str, Any]) -> None:
+        """Fail a claimed run before its body ran (unknown flow, bad stored input...)."""
+        ...
+
+    async def deliver_signal(
+        self, run_id: uuid.UUID, name: str, payload: Any, idempotency_key: str | None
+    ) -> SignalResult:
+        """Put a signal in the run's inbox, waking the run if it waits for it."""
+        ...
+
+    async def retry(self, run_id: uuid.UUID) -> RetryResult:
+        """Reset a failed run so it replays from its failed step."""
+        ...
+
+    async def recover_expired(self, limit: int) -> int:
+        """Re-drive up to ``limit`` runs whose lease expired; return how many."""
+        ...
+
+    async def get_run(self, run_id: uuid.UUID) -> RunRecord | None:
+        """One run row."""
+        ...
+
+    async def detail(self, run_id: uuid.UUID) -> RunDetail | None:
+        """A run with its steps, signals, timers and events."""
+        ...

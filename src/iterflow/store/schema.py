@@ -1,0 +1,194 @@
+"""The iterflow tables as SQLAlchemy Core objects.
+
+This module is the single source of truth for the schema: alembic revisions are checked against
+it (``tests/integration/test_migrations.py``) and ``flowctl generate-schema`` renders it. Tables
+are declared in the placeholder schema ``iterflow``; the engine maps it to the configured schema
+with ``schema_translate_map``.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+__all__ = [
+    "DEFAULT_SCHEMA",
+    "LIVE_STATUS_SQL",
+    "events",
+    "metadata",
+    "runs",
+    "signals",
+    "steps",
+    "timers",
+    "translate_map",
+]
+
+DEFAULT_SCHEMA = "iterflow"
+
+metadata = sa.MetaData(
+    schema=DEFAULT_SCHEMA,
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    },
+)
+
+_RUN_STATUSES = (
+    "pending",
+    "running",
+    "sleeping",
+    "awaiting_signal",
+    "awaiting_child",
+    "retrying",
+    "parked",
+    "done",
+    "failed",
+    "canceled",
+)
+LIVE_STATUS_SQL = (
+    "status IN ('pending', 'running', 'sleeping', 'awaiting_signal', 'awaiting_child', "
+    "'retrying', 'parked')"
+)
+
+_now = sa.text("now()")
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("seq", sa.BigInteger, sa.Identity(always=True), nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("status", sa.Text, nullable=False, server_default="pending"),
+    sa.Column("input", pg.JSONB, nullable=False),
+    sa.Column("output", pg.JSONB),
+    sa.Column("error", pg.JSONB),
+    sa.Column("idempotency_key", sa.Text),
+    sa.Column("parent_run_id", pg.UUID(as_uuid=True)),
+    sa.Column("parent_cursor_key", sa.Text),
+    sa.Column("tags", pg.ARRAY(sa.Text), nullable=False, server_default="{}"),
+    sa.Column("meta", pg.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("lease_token", pg.UUID(as_uuid=True)),
+    sa.Column("lease_owner", sa.Text),
+    sa.Column("lease_expires_at", sa.DateTime(timezone=True)),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("stalled_claims", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("waiting_for", sa.Text),
+    sa.Column("wake_at", sa.DateTime(timezone=True)),
+    sa.Column("deadline_at", sa.DateTime(timezone=True)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.CheckConstraint(
+        "status IN (" + ", ".join(f"'{s}'" for s in _RUN_STATUSES) + ")", name="status"
+    ),
+    sa.Index(
+        "ix_runs_name_idempotency_key",
+        "name",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+    ),
+    sa.Index(
+        "ix_runs_status_wake_at", "status", "wake_at", postgresql_where=sa.text(LIVE_STATUS_SQL)
+    ),
+    sa.Index(
+        "ix_runs_parent_run_id",
+        "parent_run_id",
+        postgresql_where=sa.text("parent_run_id IS NOT NULL"),
+    ),
+    sa.Index("ix_runs_tags", "tags", postgresql_using="gin"),
+    sa.Index("ix_runs_seq", "seq", unique=True),
+    sa.Index("ix_runs_name_seq", "name", "seq"),
+)
+
+steps = sa.Table(
+    "steps",
+    metadata,
+    sa.Column(
+        "run_id",
+        pg.UUID(as_uuid=True),
+        sa.ForeignKey("runs.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("cursor_key", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("label", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("output", pg.JSONB),
+    sa.Column("error", pg.JSONB),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.CheckConstraint("status IN ('ok', 'failed', 'retrying')", name="status"),
+    sa.UniqueConstraint("run_id", "cursor_key", name="uq_steps_run_id_cursor_key"),
+)
+
+signals = sa.Table(
+    "signals",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column(
+        "run_id",
+        pg.UUID(as_uuid=True),
+        sa.ForeignKey("runs.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("payload", pg.JSONB, nullable=False),
+    sa.Column("idempotency_key", sa.Text),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("consumed_by", sa.Text),
+    sa.Column("consumed_at", sa.DateTime(timezone=True)),
+    sa.UniqueConstraint("run_id", "idempotency_key", name="uq_signals_run_id_idempotency_key"),
+    sa.Index(
+        "ix_signals_inbox",
+        "run_id",
+        "name",
+        "id",
+        postgresql_where=sa.text("consumed_at IS NULL"),
+    ),
+)
+
+timers = sa.Table(
+    "timers",
+    metadata,
+    sa.Column(
+        "run_id",
+        pg.UUID(as_uuid=True),
+        sa.ForeignKey("runs.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("cursor_key", sa.Text, primary_key=True),
+    sa.Column("fire_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("fired_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_timers_due", "fire_at", postgresql_where=sa.text("fired_at IS NULL")),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column(
+        "run_id",
+        pg.UUID(as_uuid=True),
+        sa.ForeignKey("runs.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("cursor_key", sa.Text),
+    sa.Column("data", pg.JSONB),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Index("ix_events_run_id_id", "run_id", "id"),
+)
+
+
+def translate_map(schema: str) -> dict[str | None, str | None]:
+    """The ``schema_translate_map`` that places the tables in ``schema``."""
+    return {DEFAULT_SCHEMA: schema}

@@ -1,0 +1,199 @@
+"""The attempt loop: claim → replay from the top → checkpoint → suspend / finish / fail.
+
+Also hosts procrastinate: one task, ``iterflow.advance(run_id)``, run by procrastinate workers on
+psycopg. procrastinate's own retry is never used for it; the engine owns retries and timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from .context import Drifted, FlowContext, Suspended
+from .definition import FlowDef, Registry
+from .errors import (
+    FlowError,
+    FlowFailed,
+    FlowUnknown,
+    InputInvalid,
+    PayloadTooLarge,
+    RunAttemptsExhausted,
+)
+from .models import RunStatus
+from .settings import Settings
+from .store.base import Claim, LeaseLost, Store
+
+__all__ = ["Worker", "default_owner"]
+
+logger = logging.getLogger(__name__)
+
+
+def default_owner() -> str:
+    """``host:pid:random`` — who holds a lease."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Worker:
+    """Makes attempts on runs. Stateless between attempts: nothing stays resident while a run
+    waits."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        settings: Settings,
+        *,
+        owner: str | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.settings = settings
+        self.owner = owner or default_owner()
+        self._rng = rng or random.Random()
+
+    async def advance(self, run_id: uuid.UUID) -> str:
+        """Make one attempt on ``run_id``; return what happened (for logs and tests)."""
+        claim = await self.store.claim(run_id, self.owner, self.settings.lease_seconds)
+        if claim is None:
+            return "skipped"
+        try:
+            return await self._attempt(claim)
+        except LeaseLost:
+            logger.warning(
+                "lease lost on run %s; another worker owns it now",
+                run_id,
+                extra={"run_id": str(run_id)},
+            )
+            return "lease_lost"
+
+    async def _attempt(self, claim: Claim) -> str:
+        run = claim.run
+        lease = claim.lease
+        if run.stalled_claims > self.settings.max_stalled_claims:
+            err = RunAttemptsExhausted(
+                f"run was claimed {run.stalled_claims} times without progress (cap "
+                f"{self.settings.max_stalled_claims}); fix the cause, then engine.retry(run_id)"
+            )
+            await self.store.fail_unclaimed(lease, err.to_dict())
+            return "failed"
+        flow = self.registry.get(run.name, run.version)
+        if flow is None:
+            latest = self.registry.latest(run.name)
+            hint = f" (registered: {latest.key})" if latest else ""
+            err2 = FlowUnknown(
+                f"flow {run.name}@{run.version} is not registered in this worker{hint}; deploy "
+                "a worker that registers it, then engine.retry(run_id)",
+                details={"name": run.name, "version": run.version},
+            )
+            await self.store.fail_unclaimed(lease, err2.to_dict())
+            return "failed"
+        try:
+            value = flow.validate_input(run.input)
+        except InputInvalid as exc:
+            await self.store.fail_unclaimed(lease, exc.to_dict())
+            return "failed"
+
+        ctx = FlowContext(
+            run_id=run.id,
+            flow_name=run.name,
+            attempt=run.attempts,
+            store=self.store,
+            lease=lease,
+            history=claim.history,
+            timers=claim.timers,
+            inbox=claim.inbox,
+            signal_models=flow.signals,
+            clock=_db_clock(claim.db_now),
+            rng=self._rng,
+            max_payload_bytes=self.settings.max_payload_bytes,
+            inline_retry_max=timedelta(seconds=self.settings.inline_retry_max_seconds),
+        )
+        renewer = asyncio.create_task(self._renew(claim))
+        try:
+            return await self._run_body(flow, ctx, value, claim)
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LeaseLost, FlowError):
+                await renewer
+
+    async def _run_body(
+        self, flow: FlowDef[Any, Any], ctx: FlowContext, value: Any, claim: Claim
+    ) -> str:
+        lease = claim.lease
+        try:
+            result = await flow.body(ctx, value)
+            ctx.check_complete()
+        except Suspended as s:
+            await self.store.suspend(lease, s.plan)
+            return "suspended"
+        except Drifted as d:
+            await self.store.finish(lease, RunStatus.FAILED, None, d.error.to_dict())
+            return "failed"
+        except LeaseLost:
+            raise
+        except FlowError as exc:
+            if isinstance(ctx.interrupted, Suspended | Drifted | LeaseLost):
+                return await self._interrupted(ctx, lease)
+            await self.store.finish(lease, RunStatus.FAILED, None, exc.to_dict())
+            return "failed"
+        except Exception as exc:
+            if isinstance(ctx.interrupted, Suspended | Drifted | LeaseLost):
+                return await self._interrupted(ctx, lease)
+            err = FlowFailed(f"flow body raised {type(exc).__name__}: {exc}")
+            err.__cause__ = exc
+            await self.store.finish(lease, RunStatus.FAILED, None, err.to_dict())
+            return "failed"
+        try:
+            data = flow.encode_output(result)
+            from .codec import check_size
+
+            check_size(data, self.settings.max_payload_bytes, f"output of flow {flow.key}")
+        except (FlowError, PayloadTooLarge) as exc:
+            await self.store.finish(lease, RunStatus.FAILED, None, exc.to_dict())
+            return "failed"
+        await self.store.finish(lease, RunStatus.DONE, data, None)
+        return "done"
+
+    async def _interrupted(self, ctx: FlowContext, lease: Any) -> str:
+        """User code turned a swallowed interrupt into another exception: honour the interrupt."""
+        pending = ctx.interrupted
+        if isinstance(pending, Suspended):
+            await self.store.suspend(lease, pending.plan)
+            return "suspended"
+        if isinstance(pending, Drifted):
+            await self.store.finish(lease, RunStatus.FAILED, None, pending.error.to_dict())
+            return "failed"
+        raise LeaseLost(lease.run_id)
+
+    async def _renew(self, claim: Claim) -> None:
+        """Renew the lease while a long step runs (checkpoints renew it too)."""
+        interval = max(claim.lease.seconds / 3, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.store.renew(claim.lease)
+            except LeaseLost:
+                logger.warning("lease renewal refused for run %s", claim.run.id)
+                return
+            except FlowError as exc:
+                logger.warning("lease renewal failed for run %s: %s", claim.run.id, exc)
+
+
+def _db_clock(db_now: datetime) -> Callable[[], datetime]:
+    """The database's clock, read once at claim time and advanced with a monotonic clock."""
+    start = time.monotonic()
+
+    def now() -> datetime:
+        return db_now + timedelta(seconds=time.monotonic() - start)
+
+    return now

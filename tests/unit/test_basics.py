@@ -1,0 +1,76 @@
+"""Durations, retry math, error codes and payload encoding."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from pydantic import BaseModel
+
+from iterflow import codec
+from iterflow.durations import due_at, parse_duration
+from iterflow.errors import FlowError, PayloadTooLarge, SignalTimeout, StepFailed
+from iterflow.retry import RetryPolicy
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("3d", timedelta(days=3)),
+        ("1h30m", timedelta(hours=1, minutes=30)),
+        ("250ms", timedelta(milliseconds=250)),
+        ("1.5s", timedelta(seconds=1.5)),
+        (10, timedelta(seconds=10)),
+        (timedelta(minutes=2), timedelta(minutes=2)),
+    ],
+)
+def test_parse_duration(text: str | int | timedelta, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "3x", "abc", "5 minutes", -1, True])
+def test_bad_durations_have_a_stable_code(bad: object) -> None:
+    with pytest.raises(FlowError) as info:
+        parse_duration(bad)  # type: ignore[arg-type]
+    assert info.value.error_code == "DURATION_INVALID"
+
+
+def test_due_at_requires_aware_datetimes() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert due_at("1h", now) == now + timedelta(hours=1)
+    assert due_at(now, now) == now
+    with pytest.raises(FlowError):
+        due_at(datetime(2026, 1, 1), now)
+
+
+def test_exponential_backoff_with_cap_and_jitter() -> None:
+    policy = RetryPolicy(retries=10, base=1.0, factor=2.0, cap=10.0, jitter=0.1)
+    assert [policy.delay(n, 0.0).total_seconds() for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 8, 10]
+    assert policy.delay(1, 0.999).total_seconds() == pytest.approx(1.0999)
+    assert RetryPolicy.of(3, "2s") == RetryPolicy(retries=3, base=2.0)
+
+
+def test_errors_round_trip_through_storage_with_their_codes() -> None:
+    err = SignalTimeout("too slow")
+    back = FlowError.from_dict(err.to_dict())
+    assert isinstance(back, SignalTimeout) and back.error_code == "SIGNAL_TIMEOUT"
+    custom = FlowError.from_dict(FlowError("declined", code="PAYMENT_DECLINED").to_dict())
+    assert custom.error_code == "PAYMENT_DECLINED" and custom.message == "declined"
+    wrapped = StepFailed("boom")
+    wrapped.__cause__ = ValueError("inner")
+    assert wrapped.to_dict()["cause"] == {"type": "ValueError", "message": "inner"}
+
+
+class Item(BaseModel):
+    name: str
+    at: datetime
+
+
+def test_codec_round_trip_and_size_cap() -> None:
+    item = Item(name="x", at=datetime(2026, 1, 1, tzinfo=UTC))
+    data = codec.dump(item, Item)
+    assert data == {"name": "x", "at": "2026-01-01T00:00:00Z"}
+    assert codec.load(data, Item) == item
+    with pytest.raises(PayloadTooLarge) as info:
+        codec.check_size({"blob": "x" * 100}, 50, "thing")
+    assert info.value.error_code == "PAYLOAD_TOO_LARGE"
