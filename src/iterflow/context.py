@@ -10,6 +10,7 @@ Suspension and drift are ``BaseException``\\ s; if user code swallows one anyway
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import random as _random
@@ -22,10 +23,14 @@ from typing import Any, TypeVar, overload
 from pydantic import ValidationError
 
 from . import codec, replay
+from .definition import FlowDef
 from .durations import DurationLike, WhenLike, due_at, parse_duration
 from .errors import (
     FlowDefinitionError,
     FlowError,
+    InputInvalid,
+    InvokeDepthExceeded,
+    InvokeFanoutExceeded,
     NonRetryable,
     PayloadTooLarge,
     SignalPayloadInvalid,
@@ -33,7 +38,16 @@ from .errors import (
     SignalUnknown,
     StepFailed,
 )
-from .models import RunStatus, SignalRecord, StepKind, StepRecord, StepStatus, TimerRecord
+from .models import (
+    ChildRecord,
+    NewRun,
+    RunStatus,
+    SignalRecord,
+    StepKind,
+    StepRecord,
+    StepStatus,
+    TimerRecord,
+)
 from .retry import RetryPolicy
 from .store.base import Lease, LeaseLost, Store
 
@@ -41,6 +55,20 @@ __all__ = ["FlowContext", "Interrupt", "Suspended"]
 
 T = TypeVar("T")
 M = TypeVar("M")
+T1 = TypeVar("T1")
+T2 = TypeVar("T2")
+T3 = TypeVar("T3")
+CI = TypeVar("CI")
+CO = TypeVar("CO")
+
+#: True inside the branches of a ``ctx.gather``: a sibling's suspension must not stop them.
+_IN_GATHER: contextvars.ContextVar[bool] = contextvars.ContextVar("iterflow_gather", default=False)
+
+
+class _HasDefinition(typing.Protocol[CI, CO]):
+    @property
+    def definition(self) -> FlowDef[CI, CO]: ...
+
 
 logger = logging.getLogger("iterflow.flow")
 
@@ -104,6 +132,10 @@ class FlowContext:
         rng: _random.Random,
         max_payload_bytes: int,
         inline_retry_max: timedelta,
+        children: Mapping[str, ChildRecord] | None = None,
+        depth: int = 0,
+        max_depth: int = 10,
+        max_children: int = 1000,
     ) -> None:
         self.run_id = run_id
         self.flow_name = flow_name
@@ -119,6 +151,11 @@ class FlowContext:
         self._rng = rng
         self._max_payload = max_payload_bytes
         self._inline_retry_max = inline_retry_max
+        self._children = dict(children or {})
+        self.depth = depth
+        self._max_depth = max_depth
+        self._max_children = max_children
+        self._invokes = 0
         self.interrupted: Interrupt | LeaseLost | None = None
         self.log = _ReplayQuietLogger(self)
 
@@ -130,8 +167,10 @@ class FlowContext:
         return self._cursor.position <= self._recorded
 
     def _check(self) -> None:
-        if self.interrupted is not None:
-            raise self.interrupted
+        pending = self.interrupted
+        if pending is None or (isinstance(pending, Suspended) and _IN_GATHER.get()):
+            return
+        raise pending
 
     def _raise(self, exc: Interrupt | LeaseLost) -> typing.NoReturn:
         self.interrupted = exc
@@ -417,6 +456,141 @@ class FlowContext:
             fire_timer=call.cursor_key if timer else None,
         )
         return typing.cast(M, value)
+
+    # -- child flows --------------------------------------------------------------------------
+
+    def invoke(
+        self,
+        flow: FlowDef[CI, CO] | _HasDefinition[CI, CO],
+        input: CI | Mapping[str, Any],
+        *,
+        detached: bool = False,
+    ) -> Awaitable[CO]:
+        """Start ``flow`` as a child run (own id and history) and return its output.
+
+        The parent leaves memory in ``awaiting_child``; the child's terminal transaction wakes
+        it. A failed or canceled child raises its error (code preserved) in the parent. Canceling
+        the parent cancels the child unless ``detached=True``.
+        """
+        definition = flow if isinstance(flow, FlowDef) else flow.definition
+        call, memo = self._next(StepKind.INVOKE, definition.key)
+        self._invokes += 1
+        return self._run_invoke(call, memo, definition, input, detached, self._invokes)
+
+    async def _run_invoke(
+        self,
+        call: replay.Call,
+        memo: StepRecord | None,
+        definition: FlowDef[CI, CO],
+        input: Any,
+        detached: bool,
+        ordinal: int,
+    ) -> CO:
+        self._check()
+        if memo is not None:
+            if memo.status is StepStatus.OK:
+                return definition.decode_output(memo.output)
+            raise replay.memo_error(memo)
+        child = self._children.get(call.cursor_key)
+        if child is not None:
+            if child.status is RunStatus.DONE:
+                await self._checkpoint(
+                    self._memo(call, StepKind.INVOKE, StepStatus.OK, output=child.output)
+                )
+                return definition.decode_output(child.output)
+            error = child.error or {"code": "RUN_CANCELED", "message": "child canceled"}
+            await self._checkpoint(
+                self._memo(call, StepKind.INVOKE, StepStatus.FAILED, error=error)
+            )
+            raise FlowError.from_dict(error)
+        try:
+            if self.depth + 1 > self._max_depth:
+                raise InvokeDepthExceeded(
+                    f"invoking {definition.key} would nest {self.depth + 1} levels deep "
+                    f"(max {self._max_depth})"
+                )
+            if ordinal > self._max_children:
+                raise InvokeFanoutExceeded(
+                    f"run would start more than {self._max_children} child runs"
+                )
+            data = codec.dump(definition.validate_input(input), definition.input_type)
+            codec.check_size(data, self._max_payload, f"input of child {definition.key}")
+        except (InvokeDepthExceeded, InvokeFanoutExceeded, InputInvalid, PayloadTooLarge) as err:
+            await self._checkpoint(
+                self._memo(call, StepKind.INVOKE, StepStatus.FAILED, error=err.to_dict())
+            )
+            raise
+        child_id = _uuid.uuid5(self.run_id, call.cursor_key)
+        try:
+            created = await self._store.spawn_child(
+                self._lease,
+                NewRun(
+                    id=child_id,
+                    name=definition.name,
+                    version=definition.version,
+                    input=data,
+                    parent_run_id=self.run_id,
+                    parent_cursor_key=call.cursor_key,
+                    meta={"depth": self.depth + 1, "detached": detached},
+                ),
+            )
+        except LeaseLost as exc:
+            self._raise(exc)
+        self._raise(
+            Suspended(
+                replay.SuspendPlan(
+                    status=RunStatus.AWAITING_CHILD,
+                    reason="child",
+                    cursor_key=call.cursor_key,
+                    wake_at=None,
+                    waiting_for=f"child:{child_id}",
+                    progress=created,
+                )
+            )
+        )
+
+    # -- parallelism --------------------------------------------------------------------------
+
+    @overload
+    async def gather(self, a: Awaitable[T1], b: Awaitable[T2], /) -> tuple[T1, T2]: ...
+
+    @overload
+    async def gather(
+        self, a: Awaitable[T1], b: Awaitable[T2], c: Awaitable[T3], /
+    ) -> tuple[T1, T2, T3]: ...
+
+    @overload
+    async def gather(self, *aws: Awaitable[T]) -> tuple[T, ...]: ...
+
+    async def gather(self, *aws: Awaitable[Any]) -> tuple[Any, ...]:
+        """Run ``ctx`` calls concurrently; results in argument order.
+
+        Keys are taken when each call is made (argument order), so replay is identical whatever
+        order they finish in. Branches that must wait suspend the run once, together, after the
+        others have finished; the first failure (in argument order) is raised.
+        """
+        self._check()
+        token = _IN_GATHER.set(True)
+        try:
+            results = await asyncio.gather(*aws, return_exceptions=True)
+        finally:
+            _IN_GATHER.reset(token)
+        plans: list[replay.SuspendPlan] = []
+        for result in results:
+            if isinstance(result, Drifted | LeaseLost):
+                self._raise(result)
+            if isinstance(result, Suspended):
+                plans.append(result.plan)
+            elif isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result
+        if plans:
+            merged = functools.reduce(replay.SuspendPlan.merge, plans)
+            self.interrupted = None
+            self._raise(Suspended(merged))
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return tuple(results)
 
     # -- deterministic values -------------------------------------------------------------------
 

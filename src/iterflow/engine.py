@@ -27,6 +27,7 @@ from .errors import (
     SignalUnknown,
 )
 from .models import (
+    CancelResult,
     NewRun,
     RetryResult,
     RunDetail,
@@ -180,8 +181,6 @@ class Engine:
         self._store = PostgresStore(
             self._sa, schema=self.settings.db_schema, queue=self.settings.queue_name
         )
-        self._worker = Worker(self._store, self.registry, self.settings)
-        self._reconciler = Reconciler(self._store, batch=self.settings.reconcile_batch)
 
         async def connect() -> Any:
             import asyncpg
@@ -189,6 +188,8 @@ class Engine:
             return await asyncpg.connect(libpq_url(url))
 
         self._listener = TerminalListener(connect, TERMINAL_CHANNEL)
+        self._worker = Worker(self._store, self.registry, self.settings, watch=self._watch_run)
+        self._reconciler = Reconciler(self._store, batch=self.settings.reconcile_batch)
 
     async def close(self) -> None:
         """Stop workers and the listener, dispose the pool, release the embedded server."""
@@ -207,6 +208,14 @@ class Engine:
         if self._embedded is not None:
             await asyncio.to_thread(self._embedded.stop)
             self._embedded = None
+
+    def _watch_run(self, run_id: uuid.UUID) -> tuple[asyncio.Event, Callable[[], None]]:
+        listener = self._listener
+        if listener is None:
+            return asyncio.Event(), lambda: None
+        key = str(run_id)
+        event = listener.subscribe(key)
+        return event, lambda: listener.unsubscribe(key, event)
 
     async def migrate(self) -> None:
         """Install or upgrade iterflow's tables (what ``flowctl migrate`` does)."""
@@ -352,6 +361,19 @@ class Engine:
         codec.check_size(data, self.settings.max_payload_bytes, f"signal {name!r} payload")
         return await self.store.deliver_signal(rid, name, data, idempotency_key)
 
+    async def cancel(self, run_id: uuid.UUID | str, *, reason: str | None = None) -> CancelResult:
+        """Cancel a live run and its non-detached live children.
+
+        Returns ``canceled``, ``not_found`` or ``already_terminal`` (terminal runs never change).
+        An attempt running elsewhere stops at once (async steps get ``CancelledError``) or at its
+        next checkpoint at the latest, and writes nothing more; ``result`` raises
+        ``RUN_CANCELED``.
+        """
+        text = reason or "canceled"
+        if not isinstance(text, str) or len(text) > 1000:
+            raise InputInvalid("reason must be a string of at most 1000 characters")
+        return await self.store.cancel(_run_id(run_id), text)
+
     async def retry(self, run_id: uuid.UUID | str) -> RetryResult:
         """Replay a failed run in place from its failed step (same id; ok steps kept)."""
         return await self.store.retry(_run_id(run_id))
@@ -427,6 +449,8 @@ class Engine:
         if concurrency < 1:
             raise ConfigInvalid("concurrency must be at least 1")
         worker = self.worker
+        if self._listener is not None:
+            await self._listener.start()  # cancel notifications must reach running attempts
         app = procrastinate.App(
             connector=procrastinate.PsycopgConnector(
                 conninfo=libpq_url(self.database_url),

@@ -13,6 +13,7 @@ __all__ = [
     "RESUMABLE_STATUSES",
     "TERMINAL_STATUSES",
     "CancelResult",
+    "ChildRecord",
     "EventRecord",
     "RetryResult",
     "RunDetail",
@@ -107,6 +108,7 @@ class RunRecord:
     started_at: datetime | None
     finished_at: datetime | None
     seq: int
+    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_terminal(self) -> bool:
@@ -150,6 +152,17 @@ class SignalRecord:
     received_at: datetime
     consumed_by: str | None = None
     consumed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChildRecord:
+    """A terminal child run whose outcome its parent has not recorded yet."""
+
+    id: uuid.UUID
+    cursor_key: str
+    status: RunStatus
+    output: Any = None
+    error: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

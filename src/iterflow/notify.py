@@ -52,6 +52,11 @@ class TerminalListener:
             if not events:
                 del self._waiters[run_id]
 
+    async def start(self, timeout: float = 10.0) -> None:
+        """Start listening now and wait (up to ``timeout``) until LISTEN is active."""
+        self._ensure_started()
+        await asyncio.wait_for(self.connected.wait(), timeout)
+
     def _ensure_started(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="iterflow-listener")

@@ -145,8 +145,21 @@ class SuspendPlan:
     cursor_key: str
     wake_at: datetime | None
     waiting_for: str | None = None
-    new_timer: TimerRecord | None = None
+    new_timers: tuple[TimerRecord, ...] = ()
     progress: bool = True
+
+    def merge(self, other: SuspendPlan) -> SuspendPlan:
+        """Combine two branches of a ``ctx.gather``: wake at the earliest due time."""
+        wakes = [w for w in (self.wake_at, other.wake_at) if w is not None]
+        return SuspendPlan(
+            status=self.status,
+            reason=self.reason,
+            cursor_key=self.cursor_key,
+            wake_at=min(wakes) if wakes else None,
+            waiting_for=self.waiting_for,
+            new_timers=self.new_timers + other.new_timers,
+            progress=self.progress or other.progress,
+        )
 
 
 # --- sleep ------------------------------------------------------------------------------------
@@ -178,7 +191,7 @@ def decide_sleep(
             cursor_key=call.cursor_key,
             wake_at=due,
             waiting_for=f"timer:{call.cursor_key}",
-            new_timer=None if timer is not None else TimerRecord(call.cursor_key, due),
+            new_timers=() if timer is not None else (TimerRecord(call.cursor_key, due),),
             progress=timer is None,
         )
     )
@@ -228,7 +241,7 @@ def decide_signal(
             cursor_key=call.cursor_key,
             wake_at=due,
             waiting_for=f"signal:{name}",
-            new_timer=TimerRecord(call.cursor_key, due) if timer is None and due else None,
+            new_timers=(TimerRecord(call.cursor_key, due),) if timer is None and due else (),
             progress=timer is None,
         )
     )
@@ -280,7 +293,7 @@ def decide_retry(
             cursor_key=call.cursor_key,
             wake_at=wake,
             waiting_for=f"timer:{key}",
-            new_timer=TimerRecord(key, wake),
+            new_timers=(TimerRecord(key, wake),),
         )
     )
 

@@ -57,6 +57,10 @@ class Settings(BaseModel):
         description="How often the reconciler sweeps (a procrastinate periodic task).",
     )
     reconcile_batch: int = Field(default=500, ge=1, description="Runs per reconciler batch.")
+    max_invoke_depth: int = Field(default=10, ge=1, description="Maximum child-flow nesting.")
+    max_children_per_run: int = Field(
+        default=1000, ge=1, description="Maximum child runs one run may start."
+    )
     result_poll_max_seconds: float = Field(
         default=1.0, gt=0, description="Upper bound of handle.result's polling floor."
     )

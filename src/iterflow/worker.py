@@ -37,6 +37,10 @@ __all__ = ["Worker", "default_owner"]
 logger = logging.getLogger(__name__)
 
 
+#: Subscribe to terminal notifications of a run: returns an event and an unsubscribe callback.
+Watch = Callable[[uuid.UUID], tuple[asyncio.Event, Callable[[], None]]]
+
+
 def default_owner() -> str:
     """``host:pid:random`` — who holds a lease."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -54,12 +58,14 @@ class Worker:
         *,
         owner: str | None = None,
         rng: random.Random | None = None,
+        watch: Watch | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.settings = settings
         self.owner = owner or default_owner()
         self._rng = rng or random.Random()
+        self._watch = watch
 
     async def advance(self, run_id: uuid.UUID) -> str:
         """Make one attempt on ``run_id``; return what happened (for logs and tests)."""
@@ -117,22 +123,34 @@ class Worker:
             rng=self._rng,
             max_payload_bytes=self.settings.max_payload_bytes,
             inline_retry_max=timedelta(seconds=self.settings.inline_retry_max_seconds),
+            children=claim.children,
+            depth=int(run.meta.get("depth", 0)),
+            max_depth=self.settings.max_invoke_depth,
+            max_children=self.settings.max_children_per_run,
         )
-        renewer = asyncio.create_task(self._renew(claim))
+        lost = asyncio.Event()
+        renewer = asyncio.create_task(self._renew(claim, lost))
         try:
-            return await self._run_body(flow, ctx, value, claim)
+            return await self._run_body(flow, ctx, value, claim, lost)
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError, LeaseLost, FlowError):
                 await renewer
 
     async def _run_body(
-        self, flow: FlowDef[Any, Any], ctx: FlowContext, value: Any, claim: Claim
+        self,
+        flow: FlowDef[Any, Any],
+        ctx: FlowContext,
+        value: Any,
+        claim: Claim,
+        lost: asyncio.Event,
     ) -> str:
         lease = claim.lease
         try:
-            result = await flow.body(ctx, value)
+            result = await self._body_unless_canceled(flow, ctx, value, claim, lost)
             ctx.check_complete()
+        except _CanceledElsewhere:
+            return "canceled"
         except Suspended as s:
             await self.store.suspend(lease, s.plan)
             return "suspended"
@@ -164,6 +182,51 @@ class Worker:
         await self.store.finish(lease, RunStatus.DONE, data, None)
         return "done"
 
+    async def _body_unless_canceled(
+        self,
+        flow: FlowDef[Any, Any],
+        ctx: FlowContext,
+        value: Any,
+        claim: Claim,
+        lost: asyncio.Event,
+    ) -> Any:
+        """Run the body; if the run is canceled (terminal NOTIFY) or the lease is lost (renewal
+        refused) meanwhile, cancel the body task — an async step in progress receives
+        ``CancelledError`` — and stop without writing anything."""
+        body = asyncio.ensure_future(flow.body(ctx, value))
+        event, unsubscribe = self._watch(claim.run.id) if self._watch else (lost, _noop)
+        try:
+            while True:
+                waits = {body, asyncio.ensure_future(event.wait())}
+                if event is not lost:
+                    waits.add(asyncio.ensure_future(lost.wait()))
+                done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for task in pending - {body}:
+                    task.cancel()
+                if body in done:
+                    return body.result()
+                event.clear()
+                run = await self.store.get_run(claim.run.id)
+                still_ours = (
+                    run is not None
+                    and run.status is RunStatus.RUNNING
+                    and run.lease_owner == self.owner
+                )
+                if not still_ours:
+                    body.cancel()
+                    with contextlib.suppress(BaseException):
+                        await body
+                    if run is not None and run.status is RunStatus.CANCELED:
+                        logger.info("run %s was canceled during its attempt", claim.run.id)
+                        raise _CanceledElsewhere
+                    raise LeaseLost(claim.run.id)
+        finally:
+            unsubscribe()
+            if not body.done():
+                body.cancel()
+                with contextlib.suppress(BaseException):
+                    await body
+
     async def _interrupted(self, ctx: FlowContext, lease: Any) -> str:
         """User code turned a swallowed interrupt into another exception: honour the interrupt."""
         pending = ctx.interrupted
@@ -175,7 +238,7 @@ class Worker:
             return "failed"
         raise LeaseLost(lease.run_id)
 
-    async def _renew(self, claim: Claim) -> None:
+    async def _renew(self, claim: Claim, lost: asyncio.Event) -> None:
         """Renew the lease while a long step runs (checkpoints renew it too)."""
         interval = max(claim.lease.seconds / 3, 0.05)
         while True:
@@ -184,9 +247,18 @@ class Worker:
                 await self.store.renew(claim.lease)
             except LeaseLost:
                 logger.warning("lease renewal refused for run %s", claim.run.id)
+                lost.set()
                 return
             except FlowError as exc:
                 logger.warning("lease renewal failed for run %s: %s", claim.run.id, exc)
+
+
+def _noop() -> None:
+    return None
+
+
+class _CanceledElsewhere(Exception):
+    """The run was canceled while this attempt ran."""
 
 
 def _db_clock(db_now: datetime) -> Callable[[], datetime]:

@@ -88,14 +88,14 @@ def test_sleep_decisions() -> None:
     first = replay.decide_sleep(call, None, NOW + timedelta(hours=1), NOW)
     assert isinstance(first, replay.SleepSuspend)
     assert first.plan.status is RunStatus.SLEEPING
-    assert first.plan.new_timer == TimerRecord("sleep", NOW + timedelta(hours=1))
+    assert first.plan.new_timers == (TimerRecord("sleep", NOW + timedelta(hours=1)),)
     assert first.plan.progress
     # A pinned timer wins over a recomputed due time, and an early wake is no progress.
     pinned = TimerRecord("sleep", NOW + timedelta(minutes=5))
     early = replay.decide_sleep(call, pinned, NOW + timedelta(days=9), NOW)
     assert isinstance(early, replay.SleepSuspend)
     assert early.plan.wake_at == pinned.fire_at and not early.plan.progress
-    assert early.plan.new_timer is None
+    assert early.plan.new_timers == ()
     assert isinstance(
         replay.decide_sleep(call, pinned, NOW, NOW + timedelta(minutes=5)), replay.SleepFire
     )
@@ -116,7 +116,7 @@ def test_signal_decisions_consume_fifo_and_prefer_delivery_over_timeout() -> Non
     waiting = replay.decide_signal(call, "go", [], None, NOW + timedelta(seconds=30), NOW)
     assert isinstance(waiting, replay.SignalSuspend)
     assert waiting.plan.waiting_for == "signal:go"
-    assert waiting.plan.new_timer == TimerRecord("signal:go", NOW + timedelta(seconds=30))
+    assert waiting.plan.new_timers == (TimerRecord("signal:go", NOW + timedelta(seconds=30)),)
     forever = replay.decide_signal(call, "go", [], None, None, NOW)
     assert isinstance(forever, replay.SignalSuspend) and forever.plan.wake_at is None
 
@@ -129,7 +129,7 @@ def test_retry_decisions() -> None:
     later = replay.decide_retry(call, policy, 2, True, 0.0, NOW, timedelta(seconds=1))
     assert isinstance(later, replay.RetryLater)
     assert later.plan.status is RunStatus.RETRYING
-    assert later.plan.new_timer == TimerRecord("retry:pay", NOW + timedelta(seconds=2))
+    assert later.plan.new_timers == (TimerRecord("retry:pay", NOW + timedelta(seconds=2)),)
     assert isinstance(
         replay.decide_retry(call, policy, 3, True, 0.0, NOW, timedelta(0)), replay.Fail
     )

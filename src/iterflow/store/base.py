@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 from ..models import (
+    CancelResult,
+    ChildRecord,
     NewRun,
     RetryResult,
     RunDetail,
@@ -50,6 +52,7 @@ class Claim:
     timers: Mapping[str, TimerRecord]
     inbox: Sequence[SignalRecord]
     db_now: datetime
+    children: Mapping[str, ChildRecord] = field(default_factory=dict)
 
 
 class Store(Protocol):
@@ -82,6 +85,11 @@ class Store(Protocol):
         """Write one memo row (and its side marks) in one fenced transaction."""
         ...
 
+    async def spawn_child(self, lease: Lease, child: NewRun) -> bool:
+        """Create a child run (and its wake-up), fenced by the parent's lease; idempotent on the
+        child's id. Returns True if it was created now."""
+        ...
+
     async def suspend(self, lease: Lease, plan: SuspendPlan) -> None:
         """End the attempt: status, timer, event and wake-up in one fenced transaction."""
         ...
@@ -102,12 +110,24 @@ class Store(Protocol):
         """Put a signal in the run's inbox, waking the run if it waits for it."""
         ...
 
+    async def cancel(self, run_id: uuid.UUID, reason: str) -> CancelResult:
+        """Cancel a live run and its non-detached live descendants in one transaction."""
+        ...
+
     async def retry(self, run_id: uuid.UUID) -> RetryResult:
         """Reset a failed run so it replays from its failed step."""
         ...
 
     async def recover_expired(self, limit: int) -> int:
         """Re-drive up to ``limit`` runs whose lease expired; return how many."""
+        ...
+
+    async def release_orphaned_jobs(self, stale_seconds: float) -> int:
+        """Fail wake-up jobs left ``doing`` by workers that stopped heartbeating."""
+        ...
+
+    async def rewake_stranded(self, limit: int) -> int:
+        """Enqueue a wake-up for up to ``limit`` live runs that need one and have none."""
         ...
 
     async def get_run(self, run_id: uuid.UUID) -> RunRecord | None:

@@ -20,6 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..errors import DatabaseUnavailable, SchemaMissing
 from ..models import (
+    CancelResult,
+    ChildRecord,
     EventRecord,
     NewRun,
     RetryResult,
@@ -48,7 +50,7 @@ TERMINAL_CHANNEL = "iterflow_terminal"
 _RUN_COLS = (
     "id, seq, name, version, status, input, output, error, idempotency_key, parent_run_id, "
     "parent_cursor_key, tags, priority, lease_owner, lease_expires_at, attempts, "
-    "stalled_claims, waiting_for, wake_at, created_at, updated_at, started_at, finished_at"
+    "stalled_claims, waiting_for, wake_at, created_at, updated_at, started_at, finished_at, meta"
 )
 _RESUMABLE = "('pending', 'sleeping', 'awaiting_signal', 'awaiting_child', 'retrying')"
 
@@ -88,6 +90,7 @@ def _run(row: Row) -> RunRecord:
         updated_at=row["updated_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        meta=dict(row["meta"] or {}),
     )
 
 
@@ -180,7 +183,15 @@ class PostgresStore:
                     'idempotency_key', idempotency_key, 'received_at', received_at,
                     'consumed_by', consumed_by, 'consumed_at', consumed_at) ORDER BY id),
                     '[]'::json)
-                 FROM {s}.signals WHERE run_id = :run_id AND consumed_at IS NULL) AS inbox
+                 FROM {s}.signals WHERE run_id = :run_id AND consumed_at IS NULL) AS inbox,
+                (SELECT coalesce(json_agg(json_build_object(
+                    'id', c.id, 'cursor_key', c.parent_cursor_key, 'status', c.status,
+                    'output', c.output, 'error', c.error)), '[]'::json)
+                 FROM {s}.runs AS c
+                 WHERE c.parent_run_id = :run_id AND c.status IN ('done', 'failed', 'canceled')
+                   AND NOT EXISTS (SELECT 1 FROM {s}.steps AS m
+                                   WHERE m.run_id = :run_id
+                                     AND m.cursor_key = c.parent_cursor_key)) AS children
             FROM claimed""")
         self._sql_renew = sa.text(f"""
             UPDATE {s}.runs SET lease_expires_at = now() + make_interval(secs => :lease)
@@ -225,8 +236,9 @@ class PostgresStore:
                 RETURNING id, priority
             ), timer AS (
                 INSERT INTO {s}.timers (run_id, cursor_key, fire_at)
-                SELECT id, :timer_key, CAST(:timer_at AS timestamptz) FROM run
-                WHERE CAST(:timer_key AS text) IS NOT NULL
+                SELECT run.id, t.key, t.fire_at FROM run,
+                    unnest(CAST(:timer_keys AS text[]), CAST(:timer_ats AS timestamptz[]))
+                        AS t(key, fire_at)
                 ON CONFLICT (run_id, cursor_key) DO NOTHING
                 RETURNING 1
             ), ev AS (
@@ -322,6 +334,118 @@ class PostgresStore:
             ), job AS ({wake_insert_sql("reset", wake_at="NULL", priority="reset.priority")})
             SELECT (SELECT count(*) FROM reset) AS recovered,
                    (SELECT count(*) FROM stuck) AS released""")
+        self._sql_spawn = sa.text(f"""
+            WITH lease AS (
+                UPDATE {s}.runs SET lease_expires_at = now() + make_interval(secs => :lease),
+                    updated_at = now()
+                WHERE id = :parent AND lease_token = :token AND status = 'running'
+                RETURNING id
+            ), ins AS (
+                INSERT INTO {s}.runs (id, name, version, status, input, tags, priority,
+                    parent_run_id, parent_cursor_key, meta)
+                SELECT :id, :name, :version, 'pending', CAST(:input AS jsonb),
+                    CAST(:tags AS text[]), :priority, lease.id, :parent_cursor_key,
+                    CAST(:meta AS jsonb)
+                FROM lease
+                ON CONFLICT (id) DO NOTHING
+                RETURNING id
+            ), ev AS (
+                INSERT INTO {s}.events (run_id, type, data)
+                SELECT id, 'started', CAST(:event AS jsonb) FROM ins RETURNING 1
+            ), job AS ({wake_insert_sql("ins", wake_at="NULL")})
+            SELECT (SELECT count(*) FROM lease) AS leased, (SELECT count(*) FROM ins) AS created,
+                   (SELECT count(*) FROM job) AS jobs""")
+        self._sql_cancel_lock = sa.text(
+            f"SELECT status FROM {s}.runs WHERE id = :run_id FOR UPDATE"
+        )
+        self._sql_cancel = sa.text(f"""
+            WITH RECURSIVE tree AS (
+                SELECT id FROM {s}.runs WHERE id = :run_id
+                UNION ALL
+                SELECT r.id FROM {s}.runs AS r JOIN tree ON r.parent_run_id = tree.id
+                WHERE NOT coalesce((r.meta ->> 'detached')::boolean, false)
+            ), target AS (
+                SELECT id FROM {s}.runs
+                WHERE id IN (SELECT id FROM tree)
+                  AND status NOT IN ('done', 'failed', 'canceled')
+                FOR UPDATE
+            ), upd AS (
+                UPDATE {s}.runs AS r SET status = 'canceled', error = CAST(:error AS jsonb),
+                    finished_at = now(), updated_at = now(), lease_token = NULL,
+                    lease_owner = NULL, lease_expires_at = NULL, waiting_for = NULL,
+                    wake_at = NULL
+                FROM target WHERE r.id = target.id
+                RETURNING r.id, r.parent_run_id
+            ), ev AS (
+                INSERT INTO {s}.events (run_id, type, data)
+                SELECT id, 'canceled', CAST(:event AS jsonb) FROM upd RETURNING 1
+            ), dropped AS (
+                DELETE FROM procrastinate_jobs
+                WHERE status = 'todo' AND queueing_lock IN (SELECT id::text FROM upd)
+                RETURNING 1
+            ), parents AS (
+                {
+            wake_insert_sql(
+                "upd WHERE parent_run_id IS NOT NULL AND parent_run_id NOT IN (SELECT id FROM upd)",
+                "parent_run_id",
+                wake_at="NULL",
+                priority="0",
+            )
+        }
+            ), notified AS (
+                SELECT pg_notify('{TERMINAL_CHANNEL}', id::text) FROM upd
+            )
+            SELECT (SELECT count(*) FROM upd) AS canceled,
+                   (SELECT count(*) FROM notified) AS notified,
+                   (SELECT count(*) FROM dropped) AS dropped""")
+        self._sql_retry_children = sa.text(f"""
+            SELECT id FROM {s}.runs WHERE parent_run_id = :run_id AND status = 'failed'
+              AND parent_cursor_key IN (SELECT cursor_key FROM {s}.steps
+                                        WHERE run_id = :run_id AND position >= :cut)""")
+        self._sql_release_orphans = sa.text(f"""
+            UPDATE procrastinate_jobs SET status = 'failed', attempts = attempts + 1
+            WHERE status = 'doing' AND queue_name = :queue
+              AND (worker_id IS NULL OR worker_id IN (
+                    SELECT id FROM procrastinate_workers
+                    WHERE last_heartbeat < now() - make_interval(secs => :stale)))
+              AND NOT EXISTS (
+                    SELECT 1 FROM {s}.runs AS r
+                    WHERE r.id::text = procrastinate_jobs.lock AND r.status = 'running'
+                      AND r.lease_expires_at >= now())""")
+        self._sql_rewake = sa.text(f"""
+            WITH stranded AS (
+                SELECT r.id, r.priority FROM {s}.runs AS r
+                WHERE r.status IN {_RESUMABLE}
+                  AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs AS j
+                                  WHERE j.lock = r.id::text AND j.status IN ('todo', 'doing'))
+                  AND (
+                    (r.status = 'pending' AND (r.wake_at IS NULL OR r.wake_at <= now()))
+                    OR (r.status IN ('sleeping', 'retrying', 'awaiting_signal')
+                        AND EXISTS (SELECT 1 FROM {s}.timers AS t
+                                    WHERE t.run_id = r.id AND t.fired_at IS NULL
+                                      AND t.fire_at <= now()))
+                    OR (r.status = 'awaiting_signal'
+                        AND EXISTS (SELECT 1 FROM {s}.signals AS g
+                                    WHERE g.run_id = r.id AND g.consumed_at IS NULL
+                                      AND 'signal:' || g.name = r.waiting_for))
+                    OR (r.status = 'awaiting_child'
+                        AND EXISTS (SELECT 1 FROM {s}.runs AS c
+                                    WHERE c.parent_run_id = r.id
+                                      AND c.status IN ('done', 'failed', 'canceled')
+                                      AND NOT EXISTS (
+                                        SELECT 1 FROM {s}.steps AS m
+                                        WHERE m.run_id = r.id
+                                          AND m.cursor_key = c.parent_cursor_key)))
+                  )
+                ORDER BY r.updated_at
+                LIMIT :limit
+                FOR UPDATE OF r SKIP LOCKED
+            ), ev AS (
+                INSERT INTO {s}.events (run_id, type, data)
+                SELECT id, 'rewoken', '{{"reason": "no pending wake-up"}}'::jsonb FROM stranded
+                RETURNING 1
+            ), job AS ({wake_insert_sql("stranded", wake_at="NULL", priority="stranded.priority")})
+            SELECT (SELECT count(*) FROM stranded) AS rewoken""")
         self._sql_detail_steps = sa.text(
             f"SELECT * FROM {s}.steps WHERE run_id = :run_id ORDER BY position"
         )
@@ -414,6 +538,16 @@ class PostgresStore:
             timers={t.cursor_key: t for t in map(_timer, row["timers"])},
             inbox=[_signal(d) for d in row["inbox"]],
             db_now=row["db_now"],
+            children={
+                d["cursor_key"]: ChildRecord(
+                    id=uuid.UUID(d["id"]),
+                    cursor_key=d["cursor_key"],
+                    status=RunStatus(d["status"]),
+                    output=d["output"],
+                    error=d["error"],
+                )
+                for d in row["children"]
+            },
         )
 
     async def renew(self, lease: Lease) -> None:
@@ -458,8 +592,30 @@ class PostgresStore:
         if row is None or not row["leased"]:
             raise LeaseLost(lease.run_id)
 
+    async def spawn_child(self, lease: Lease, child: NewRun) -> bool:
+        row = await self._one(
+            self._sql_spawn,
+            {
+                "parent": lease.run_id,
+                "token": lease.token,
+                "lease": lease.seconds,
+                "id": child.id,
+                "name": child.name,
+                "version": child.version,
+                "input": _j(child.input),
+                "tags": list(child.tags),
+                "priority": child.priority,
+                "parent_cursor_key": child.parent_cursor_key,
+                "meta": _j(child.meta),
+                "event": _j({"version": child.version, "parent": str(lease.run_id)}),
+                "queue": self._queue,
+            },
+        )
+        if row is None or not row["leased"]:
+            raise LeaseLost(lease.run_id)
+        return bool(row["created"])
+
     async def suspend(self, lease: Lease, plan: SuspendPlan) -> None:
-        timer = plan.new_timer
         row = await self._one(
             self._sql_suspend,
             {
@@ -469,8 +625,8 @@ class PostgresStore:
                 "waiting_for": plan.waiting_for,
                 "wake_at": plan.wake_at,
                 "progress": plan.progress,
-                "timer_key": timer.cursor_key if timer else None,
-                "timer_at": timer.fire_at if timer else None,
+                "timer_keys": [t.cursor_key for t in plan.new_timers],
+                "timer_ats": [t.fire_at for t in plan.new_timers],
                 "cursor_key": plan.cursor_key,
                 "event": _j({"reason": plan.reason, "wake_at": _iso(plan.wake_at)}),
                 "queue": self._queue,
@@ -542,28 +698,55 @@ class PostgresStore:
             )
             return SignalResult("delivered" if waiting else "buffered", signal_id=inserted.id)
 
-    async def retry(self, run_id: uuid.UUID) -> RetryResult:
+    async def cancel(self, run_id: uuid.UUID, reason: str) -> CancelResult:
         async with self._tx() as conn:
-            row = (await conn.execute(self._sql_retry_lock, {"run_id": run_id})).first()
+            row = (await conn.execute(self._sql_cancel_lock, {"run_id": run_id})).first()
             if row is None:
-                return RetryResult("missing")
-            if row.status != RunStatus.FAILED.value:
-                return RetryResult("not_failed", RunStatus(row.status))
-            cut = (await conn.execute(self._sql_retry_cut, {"run_id": run_id})).scalar()
-            cut = 2147483647 if cut is None else cut
-            for stmt in self._sql_retry_reset:
-                await conn.execute(stmt, {"run_id": run_id, "cut": cut})
+                return CancelResult("not_found")
+            status = RunStatus(row.status)
+            if status in (RunStatus.DONE, RunStatus.FAILED, RunStatus.CANCELED):
+                return CancelResult("already_terminal", status)
             await conn.execute(
-                self._sql_event,
+                self._sql_cancel,
                 {
                     "run_id": run_id,
-                    "type": "retried",
-                    "cursor_key": None,
-                    "data": _j({"from": cut}),
+                    "error": _j({"code": "RUN_CANCELED", "message": reason}),
+                    "event": _j({"reason": reason, "root": str(run_id)}),
+                    "queue": self._queue,
                 },
             )
-            await conn.execute(self._sql_wake, {"run_id": run_id, "queue": self._queue})
-            return RetryResult("queued", RunStatus.PENDING)
+            return CancelResult("canceled", RunStatus.CANCELED)
+
+    async def retry(self, run_id: uuid.UUID) -> RetryResult:
+        async with self._tx() as conn:
+            return await self._retry_in(conn, run_id)
+
+    async def _retry_in(self, conn: AsyncConnection, run_id: uuid.UUID) -> RetryResult:
+        row = (await conn.execute(self._sql_retry_lock, {"run_id": run_id})).first()
+        if row is None:
+            return RetryResult("missing")
+        if row.status != RunStatus.FAILED.value:
+            return RetryResult("not_failed", RunStatus(row.status))
+        cut = (await conn.execute(self._sql_retry_cut, {"run_id": run_id})).scalar()
+        cut = 2147483647 if cut is None else cut
+        children = (
+            await conn.execute(self._sql_retry_children, {"run_id": run_id, "cut": cut})
+        ).scalars()
+        for child_id in list(children):  # a failed child is retried with its parent
+            await self._retry_in(conn, child_id)
+        for stmt in self._sql_retry_reset:
+            await conn.execute(stmt, {"run_id": run_id, "cut": cut})
+        await conn.execute(
+            self._sql_event,
+            {
+                "run_id": run_id,
+                "type": "retried",
+                "cursor_key": None,
+                "data": _j({"from": cut}),
+            },
+        )
+        await conn.execute(self._sql_wake, {"run_id": run_id, "queue": self._queue})
+        return RetryResult("queued", RunStatus.PENDING)
 
     # -- recovery ---------------------------------------------------------------------------
 
@@ -572,6 +755,20 @@ class PostgresStore:
         procrastinate job their dead worker left in ``doing`` (it holds the run's job lock)."""
         row = await self._one(self._sql_recover_expired, {"limit": limit, "queue": self._queue})
         return 0 if row is None else int(row["recovered"])
+
+    async def release_orphaned_jobs(self, stale_seconds: float) -> int:
+        try:
+            async with self._auto.connect() as conn:
+                result = await conn.execute(
+                    self._sql_release_orphans, {"queue": self._queue, "stale": stale_seconds}
+                )
+        except DBAPIError as exc:
+            raise _map(exc) from exc
+        return int(result.rowcount)
+
+    async def rewake_stranded(self, limit: int) -> int:
+        row = await self._one(self._sql_rewake, {"limit": limit, "queue": self._queue})
+        return 0 if row is None else int(row["rewoken"])
 
     # -- reads ------------------------------------------------------------------------------
 

@@ -1,0 +1,251 @@
+"""The reconciler, the no-progress claim cap, and the signal inbox.
+
+Attempts are driven with ``engine.worker.advance`` (the worker's own attempt code, without
+procrastinate) so each test controls exactly when a run moves; lost wake-ups are simulated by
+deleting the run's job row, which is what a purged queue or a failover looks like.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from pydantic import BaseModel
+
+from iterflow import Engine, FlowContext, FlowError
+from iterflow.models import RunStatus
+from tests.integration.flows import eventually, sql
+
+
+class Num(BaseModel):
+    n: int
+
+
+class Tick(BaseModel):
+    i: int
+
+
+def jobs_for(url: str, run_id: uuid.UUID) -> int:
+    return sql(
+        url,
+        "SELECT count(*) FROM procrastinate_jobs WHERE lock = %s AND status = 'todo'",
+        str(run_id),
+    )[0][0]
+
+
+def lose_jobs(url: str) -> None:
+    sql(url, "DELETE FROM procrastinate_jobs")
+
+
+async def test_pending_run_without_job_is_rewoken_but_a_delay_is_never_cut_short(
+    engine: Engine, database_url: str
+) -> None:
+    @engine.flow("noop", input=Num, output=int)
+    async def noop(ctx: FlowContext, x: Num) -> int:
+        return x.n
+
+    now_run = await noop.start(Num(n=1))
+    later_run = await noop.start(Num(n=2), delay="1h")
+    lose_jobs(database_url)
+    report = await engine.reconcile()
+    assert report.rewoken == 1
+    assert jobs_for(database_url, now_run.run_id) == 1
+    assert jobs_for(database_url, later_run.run_id) == 0
+    # A delayed run whose job exists is left alone too (its scheduled_at is not moved).
+    delayed = await noop.start(Num(n=3), delay="1h")
+    before = sql(
+        database_url,
+        "SELECT scheduled_at FROM procrastinate_jobs WHERE lock = %s",
+        str(delayed.run_id),
+    )
+    assert (await engine.reconcile()).rewoken == 0
+    after = sql(
+        database_url,
+        "SELECT scheduled_at FROM procrastinate_jobs WHERE lock = %s",
+        str(delayed.run_id),
+    )
+    assert before == after
+
+
+async def test_due_timer_and_buffered_signal_and_finished_child_are_rewoken(
+    engine: Engine, database_url: str
+) -> None:
+    @engine.flow("napper", input=Num, output=int)
+    async def napper(ctx: FlowContext, x: Num) -> int:
+        await ctx.sleep("50ms")
+        return x.n
+
+    @engine.flow("listener", input=Num, output=int, signals={"tick": Tick})
+    async def listener(ctx: FlowContext, x: Num) -> int:
+        return (await ctx.signal("tick", Tick)).i
+
+    @engine.flow("child", input=Num, output=int)
+    async def child(ctx: FlowContext, x: Num) -> int:
+        return x.n * 10
+
+    @engine.flow("parent", input=Num, output=int)
+    async def parent(ctx: FlowContext, x: Num) -> int:
+        return await ctx.invoke(child, x)
+
+    sleeper = await napper.start(Num(n=1))
+    waiter = await listener.start(Num(n=2))
+    boss = await parent.start(Num(n=3))
+    for run in (sleeper, waiter, boss):
+        assert await engine.worker.advance(run.run_id) == "suspended"
+    child_id = sql(
+        database_url, "SELECT id FROM iterflow.runs WHERE parent_run_id = %s", boss.run_id
+    )[0][0]
+    assert await engine.worker.advance(child_id) == "done"
+    await engine.signal(waiter.run_id, "tick", {"i": 7})
+    lose_jobs(database_url)  # every wake-up is gone
+
+    async def all_rewoken() -> bool:
+        await engine.reconcile()
+        return all(jobs_for(database_url, r.run_id) for r in (sleeper, waiter, boss))
+
+    await eventually(all_rewoken, what="timer due, signal and child wake-ups re-enqueued")
+    for run in (sleeper, waiter, boss):
+        assert await engine.worker.advance(run.run_id) == "done"
+    assert await parent.result(boss.run_id, timeout=5) == 30
+    assert await listener.result(waiter.run_id, timeout=5) == 7
+    events = sql(database_url, "SELECT count(*) FROM iterflow.events WHERE type = 'rewoken'")
+    assert events == [(3,)]
+
+
+async def test_expired_lease_is_recovered_and_the_dead_job_released(
+    engine: Engine, database_url: str
+) -> None:
+    @engine.flow("noop2", input=Num, output=int)
+    async def noop2(ctx: FlowContext, x: Num) -> int:
+        return x.n
+
+    run = await noop2.start(Num(n=5))
+    # A worker claimed it (job doing) and died: its lease is already expired.
+    sql(database_url, "UPDATE procrastinate_jobs SET status = 'doing'")
+    claim = await engine.store.claim(run.run_id, "dead-worker", 0.001)
+    assert claim is not None
+
+    async def recovered() -> bool:
+        return (await engine.reconcile()).expired_leases == 1
+
+    await eventually(recovered, what="expired lease recovery")
+    status = sql(database_url, "SELECT status FROM procrastinate_jobs ORDER BY id")
+    assert status == [("failed",), ("todo",)]
+    detail = await engine.status(run.run_id)
+    assert detail.run.status is RunStatus.RETRYING and detail.run.lease_owner is None
+    assert await engine.worker.advance(run.run_id) == "done"
+
+
+async def test_jobs_left_doing_by_a_dead_worker_are_released(
+    engine: Engine, database_url: str
+) -> None:
+    @engine.flow("noop3", input=Num, output=int)
+    async def noop3(ctx: FlowContext, x: Num) -> int:
+        return x.n
+
+    run = await noop3.start(Num(n=1))
+    assert await engine.worker.advance(run.run_id) == "done"
+    stale = sql(
+        database_url,
+        "INSERT INTO procrastinate_workers (last_heartbeat) VALUES (now() - interval '1 hour') "
+        "RETURNING id",
+    )[0][0]
+    # The worker died between finishing the run and recording its job as finished.
+    sql(database_url, "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s", stale)
+    assert (await engine.reconcile()).orphaned_jobs == 1
+    assert sql(database_url, "SELECT status FROM procrastinate_jobs") == [("failed",)]
+
+
+async def test_runs_claimed_without_progress_fail_after_the_cap(database_url: str) -> None:
+    async with Engine(database_url, max_stalled_claims=3) as engine:
+
+        @engine.flow("poison", input=Num, output=int)
+        async def poison(ctx: FlowContext, x: Num) -> int:
+            return x.n
+
+        run = await poison.start(Num(n=1))
+        for _ in range(4):  # each claim "crashes": its lease simply expires
+            assert await engine.store.claim(run.run_id, "crashy", 0.001) is not None
+            await eventually(
+                lambda: _lease_expired(engine, run.run_id), what="lease expiry", timeout=5
+            )
+        assert await engine.worker.advance(run.run_id) == "failed"
+        with pytest.raises(FlowError) as info:
+            await poison.result(run.run_id, timeout=5)
+        assert info.value.error_code == "RUN_ATTEMPTS_EXHAUSTED"
+
+
+async def _lease_expired(engine: Engine, run_id: uuid.UUID) -> bool:
+    run = (await engine.status(run_id)).run
+    rows = sql(
+        engine.database_url,
+        "SELECT lease_expires_at < now() FROM iterflow.runs WHERE id = %s",
+        run_id,
+    )
+    return run.status is RunStatus.RUNNING and bool(rows[0][0])
+
+
+async def test_normal_resumes_never_count_against_the_cap(database_url: str) -> None:
+    async with Engine(database_url, max_stalled_claims=2) as engine:
+
+        @engine.flow("ticker", input=Num, output=int, signals={"tick": Tick})
+        async def ticker(ctx: FlowContext, x: Num) -> int:
+            total = 0
+            for _ in range(x.n):
+                total += (await ctx.signal("tick", Tick)).i
+            return total
+
+        run = await ticker.start(Num(n=200))
+        for i in range(200):
+            assert await engine.worker.advance(run.run_id) == "suspended"
+            assert (await engine.signal(run.run_id, "tick", {"i": i})).kind == "delivered"
+        assert await engine.worker.advance(run.run_id) == "done"
+        assert await ticker.result(run.run_id, timeout=5) == sum(range(200))
+        assert (await engine.status(run.run_id)).run.attempts == 201
+
+
+async def test_signal_inbox_is_fifo_and_keys_survive_consumption(engine: Engine) -> None:
+    @engine.flow("collector", input=Num, output=list[int], signals={"tick": Tick})
+    async def collector(ctx: FlowContext, x: Num) -> list[int]:
+        got = [(await ctx.signal("tick", Tick)).i for _ in range(x.n)]
+        await ctx.signal("tick", Tick)  # keeps the run live after consuming the first N
+        return got
+
+    run = await collector.start(Num(n=3))
+    for i in range(3):  # N signals before N waits: all buffered, none dropped
+        result = await engine.signal(run.run_id, "tick", {"i": i}, idempotency_key=f"evt-{i}")
+        assert result.kind == "buffered"
+    assert await engine.worker.advance(run.run_id) == "suspended"
+    detail = await engine.status(run.run_id)
+    assert [s.output["i"] for s in detail.steps] == [0, 1, 2]
+    assert all(s.consumed_by for s in detail.signals)
+    # A webhook retried after its signal was consumed is still recognised.
+    again = await engine.signal(run.run_id, "tick", {"i": 0}, idempotency_key="evt-0")
+    assert again.kind == "duplicate"
+    last = await engine.signal(run.run_id, "tick", {"i": 9}, idempotency_key="evt-9")
+    assert last.kind == "delivered"
+    assert await engine.worker.advance(run.run_id) == "done"
+    assert await collector.result(run.run_id, timeout=5) == [0, 1, 2]
+
+
+async def test_retry_after_signal_timeout_rearms_the_wait(engine: Engine) -> None:
+    @engine.flow("approval", input=Num, output=int, signals={"tick": Tick})
+    async def approval(ctx: FlowContext, x: Num) -> int:
+        return (await ctx.signal("tick", Tick, timeout="100ms")).i
+
+    run = await approval.start(Num(n=0))
+    assert await engine.worker.advance(run.run_id) == "suspended"
+
+    async def timed_out() -> bool:
+        return await engine.worker.advance(run.run_id) == "failed"
+
+    await eventually(timed_out, what="signal timeout")
+    with pytest.raises(FlowError) as info:
+        await approval.result(run.run_id, timeout=5)
+    assert info.value.error_code == "SIGNAL_TIMEOUT"
+
+    assert (await engine.retry(run.run_id)).kind == "queued"
+    assert await engine.worker.advance(run.run_id) == "suspended"  # a fresh 100ms window
+    await engine.signal(run.run_id, "tick", {"i": 4})
+    assert await engine.worker.advance(run.run_id) == "done"
+    assert await approval.result(run.run_id, timeout=5) == 4
