@@ -142,9 +142,9 @@ async def test_depth_and_fanout_caps_have_their_own_codes(database_url: str) -> 
         @engine.flow("wide", input=Num, output=int)
         async def wide(ctx: FlowContext, x: Num) -> int:
             total = 0
-            for i in range(x.n):
+            for _ in range(x.n):
                 total += await ctx.invoke(nest, Num(n=0))
-            return total + i
+            return total
 
         await engine.listen(concurrency=2)
         deep = await nest.start(Num(n=5))
