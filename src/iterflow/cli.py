@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import json
 import logging
 import os
 import sys
@@ -62,6 +63,42 @@ async def _show(url: str | None, schema: str, run_id: str) -> None:
         print(render_timeline(detail))
 
 
+async def _list(url: str | None, schema: str, args: argparse.Namespace) -> None:
+    from .engine import Engine
+
+    async with Engine(url, db_schema=schema) as engine:
+        page = await engine.list_runs(
+            name=args.flow,
+            status=args.status or None,
+            tag=args.tag,
+            limit=args.limit,
+            cursor=args.cursor,
+        )
+        print(f"{'run id':36}  {'flow':24}  {'status':16}  created")
+        for run in page.runs:
+            flow = f"{run.name}@{run.version}"
+            created = f"{run.created_at:%Y-%m-%d %H:%M:%S}"
+            print(f"{run.id!s:36}  {flow:24}  {run.status.value:16}  {created}")
+        if page.next_cursor is not None:
+            print(f"more: flowctl list --cursor {page.next_cursor}")
+
+
+async def _cancel(url: str | None, schema: str, run_id: str, reason: str | None) -> None:
+    from .engine import Engine
+
+    async with Engine(url, db_schema=schema) as engine:
+        print((await engine.cancel(run_id, reason=reason)).kind)
+
+
+async def _signal(
+    target: str, url: str | None, run_id: str, name: str, payload: str, key: str | None
+) -> None:
+    engine = _load_engine(target, url)
+    async with engine:
+        result = await engine.signal(run_id, name, json.loads(payload), idempotency_key=key)
+        print(result.kind)
+
+
 async def _retry(url: str | None, schema: str, run_id: str) -> None:
     from .engine import Engine
 
@@ -102,6 +139,24 @@ def _parser() -> argparse.ArgumentParser:
     retry = sub.add_parser("retry", help="replay a failed run from its failed step")
     retry.add_argument("run_id")
 
+    lst = sub.add_parser("list", help="list runs, newest first")
+    lst.add_argument("--flow", default=None, help="only runs of this flow name")
+    lst.add_argument("--status", action="append", help="only this status (repeatable)")
+    lst.add_argument("--tag", default=None, help="only runs with this tag")
+    lst.add_argument("--limit", type=int, default=50)
+    lst.add_argument("--cursor", type=int, default=None, help="continue after a previous page")
+
+    cancel = sub.add_parser("cancel", help="cancel a live run (and its non-detached children)")
+    cancel.add_argument("run_id")
+    cancel.add_argument("--reason", default=None)
+
+    sig = sub.add_parser("signal", help="deliver a signal (validated by the flow's model)")
+    sig.add_argument("engine", help="import path of the Engine that registers the flow")
+    sig.add_argument("run_id")
+    sig.add_argument("name")
+    sig.add_argument("payload", help="JSON payload")
+    sig.add_argument("--idempotency-key", default=None)
+
     demo = sub.add_parser("demo", help="run the order demo on embedded PostgreSQL")
     demo.add_argument("--sleep", type=float, default=2.0, help="durable sleep in seconds")
     return parser
@@ -133,6 +188,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_worker(args.engine, url, args.concurrency))
         elif args.command == "show":
             asyncio.run(_show(url, args.schema, args.run_id))
+        elif args.command == "list":
+            asyncio.run(_list(url, args.schema, args))
+        elif args.command == "cancel":
+            asyncio.run(_cancel(url, args.schema, args.run_id, args.reason))
+        elif args.command == "signal":
+            asyncio.run(
+                _signal(
+                    args.engine, url, args.run_id, args.name, args.payload, args.idempotency_key
+                )
+            )
         elif args.command == "retry":
             asyncio.run(_retry(url, args.schema, args.run_id))
         elif args.command == "demo":

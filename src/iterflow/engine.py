@@ -31,6 +31,7 @@ from .models import (
     NewRun,
     RetryResult,
     RunDetail,
+    RunPage,
     RunRecord,
     RunStatus,
     SignalResult,
@@ -385,6 +386,30 @@ class Engine:
         if detail is None:
             raise RunNotFound(f"no run {rid}")
         return detail
+
+    async def list_runs(
+        self,
+        *,
+        name: str | None = None,
+        status: RunStatus | str | Iterable[RunStatus | str] | None = None,
+        tag: str | None = None,
+        limit: int = 50,
+        cursor: int | None = None,
+    ) -> RunPage:
+        """Runs newest first, filtered by flow name, status(es) and tag; keyset-paginated."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InputInvalid("limit must be an integer between 1 and 1000")
+        raw = [status] if isinstance(status, str | RunStatus) else list(status or ())
+        try:
+            statuses = [RunStatus(s) for s in raw]
+        except ValueError as exc:
+            known = ", ".join(s.value for s in RunStatus)
+            raise InputInvalid(f"unknown status in {raw!r}; use one of: {known}") from exc
+        runs = await self.store.list_runs(
+            name=name, statuses=statuses, tag=tag, limit=limit, before_seq=cursor
+        )
+        next_cursor = runs[-1].seq if len(runs) == limit else None
+        return RunPage(runs=tuple(runs), next_cursor=next_cursor)
 
     async def wait(self, run_id: uuid.UUID | str, *, timeout: float | None = None) -> RunRecord:
         """Wait until the run is terminal; return it, or raise its error if not ``done``."""

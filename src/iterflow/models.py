@@ -17,6 +17,7 @@ __all__ = [
     "EventRecord",
     "RetryResult",
     "RunDetail",
+    "RunPage",
     "RunRecord",
     "RunStatus",
     "SignalRecord",
@@ -185,6 +186,14 @@ class RunDetail:
     signals: tuple[SignalRecord, ...] = ()
     timers: tuple[TimerRecord, ...] = ()
     events: tuple[EventRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RunPage:
+    """One page of ``engine.list_runs``; pass ``next_cursor`` back to get the next page."""
+
+    runs: tuple[RunRecord, ...]
+    next_cursor: int | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,6 +130,18 @@ class Store(Protocol):
         """Enqueue a wake-up for up to ``limit`` live runs that need one and have none."""
         ...
 
+    async def list_runs(
+        self,
+        *,
+        name: str | None,
+        statuses: Sequence[RunStatus],
+        tag: str | None,
+        limit: int,
+        before_seq: int | None,
+    ) -> list[RunRecord]:
+        """Runs newest first, keyset-paginated on ``seq``."""
+        ...
+
     async def get_run(self, run_id: uuid.UUID) -> RunRecord | None:
         """One run row."""
         ...

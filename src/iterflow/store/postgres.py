@@ -38,6 +38,7 @@ from ..models import (
 )
 from ..queue import wake_insert_sql
 from ..replay import SuspendPlan
+from . import schema as schema_tables
 from .base import Claim, Lease, LeaseLost
 
 __all__ = ["TERMINAL_CHANNEL", "PostgresStore"]
@@ -136,6 +137,7 @@ class PostgresStore:
         self._engine = engine
         self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._queue = queue
+        self._translate = schema_tables.translate_map(schema)
         s = schema
         self.schema = schema
         self._sql_start = sa.text(f"""
@@ -769,6 +771,37 @@ class PostgresStore:
     async def rewake_stranded(self, limit: int) -> int:
         row = await self._one(self._sql_rewake, {"limit": limit, "queue": self._queue})
         return 0 if row is None else int(row["rewoken"])
+
+    async def list_runs(
+        self,
+        *,
+        name: str | None,
+        statuses: Sequence[RunStatus],
+        tag: str | None,
+        limit: int,
+        before_seq: int | None,
+    ) -> list[RunRecord]:
+        """Newest first, keyset-paginated on ``seq`` (never skips rows sharing a timestamp)."""
+        runs = schema_tables.runs
+        stmt = sa.select(*[runs.c[c.strip()] for c in _RUN_COLS.split(",")])
+        if name is not None:
+            stmt = stmt.where(runs.c.name == name)
+        if statuses:
+            stmt = stmt.where(runs.c.status.in_([s.value for s in statuses]))
+        if tag is not None:
+            stmt = stmt.where(runs.c.tags.contains([tag]))
+        if before_seq is not None:
+            stmt = stmt.where(runs.c.seq < before_seq)
+        stmt = stmt.order_by(runs.c.seq.desc()).limit(limit)
+        try:
+            async with self._auto.connect() as conn:
+                result = await conn.execute(
+                    stmt, execution_options={"schema_translate_map": self._translate}
+                )
+                rows = result.mappings().all()
+        except DBAPIError as exc:
+            raise _map(exc) from exc
+        return [_run(r) for r in rows]
 
     # -- reads ------------------------------------------------------------------------------
 
