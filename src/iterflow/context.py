@@ -26,6 +26,7 @@ from . import codec, replay
 from .definition import FlowDef
 from .durations import DurationLike, WhenLike, due_at, parse_duration
 from .errors import (
+    DatabaseUnavailable,
     FlowDefinitionError,
     FlowError,
     InputInvalid,
@@ -51,7 +52,7 @@ from .models import (
 from .retry import RetryPolicy
 from .store.base import Lease, LeaseLost, Store
 
-__all__ = ["FlowContext", "Interrupt", "Suspended"]
+__all__ = ["Aborted", "Drifted", "FlowContext", "Interrupt", "Suspended"]
 
 T = TypeVar("T")
 M = TypeVar("M")
@@ -87,6 +88,15 @@ class Suspended(Interrupt):
 
 class Drifted(Interrupt):
     """The body no longer matches the recorded history."""
+
+    def __init__(self, error: FlowError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class Aborted(Interrupt):
+    """Storage failed mid-attempt (e.g. PostgreSQL restarting). The attempt ends without failing
+    the run; it is retried shortly, or recovered by lease expiry if even that write fails."""
 
     def __init__(self, error: FlowError) -> None:
         super().__init__(str(error))
@@ -192,6 +202,8 @@ class FlowContext:
             )
         except LeaseLost as exc:
             self._raise(exc)
+        except DatabaseUnavailable as exc:
+            self._raise(Aborted(exc))
         self._cursor.record(rec)
 
     def check_complete(self) -> None:
@@ -536,6 +548,8 @@ class FlowContext:
             )
         except LeaseLost as exc:
             self._raise(exc)
+        except DatabaseUnavailable as exc:
+            self._raise(Aborted(exc))
         self._raise(
             Suspended(
                 replay.SuspendPlan(
@@ -577,7 +591,7 @@ class FlowContext:
             _IN_GATHER.reset(token)
         plans: list[replay.SuspendPlan] = []
         for result in results:
-            if isinstance(result, Drifted | LeaseLost):
+            if isinstance(result, Drifted | Aborted | LeaseLost):
                 self._raise(result)
             if isinstance(result, Suspended):
                 plans.append(result.plan)

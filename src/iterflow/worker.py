@@ -18,7 +18,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from .context import Drifted, FlowContext, Suspended
+from .context import Aborted, Drifted, FlowContext, Suspended
 from .definition import FlowDef, Registry
 from .errors import (
     FlowError,
@@ -29,6 +29,7 @@ from .errors import (
     RunAttemptsExhausted,
 )
 from .models import RunStatus
+from .replay import SuspendPlan
 from .settings import Settings
 from .store.base import Claim, LeaseLost, Store
 
@@ -151,6 +152,8 @@ class Worker:
             ctx.check_complete()
         except _CanceledElsewhere:
             return "canceled"
+        except Aborted as a:
+            return await self._abort(lease, a, claim)
         except Suspended as s:
             await self.store.suspend(lease, s.plan)
             return "suspended"
@@ -160,13 +163,13 @@ class Worker:
         except LeaseLost:
             raise
         except FlowError as exc:
-            if isinstance(ctx.interrupted, Suspended | Drifted | LeaseLost):
-                return await self._interrupted(ctx, lease)
+            if isinstance(ctx.interrupted, Suspended | Drifted | Aborted | LeaseLost):
+                return await self._interrupted(ctx, lease, claim)
             await self.store.finish(lease, RunStatus.FAILED, None, exc.to_dict())
             return "failed"
         except Exception as exc:
-            if isinstance(ctx.interrupted, Suspended | Drifted | LeaseLost):
-                return await self._interrupted(ctx, lease)
+            if isinstance(ctx.interrupted, Suspended | Drifted | Aborted | LeaseLost):
+                return await self._interrupted(ctx, lease, claim)
             err = FlowFailed(f"flow body raised {type(exc).__name__}: {exc}")
             err.__cause__ = exc
             await self.store.finish(lease, RunStatus.FAILED, None, err.to_dict())
@@ -227,7 +230,22 @@ class Worker:
                 with contextlib.suppress(BaseException):
                     await body
 
-    async def _interrupted(self, ctx: FlowContext, lease: Any) -> str:
+    async def _abort(self, lease: Any, aborted: Aborted, claim: Claim) -> str:
+        """Release the run for a retry soon; if storage is still down, lease expiry recovers it."""
+        logger.warning("attempt on run %s aborted: %s", claim.run.id, aborted.error)
+        plan = SuspendPlan(
+            status=RunStatus.RETRYING,
+            reason="storage",
+            cursor_key="",
+            wake_at=_db_clock(claim.db_now)() + timedelta(seconds=2),
+            waiting_for="storage",
+            progress=False,
+        )
+        with contextlib.suppress(FlowError, LeaseLost):
+            await self.store.suspend(lease, plan)
+        return "aborted"
+
+    async def _interrupted(self, ctx: FlowContext, lease: Any, claim: Claim) -> str:
         """User code turned a swallowed interrupt into another exception: honour the interrupt."""
         pending = ctx.interrupted
         if isinstance(pending, Suspended):
@@ -236,6 +254,8 @@ class Worker:
         if isinstance(pending, Drifted):
             await self.store.finish(lease, RunStatus.FAILED, None, pending.error.to_dict())
             return "failed"
+        if isinstance(pending, Aborted):
+            return await self._abort(lease, pending, claim)
         raise LeaseLost(lease.run_id)
 
     async def _renew(self, claim: Claim, lost: asyncio.Event) -> None:

@@ -249,3 +249,49 @@ async def test_retry_after_signal_timeout_rearms_the_wait(engine: Engine) -> Non
     await engine.signal(run.run_id, "tick", {"i": 4})
     assert await engine.worker.advance(run.run_id) == "done"
     assert await approval.result(run.run_id, timeout=5) == 4
+
+
+async def test_a_database_error_during_a_checkpoint_aborts_the_attempt_not_the_run(
+    engine: Engine, database_url: str
+) -> None:
+    calls: list[int] = []
+
+    @engine.flow("sturdy", input=Num, output=int)
+    async def sturdy(ctx: FlowContext, x: Num) -> int:
+        def work() -> int:
+            calls.append(1)
+            return x.n
+
+        try:
+            return await ctx.step("work", work)
+        except FlowError:  # user code that catches FlowError must not see storage failures
+            return -1
+
+    # Fault injection: the first memo INSERT fails inside PostgreSQL, later ones succeed.
+    sql(database_url, "CREATE TABLE fault (armed boolean)")
+    sql(database_url, "INSERT INTO fault VALUES (true)")
+    sql(
+        database_url,
+        """CREATE FUNCTION fail_once() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+             IF (SELECT armed FROM fault) THEN
+               UPDATE fault SET armed = false;
+               RAISE EXCEPTION 'injected storage failure';
+             END IF;
+             RETURN NEW;
+           END $$""",
+    )
+    sql(
+        database_url,
+        "CREATE TRIGGER inject BEFORE INSERT ON iterflow.steps "
+        "FOR EACH ROW EXECUTE FUNCTION fail_once()",
+    )
+    run = await sturdy.start(Num(n=8))
+    assert await engine.worker.advance(run.run_id) == "aborted"
+    # The failed write rolled back (so the trigger's disarm did too); disarm it for real.
+    sql(database_url, "UPDATE fault SET armed = false")
+    detail = await engine.status(run.run_id)
+    assert detail.run.status is RunStatus.RETRYING and detail.steps == ()
+    assert await engine.worker.advance(run.run_id) == "done"
+    assert await sturdy.result(run.run_id, timeout=5) == 8
+    assert len(calls) == 2  # at-least-once before the checkpoint

@@ -422,6 +422,10 @@ class PostgresStore:
                                   WHERE j.lock = r.id::text AND j.status IN ('todo', 'doing'))
                   AND (
                     (r.status = 'pending' AND (r.wake_at IS NULL OR r.wake_at <= now()))
+                    OR (r.status = 'retrying'
+                        AND NOT EXISTS (SELECT 1 FROM {s}.timers AS t
+                                        WHERE t.run_id = r.id AND t.fired_at IS NULL
+                                          AND t.fire_at > now()))
                     OR (r.status IN ('sleeping', 'retrying', 'awaiting_signal')
                         AND EXISTS (SELECT 1 FROM {s}.timers AS t
                                     WHERE t.run_id = r.id AND t.fired_at IS NULL
