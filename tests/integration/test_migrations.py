@@ -1,0 +1,348 @@
+"""The alembic migrations agree with ``iterflow.store.schema`` and behave as shipped artifacts.
+
+Two independent checks of "migrations == table metadata": alembic's own ``compare_metadata``,
+and a catalog fingerprint (every column, default, identity, constraint and index definition as
+PostgreSQL prints it) compared with the same tables made by ``metadata.create_all``. The second
+also covers what autogenerate does not compare (CHECK constraints, partial index predicates,
+index methods, ON DELETE actions).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import Connection
+
+from iterflow.errors import ConfigInvalid, DatabaseUnavailable
+from iterflow.migrate import (
+    VERSION_TABLE,
+    downgrade,
+    include_name_for,
+    include_object_for,
+    run_migrations,
+)
+from iterflow.schemagen import metadata_for
+from iterflow.store.schema import metadata, translate_map
+from iterflow.urls import libpq_url, psycopg_url
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TABLES = {"runs", "steps", "signals", "timers", "events"}
+PROCRASTINATE_TABLES = {
+    "procrastinate_jobs",
+    "procrastinate_workers",
+    "procrastinate_events",
+    "procrastinate_periodic_defers",
+}
+
+
+# ------------------------------------------------------------------------------------------
+# helpers (also used by test_schemagen.py)
+
+
+@contextmanager
+def connect(url: str) -> Iterator[Connection]:
+    """A sync SQLAlchemy connection (psycopg) inside a transaction."""
+    engine = sa.create_engine(psycopg_url(url), poolclass=sa.NullPool)
+    try:
+        with engine.begin() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
+def schema_diff(url: str, schema: str) -> list[Any]:
+    """alembic autogenerate's differences between the database and iterflow's tables."""
+    with connect(url) as conn:
+        conn.execution_options(schema_translate_map=translate_map(schema))
+        context = MigrationContext.configure(
+            conn,
+            opts={
+                "include_schemas": True,
+                "include_name": include_name_for(schema),
+                "include_object": include_object_for(schema),
+                "compare_server_default": True,
+                "compare_type": True,
+            },
+        )
+        target = metadata if schema == "iterflow" else metadata_for(schema)
+        return list(compare_metadata(context, target))
+
+
+_COLUMNS = """
+SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+       pg_get_expr(d.adbin, d.adrelid), a.attidentity
+FROM pg_attribute a
+JOIN pg_class c ON c.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE n.nspname = :schema AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
+  AND c.relname <> :version_table
+ORDER BY c.relname, a.attnum
+"""
+_CONSTRAINTS = """
+SELECT c.relname, k.conname, k.contype, pg_get_constraintdef(k.oid)
+FROM pg_constraint k
+JOIN pg_class c ON c.oid = k.conrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = :schema AND c.relname <> :version_table
+ORDER BY 1, 2
+"""
+_INDEXES = """
+SELECT t.relname, i.relname, pg_get_indexdef(x.indexrelid)
+FROM pg_index x
+JOIN pg_class i ON i.oid = x.indexrelid
+JOIN pg_class t ON t.oid = x.indrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE n.nspname = :schema AND t.relname <> :version_table
+ORDER BY 1, 2
+"""
+
+
+def catalog_fingerprint(conn: Connection, schema: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Everything PostgreSQL knows about the iterflow tables in ``schema``, schema-neutral."""
+    params = {"schema": schema, "version_table": VERSION_TABLE}
+
+    def neutral(row: sa.Row[Any]) -> tuple[Any, ...]:
+        return tuple(v.replace(f"{schema}.", "<schema>.") if isinstance(v, str) else v for v in row)
+
+    return {
+        name: [neutral(row) for row in conn.execute(sa.text(query), params)]
+        for name, query in (
+            ("columns", _COLUMNS),
+            ("constraints", _CONSTRAINTS),
+            ("indexes", _INDEXES),
+        )
+    }
+
+
+def reference_fingerprint(conn: Connection, schema: str) -> dict[str, list[tuple[Any, ...]]]:
+    """The fingerprint of ``metadata.create_all`` in a scratch schema (rolled back)."""
+    savepoint = conn.begin_nested()
+    try:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+        metadata_for(schema).create_all(conn)
+        return catalog_fingerprint(conn, schema)
+    finally:
+        savepoint.rollback()
+
+
+def assert_matches_metadata(url: str, schema: str) -> None:
+    """The iterflow tables in ``schema`` are exactly ``iterflow.store.schema``'s."""
+    assert schema_diff(url, schema) == []
+    with connect(url) as conn:
+        actual = catalog_fingerprint(conn, schema)
+        expected = reference_fingerprint(conn, "zz_reference")
+    assert {row[0] for row in actual["columns"]} == TABLES
+    assert actual == expected
+
+
+def _scalar(url: str, query: str, **params: Any) -> Any:
+    with connect(url) as conn:
+        return conn.execute(sa.text(query), params).scalar()
+
+
+def _tables(url: str, schema: str) -> set[str]:
+    with connect(url) as conn:
+        return set(sa.inspect(conn).get_table_names(schema=schema))
+
+
+def _version(url: str, schema: str) -> list[str]:
+    with connect(url) as conn:
+        rows = conn.execute(sa.text(f"SELECT version_num FROM {schema}.{VERSION_TABLE}"))
+        return [row[0] for row in rows]
+
+
+# ------------------------------------------------------------------------------------------
+# migrations == metadata
+
+
+@pytest.mark.parametrize("schema", ["iterflow", "acme_flows"])
+def test_migrations_match_table_metadata(empty_database_url: str, schema: str) -> None:
+    run_migrations(empty_database_url, schema=schema)
+
+    assert_matches_metadata(empty_database_url, schema)
+
+
+def test_version_table_lives_in_the_iterflow_schema(empty_database_url: str) -> None:
+    run_migrations(empty_database_url, schema="acme_flows")
+
+    assert _version(empty_database_url, "acme_flows") == ["0001"]
+    assert VERSION_TABLE in _tables(empty_database_url, "acme_flows")
+    public = _tables(empty_database_url, "public")
+    assert "alembic_version" not in public
+    assert VERSION_TABLE not in public
+
+
+def test_upgrade_twice_is_a_no_op(empty_database_url: str) -> None:
+    run_migrations(empty_database_url)
+    with connect(empty_database_url) as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO iterflow.runs (id, name, version, input) "
+                "VALUES (gen_random_uuid(), 'kept', 1, '{}')"
+            )
+        )
+
+    run_migrations(empty_database_url)
+
+    assert _version(empty_database_url, "iterflow") == ["0001"]
+    assert _scalar(empty_database_url, "SELECT count(*) FROM iterflow.runs") == 1
+
+
+def test_upgrade_downgrade_upgrade(empty_database_url: str) -> None:
+    url = empty_database_url
+    run_migrations(url)
+
+    downgrade(url)
+    assert _tables(url, "iterflow") == set()  # tables and version table gone
+    assert _tables(url, "public") >= PROCRASTINATE_TABLES  # kept unless asked
+
+    run_migrations(url)
+    assert _version(url, "iterflow") == ["0001"]
+    assert schema_diff(url, "iterflow") == []
+
+
+def test_procrastinate_schema_installed_in_public(empty_database_url: str) -> None:
+    url = empty_database_url
+    run_migrations(url)
+
+    assert _tables(url, "public") >= PROCRASTINATE_TABLES
+    assert _scalar(url, "SELECT to_regproc('public.procrastinate_defer_jobs_v1')") is not None
+    assert _scalar(url, "SELECT to_regclass('public.procrastinate_jobs_lock_priority_idx')")
+    # The % of the RAISE messages reached PostgreSQL single, not doubled by the driver layer.
+    body = _scalar(url, "SELECT pg_get_functiondef('public.procrastinate_finish_job_v1'::regproc)")
+    assert "(job id: %)" in body
+    assert "%%" not in body
+
+
+def test_second_schema_shares_procrastinate(empty_database_url: str) -> None:
+    url = empty_database_url
+    run_migrations(url, schema="iterflow")
+    run_migrations(url, schema="acme_flows")
+    assert _tables(url, "acme_flows") == TABLES | {VERSION_TABLE}
+
+    downgrade(url, schema="acme_flows")
+    assert _tables(url, "acme_flows") == set()
+    assert _tables(url, "iterflow") == TABLES | {VERSION_TABLE}
+    assert _tables(url, "public") >= PROCRASTINATE_TABLES
+
+    downgrade(url, schema="iterflow", drop_procrastinate=True)
+    leftovers = _scalar(
+        url,
+        "SELECT (SELECT count(*) FROM pg_class WHERE starts_with(relname, 'procrastinate'))"
+        " + (SELECT count(*) FROM pg_proc WHERE starts_with(proname, 'procrastinate'))"
+        " + (SELECT count(*) FROM pg_type WHERE starts_with(typname, 'procrastinate'))",
+    )
+    assert leftovers == 0
+
+
+def test_concurrent_migrations_in_threads(empty_database_url: str) -> None:
+    errors: list[BaseException] = []
+
+    def migrate() -> None:
+        try:
+            run_migrations(empty_database_url)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=migrate) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert errors == []
+    assert _version(empty_database_url, "iterflow") == ["0001"]
+
+
+def test_concurrent_migrations_in_processes(empty_database_url: str) -> None:
+    code = "import sys; from iterflow.migrate import run_migrations; run_migrations(sys.argv[1])"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, empty_database_url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    results = [(proc.wait(timeout=60), proc.communicate()[1]) for proc in procs]
+
+    assert [rc for rc, _ in results] == [0, 0, 0], [err for _, err in results]
+    assert _version(empty_database_url, "iterflow") == ["0001"]
+    assert schema_diff(empty_database_url, "iterflow") == []
+
+
+def test_alembic_command_line_from_repo_root(empty_database_url: str) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alembic",
+            "-x",
+            f"url={empty_database_url}",
+            "-x",
+            "schema=cli_flows",
+            "upgrade",
+            "head",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "Running upgrade  -> 0001" in result.stderr
+    assert _version(empty_database_url, "cli_flows") == ["0001"]
+    assert schema_diff(empty_database_url, "cli_flows") == []
+
+
+# ------------------------------------------------------------------------------------------
+# errors
+
+
+def test_unreachable_database_raises_database_unavailable() -> None:
+    url = "postgresql://someone:s3cret@127.0.0.1:1/nowhere"
+
+    with pytest.raises(DatabaseUnavailable) as caught:
+        run_migrations(url)
+
+    message = str(caught.value)
+    assert "not reachable" in message
+    assert "127.0.0.1:1/nowhere" in message
+    assert "s3cret" not in message
+    assert caught.value.__cause__ is not None
+
+
+def test_refused_operation_raises_database_unavailable(empty_database_url: str) -> None:
+    role = f"iterflow_weak_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(libpq_url(empty_database_url), autocommit=True) as conn:
+        # No CREATE on the database: CREATE SCHEMA is refused.
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'weak'")  # type: ignore[arg-type]
+    weak = sa.make_url(empty_database_url).set(username=role, password="weak")
+    try:
+        with pytest.raises(DatabaseUnavailable, match="refused") as caught:
+            run_migrations(weak.render_as_string(hide_password=False))
+        assert "permission denied" in str(caught.value)
+    finally:
+        with psycopg.connect(libpq_url(empty_database_url), autocommit=True) as conn:
+            conn.execute(f"DROP ROLE {role}")  # type: ignore[arg-type]
+
+
+def test_invalid_schema_name_is_rejected(empty_database_url: str) -> None:
+    with pytest.raises(ConfigInvalid, match="lowercase SQL identifier"):
+        run_migrations(empty_database_url, schema='bad"; DROP TABLE x; --')
