@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import typing
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -41,6 +42,8 @@ from .notify import TerminalListener
 from .queue import TASK_NAME
 from .reconciler import Reconciler, ReconcileReport
 from .settings import Settings
+from .store.base import Store
+from .store.memory import MemoryStore
 from .store.postgres import TERMINAL_CHANNEL, PostgresStore
 from .urls import asyncpg_url, libpq_url
 from .worker import Worker
@@ -139,12 +142,26 @@ class Engine:
         self.registry = Registry()
         self._url: str | None = None
         self._sa: AsyncEngine | None = None
-        self._store: PostgresStore | None = None
+        self._store: Store | None = None
         self._worker: Worker | None = None
         self._listener: TerminalListener | None = None
         self._embedded: EmbeddedPostgres | None = None
         self._worker_tasks: list[asyncio.Task[None]] = []
         self._reconciler: Reconciler | None = None
+        self._memory: MemoryStore | None = None
+        self._notifier: _Notifier | None = None
+
+    @classmethod
+    def in_memory(cls, *, clock: Callable[[], datetime] | None = None, **overrides: Any) -> Engine:
+        """An engine on the in-memory store, for unit tests of your flows (no PostgreSQL).
+
+        Wake-ups are executed in this process by ``await engine.drain()`` (or a background
+        ``listen()``); pass an :class:`iterflow.testing.FakeClock` to fire ``sleep("3d")`` at
+        once with ``clock.advance("3d")``.
+        """
+        engine = cls("memory://", **overrides)
+        engine._memory = MemoryStore(clock)
+        return engine
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -164,7 +181,20 @@ class Engine:
 
     async def open(self) -> None:
         """Start the embedded server if needed and create the connection pool."""
-        if self._sa is not None:
+        if self._store is not None:
+            return
+        if self._memory is not None:
+            self._url = "memory://"
+            self._store = self._memory
+            self._notifier = self._memory.notifier
+            self._worker = Worker(
+                self._store,
+                self.registry,
+                self.settings,
+                watch=self._watch_run,
+                clock=self._memory.clock,
+            )
+            self._reconciler = Reconciler(self._store, batch=self.settings.reconcile_batch)
             return
         url = self.settings.database_url
         if url is None:
@@ -189,6 +219,7 @@ class Engine:
             return await asyncpg.connect(libpq_url(url))
 
         self._listener = TerminalListener(connect, TERMINAL_CHANNEL)
+        self._notifier = self._listener
         self._worker = Worker(self._store, self.registry, self.settings, watch=self._watch_run)
         self._reconciler = Reconciler(self._store, batch=self.settings.reconcile_batch)
 
@@ -203,6 +234,8 @@ class Engine:
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
+        self._notifier = None
+        self._store = None
         if self._sa is not None:
             await self._sa.dispose()
             self._sa = None
@@ -211,7 +244,7 @@ class Engine:
             self._embedded = None
 
     def _watch_run(self, run_id: uuid.UUID) -> tuple[asyncio.Event, Callable[[], None]]:
-        listener = self._listener
+        listener = self._notifier
         if listener is None:
             return asyncio.Event(), lambda: None
         key = str(run_id)
@@ -220,12 +253,14 @@ class Engine:
 
     async def migrate(self) -> None:
         """Install or upgrade iterflow's tables (what ``flowctl migrate`` does)."""
+        if self._memory is not None:
+            return
         from .migrate import run_migrations
 
         await asyncio.to_thread(run_migrations, self.database_url, schema=self.settings.db_schema)
 
     @property
-    def store(self) -> PostgresStore:
+    def store(self) -> Store:
         """The store (open engines only)."""
         if self._store is None:
             raise ConfigInvalid("the engine is not open; use `async with Engine(...)`")
@@ -305,7 +340,8 @@ class Engine:
             raise InputInvalid("tags must be non-empty strings")
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise InputInvalid("priority must be an integer")
-        wake_at = datetime.now(UTC) + parse_duration(delay) if delay is not None else None
+        now = self._memory.clock() if self._memory is not None else datetime.now(UTC)
+        wake_at = now + parse_duration(delay) if delay is not None else None
         return await self.store.create_run(
             NewRun(
                 id=uuid.uuid4(),
@@ -414,11 +450,12 @@ class Engine:
     async def wait(self, run_id: uuid.UUID | str, *, timeout: float | None = None) -> RunRecord:
         """Wait until the run is terminal; return it, or raise its error if not ``done``."""
         rid = _run_id(run_id)
-        if self._listener is None:
+        notifier = self._notifier
+        if notifier is None:
             raise ConfigInvalid("the engine is not open; use `async with Engine(...)`")
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        event = self._listener.subscribe(str(rid))
+        event = notifier.subscribe(str(rid))
         delay = 0.02
         try:
             while True:
@@ -442,7 +479,7 @@ class Engine:
                 event.clear()
                 delay *= 2
         finally:
-            self._listener.unsubscribe(str(rid), event)
+            notifier.unsubscribe(str(rid), event)
         if run.status is RunStatus.DONE:
             return run
         raise FlowError.from_dict(run.error or {"code": "RUN_CANCELED", "message": "canceled"})
@@ -467,12 +504,33 @@ class Engine:
         self._worker_tasks.append(task)
         await asyncio.sleep(0)
 
+    async def drain(self) -> int:
+        """In-memory engines: run every due wake-up (and those it causes) until none is due.
+
+        Returns the number of attempts made.
+        """
+        memory = self._memory
+        if memory is None:
+            raise ConfigInvalid("drain() is for Engine.in_memory(); use workers on PostgreSQL")
+        attempts = 0
+        while (run_id := memory.take_due_wake()) is not None:
+            try:
+                await self.worker.advance(run_id)
+            finally:
+                memory.wake_done(run_id)
+            attempts += 1
+        return attempts
+
     async def run_worker(self, *, concurrency: int = 4) -> None:
         """Run a procrastinate worker executing wake-ups until cancelled."""
         import procrastinate
 
         if concurrency < 1:
             raise ConfigInvalid("concurrency must be at least 1")
+        if self._memory is not None:
+            while True:  # the in-memory store has its own in-process queue
+                await self.drain()
+                await asyncio.sleep(0.01)
         worker = self.worker
         if self._listener is not None:
             await self._listener.start()  # cancel notifications must reach running attempts
@@ -516,6 +574,12 @@ class Engine:
                 delete_jobs="successful",
                 shutdown_graceful_timeout=5.0,
             )
+
+
+class _Notifier(typing.Protocol):
+    def subscribe(self, run_id: str) -> asyncio.Event: ...
+
+    def unsubscribe(self, run_id: str, event: asyncio.Event) -> None: ...
 
 
 def _run_id(value: uuid.UUID | str) -> uuid.UUID:

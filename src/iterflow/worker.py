@@ -60,6 +60,7 @@ class Worker:
         owner: str | None = None,
         rng: random.Random | None = None,
         watch: Watch | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -67,6 +68,7 @@ class Worker:
         self.owner = owner or default_owner()
         self._rng = rng or random.Random()
         self._watch = watch
+        self._clock = clock
 
     async def advance(self, run_id: uuid.UUID) -> str:
         """Make one attempt on ``run_id``; return what happened (for logs and tests)."""
@@ -120,7 +122,7 @@ class Worker:
             timers=claim.timers,
             inbox=claim.inbox,
             signal_models=flow.signals,
-            clock=_db_clock(claim.db_now),
+            clock=self._clock or _db_clock(claim.db_now),
             rng=self._rng,
             max_payload_bytes=self.settings.max_payload_bytes,
             inline_retry_max=timedelta(seconds=self.settings.inline_retry_max_seconds),
@@ -237,7 +239,7 @@ class Worker:
             status=RunStatus.RETRYING,
             reason="storage",
             cursor_key="",
-            wake_at=_db_clock(claim.db_now)() + timedelta(seconds=2),
+            wake_at=(self._clock or _db_clock(claim.db_now))() + timedelta(seconds=2),
             waiting_for="storage",
             progress=False,
         )

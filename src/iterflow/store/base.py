@@ -24,7 +24,7 @@ from ..models import (
 )
 from ..replay import SuspendPlan
 
-__all__ = ["Claim", "Lease", "LeaseLost", "Store"]
+__all__ = ["Claim", "Lease", "LeaseLost", "Store", "WakeUp"]
 
 
 class LeaseLost(BaseException):
@@ -53,6 +53,15 @@ class Claim:
     inbox: Sequence[SignalRecord]
     db_now: datetime
     children: Mapping[str, ChildRecord] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class WakeUp:
+    """A queued wake-up: due at ``scheduled_at`` (None = now)."""
+
+    run_id: uuid.UUID
+    scheduled_at: datetime | None
+    priority: int = 0
 
 
 class Store(Protocol):
@@ -140,6 +149,10 @@ class Store(Protocol):
         before_seq: int | None,
     ) -> list[RunRecord]:
         """Runs newest first, keyset-paginated on ``seq``."""
+        ...
+
+    async def pending_wake(self, run_id: uuid.UUID) -> WakeUp | None:
+        """The run's queued wake-up, if any."""
         ...
 
     async def get_run(self, run_id: uuid.UUID) -> RunRecord | None:

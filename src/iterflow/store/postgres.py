@@ -39,7 +39,7 @@ from ..models import (
 from ..queue import wake_insert_sql
 from ..replay import SuspendPlan
 from . import schema as schema_tables
-from .base import Claim, Lease, LeaseLost
+from .base import Claim, Lease, LeaseLost, WakeUp
 
 __all__ = ["TERMINAL_CHANNEL", "PostgresStore"]
 
@@ -452,6 +452,10 @@ class PostgresStore:
                 RETURNING 1
             ), job AS ({wake_insert_sql("stranded", wake_at="NULL", priority="stranded.priority")})
             SELECT (SELECT count(*) FROM stranded) AS rewoken""")
+        self._sql_pending_wake = sa.text(
+            "SELECT scheduled_at, priority FROM procrastinate_jobs "
+            "WHERE queueing_lock = :lock AND status = 'todo'"
+        )
         self._sql_detail_steps = sa.text(
             f"SELECT * FROM {s}.steps WHERE run_id = :run_id ORDER BY position"
         )
@@ -808,6 +812,12 @@ class PostgresStore:
         return [_run(r) for r in rows]
 
     # -- reads ------------------------------------------------------------------------------
+
+    async def pending_wake(self, run_id: uuid.UUID) -> WakeUp | None:
+        row = await self._one(self._sql_pending_wake, {"lock": str(run_id)})
+        if row is None:
+            return None
+        return WakeUp(run_id=run_id, scheduled_at=row["scheduled_at"], priority=row["priority"])
 
     async def get_run(self, run_id: uuid.UUID) -> RunRecord | None:
         row = await self._one(self._sql_get_run, {"run_id": run_id})

@@ -1,0 +1,560 @@
+"""The in-memory store: the same Protocol and meaning as PostgreSQL, for users' unit tests.
+
+Every method runs without awaiting anything, so on one event loop each call is atomic, like one
+PostgreSQL transaction. Wake-ups live in an in-process queue that ``Engine.in_memory()`` drains;
+time comes from a clock the tests can move (:class:`iterflow.testing.FakeClock`). It passes the
+same contract suite as the PostgreSQL store (``tests/contract``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ..errors import ConfigInvalid
+from ..models import (
+    RESUMABLE_STATUSES,
+    TERMINAL_STATUSES,
+    CancelResult,
+    ChildRecord,
+    EventRecord,
+    NewRun,
+    RetryResult,
+    RunDetail,
+    RunRecord,
+    RunStatus,
+    SignalRecord,
+    SignalResult,
+    StartResult,
+    StepRecord,
+    StepStatus,
+    TimerRecord,
+)
+from ..replay import SuspendPlan
+from .base import Claim, Lease, LeaseLost, WakeUp
+
+__all__ = ["LocalNotifier", "MemoryStore"]
+
+
+class LocalNotifier:
+    """Terminal-run notifications inside one process (the memory store's LISTEN/NOTIFY)."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+
+    def subscribe(self, run_id: str) -> asyncio.Event:
+        """An event set when ``run_id`` becomes terminal."""
+        event = asyncio.Event()
+        self._waiters.setdefault(run_id, set()).add(event)
+        return event
+
+    def unsubscribe(self, run_id: str, event: asyncio.Event) -> None:
+        """Forget a waiter."""
+        events = self._waiters.get(run_id)
+        if events is not None:
+            events.discard(event)
+            if not events:
+                del self._waiters[run_id]
+
+    def notify(self, run_id: uuid.UUID) -> None:
+        """Wake the waiters of ``run_id``."""
+        for event in self._waiters.get(str(run_id), ()):
+            event.set()
+
+
+@dataclasses.dataclass
+class _Run:
+    id: uuid.UUID
+    seq: int
+    name: str
+    version: int
+    input: Any
+    created_at: datetime
+    idempotency_key: str | None = None
+    parent_run_id: uuid.UUID | None = None
+    parent_cursor_key: str | None = None
+    tags: tuple[str, ...] = ()
+    priority: int = 0
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    status: RunStatus = RunStatus.PENDING
+    output: Any = None
+    error: dict[str, Any] | None = None
+    lease_token: uuid.UUID | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    attempts: int = 0
+    stalled_claims: int = 0
+    waiting_for: str | None = None
+    wake_at: datetime | None = None
+    updated_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    def record(self) -> RunRecord:
+        return RunRecord(
+            id=self.id,
+            name=self.name,
+            version=self.version,
+            status=self.status,
+            input=self.input,
+            output=self.output,
+            error=self.error,
+            idempotency_key=self.idempotency_key,
+            parent_run_id=self.parent_run_id,
+            parent_cursor_key=self.parent_cursor_key,
+            tags=self.tags,
+            priority=self.priority,
+            lease_owner=self.lease_owner,
+            lease_expires_at=self.lease_expires_at,
+            attempts=self.attempts,
+            stalled_claims=self.stalled_claims,
+            waiting_for=self.waiting_for,
+            wake_at=self.wake_at,
+            created_at=self.created_at,
+            updated_at=self.updated_at or self.created_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            seq=self.seq,
+            meta=dict(self.meta),
+        )
+
+
+class MemoryStore:
+    """The :class:`~iterflow.store.base.Store` in process memory."""
+
+    def __init__(self, clock: Callable[[], datetime] | None = None) -> None:
+        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
+        self.notifier = LocalNotifier()
+        self._runs: dict[uuid.UUID, _Run] = {}
+        self._steps: dict[uuid.UUID, dict[int, StepRecord]] = {}
+        self._signals: dict[uuid.UUID, list[SignalRecord]] = {}
+        self._timers: dict[uuid.UUID, dict[str, TimerRecord]] = {}
+        self._events: dict[uuid.UUID, list[EventRecord]] = {}
+        self._wakes: dict[uuid.UUID, WakeUp] = {}
+        self._doing: set[uuid.UUID] = set()
+        self._seq = 0
+        self._ids = 0
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _next_id(self) -> int:
+        self._ids += 1
+        return self._ids
+
+    def _event(
+        self, run_id: uuid.UUID, type_: str, data: Any = None, key: str | None = None
+    ) -> None:
+        self._events.setdefault(run_id, []).append(
+            EventRecord(id=self._next_id(), type=type_, cursor_key=key, data=data, at=self.clock())
+        )
+
+    def _wake(self, run_id: uuid.UUID, at: datetime | None, priority: int) -> None:
+        """Queue a wake-up; a second one merges, keeping the earliest due time."""
+        current = self._wakes.get(run_id)
+        if current is None:
+            self._wakes[run_id] = WakeUp(run_id, at, priority)
+            return
+        merged_at = (
+            None if current.scheduled_at is None or at is None else min(current.scheduled_at, at)
+        )
+        self._wakes[run_id] = WakeUp(run_id, merged_at, max(current.priority, priority))
+
+    def _fenced(self, lease: Lease) -> _Run:
+        run = self._runs.get(lease.run_id)
+        if run is None or run.status is not RunStatus.RUNNING or run.lease_token != lease.token:
+            raise LeaseLost(lease.run_id)
+        return run
+
+    def _renewed(self, lease: Lease) -> _Run:
+        run = self._fenced(lease)
+        now = self.clock()
+        run.lease_expires_at = now + timedelta(seconds=lease.seconds)
+        run.updated_at = now
+        return run
+
+    def _terminal(self, run: _Run, status: RunStatus, output: Any, error: Any) -> None:
+        now = self.clock()
+        run.status = status
+        run.output = output
+        run.error = error
+        run.finished_at = run.updated_at = now
+        run.lease_token = run.lease_owner = run.lease_expires_at = None
+        run.waiting_for = None
+        run.wake_at = None
+        self.notifier.notify(run.id)
+
+    # -- the in-process queue (used by Engine.in_memory's driver) -------------------------------
+
+    def take_due_wake(self) -> uuid.UUID | None:
+        """Pop the next due wake-up whose run is not being executed (priority, then age)."""
+        now = self.clock()
+        due = [
+            w
+            for w in self._wakes.values()
+            if (w.scheduled_at is None or w.scheduled_at <= now) and w.run_id not in self._doing
+        ]
+        if not due:
+            return None
+        wake = max(due, key=lambda w: w.priority)
+        del self._wakes[wake.run_id]
+        self._doing.add(wake.run_id)
+        return wake.run_id
+
+    def wake_done(self, run_id: uuid.UUID) -> None:
+        """The attempt of a taken wake-up has ended."""
+        self._doing.discard(run_id)
+
+    def next_wake_at(self) -> datetime | None:
+        """The earliest future due time among queued wake-ups."""
+        times = [w.scheduled_at for w in self._wakes.values() if w.scheduled_at is not None]
+        return min(times) if times else None
+
+    # -- start --------------------------------------------------------------------------------
+
+    async def create_run(self, run: NewRun, *, conn: Any = None) -> StartResult:
+        if conn is not None:
+            raise ConfigInvalid("conn= joins a PostgreSQL transaction; the memory store has none")
+        if run.idempotency_key is not None:
+            for existing in self._runs.values():
+                if existing.name == run.name and existing.idempotency_key == run.idempotency_key:
+                    return StartResult(existing.id, False, existing.status)
+        self._insert(run)
+        self._event(run.id, "started", {"version": run.version})
+        self._wake(run.id, run.wake_at, run.priority)
+        return StartResult(run.id, True, RunStatus.PENDING)
+
+    def _insert(self, run: NewRun) -> None:
+        self._seq += 1
+        self._runs[run.id] = _Run(
+            id=run.id,
+            seq=self._seq,
+            name=run.name,
+            version=run.version,
+            input=run.input,
+            created_at=self.clock(),
+            idempotency_key=run.idempotency_key,
+            parent_run_id=run.parent_run_id,
+            parent_cursor_key=run.parent_cursor_key,
+            tags=run.tags,
+            priority=run.priority,
+            meta=dict(run.meta),
+            wake_at=run.wake_at,
+        )
+
+    # -- attempts -----------------------------------------------------------------------------
+
+    async def claim(self, run_id: uuid.UUID, owner: str, lease_seconds: float) -> Claim | None:
+        run = self._runs.get(run_id)
+        now = self.clock()
+        if run is None:
+            return None
+        expired = (
+            run.status is RunStatus.RUNNING
+            and run.lease_expires_at is not None
+            and run.lease_expires_at < now
+        )
+        if run.status not in RESUMABLE_STATUSES and not expired:
+            return None
+        token = uuid.uuid4()
+        run.status = RunStatus.RUNNING
+        run.lease_token, run.lease_owner = token, owner
+        run.lease_expires_at = now + timedelta(seconds=lease_seconds)
+        run.attempts += 1
+        run.stalled_claims += 1
+        run.started_at = run.started_at or now
+        run.updated_at = now
+        steps = self._steps.get(run_id, {})
+        memo_keys = {s.cursor_key for s in steps.values()}
+        children = {
+            c.parent_cursor_key: ChildRecord(c.id, c.parent_cursor_key, c.status, c.output, c.error)
+            for c in self._runs.values()
+            if c.parent_run_id == run_id
+            and c.status in TERMINAL_STATUSES
+            and c.parent_cursor_key is not None
+            and c.parent_cursor_key not in memo_keys
+        }
+        return Claim(
+            run=run.record(),
+            lease=Lease(run_id=run_id, token=token, owner=owner, seconds=lease_seconds),
+            history=[steps[p] for p in sorted(steps)],
+            timers={k: t for k, t in self._timers.get(run_id, {}).items() if t.fired_at is None},
+            inbox=[s for s in self._signals.get(run_id, []) if s.consumed_at is None],
+            db_now=now,
+            children=children,
+        )
+
+    async def renew(self, lease: Lease) -> None:
+        self._renewed(lease)
+
+    async def checkpoint(
+        self,
+        lease: Lease,
+        record: StepRecord,
+        *,
+        consume_signal: int | None = None,
+        fire_timer: str | None = None,
+    ) -> None:
+        run = self._renewed(lease)
+        run.stalled_claims = 0
+        now = self.clock()
+        steps = self._steps.setdefault(run.id, {})
+        current = steps.get(record.position)
+        if current is None or current.status is StepStatus.RETRYING:
+            steps[record.position] = dataclasses.replace(record, finished_at=now)
+        if consume_signal is not None:
+            inbox = self._signals.get(run.id, [])
+            for i, sig in enumerate(inbox):
+                if sig.id == consume_signal and sig.consumed_at is None:
+                    inbox[i] = dataclasses.replace(
+                        sig, consumed_by=record.cursor_key, consumed_at=now
+                    )
+        if fire_timer is not None:
+            timers = self._timers.get(run.id, {})
+            timer = timers.get(fire_timer)
+            if timer is not None and timer.fired_at is None:
+                timers[fire_timer] = dataclasses.replace(timer, fired_at=now)
+
+    async def spawn_child(self, lease: Lease, child: NewRun) -> bool:
+        self._renewed(lease)
+        if child.id in self._runs:
+            return False
+        self._insert(child)
+        self._event(child.id, "started", {"version": child.version, "parent": str(lease.run_id)})
+        self._wake(child.id, None, child.priority)
+        return True
+
+    async def suspend(self, lease: Lease, plan: SuspendPlan) -> None:
+        run = self._fenced(lease)
+        run.status = plan.status
+        run.waiting_for = plan.waiting_for
+        run.wake_at = plan.wake_at
+        run.lease_token = run.lease_owner = run.lease_expires_at = None
+        run.updated_at = self.clock()
+        if plan.progress:
+            run.stalled_claims = 0
+        timers = self._timers.setdefault(run.id, {})
+        for timer in plan.new_timers:
+            timers.setdefault(timer.cursor_key, timer)
+        self._event(
+            run.id,
+            "suspended",
+            {"reason": plan.reason, "wake_at": plan.wake_at.isoformat() if plan.wake_at else None},
+            plan.cursor_key,
+        )
+        if plan.wake_at is not None:
+            self._wake(run.id, plan.wake_at, run.priority)
+
+    async def finish(
+        self, lease: Lease, status: RunStatus, output: Any, error: dict[str, Any] | None
+    ) -> None:
+        run = self._fenced(lease)
+        self._terminal(run, status, output, error)
+        self._event(
+            run.id,
+            "completed" if status is RunStatus.DONE else status.value,
+            {"code": error.get("code")} if error else None,
+        )
+        if run.parent_run_id is not None:
+            self._wake(run.parent_run_id, None, 0)
+
+    async def fail_unclaimed(self, lease: Lease, error: dict[str, Any]) -> None:
+        await self.finish(lease, RunStatus.FAILED, None, error)
+
+    # -- signals, cancel, retry -----------------------------------------------------------------
+
+    async def deliver_signal(
+        self, run_id: uuid.UUID, name: str, payload: Any, idempotency_key: str | None
+    ) -> SignalResult:
+        run = self._runs.get(run_id)
+        if run is None:
+            return SignalResult("not_found")
+        if run.status in TERMINAL_STATUSES:
+            return SignalResult("closed")
+        inbox = self._signals.setdefault(run_id, [])
+        if idempotency_key is not None and any(s.idempotency_key == idempotency_key for s in inbox):
+            return SignalResult("duplicate")
+        sig = SignalRecord(self._next_id(), name, payload, idempotency_key, self.clock())
+        inbox.append(sig)
+        waiting = run.status is RunStatus.AWAITING_SIGNAL and run.waiting_for == f"signal:{name}"
+        if waiting or run.status is RunStatus.RUNNING:
+            self._wake(run_id, None, run.priority)
+        self._event(run_id, "signal_received", {"name": name, "signal_id": sig.id})
+        return SignalResult("delivered" if waiting else "buffered", signal_id=sig.id)
+
+    async def cancel(self, run_id: uuid.UUID, reason: str) -> CancelResult:
+        root = self._runs.get(run_id)
+        if root is None:
+            return CancelResult("not_found")
+        if root.status in TERMINAL_STATUSES:
+            return CancelResult("already_terminal", root.status)
+        tree = [root]
+        frontier = [root.id]
+        while frontier:
+            parent = frontier.pop()
+            for child in self._runs.values():
+                if child.parent_run_id == parent and not child.meta.get("detached", False):
+                    tree.append(child)
+                    frontier.append(child.id)
+        canceled = {r.id for r in tree if r.status not in TERMINAL_STATUSES}
+        for run in tree:
+            if run.id not in canceled:
+                continue
+            self._terminal(
+                run, RunStatus.CANCELED, None, {"code": "RUN_CANCELED", "message": reason}
+            )
+            self._event(run.id, "canceled", {"reason": reason, "root": str(run_id)})
+            self._wakes.pop(run.id, None)
+            if run.parent_run_id is not None and run.parent_run_id not in canceled:
+                self._wake(run.parent_run_id, None, 0)
+        return CancelResult("canceled", RunStatus.CANCELED)
+
+    async def retry(self, run_id: uuid.UUID) -> RetryResult:
+        run = self._runs.get(run_id)
+        if run is None:
+            return RetryResult("missing")
+        if run.status is not RunStatus.FAILED:
+            return RetryResult("not_failed", run.status)
+        steps = self._steps.setdefault(run_id, {})
+        failed = [p for p, s in steps.items() if s.status is not StepStatus.OK]
+        cut = max(failed) if failed else 2**31 - 1
+        cut_keys = {s.cursor_key for p, s in steps.items() if p >= cut}
+        for child in list(self._runs.values()):
+            if (
+                child.parent_run_id == run_id
+                and child.status is RunStatus.FAILED
+                and child.parent_cursor_key in cut_keys
+            ):
+                await self.retry(child.id)
+        inbox = self._signals.get(run_id, [])
+        for i, sig in enumerate(inbox):
+            if sig.consumed_by in cut_keys:
+                inbox[i] = dataclasses.replace(sig, consumed_by=None, consumed_at=None)
+        timers = self._timers.get(run_id, {})
+        for key in [k for k, t in timers.items() if k in cut_keys or t.fired_at is None]:
+            del timers[key]
+        for p in [p for p in steps if p >= cut]:
+            del steps[p]
+        run.status = RunStatus.PENDING
+        run.error = run.output = run.finished_at = None
+        run.stalled_claims = 0
+        run.waiting_for = None
+        run.wake_at = None
+        run.updated_at = self.clock()
+        self._event(run_id, "retried", {"from": cut})
+        self._wake(run_id, None, run.priority)
+        return RetryResult("queued", RunStatus.PENDING)
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    async def recover_expired(self, limit: int) -> int:
+        now = self.clock()
+        stale = sorted(
+            (
+                r
+                for r in self._runs.values()
+                if r.status is RunStatus.RUNNING
+                and r.lease_expires_at is not None
+                and r.lease_expires_at < now
+            ),
+            key=lambda r: r.lease_expires_at or now,
+        )[:limit]
+        for run in stale:
+            run.status = RunStatus.RETRYING
+            run.lease_token = run.lease_owner = run.lease_expires_at = None
+            run.waiting_for = "recovery"
+            run.updated_at = now
+            self._doing.discard(run.id)
+            self._event(run.id, "recovered", {"reason": "lease_expired"})
+            self._wake(run.id, None, run.priority)
+        return len(stale)
+
+    async def release_orphaned_jobs(self, stale_seconds: float) -> int:
+        return 0  # wake-ups are executed in this process: there are no other workers to die
+
+    async def rewake_stranded(self, limit: int) -> int:
+        now = self.clock()
+        stranded = [
+            r
+            for r in sorted(self._runs.values(), key=lambda r: r.updated_at or r.created_at)
+            if r.status in RESUMABLE_STATUSES
+            and r.id not in self._wakes
+            and r.id not in self._doing
+            and self._needs_wake(r, now)
+        ][:limit]
+        for run in stranded:
+            self._event(run.id, "rewoken", {"reason": "no pending wake-up"})
+            self._wake(run.id, None, run.priority)
+        return len(stranded)
+
+    def _needs_wake(self, run: _Run, now: datetime) -> bool:
+        timers = [t for t in self._timers.get(run.id, {}).values() if t.fired_at is None]
+        if run.status is RunStatus.PENDING:
+            return run.wake_at is None or run.wake_at <= now
+        if run.status is RunStatus.RETRYING and not any(t.fire_at > now for t in timers):
+            return True
+        if run.status in (
+            RunStatus.SLEEPING,
+            RunStatus.RETRYING,
+            RunStatus.AWAITING_SIGNAL,
+        ) and any(t.fire_at <= now for t in timers):
+            return True
+        if run.status is RunStatus.AWAITING_SIGNAL and any(
+            s.consumed_at is None and f"signal:{s.name}" == run.waiting_for
+            for s in self._signals.get(run.id, [])
+        ):
+            return True
+        if run.status is RunStatus.AWAITING_CHILD:
+            memo_keys = {s.cursor_key for s in self._steps.get(run.id, {}).values()}
+            return any(
+                c.parent_run_id == run.id
+                and c.status in TERMINAL_STATUSES
+                and c.parent_cursor_key not in memo_keys
+                for c in self._runs.values()
+            )
+        return False
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def list_runs(
+        self,
+        *,
+        name: str | None,
+        statuses: Sequence[RunStatus],
+        tag: str | None,
+        limit: int,
+        before_seq: int | None,
+    ) -> list[RunRecord]:
+        runs = [
+            r
+            for r in self._runs.values()
+            if (name is None or r.name == name)
+            and (not statuses or r.status in statuses)
+            and (tag is None or tag in r.tags)
+            and (before_seq is None or r.seq < before_seq)
+        ]
+        runs.sort(key=lambda r: r.seq, reverse=True)
+        return [r.record() for r in runs[:limit]]
+
+    async def pending_wake(self, run_id: uuid.UUID) -> WakeUp | None:
+        return self._wakes.get(run_id)
+
+    async def get_run(self, run_id: uuid.UUID) -> RunRecord | None:
+        run = self._runs.get(run_id)
+        return None if run is None else run.record()
+
+    async def detail(self, run_id: uuid.UUID) -> RunDetail | None:
+        run = self._runs.get(run_id)
+        if run is None:
+            return None
+        steps = self._steps.get(run_id, {})
+        return RunDetail(
+            run=run.record(),
+            steps=tuple(steps[p] for p in sorted(steps)),
+            signals=tuple(self._signals.get(run_id, [])),
+            timers=tuple(sorted(self._timers.get(run_id, {}).values(), key=lambda t: t.fire_at)),
+            events=tuple(self._events.get(run_id, [])),
+        )

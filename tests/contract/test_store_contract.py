@@ -1,0 +1,289 @@
+"""One contract, two stores: every test runs against PostgreSQL and the in-memory store."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from iterflow.models import (
+    NewRun,
+    RunStatus,
+    StepKind,
+    StepRecord,
+    StepStatus,
+    TimerRecord,
+)
+from iterflow.replay import SuspendPlan
+from iterflow.store.base import Lease, LeaseLost, Store
+from iterflow.store.memory import MemoryStore
+from iterflow.store.postgres import PostgresStore
+from iterflow.urls import asyncpg_url
+
+LEASE = 30.0
+
+
+@pytest.fixture(params=["postgres", "memory"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    url = request.getfixturevalue("database_url")
+    engine = create_async_engine(asyncpg_url(url), pool_size=2)
+    try:
+        yield PostgresStore(engine, schema="iterflow", queue="iterflow.iterflow")
+    finally:
+        await engine.dispose()
+
+
+def new_run(**kw: object) -> NewRun:
+    fields: dict[str, object] = {"id": uuid.uuid4(), "name": "f", "version": 1, "input": {"n": 1}}
+    fields.update(kw)
+    return NewRun(**fields)  # type: ignore[arg-type]
+
+
+def memo(position: int, key: str, status: StepStatus = StepStatus.OK, **kw: object) -> StepRecord:
+    return StepRecord(position, key, StepKind.STEP, key, status, **kw)  # type: ignore[arg-type]
+
+
+async def started_and_claimed(store: Store, **kw: object) -> Lease:
+    run = new_run(**kw)
+    await store.create_run(run)
+    claim = await store.claim(run.id, "w1", LEASE)
+    assert claim is not None
+    return claim.lease
+
+
+async def test_start_is_idempotent_and_queues_one_wake(store: Store) -> None:
+    run = new_run(idempotency_key="k", tags=("a",), priority=3)
+    first = await store.create_run(run)
+    again = await store.create_run(new_run(idempotency_key="k"))
+    assert (first.created, again.created, again.run_id) == (True, False, run.id)
+    wake = await store.pending_wake(run.id)
+    assert wake is not None and wake.scheduled_at is None and wake.priority == 3
+    later = new_run(wake_at=datetime.now(UTC) + timedelta(hours=1))
+    await store.create_run(later)
+    delayed = await store.pending_wake(later.id)
+    assert delayed is not None and delayed.scheduled_at == later.wake_at
+
+
+async def test_claim_takes_only_resumable_runs_and_fences_writes(store: Store) -> None:
+    lease = await started_and_claimed(store)
+    assert await store.claim(lease.run_id, "w2", LEASE) is None  # live lease
+    stranger = Lease(lease.run_id, uuid.uuid4(), "w2", LEASE)
+    with pytest.raises(LeaseLost):
+        await store.checkpoint(stranger, memo(0, "a"))
+    with pytest.raises(LeaseLost):
+        await store.finish(stranger, RunStatus.DONE, 1, None)
+    await store.checkpoint(lease, memo(0, "a", output=1))
+    await store.finish(lease, RunStatus.DONE, 1, None)
+    run = await store.get_run(lease.run_id)
+    assert run is not None and run.status is RunStatus.DONE and run.output == 1
+    assert await store.claim(lease.run_id, "w2", LEASE) is None  # terminal
+
+
+async def test_an_expired_lease_can_be_claimed_and_the_old_owner_is_refused(
+    store: Store,
+) -> None:
+    run = new_run()
+    await store.create_run(run)
+    old = await store.claim(run.id, "w1", 0.05)
+    assert old is not None
+    await asyncio.sleep(0.1)  # let the lease expire (time passing is the subject here)
+    new = await store.claim(run.id, "w2", LEASE)
+    assert new is not None and new.run.attempts == 2
+    with pytest.raises(LeaseLost):
+        await store.checkpoint(old.lease, memo(0, "a"))
+    await store.checkpoint(new.lease, memo(0, "a", output="new"))
+    claim_steps = (await store.detail(run.id)).steps  # type: ignore[union-attr]
+    assert [s.output for s in claim_steps] == ["new"]
+
+
+async def test_ok_memos_are_first_writer_wins_retrying_ones_advance(store: Store) -> None:
+    lease = await started_and_claimed(store)
+    await store.checkpoint(lease, memo(0, "a", StepStatus.RETRYING, attempts=1))
+    await store.checkpoint(lease, memo(0, "a", StepStatus.OK, output="x", attempts=2))
+    await store.checkpoint(lease, memo(0, "a", StepStatus.OK, output="y", attempts=3))
+    steps = (await store.detail(lease.run_id)).steps  # type: ignore[union-attr]
+    assert [(s.status, s.output, s.attempts) for s in steps] == [(StepStatus.OK, "x", 2)]
+
+
+async def test_suspend_records_timers_status_and_the_earliest_wake(store: Store) -> None:
+    lease = await started_and_claimed(store)
+    soon = datetime.now(UTC) + timedelta(minutes=5)
+    later = soon + timedelta(hours=1)
+    plan = SuspendPlan(
+        status=RunStatus.SLEEPING,
+        reason="sleep",
+        cursor_key="sleep",
+        wake_at=later,
+        waiting_for="timer:sleep",
+        new_timers=(TimerRecord("sleep", later), TimerRecord("sleep#1", soon)),
+    )
+    await store.suspend(lease, plan)
+    with pytest.raises(LeaseLost):
+        await store.checkpoint(lease, memo(0, "a"))  # the lease ended with the suspension
+    claim = await store.claim(lease.run_id, "w1", LEASE)
+    assert claim is not None and claim.run.stalled_claims == 1
+    assert set(claim.timers) == {"sleep", "sleep#1"}
+    await store.suspend(claim.lease, dataclasses.replace(plan, wake_at=soon))
+    wake = await store.pending_wake(lease.run_id)
+    # The start job is still queued (never executed here): it is due now and wins.
+    assert wake is not None and wake.scheduled_at is None
+
+
+async def test_signals_are_buffered_fifo_and_deduplicated_for_life(store: Store) -> None:
+    run = new_run()
+    await store.create_run(run)
+    assert (await store.deliver_signal(uuid.uuid4(), "go", {}, None)).kind == "not_found"
+    a = await store.deliver_signal(run.id, "go", {"i": 1}, "k1")
+    b = await store.deliver_signal(run.id, "go", {"i": 2}, "k2")
+    assert (a.kind, b.kind) == ("buffered", "buffered")
+    assert (await store.deliver_signal(run.id, "go", {"i": 1}, "k1")).kind == "duplicate"
+    claim = await store.claim(run.id, "w", LEASE)
+    assert claim is not None and [s.payload["i"] for s in claim.inbox] == [1, 2]
+    await store.checkpoint(
+        claim.lease,
+        StepRecord(0, "signal:go", StepKind.SIGNAL, "go", StepStatus.OK, {"i": 1}),
+        consume_signal=claim.inbox[0].id,
+    )
+    await store.suspend(
+        claim.lease,
+        SuspendPlan(RunStatus.AWAITING_SIGNAL, "signal", "signal:go#1", None, "signal:go"),
+    )
+    assert (await store.deliver_signal(run.id, "go", {"i": 1}, "k1")).kind == "duplicate"
+    assert (await store.deliver_signal(run.id, "go", {"i": 3}, None)).kind == "delivered"
+    assert (await store.deliver_signal(run.id, "other", {}, None)).kind == "buffered"
+    again = await store.claim(run.id, "w", LEASE)
+    assert again is not None and [s.payload for s in again.inbox] == [{"i": 2}, {"i": 3}, {}]
+    await store.finish(again.lease, RunStatus.DONE, None, None)
+    assert (await store.deliver_signal(run.id, "go", {}, None)).kind == "closed"
+
+
+async def test_children_spawn_once_and_wake_their_parent(store: Store) -> None:
+    parent = await started_and_claimed(store)
+    child = new_run(parent_run_id=parent.run_id, parent_cursor_key="invoke:c@1")
+    assert await store.spawn_child(parent, child) is True
+    assert await store.spawn_child(parent, child) is False
+    with pytest.raises(LeaseLost):
+        await store.spawn_child(Lease(parent.run_id, uuid.uuid4(), "x", LEASE), new_run())
+    await store.suspend(
+        parent,
+        SuspendPlan(RunStatus.AWAITING_CHILD, "child", "invoke:c@1", None, f"child:{child.id}"),
+    )
+    child_claim = await store.claim(child.id, "w", LEASE)
+    assert child_claim is not None
+    await store.finish(child_claim.lease, RunStatus.DONE, 42, None)
+    assert await store.pending_wake(parent.run_id) is not None
+    claim = await store.claim(parent.run_id, "w", LEASE)
+    assert claim is not None
+    assert [(k, c.status, c.output) for k, c in claim.children.items()] == [
+        ("invoke:c@1", RunStatus.DONE, 42)
+    ]
+
+
+async def test_cancel_cascades_except_detached_and_fences_the_attempt(store: Store) -> None:
+    parent = await started_and_claimed(store)
+    attached = new_run(parent_run_id=parent.run_id, parent_cursor_key="invoke:c@1")
+    detached = new_run(
+        parent_run_id=parent.run_id, parent_cursor_key="invoke:c@1#1", meta={"detached": True}
+    )
+    await store.spawn_child(parent, attached)
+    await store.spawn_child(parent, detached)
+    assert (await store.cancel(uuid.uuid4(), "x")).kind == "not_found"
+    assert (await store.cancel(parent.run_id, "stop")).kind == "canceled"
+    with pytest.raises(LeaseLost):
+        await store.checkpoint(parent, memo(0, "a"))
+    statuses = {
+        rid: (await store.get_run(rid)).status  # type: ignore[union-attr]
+        for rid in (parent.run_id, attached.id, detached.id)
+    }
+    assert statuses == {
+        parent.run_id: RunStatus.CANCELED,
+        attached.id: RunStatus.CANCELED,
+        detached.id: RunStatus.PENDING,
+    }
+    assert (await store.cancel(parent.run_id, "again")).kind == "already_terminal"
+    run = await store.get_run(parent.run_id)
+    assert run is not None and run.error == {"code": "RUN_CANCELED", "message": "stop"}
+
+
+async def test_retry_cuts_at_the_failed_step_and_unconsumes_its_signal(store: Store) -> None:
+    lease = await started_and_claimed(store)
+    await store.deliver_signal(lease.run_id, "go", {"i": 1}, None)
+    assert await store.claim(lease.run_id, "w", LEASE) is None  # its lease is live
+    await store.checkpoint(lease, memo(0, "a", output=1))
+    await store.finish(lease, RunStatus.FAILED, None, {"code": "X", "message": "x"})
+    assert (await store.retry(uuid.uuid4())).kind == "missing"
+    assert (await store.retry(lease.run_id)).kind == "queued"
+    assert (await store.retry(lease.run_id)).kind == "not_failed"
+    claim = await store.claim(lease.run_id, "w", LEASE)
+    assert claim is not None and [s.cursor_key for s in claim.history] == ["a"]
+    sig = claim.inbox[0]
+    await store.checkpoint(
+        claim.lease,
+        StepRecord(1, "signal:go", StepKind.SIGNAL, "go", StepStatus.OK, {"i": 1}),
+        consume_signal=sig.id,
+    )
+    await store.checkpoint(claim.lease, memo(2, "b", StepStatus.FAILED, error={"code": "E"}))
+    await store.finish(claim.lease, RunStatus.FAILED, None, {"code": "E", "message": "e"})
+    assert (await store.retry(lease.run_id)).kind == "queued"
+    again = await store.claim(lease.run_id, "w", LEASE)
+    assert again is not None
+    assert [s.cursor_key for s in again.history] == ["a", "signal:go"]
+    assert again.inbox == []  # consumed before the cut: stays consumed
+
+
+async def test_reconciler_queries_find_exactly_the_stranded_runs(store: Store) -> None:
+    due = new_run()
+    delayed = new_run(wake_at=datetime.now(UTC) + timedelta(hours=1))
+    for run in (due, delayed):
+        await store.create_run(run)
+    lease = await started_and_claimed(store)
+    expired = await store.claim(due.id, "dead", 0.01)
+    assert expired is not None
+    await asyncio.sleep(0.05)
+    assert await store.recover_expired(10) == 1
+    recovered = await store.get_run(due.id)
+    assert recovered is not None and recovered.status is RunStatus.RETRYING
+    assert await store.pending_wake(due.id) is not None
+    # Nothing is stranded: every live run has a wake-up or a live lease.
+    assert await store.rewake_stranded(10) == 0
+    await store.suspend(
+        lease,
+        SuspendPlan(
+            RunStatus.SLEEPING,
+            "sleep",
+            "sleep",
+            datetime.now(UTC) - timedelta(seconds=1),
+            "timer:sleep",
+            (TimerRecord("sleep", datetime.now(UTC) - timedelta(seconds=1)),),
+        ),
+    )
+    assert await store.recover_expired(10) == 0
+    assert await store.pending_wake(delayed.id) is not None  # the delay keeps its job
+
+
+async def test_list_runs_is_newest_first_and_keyset_paginated(store: Store) -> None:
+    ids = []
+    for i in range(5):
+        run = new_run(name="a" if i % 2 == 0 else "b", tags=("t",) if i < 2 else ())
+        await store.create_run(run)
+        ids.append(run.id)
+    page = await store.list_runs(name=None, statuses=[], tag=None, limit=2, before_seq=None)
+    assert [r.id for r in page] == ids[::-1][:2]
+    rest = await store.list_runs(
+        name=None, statuses=[], tag=None, limit=10, before_seq=page[-1].seq
+    )
+    assert [r.id for r in rest] == ids[::-1][2:]
+    only_a = await store.list_runs(
+        name="a", statuses=[RunStatus.PENDING], tag=None, limit=10, before_seq=None
+    )
+    assert [r.id for r in only_a] == [ids[4], ids[2], ids[0]]
+    tagged = await store.list_runs(name=None, statuses=[], tag="t", limit=10, before_seq=None)
+    assert [r.id for r in tagged] == [ids[1], ids[0]]
