@@ -119,11 +119,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--schema", default="iterflow", help="schema of the iterflow tables")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG")
     sub = parser.add_subparsers(dest="command", required=True)
+    # --schema is accepted before or after the subcommand.
+    schema_opt = argparse.ArgumentParser(add_help=False)
+    schema_opt.add_argument(
+        "--schema", default=argparse.SUPPRESS, help="schema of the iterflow tables"
+    )
 
-    sub.add_parser("migrate", help="install or upgrade iterflow's tables (alembic)")
+    sub.add_parser(
+        "migrate", parents=[schema_opt], help="install or upgrade iterflow's tables (alembic)"
+    )
 
     gen = sub.add_parser(
-        "generate-schema", help="write a SQLAlchemy module (or SQL) of iterflow's tables"
+        "generate-schema",
+        parents=[schema_opt],
+        help="write a SQLAlchemy module (or SQL) of iterflow's tables",
     )
     gen.add_argument("--out", type=Path, default=None, help="output path ('-' for stdout)")
     gen.add_argument("--sql", action="store_true", help="write DDL instead of a Python module")
@@ -133,20 +142,24 @@ def _parser() -> argparse.ArgumentParser:
     wrk.add_argument("engine", help="import path of an Engine, e.g. myapp.flows:engine")
     wrk.add_argument("--concurrency", type=int, default=4)
 
-    show = sub.add_parser("show", help="print a run's state and timeline")
+    show = sub.add_parser("show", parents=[schema_opt], help="print a run's state and timeline")
     show.add_argument("run_id")
 
-    retry = sub.add_parser("retry", help="replay a failed run from its failed step")
+    retry = sub.add_parser(
+        "retry", parents=[schema_opt], help="replay a failed run from its failed step"
+    )
     retry.add_argument("run_id")
 
-    lst = sub.add_parser("list", help="list runs, newest first")
+    lst = sub.add_parser("list", parents=[schema_opt], help="list runs, newest first")
     lst.add_argument("--flow", default=None, help="only runs of this flow name")
     lst.add_argument("--status", action="append", help="only this status (repeatable)")
     lst.add_argument("--tag", default=None, help="only runs with this tag")
     lst.add_argument("--limit", type=int, default=50)
     lst.add_argument("--cursor", type=int, default=None, help="continue after a previous page")
 
-    cancel = sub.add_parser("cancel", help="cancel a live run (and its non-detached children)")
+    cancel = sub.add_parser(
+        "cancel", parents=[schema_opt], help="cancel a live run (and its non-detached children)"
+    )
     cancel.add_argument("run_id")
     cancel.add_argument("--reason", default=None)
 
