@@ -197,7 +197,8 @@ class PostgresStore:
             FROM claimed""")
         self._sql_renew = sa.text(f"""
             UPDATE {s}.runs SET lease_expires_at = now() + make_interval(secs => :lease)
-            WHERE id = :run_id AND lease_token = :token AND status = 'running'""")
+            WHERE id = :run_id AND lease_token = :token AND status = 'running'
+            RETURNING id""")
         self._sql_checkpoint = sa.text(f"""
             WITH lease AS (
                 UPDATE {s}.runs SET lease_expires_at = now() + make_interval(secs => :lease),
@@ -405,6 +406,7 @@ class PostgresStore:
               AND parent_cursor_key IN (SELECT cursor_key FROM {s}.steps
                                         WHERE run_id = :run_id AND position >= :cut)""")
         self._sql_release_orphans = sa.text(f"""
+            WITH released AS (
             UPDATE procrastinate_jobs SET status = 'failed', attempts = attempts + 1
             WHERE status = 'doing' AND queue_name = :queue
               AND (worker_id IS NULL OR worker_id IN (
@@ -413,7 +415,10 @@ class PostgresStore:
               AND NOT EXISTS (
                     SELECT 1 FROM {s}.runs AS r
                     WHERE r.id::text = procrastinate_jobs.lock AND r.status = 'running'
-                      AND r.lease_expires_at >= now())""")
+                      AND r.lease_expires_at >= now())
+            RETURNING 1
+            )
+            SELECT count(*) AS released FROM released""")
         self._sql_rewake = sa.text(f"""
             WITH stranded AS (
                 SELECT r.id, r.priority FROM {s}.runs AS r
@@ -561,15 +566,10 @@ class PostgresStore:
         )
 
     async def renew(self, lease: Lease) -> None:
-        try:
-            async with self._auto.connect() as conn:
-                result = await conn.execute(
-                    self._sql_renew,
-                    {"run_id": lease.run_id, "token": lease.token, "lease": lease.seconds},
-                )
-        except DBAPIError as exc:
-            raise _map(exc) from exc
-        if result.rowcount == 0:
+        row = await self._one(
+            self._sql_renew, {"run_id": lease.run_id, "token": lease.token, "lease": lease.seconds}
+        )
+        if row is None:
             raise LeaseLost(lease.run_id)
 
     async def checkpoint(
@@ -767,14 +767,10 @@ class PostgresStore:
         return 0 if row is None else int(row["recovered"])
 
     async def release_orphaned_jobs(self, stale_seconds: float) -> int:
-        try:
-            async with self._auto.connect() as conn:
-                result = await conn.execute(
-                    self._sql_release_orphans, {"queue": self._queue, "stale": stale_seconds}
-                )
-        except DBAPIError as exc:
-            raise _map(exc) from exc
-        return int(result.rowcount)
+        row = await self._one(
+            self._sql_release_orphans, {"queue": self._queue, "stale": stale_seconds}
+        )
+        return 0 if row is None else int(row["released"])
 
     async def rewake_stranded(self, limit: int) -> int:
         row = await self._one(self._sql_rewake, {"limit": limit, "queue": self._queue})
