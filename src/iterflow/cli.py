@@ -182,7 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("procrastinate").setLevel(logging.WARNING)
+    if not args.verbose:
+        for noisy in ("procrastinate", "alembic", "pgserver"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     url = args.database_url or _env_url()
     try:
         if args.command == "migrate":

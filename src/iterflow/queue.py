@@ -2,7 +2,9 @@
 
 The job for a run has ``lock = run_id`` (one attempt per run at a time) and
 ``queueing_lock = run_id`` (one queued wake-up per run). A second wake-up for the same run merges
-into the queued one and keeps the **earliest** due time; it never aborts the transaction. The
+into the queued one and keeps the **earliest** due time; it never aborts the transaction. A merge
+that makes the job due now sends procrastinate's ``job_inserted`` notification itself (its trigger
+only fires on INSERT), so e.g. a signal is picked up at once rather than at the next poll. The
 engine owns retries and timers, so procrastinate's own retry is never used for this task.
 """
 
@@ -40,5 +42,15 @@ def wake_insert_sql(
                 THEN NULL
                 ELSE LEAST(procrastinate_jobs.scheduled_at, EXCLUDED.scheduled_at)
             END,
-            priority = GREATEST(procrastinate_jobs.priority, EXCLUDED.priority)
+            priority = GREATEST(procrastinate_jobs.priority, EXCLUDED.priority),
+            -- procrastinate NOTIFYs on INSERT only: a merge that makes the job due now must
+            -- wake the workers itself (delivered at commit, like the insert trigger's).
+            args = CASE
+                WHEN EXCLUDED.scheduled_at IS NULL OR EXCLUDED.scheduled_at <= now()
+                THEN (SELECT procrastinate_jobs.args FROM pg_notify(
+                        'procrastinate_queue_v1#' || procrastinate_jobs.queue_name,
+                        json_build_object('type', 'job_inserted',
+                                          'job_id', procrastinate_jobs.id)::text))
+                ELSE procrastinate_jobs.args
+            END
         RETURNING id"""
