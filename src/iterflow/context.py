@@ -319,13 +319,12 @@ class FlowContext:
                 )
                 error = _step_error(call.label, attempt, exc)
                 failed = isinstance(decision, replay.Fail)
+                status = StepStatus.FAILED if failed else StepStatus.RETRYING
                 await self._checkpoint(
-                    StepRecord(
-                        position=call.position,
-                        cursor_key=call.cursor_key,
-                        kind=StepKind.STEP,
-                        label=call.label,
-                        status=StepStatus.FAILED if failed else StepStatus.RETRYING,
+                    self._memo(
+                        call,
+                        StepKind.STEP,
+                        status,
                         error=error.to_dict(),
                         attempts=attempt,
                         started_at=started,
@@ -341,12 +340,10 @@ class FlowContext:
                 attempt += 1
                 continue
             await self._checkpoint(
-                StepRecord(
-                    position=call.position,
-                    cursor_key=call.cursor_key,
-                    kind=StepKind.STEP,
-                    label=call.label,
-                    status=StepStatus.OK,
+                self._memo(
+                    call,
+                    StepKind.STEP,
+                    StepStatus.OK,
                     output=data,
                     attempts=attempt,
                     started_at=started,
@@ -381,12 +378,10 @@ class FlowContext:
         if isinstance(decision, replay.SleepSuspend):
             self._raise(Suspended(decision.plan))
         await self._checkpoint(
-            StepRecord(
-                position=call.position,
-                cursor_key=call.cursor_key,
-                kind=StepKind.SLEEP,
-                label=call.label,
-                status=StepStatus.OK,
+            self._memo(
+                call,
+                StepKind.SLEEP,
+                StepStatus.OK,
                 output={"fire_at": (timer.fire_at if timer else now).isoformat()},
             ),
             fire_timer=call.cursor_key if timer is not None else None,
@@ -645,6 +640,8 @@ class FlowContext:
         *,
         output: Any = None,
         error: dict[str, Any] | None = None,
+        attempts: int = 1,
+        started_at: datetime | None = None,
     ) -> StepRecord:
         return StepRecord(
             position=call.position,
@@ -654,6 +651,8 @@ class FlowContext:
             status=status,
             output=output,
             error=error,
+            attempts=attempts,
+            started_at=started_at,
         )
 
 

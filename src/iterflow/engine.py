@@ -331,10 +331,7 @@ class Engine:
         value = flow.validate_input(input)
         data = codec.dump(value, flow.input_type)
         codec.check_size(data, self.settings.max_payload_bytes, f"input of flow {flow.key}")
-        if idempotency_key is not None and (
-            not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= _MAX_KEY
-        ):
-            raise InputInvalid(f"idempotency_key must be a string of 1-{_MAX_KEY} characters")
+        _check_key(idempotency_key)
         tag_list = tuple(tags)
         if any(not isinstance(t, str) or not t for t in tag_list):
             raise InputInvalid("tags must be non-empty strings")
@@ -371,10 +368,7 @@ class Engine:
         ``closed``; invalid input raises a :class:`FlowError` and writes nothing.
         """
         rid = _run_id(run_id)
-        if idempotency_key is not None and (
-            not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= _MAX_KEY
-        ):
-            raise InputInvalid(f"idempotency_key must be a string of 1-{_MAX_KEY} characters")
+        _check_key(idempotency_key)
         run = await self.store.get_run(rid)
         if run is None:
             return SignalResult("not_found")
@@ -580,6 +574,11 @@ class _Notifier(typing.Protocol):
     def subscribe(self, run_id: str) -> asyncio.Event: ...
 
     def unsubscribe(self, run_id: str, event: asyncio.Event) -> None: ...
+
+
+def _check_key(key: str | None) -> None:
+    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= _MAX_KEY):
+        raise InputInvalid(f"idempotency_key must be a string of 1-{_MAX_KEY} characters")
 
 
 def _run_id(value: uuid.UUID | str) -> uuid.UUID:

@@ -13,9 +13,41 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["TerminalListener"]
+__all__ = ["LocalNotifier", "TerminalListener"]
 
 logger = logging.getLogger(__name__)
+
+
+class LocalNotifier:
+    """Terminal-run waiters inside one process, keyed by run id."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+
+    def subscribe(self, run_id: str) -> asyncio.Event:
+        """An event set whenever ``run_id`` is notified."""
+        event = asyncio.Event()
+        self._waiters.setdefault(run_id, set()).add(event)
+        return event
+
+    def unsubscribe(self, run_id: str, event: asyncio.Event) -> None:
+        """Forget a waiter."""
+        events = self._waiters.get(run_id)
+        if events is not None:
+            events.discard(event)
+            if not events:
+                del self._waiters[run_id]
+
+    def notify(self, run_id: str) -> None:
+        """Wake the waiters of ``run_id``."""
+        for event in self._waiters.get(run_id, ()):
+            event.set()
+
+    def notify_all(self) -> None:
+        """Wake every waiter (they re-check the database)."""
+        for events in self._waiters.values():
+            for event in events:
+                event.set()
 
 
 class TerminalListener:
@@ -31,7 +63,7 @@ class TerminalListener:
         self._connect = connect
         self._channel = channel
         self._health_interval = health_interval
-        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._local = LocalNotifier()
         self._task: asyncio.Task[None] | None = None
         self._conn: Any = None
         self.connected = asyncio.Event()
@@ -40,17 +72,11 @@ class TerminalListener:
     def subscribe(self, run_id: str) -> asyncio.Event:
         """An event set whenever ``run_id`` is notified (or the listener reconnects)."""
         self._ensure_started()
-        event = asyncio.Event()
-        self._waiters.setdefault(run_id, set()).add(event)
-        return event
+        return self._local.subscribe(run_id)
 
     def unsubscribe(self, run_id: str, event: asyncio.Event) -> None:
         """Forget a waiter."""
-        events = self._waiters.get(run_id)
-        if events is not None:
-            events.discard(event)
-            if not events:
-                del self._waiters[run_id]
+        self._local.unsubscribe(run_id, event)
 
     async def start(self, timeout: float = 10.0) -> None:
         """Start listening now and wait (up to ``timeout``) until LISTEN is active."""
@@ -70,13 +96,7 @@ class TerminalListener:
             self._task = None
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        for event in self._waiters.get(payload, ()):
-            event.set()
-
-    def _wake_all(self) -> None:
-        for events in self._waiters.values():
-            for event in events:
-                event.set()
+        self._local.notify(payload)
 
     async def _run(self) -> None:
         failures = 0
@@ -90,7 +110,7 @@ class TerminalListener:
                 self._conn = conn
                 self.connected.set()
                 if failures or self.reconnects:
-                    self._wake_all()  # anything may have finished while we were away
+                    self._local.notify_all()  # anything may have finished while we were away
                 failures = 0
                 while not lost.is_set():
                     with contextlib.suppress(TimeoutError):

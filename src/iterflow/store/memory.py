@@ -8,7 +8,6 @@ same contract suite as the PostgreSQL store (``tests/contract``).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import uuid
 from collections.abc import Callable, Sequence
@@ -34,36 +33,11 @@ from ..models import (
     StepStatus,
     TimerRecord,
 )
+from ..notify import LocalNotifier
 from ..replay import SuspendPlan
 from .base import Claim, Lease, LeaseLost, WakeUp
 
-__all__ = ["LocalNotifier", "MemoryStore"]
-
-
-class LocalNotifier:
-    """Terminal-run notifications inside one process (the memory store's LISTEN/NOTIFY)."""
-
-    def __init__(self) -> None:
-        self._waiters: dict[str, set[asyncio.Event]] = {}
-
-    def subscribe(self, run_id: str) -> asyncio.Event:
-        """An event set when ``run_id`` becomes terminal."""
-        event = asyncio.Event()
-        self._waiters.setdefault(run_id, set()).add(event)
-        return event
-
-    def unsubscribe(self, run_id: str, event: asyncio.Event) -> None:
-        """Forget a waiter."""
-        events = self._waiters.get(run_id)
-        if events is not None:
-            events.discard(event)
-            if not events:
-                del self._waiters[run_id]
-
-    def notify(self, run_id: uuid.UUID) -> None:
-        """Wake the waiters of ``run_id``."""
-        for event in self._waiters.get(str(run_id), ()):
-            event.set()
+__all__ = ["MemoryStore"]
 
 
 @dataclasses.dataclass
@@ -185,7 +159,7 @@ class MemoryStore:
         run.lease_token = run.lease_owner = run.lease_expires_at = None
         run.waiting_for = None
         run.wake_at = None
-        self.notifier.notify(run.id)
+        self.notifier.notify(str(run.id))
 
     # -- the in-process queue (used by Engine.in_memory's driver) -------------------------------
 
