@@ -30,7 +30,13 @@ class Settings(BaseModel):
         default=Path(".iterflow"), description="Where the embedded PostgreSQL keeps its data."
     )
     lease_seconds: float = Field(
-        default=30.0, gt=0, description="How long a claim is owned without renewal."
+        default=20.0,
+        gt=0,
+        description=(
+            "How long a claim is owned without renewal (renewed every lease/3 and at every "
+            "checkpoint). A dead worker's run is recovered within lease_seconds + "
+            "reconcile_every_seconds (25 s by default)."
+        ),
     )
     max_stalled_claims: int = Field(
         default=10, ge=1, description="Claims without progress before RUN_ATTEMPTS_EXHAUSTED."
