@@ -1,5 +1,6 @@
 """iterflow: durable, replay-based workflows on the PostgreSQL you already have."""
 
+from .builder import BuiltFlow, StepContext, flow
 from .context import FlowContext
 from .definition import FlowDef
 from .engine import Engine, FlowHandle
@@ -16,6 +17,7 @@ from .retry import RetryPolicy
 from .settings import Settings
 
 __all__ = [
+    "BuiltFlow",
     "CancelResult",
     "Engine",
     "FlowContext",
@@ -30,6 +32,8 @@ __all__ = [
     "Settings",
     "SignalResult",
     "StartResult",
+    "StepContext",
+    "flow",
 ]
 
 __version__ = "0.1.0"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,10 +50,20 @@ async def _migrate(url: str | None, schema: str) -> None:
 
 async def _worker(target: str, url: str | None, concurrency: int) -> None:
     engine = _load_engine(target, url)
+    # SIGTERM (docker stop, systemd, Kubernetes) stops the worker gracefully, like Ctrl-C:
+    # procrastinate stops fetching, lets running attempts finish (up to its graceful timeout)
+    # and unregisters the worker. Python's default for SIGTERM would kill it on the spot.
+    main = asyncio.current_task()
+    if main is not None and hasattr(signal, "SIGTERM"):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     async with engine:
         names = ", ".join(f.key for f in engine.registry.all()) or "none"
         logging.getLogger("iterflow").info("worker started; flows: %s", names)
-        await engine.run_worker(concurrency=concurrency)
+        try:
+            await engine.run_worker(concurrency=concurrency)
+        except asyncio.CancelledError:
+            logging.getLogger("iterflow").info("worker stopped")
 
 
 async def _show(url: str | None, schema: str, run_id: str) -> None:
@@ -97,6 +109,34 @@ async def _signal(
     async with engine:
         result = await engine.signal(run_id, name, json.loads(payload), idempotency_key=key)
         print(result.kind)
+
+
+async def _graph(target: str | None, url: str | None, schema: str, args: Any) -> None:
+    from .describe import graph_of
+    from .engine import Engine
+    from .graph import render
+    from .progress import graph_from_history, overlay
+
+    module, _, rest = (target or "").partition(":")
+    attr, _, flow_name = rest.partition(":")
+    engine = _load_engine(f"{module}:{attr}", url) if target else Engine(url, db_schema=schema)
+    if args.run is None:  # the flow's graph: static for built flows, else a dry run
+        if not flow_name:
+            raise ConfigInvalid("expected module:engine:flow_name, or --run RUN_ID")
+        registry = engine.registry
+        flow = registry.get(flow_name, args.version) if args.version else registry.latest(flow_name)
+        if flow is None:
+            known = ", ".join(f.key for f in engine.registry.all()) or "none"
+            raise ConfigInvalid(f"flow {flow_name!r} is not registered (registered: {known})")
+        sample = json.loads(args.input) if args.input else None
+        print(render(await graph_of(flow, sample), args.format), end="")
+        return
+    async with engine:  # a run's progress over its flow's graph (or the graph it walked)
+        detail = await engine.status(args.run)
+        flow = engine.registry.get(detail.run.name, detail.run.version)
+        static = getattr(flow, "graph", None)
+        graph = static if static is not None else graph_from_history(detail)
+        print(render(graph, args.format, overlay(graph, detail)), end="")
 
 
 async def _retry(url: str | None, schema: str, run_id: str) -> None:
@@ -170,6 +210,19 @@ def _parser() -> argparse.ArgumentParser:
     sig.add_argument("payload", help="JSON payload")
     sig.add_argument("--idempotency-key", default=None)
 
+    graph = sub.add_parser(
+        "graph", parents=[schema_opt], help="print a flow's step graph, or a run's progress on it"
+    )
+    graph.add_argument(
+        "target", nargs="?", help="module:engine:flow_name (module:engine with --run)"
+    )
+    graph.add_argument("--version", type=int, default=None, help="flow version (default: newest)")
+    graph.add_argument("--format", choices=["mermaid", "json"], default="mermaid")
+    graph.add_argument("--input", default=None, help="sample input (JSON) for a raw body's dry run")
+    graph.add_argument(
+        "--run", default=None, help="overlay this run's progress (done/waiting/failed)"
+    )
+
     demo = sub.add_parser("demo", help="run the order demo on embedded PostgreSQL")
     demo.add_argument("--sleep", type=float, default=2.0, help="durable sleep in seconds")
     return parser
@@ -215,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         elif args.command == "retry":
             asyncio.run(_retry(url, args.schema, args.run_id))
+        elif args.command == "graph":
+            asyncio.run(_graph(args.target, url, args.schema, args))
         elif args.command == "demo":
             from .demo import run_demo
 

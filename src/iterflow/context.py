@@ -64,6 +64,13 @@ CO = TypeVar("CO")
 
 #: True inside the branches of a ``ctx.gather``: a sibling's suspension must not stop them.
 _IN_GATHER: contextvars.ContextVar[bool] = contextvars.ContextVar("iterflow_gather", default=False)
+#: The 1-based attempt of the step body running now (set before each attempt; see step_attempt).
+_STEP_ATTEMPT: contextvars.ContextVar[int] = contextvars.ContextVar("iterflow_step", default=1)
+
+
+def step_attempt() -> int:
+    """Inside a step body: which attempt of that step is running (1 = the first)."""
+    return _STEP_ATTEMPT.get()
 
 
 class _HasDefinition(typing.Protocol[CI, CO]):
@@ -302,6 +309,7 @@ class FlowContext:
         attempt = done + 1
         while True:
             started = self._clock()
+            _STEP_ATTEMPT.set(attempt)  # copied into the thread of a sync step
             try:
                 value = await execute(fn, args, timeout)
                 data = codec.dump(value, out_type)
@@ -617,6 +625,25 @@ class FlowContext:
         """A float in [0, 1), recorded on first run and replayed unchanged."""
         call, memo = self._next(StepKind.RANDOM, "")
         return self._value(call, memo, self._rng.random, float)
+
+    def patched(self, change_id: str) -> Awaitable[bool]:
+        """Branch safely on a code change: ``if await ctx.patched("fraud-check"): ...``.
+
+        True for runs that reach this point under the new code (recorded, so their replays
+        agree); False, without taking a position or writing anything, for runs whose history
+        shows they passed this point before the change.
+        """
+        if not isinstance(change_id, str) or not change_id:
+            raise FlowDefinitionError("ctx.patched needs a non-empty change id")
+        self._check()
+        if not self._cursor.takes_patch(change_id):
+            return self._unpatched()
+        call, memo = self._next(StepKind.PATCH, change_id)
+        return self._value(call, memo, lambda: True, bool)
+
+    async def _unpatched(self) -> bool:
+        self._check()
+        return False
 
     async def _value(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from pydantic import ValidationError
 
@@ -15,12 +15,15 @@ from .errors import FlowDefinitionError, InputInvalid, OutputInvalid
 if TYPE_CHECKING:
     from .context import FlowContext
 
-__all__ = ["Body", "FlowDef", "Registry"]
+__all__ = ["Body", "DriftPolicy", "FlowDef", "Registry"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
 
 Body = Callable[["FlowContext", In], Awaitable[Out]]
+#: What a worker does with a run whose history no longer matches the code (or whose version is
+#: no longer registered): ``fail`` it, or ``park`` it until a deploy restores compatibility.
+DriftPolicy = Literal["fail", "park"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
 
@@ -35,6 +38,7 @@ class FlowDef(Generic[In, Out]):
     output_type: Any
     body: Callable[[Any, Any], Awaitable[Any]]
     signals: Mapping[str, Any] = field(default_factory=dict)
+    drift_policy: DriftPolicy = "fail"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -48,6 +52,11 @@ class FlowDef(Generic[In, Out]):
         for sig in self.signals:
             if not isinstance(sig, str) or not _NAME.match(sig):
                 raise FlowDefinitionError(f"flow {self.name!r}: invalid signal name {sig!r}")
+        if self.drift_policy not in ("fail", "park"):
+            raise FlowDefinitionError(
+                f"flow {self.name!r}: drift_policy must be 'fail' or 'park', "
+                f"got {self.drift_policy!r}"
+            )
 
     @property
     def key(self) -> str:

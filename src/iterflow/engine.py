@@ -15,10 +15,11 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from . import codec
-from .definition import FlowDef, Registry
+from .definition import DriftPolicy, FlowDef, Registry
 from .durations import DurationLike, parse_duration
 from .errors import (
     ConfigInvalid,
+    DatabaseUnavailable,
     FlowError,
     FlowUnknown,
     InputInvalid,
@@ -221,7 +222,11 @@ class Engine:
         self._listener = TerminalListener(connect, TERMINAL_CHANNEL)
         self._notifier = self._listener
         self._worker = Worker(self._store, self.registry, self.settings, watch=self._watch_run)
-        self._reconciler = Reconciler(self._store, batch=self.settings.reconcile_batch)
+        self._reconciler = Reconciler(
+            self._store,
+            batch=self.settings.reconcile_batch,
+            stale_worker_seconds=_stale_worker_seconds(self.settings),
+        )
 
     async def close(self) -> None:
         """Stop workers and the listener, dispose the pool, release the embedded server."""
@@ -290,11 +295,14 @@ class Engine:
         input: type[In],
         output: type[Out],
         signals: Mapping[str, type[Any]] | None = None,
+        drift_policy: DriftPolicy = "fail",
     ) -> Callable[[Callable[[FlowContext, In], Awaitable[Out]]], FlowHandle[In, Out]]:
         """Register ``async def body(ctx, input) -> output`` as flow ``name`` at ``version``.
 
         Every signal the body waits for must be declared in ``signals`` so that
-        ``engine.signal`` can validate payloads before storing them.
+        ``engine.signal`` can validate payloads before storing them. ``drift_policy="park"``
+        parks runs whose history no longer matches the body (or whose version is gone) instead
+        of failing them; ``engine.retry`` or a worker start re-checks them.
         """
 
         def register(body: Callable[[FlowContext, In], Awaitable[Out]]) -> FlowHandle[In, Out]:
@@ -305,6 +313,7 @@ class Engine:
                 output_type=output,
                 body=cast(Callable[[Any, Any], Awaitable[Any]], body),
                 signals=dict(signals or {}),
+                drift_policy=drift_policy,
             )
             return self.register(definition)
 
@@ -406,7 +415,10 @@ class Engine:
         return await self.store.cancel(_run_id(run_id), text)
 
     async def retry(self, run_id: uuid.UUID | str) -> RetryResult:
-        """Replay a failed run in place from its failed step (same id; ok steps kept)."""
+        """Replay a failed run in place from its failed step (same id; ok steps kept).
+
+        A ``parked`` run is woken as it is, to be re-checked against the code deployed now.
+        """
         return await self.store.retry(_run_id(run_id))
 
     async def status(self, run_id: uuid.UUID | str) -> RunDetail:
@@ -453,7 +465,18 @@ class Engine:
         delay = 0.02
         try:
             while True:
-                run = await self.store.get_run(rid)
+                try:
+                    run = await self.store.get_run(rid)
+                except DatabaseUnavailable:
+                    # A dropped pooled connection or a restarting server: the polling floor
+                    # keeps going until the deadline (pools reconnect on the next checkout).
+                    left = None if deadline is None else deadline - loop.time()
+                    if left is not None and left <= 0:
+                        raise
+                    pause = min(delay, self.settings.result_poll_max_seconds)
+                    await asyncio.sleep(pause if left is None else min(pause, left))
+                    delay *= 2
+                    continue
                 if run is None:
                     raise RunNotFound(f"no run {rid}")
                 if run.is_terminal:
@@ -521,6 +544,9 @@ class Engine:
 
         if concurrency < 1:
             raise ConfigInvalid("concurrency must be at least 1")
+        names = sorted({f.name for f in self.registry.all()})
+        if requeued := await self.store.requeue_parked(names):  # re-check them on this code
+            logger.info("re-checking %d parked run(s) on the flows of this worker", requeued)
         if self._memory is not None:
             while True:  # the in-memory store has its own in-process queue
                 await self.drain()
@@ -567,6 +593,7 @@ class Engine:
                 install_signal_handlers=False,
                 delete_jobs="successful",
                 shutdown_graceful_timeout=5.0,
+                update_heartbeat_interval=_heartbeat_seconds(self.settings),
             )
 
 
@@ -574,6 +601,23 @@ class _Notifier(typing.Protocol):
     def subscribe(self, run_id: str) -> asyncio.Event: ...
 
     def unsubscribe(self, run_id: str, event: asyncio.Event) -> None: ...
+
+
+def _heartbeat_seconds(settings: Settings) -> float:
+    """procrastinate's worker heartbeat period: half a lease, at most its 10 s default."""
+    return min(10.0, max(0.5, settings.lease_seconds / 2))
+
+
+def _stale_worker_seconds(settings: Settings) -> float:
+    """A worker silent this long is dead: the reconciler releases its ``doing`` wake-ups.
+
+    A worker killed between an attempt's last commit (suspend/finish) and procrastinate's
+    ``finish_job`` leaves the job ``doing``, holding the run's job lock, so the run's next
+    wake-up cannot be fetched; the lease does not help (the run is no longer ``running``).
+    Tying this to the lease (30 s at the default 30 s lease) bounds that stall like a lease
+    expiry instead of procrastinate's fixed 30 s.
+    """
+    return max(settings.lease_seconds, 3 * _heartbeat_seconds(settings))
 
 
 def _check_key(key: str | None) -> None:

@@ -132,6 +132,33 @@ class Cursor:
         """Remember a memo written during this attempt."""
         self._history[rec.position] = rec
 
+    def peek(self) -> StepRecord | None:
+        """The memo recorded at the next position, without taking the position."""
+        return self._history.get(self._next)
+
+    def key_for(self, kind: StepKind, label: str) -> str:
+        """The cursor key the next call of this kind and label would get (nothing is taken)."""
+        base = key_base(kind, label)
+        n = self._counts.get(base, 0)
+        return base if n == 0 else f"{base}#{n}"
+
+    def takes_patch(self, change_id: str) -> bool:
+        """Whether ``ctx.patched(change_id)`` takes the next position.
+
+        True when history holds that patch's memo there, or holds nothing from here on (the run
+        reaches this point under the new code). False when the run passed this point before
+        under code without the patch: the caller answers False and takes no position, so the
+        old history keeps matching.
+        """
+        if all(p < self._next for p in self._history):
+            return True
+        rec = self.peek()
+        return (
+            rec is not None
+            and rec.kind == StepKind.PATCH
+            and rec.cursor_key == self.key_for(StepKind.PATCH, change_id)
+        )
+
 
 # --- suspension -------------------------------------------------------------------------------
 

@@ -104,6 +104,9 @@ class Worker:
                 "a worker that registers it, then engine.retry(run_id)",
                 details={"name": run.name, "version": run.version},
             )
+            if latest is not None and latest.drift_policy == "park":  # policy of the flow name
+                await self.store.park(lease, err2.to_dict())
+                return "parked"
             await self.store.fail_unclaimed(lease, err2.to_dict())
             return "failed"
         try:
@@ -160,8 +163,7 @@ class Worker:
             await self.store.suspend(lease, s.plan)
             return "suspended"
         except Drifted as d:
-            await self.store.finish(lease, RunStatus.FAILED, None, d.error.to_dict())
-            return "failed"
+            return await self._drifted(flow, lease, d.error)
         except LeaseLost:
             raise
         except FlowError as exc:
@@ -254,11 +256,20 @@ class Worker:
             await self.store.suspend(lease, pending.plan)
             return "suspended"
         if isinstance(pending, Drifted):
-            await self.store.finish(lease, RunStatus.FAILED, None, pending.error.to_dict())
-            return "failed"
+            flow = self.registry.get(claim.run.name, claim.run.version)
+            return await self._drifted(flow, lease, pending.error)
         if isinstance(pending, Aborted):
             return await self._abort(lease, pending, claim)
         raise LeaseLost(lease.run_id)
+
+    async def _drifted(self, flow: FlowDef[Any, Any] | None, lease: Any, error: FlowError) -> str:
+        """The history no longer matches the code: park the run (``park`` policy: it waits for
+        a compatible deploy, then ``engine.retry`` or a worker start) or fail it."""
+        if flow is not None and flow.drift_policy == "park":
+            await self.store.park(lease, error.to_dict())
+            return "parked"
+        await self.store.finish(lease, RunStatus.FAILED, None, error.to_dict())
+        return "failed"
 
     async def _renew(self, claim: Claim, lost: asyncio.Event) -> None:
         """Renew the lease while a long step runs (checkpoints renew it too)."""

@@ -113,6 +113,16 @@ class Store(Protocol):
         """Fail a claimed run before its body ran (unknown flow, bad stored input...)."""
         ...
 
+    async def park(self, lease: Lease, error: dict[str, Any]) -> None:
+        """Set the claimed run ``parked`` with ``error`` (drift or unknown version, ``park``
+        policy) and a ``parked`` event, fenced by the lease. Memos, timers and signals stay."""
+        ...
+
+    async def requeue_parked(self, names: Sequence[str]) -> int:
+        """Set the parked runs of these flows ``pending`` and wake them (a worker start
+        re-checks them against the code it now has); return how many."""
+        ...
+
     async def deliver_signal(
         self, run_id: uuid.UUID, name: str, payload: Any, idempotency_key: str | None
     ) -> SignalResult:
@@ -124,7 +134,8 @@ class Store(Protocol):
         ...
 
     async def retry(self, run_id: uuid.UUID) -> RetryResult:
-        """Reset a failed run so it replays from its failed step."""
+        """Reset a failed run so it replays from its failed step; a parked run is only set
+        ``pending`` and woken (nothing of its history is removed)."""
         ...
 
     async def recover_expired(self, limit: int) -> int:

@@ -338,6 +338,33 @@ class MemoryStore:
     async def fail_unclaimed(self, lease: Lease, error: dict[str, Any]) -> None:
         await self.finish(lease, RunStatus.FAILED, None, error)
 
+    async def park(self, lease: Lease, error: dict[str, Any]) -> None:
+        run = self._fenced(lease)
+        run.status = RunStatus.PARKED
+        run.error = error
+        run.waiting_for = "deploy"
+        run.wake_at = None
+        run.lease_token = run.lease_owner = run.lease_expires_at = None
+        run.updated_at = self.clock()
+        self._event(run.id, "parked", {"code": error.get("code"), "message": error.get("message")})
+
+    def _unpark(self, run: _Run, reason: str) -> None:
+        run.status = RunStatus.PENDING
+        run.error = None
+        run.waiting_for = run.wake_at = None
+        run.stalled_claims = 0
+        run.updated_at = self.clock()
+        self._event(run.id, "unparked", {"reason": reason})
+        self._wake(run.id, None, run.priority)
+
+    async def requeue_parked(self, names: Sequence[str]) -> int:
+        parked = [
+            r for r in self._runs.values() if r.status is RunStatus.PARKED and r.name in names
+        ]
+        for run in parked:
+            self._unpark(run, "worker_start")
+        return len(parked)
+
     # -- signals, cancel, retry -----------------------------------------------------------------
 
     async def deliver_signal(
@@ -390,6 +417,9 @@ class MemoryStore:
         run = self._runs.get(run_id)
         if run is None:
             return RetryResult("missing")
+        if run.status is RunStatus.PARKED:  # re-check on the code deployed now
+            self._unpark(run, "retry")
+            return RetryResult("queued", RunStatus.PENDING)
         if run.status is not RunStatus.FAILED:
             return RetryResult("not_failed", run.status)
         steps = self._steps.setdefault(run_id, {})

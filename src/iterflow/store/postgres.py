@@ -473,6 +473,40 @@ class PostgresStore:
         self._sql_detail_events = sa.text(
             f"SELECT * FROM {s}.events WHERE run_id = :run_id ORDER BY id"
         )
+        self._sql_park = sa.text(f"""
+            WITH run AS (
+                UPDATE {s}.runs SET status = 'parked', error = CAST(:error AS jsonb),
+                    waiting_for = 'deploy', wake_at = NULL, lease_token = NULL,
+                    lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+                WHERE id = :run_id AND lease_token = :token AND status = 'running'
+                RETURNING id
+            ), ev AS (
+                INSERT INTO {s}.events (run_id, type, data)
+                SELECT id, 'parked', CAST(:event AS jsonb) FROM run RETURNING 1
+            )
+            SELECT (SELECT count(*) FROM run) AS leased""")
+        _unpark_set = (
+            "status = 'pending', error = NULL, waiting_for = NULL, wake_at = NULL, "
+            "stalled_claims = 0, updated_at = now()"
+        )
+        self._sql_unpark = sa.text(
+            f"UPDATE {s}.runs SET {_unpark_set} WHERE id = :run_id AND status = 'parked'"
+        )
+        self._sql_requeue_parked = sa.text(f"""
+            WITH parked AS (
+                SELECT id FROM {s}.runs
+                WHERE status = 'parked' AND name = ANY(CAST(:names AS text[]))
+                FOR UPDATE SKIP LOCKED
+            ), upd AS (
+                UPDATE {s}.runs AS r SET {_unpark_set}
+                FROM parked WHERE r.id = parked.id
+                RETURNING r.id, r.priority
+            ), ev AS (
+                INSERT INTO {s}.events (run_id, type, data)
+                SELECT id, 'unparked', '{{"reason": "worker_start"}}'::jsonb FROM upd
+                RETURNING 1
+            ), job AS ({wake_insert_sql("upd", wake_at="NULL", priority="upd.priority")})
+            SELECT (SELECT count(*) FROM upd) AS requeued""")
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -667,6 +701,27 @@ class PostgresStore:
     async def fail_unclaimed(self, lease: Lease, error: dict[str, Any]) -> None:
         await self.finish(lease, RunStatus.FAILED, None, error)
 
+    async def park(self, lease: Lease, error: dict[str, Any]) -> None:
+        row = await self._one(
+            self._sql_park,
+            {
+                "run_id": lease.run_id,
+                "token": lease.token,
+                "error": _j(error),
+                "event": _j({"code": error.get("code"), "message": error.get("message")}),
+            },
+        )
+        if row is None or not row["leased"]:
+            raise LeaseLost(lease.run_id)
+
+    async def requeue_parked(self, names: Sequence[str]) -> int:
+        if not names:
+            return 0
+        row = await self._one(
+            self._sql_requeue_parked, {"names": list(names), "queue": self._queue}
+        )
+        return 0 if row is None else int(row["requeued"])
+
     # -- signals, retry ---------------------------------------------------------------------
 
     async def deliver_signal(
@@ -735,6 +790,19 @@ class PostgresStore:
         row = (await conn.execute(self._sql_retry_lock, {"run_id": run_id})).first()
         if row is None:
             return RetryResult("missing")
+        if row.status == RunStatus.PARKED.value:  # re-check on the code deployed now
+            await conn.execute(self._sql_unpark, {"run_id": run_id})
+            await conn.execute(
+                self._sql_event,
+                {
+                    "run_id": run_id,
+                    "type": "unparked",
+                    "cursor_key": None,
+                    "data": _j({"reason": "retry"}),
+                },
+            )
+            await conn.execute(self._sql_wake, {"run_id": run_id, "queue": self._queue})
+            return RetryResult("queued", RunStatus.PENDING)
         if row.status != RunStatus.FAILED.value:
             return RetryResult("not_failed", RunStatus(row.status))
         cut = (await conn.execute(self._sql_retry_cut, {"run_id": run_id})).scalar()

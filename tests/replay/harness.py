@@ -1,0 +1,110 @@
+"""Replay a recorded history with current code, in process: ``FlowContext`` on a stub store.
+
+The stub implements only what ``FlowContext`` calls (``checkpoint``, ``spawn_child``) and
+records it, so a test sees exactly what an attempt would write. The outcome is classified like
+the worker does: the body returned (``done``), suspended, drifted, or failed.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal, cast
+
+from iterflow.context import Drifted, FlowContext, Suspended
+from iterflow.definition import FlowDef
+from iterflow.errors import FlowError
+from iterflow.models import NewRun, SignalRecord, StepRecord, TimerRecord
+from iterflow.store.base import Lease, Store
+
+RUN_ID = uuid.UUID("00000000-0000-4000-8000-000000000001")
+
+
+@dataclass
+class StubStore:
+    """What one attempt wrote."""
+
+    written: list[StepRecord] = field(default_factory=list)
+    consumed: list[int] = field(default_factory=list)
+    fired: list[str] = field(default_factory=list)
+    spawned: list[NewRun] = field(default_factory=list)
+
+    async def checkpoint(
+        self,
+        lease: Lease,
+        record: StepRecord,
+        *,
+        consume_signal: int | None = None,
+        fire_timer: str | None = None,
+    ) -> None:
+        self.written.append(record)
+        if consume_signal is not None:
+            self.consumed.append(consume_signal)
+        if fire_timer is not None:
+            self.fired.append(fire_timer)
+
+    async def spawn_child(self, lease: Lease, child: NewRun) -> bool:
+        self.spawned.append(child)
+        return True
+
+
+@dataclass
+class Outcome:
+    """How the attempt ended and what it wrote."""
+
+    kind: Literal["done", "suspended", "drift", "failed"]
+    store: StubStore
+    output: Any = None
+    status: str | None = None
+    cursor_key: str | None = None
+    error: dict[str, Any] | None = None
+
+    @property
+    def written_keys(self) -> list[str]:
+        return [r.cursor_key for r in self.store.written]
+
+
+async def replay(
+    flow: FlowDef[Any, Any],
+    *,
+    input: Any,
+    history: list[StepRecord],
+    now: datetime,
+    timers: list[TimerRecord] | None = None,
+    inbox: list[SignalRecord] | None = None,
+) -> Outcome:
+    """One attempt of ``flow`` over ``history`` at time ``now``."""
+    store = StubStore()
+    ctx = FlowContext(
+        run_id=RUN_ID,
+        flow_name=flow.name,
+        attempt=1,
+        store=cast(Store, store),
+        lease=Lease(RUN_ID, uuid.uuid4(), "replay", 30.0),
+        history=history,
+        timers={t.cursor_key: t for t in timers or []},
+        inbox=list(inbox or []),
+        signal_models=flow.signals,
+        clock=lambda: now,
+        rng=random.Random(0),
+        max_payload_bytes=1 << 20,
+        inline_retry_max=timedelta(0),
+    )
+    try:
+        try:
+            result = await flow.body(ctx, flow.validate_input(input))
+            ctx.check_complete()
+        except Exception:
+            if ctx.interrupted is not None:  # user code turned an interrupt into an exception
+                raise ctx.interrupted from None
+            raise
+    except Suspended as s:
+        plan = s.plan
+        return Outcome("suspended", store, status=plan.status.value, cursor_key=plan.cursor_key)
+    except Drifted as d:
+        return Outcome("drift", store, error=d.error.to_dict())
+    except FlowError as exc:
+        return Outcome("failed", store, error=exc.to_dict())
+    return Outcome("done", store, output=flow.encode_output(result))
