@@ -134,8 +134,9 @@ class Engine:
         if database_url is not None:
             overrides["database_url"] = database_url
         try:
-            self.settings = base.model_copy(update=overrides) if overrides else base
-            Settings.model_validate(self.settings.model_dump())
+            self.settings = (
+                Settings.model_validate({**base.model_dump(), **overrides}) if overrides else base
+            )
         except ValidationError as exc:
             raise ConfigInvalid(
                 f"invalid engine settings: {codec.validation_message(exc)}"
@@ -359,6 +360,32 @@ class Engine:
                 priority=priority,
                 wake_at=wake_at,
             ),
+            conn=conn,
+        )
+
+    async def start(
+        self,
+        name: str,
+        input: Any,
+        *,
+        idempotency_key: str | None = None,
+        tags: Iterable[str] = (),
+        delay: DurationLike | None = None,
+        priority: int = 0,
+        conn: Any = None,
+    ) -> StartResult:
+        """Start a run of the **newest** registered version of flow ``name`` (untyped; the
+        flow's typed handle starts its own version). Same options as ``FlowHandle.start``."""
+        flow = self.registry.latest(name)
+        if flow is None:
+            raise FlowUnknown(f"no flow named {name!r} is registered in this process")
+        return await self._start(
+            flow,
+            input,
+            idempotency_key=idempotency_key,
+            tags=tags,
+            delay=delay,
+            priority=priority,
             conn=conn,
         )
 

@@ -68,3 +68,13 @@ def test_definition_errors_are_raised_at_registration() -> None:
     with pytest.raises(FlowError) as cfg:
         Engine(lease_seconds=-1)
     assert cfg.value.error_code == "CONFIG_INVALID"
+
+
+def test_settings_overrides_are_validated_and_coerced(tmp_path: object) -> None:
+    from pathlib import Path
+
+    engine = Engine("postgresql://u@h/db", data_dir="/tmp/x", lease_seconds="5")
+    assert engine.settings.data_dir == Path("/tmp/x") and engine.settings.lease_seconds == 5.0
+    with pytest.raises(FlowError) as info:
+        Engine(db_schema="Not A Schema")
+    assert info.value.error_code == "CONFIG_INVALID"

@@ -252,3 +252,21 @@ async def test_swallowed_suspension_still_parks_the_run(engine: Engine) -> None:
     await wait_status(engine, started.run_id, RunStatus.AWAITING_SIGNAL)
     assert (await engine.signal(started.run_id, "approve", {"approved": True})).kind == "delivered"
     assert await swallower.result(started.run_id, timeout=20) == "continued"
+
+
+async def test_start_by_name_uses_the_newest_registered_version(engine: Engine) -> None:
+    @engine.flow("versioned", version=1, input=OrderIn, output=int)
+    async def v1(ctx: FlowContext, order: OrderIn) -> int:
+        return 1
+
+    @engine.flow("versioned", version=2, input=OrderIn, output=int)
+    async def v2(ctx: FlowContext, order: OrderIn) -> int:
+        return 2
+
+    await engine.listen(concurrency=1)
+    run = await engine.start("versioned", {"order_id": "v", "amount": 1})
+    assert (await engine.status(run.run_id)).run.version == 2
+    assert await engine.result(run.run_id, timeout=20) == 2
+    with pytest.raises(FlowError) as info:
+        await engine.start("nope", {})
+    assert info.value.error_code == "FLOW_UNKNOWN"
