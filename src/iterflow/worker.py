@@ -220,9 +220,7 @@ class Worker:
                     and run.lease_owner == self.owner
                 )
                 if not still_ours:
-                    body.cancel()
-                    with contextlib.suppress(BaseException):
-                        await body
+                    await _stop(body)
                     if run is not None and run.status is RunStatus.CANCELED:
                         logger.info("run %s was canceled during its attempt", claim.run.id)
                         raise _CanceledElsewhere
@@ -230,9 +228,7 @@ class Worker:
         finally:
             unsubscribe()
             if not body.done():
-                body.cancel()
-                with contextlib.suppress(BaseException):
-                    await body
+                await _stop(body)
 
     async def _abort(self, lease: Any, aborted: Aborted, claim: Claim) -> str:
         """Release the run for a retry soon; if storage is still down, lease expiry recovers it."""
@@ -284,6 +280,18 @@ class Worker:
                 return
             except FlowError as exc:
                 logger.warning("lease renewal failed for run %s: %s", claim.run.id, exc)
+
+
+async def _stop(body: asyncio.Future[Any], grace: float = 5.0) -> None:
+    """Cancel the body and wait a little for it. A body that swallows ``CancelledError`` is
+    abandoned rather than awaited forever: every write it could still attempt is fenced."""
+    body.cancel()
+    done, _ = await asyncio.wait({body}, timeout=grace)
+    if body in done:
+        with contextlib.suppress(BaseException):
+            body.result()
+    else:
+        logger.warning("a flow body ignored cancellation; abandoning it (its writes are fenced)")
 
 
 def _noop() -> None:

@@ -244,3 +244,40 @@ async def test_cancel_stops_an_async_step_in_progress(engine: Engine) -> None:
     import uuid
 
     assert (await engine.cancel(uuid.uuid4())).kind == "not_found"
+
+
+async def test_a_body_that_swallows_cancellation_cannot_write_afterwards(engine: Engine) -> None:
+    entered = asyncio.Event()
+    swallowed = asyncio.Event()
+
+    @engine.flow("stubborn", input=Num, output=int)
+    async def stubborn(ctx: FlowContext, x: Num) -> int:
+        async def ignore_cancel() -> int:
+            entered.set()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                swallowed.set()  # and carry on as if nothing happened
+            return 7
+
+        value = await ctx.step("ignore", ignore_cancel)
+        return await ctx.step("after", lambda: value + 1)
+
+    await engine.listen(concurrency=1)
+    started = await stubborn.start(Num(n=0))
+    await asyncio.wait_for(entered.wait(), 20)
+    assert (await engine.cancel(started.run_id)).kind == "canceled"
+    await asyncio.wait_for(swallowed.wait(), 20)
+
+    async def attempt_over() -> bool:
+        rows = sql(
+            engine.database_url,
+            "SELECT count(*) FROM procrastinate_jobs WHERE status = 'doing'",
+        )
+        return rows[0][0] == 0
+
+    from tests.integration.flows import eventually
+
+    await eventually(attempt_over, what="the canceled attempt to end")
+    detail = await engine.status(started.run_id)
+    assert detail.run.status is RunStatus.CANCELED and detail.steps == ()
