@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import typing
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -567,8 +568,6 @@ class Engine:
 
     async def run_worker(self, *, concurrency: int = 4) -> None:
         """Run a procrastinate worker executing wake-ups until cancelled."""
-        import procrastinate
-
         if concurrency < 1:
             raise ConfigInvalid("concurrency must be at least 1")
         names = sorted({f.name for f in self.registry.all()})
@@ -578,9 +577,44 @@ class Engine:
             while True:  # the in-memory store has its own in-process queue
                 await self.drain()
                 await asyncio.sleep(0.01)
-        worker = self.worker
         if self._listener is not None:
             await self._listener.start()  # cancel notifications must reach running attempts
+        app = self._procrastinate_app(concurrency)
+        failures = 0
+        while True:
+            started = asyncio.get_running_loop().time()
+            try:
+                async with app.open_async():
+                    await app.run_worker_async(
+                        queues=[self.settings.queue_name],
+                        concurrency=concurrency,
+                        wait=True,
+                        fetch_job_polling_interval=self.settings.worker_poll_interval,
+                        install_signal_handlers=False,
+                        delete_jobs="successful",
+                        shutdown_graceful_timeout=5.0,
+                        update_heartbeat_interval=_heartbeat_seconds(self.settings),
+                    )
+                reason = "it stopped on its own"
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            # Only cancellation ends this loop. procrastinate's worker stops (or raises) when its
+            # fetch or LISTEN connection loses the database, e.g. during a PostgreSQL restart
+            # (procrastinate issue #1116); runs are safe in PostgreSQL, so start it again.
+            if asyncio.get_running_loop().time() - started > 60:
+                failures = 0
+            failures += 1
+            delay = min(30.0, 0.5 * 2 ** min(failures - 1, 6)) * (0.5 + random.random() / 2)
+            logger.warning(
+                "procrastinate worker stopped (%s); restarting it in %.1fs", reason, delay
+            )
+            await asyncio.sleep(delay)
+
+    def _procrastinate_app(self, concurrency: int) -> Any:
+        """The procrastinate app of this engine: the wake-up task and the periodic reconciler."""
+        import procrastinate
+
+        worker = self.worker
         app = procrastinate.App(
             connector=procrastinate.PsycopgConnector(
                 conninfo=libpq_url(self.database_url),
@@ -611,17 +645,7 @@ class Engine:
             except FlowError as exc:
                 logger.warning("reconciler sweep failed: %s", exc)
 
-        async with app.open_async():
-            await app.run_worker_async(
-                queues=[self.settings.queue_name],
-                concurrency=concurrency,
-                wait=True,
-                fetch_job_polling_interval=self.settings.worker_poll_interval,
-                install_signal_handlers=False,
-                delete_jobs="successful",
-                shutdown_graceful_timeout=5.0,
-                update_heartbeat_interval=_heartbeat_seconds(self.settings),
-            )
+        return app
 
 
 class _Notifier(typing.Protocol):
