@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import typing
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -41,14 +40,13 @@ from .models import (
     StartResult,
 )
 from .notify import TerminalListener
-from .queue import TASK_NAME
 from .reconciler import Reconciler, ReconcileReport
 from .settings import Settings
 from .store.base import Store
 from .store.memory import MemoryStore
 from .store.postgres import TERMINAL_CHANNEL, PostgresStore
 from .urls import asyncpg_url, libpq_url
-from .worker import Worker
+from .worker import Worker, run_procrastinate, stale_worker_seconds
 
 if TYPE_CHECKING:
     from .context import FlowContext
@@ -227,7 +225,7 @@ class Engine:
         self._reconciler = Reconciler(
             self._store,
             batch=self.settings.reconcile_batch,
-            stale_worker_seconds=_stale_worker_seconds(self.settings),
+            stale_worker_seconds=stale_worker_seconds(self.settings),
         )
 
     async def close(self) -> None:
@@ -579,96 +577,19 @@ class Engine:
                 await asyncio.sleep(0.01)
         if self._listener is not None:
             await self._listener.start()  # cancel notifications must reach running attempts
-        app = self._procrastinate_app(concurrency)
-        failures = 0
-        while True:
-            started = asyncio.get_running_loop().time()
-            try:
-                async with app.open_async():
-                    await app.run_worker_async(
-                        queues=[self.settings.queue_name],
-                        concurrency=concurrency,
-                        wait=True,
-                        fetch_job_polling_interval=self.settings.worker_poll_interval,
-                        install_signal_handlers=False,
-                        delete_jobs="successful",
-                        shutdown_graceful_timeout=5.0,
-                        update_heartbeat_interval=_heartbeat_seconds(self.settings),
-                    )
-                reason = "it stopped on its own"
-            except Exception as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-            # Only cancellation ends this loop. procrastinate's worker stops (or raises) when its
-            # fetch or LISTEN connection loses the database, e.g. during a PostgreSQL restart
-            # (procrastinate issue #1116); runs are safe in PostgreSQL, so start it again.
-            if asyncio.get_running_loop().time() - started > 60:
-                failures = 0
-            failures += 1
-            delay = min(30.0, 0.5 * 2 ** min(failures - 1, 6)) * (0.5 + random.random() / 2)
-            logger.warning(
-                "procrastinate worker stopped (%s); restarting it in %.1fs", reason, delay
-            )
-            await asyncio.sleep(delay)
-
-    def _procrastinate_app(self, concurrency: int) -> Any:
-        """The procrastinate app of this engine: the wake-up task and the periodic reconciler."""
-        import procrastinate
-
-        worker = self.worker
-        app = procrastinate.App(
-            connector=procrastinate.PsycopgConnector(
-                conninfo=libpq_url(self.database_url),
-                min_size=1,
-                max_size=concurrency + 2,
-            )
+        await run_procrastinate(
+            self.worker,
+            self.settings,
+            self.database_url,
+            reconcile=self.reconcile,
+            concurrency=concurrency,
         )
-
-        @app.task(name=TASK_NAME, queue=self.settings.queue_name, pass_context=False)
-        async def advance(run_id: str) -> None:
-            try:
-                await worker.advance(uuid.UUID(run_id))
-            except FlowError as exc:
-                logger.error("attempt on run %s failed: %s", run_id, exc)
-
-        every = self.settings.reconcile_every_seconds
-
-        @app.periodic(cron=f"*/{every} * * * * *", periodic_id=self.settings.queue_name)
-        @app.task(
-            name=f"iterflow.reconcile.{self.settings.db_schema}",
-            queue=self.settings.queue_name,
-            queueing_lock=f"iterflow.reconcile.{self.settings.db_schema}",
-            pass_context=False,
-        )
-        async def reconcile(timestamp: int) -> None:
-            try:
-                await self.reconcile()
-            except FlowError as exc:
-                logger.warning("reconciler sweep failed: %s", exc)
-
-        return app
 
 
 class _Notifier(typing.Protocol):
     def subscribe(self, run_id: str) -> asyncio.Event: ...
 
     def unsubscribe(self, run_id: str, event: asyncio.Event) -> None: ...
-
-
-def _heartbeat_seconds(settings: Settings) -> float:
-    """procrastinate's worker heartbeat period: half a lease, at most its 10 s default."""
-    return min(10.0, max(0.5, settings.lease_seconds / 2))
-
-
-def _stale_worker_seconds(settings: Settings) -> float:
-    """A worker silent this long is dead: the reconciler releases its ``doing`` wake-ups.
-
-    A worker killed between an attempt's last commit (suspend/finish) and procrastinate's
-    ``finish_job`` leaves the job ``doing``, holding the run's job lock, so the run's next
-    wake-up cannot be fetched; the lease does not help (the run is no longer ``running``).
-    Tying this to the lease (30 s at the default 30 s lease) bounds that stall like a lease
-    expiry instead of procrastinate's fixed 30 s.
-    """
-    return max(settings.lease_seconds, 3 * _heartbeat_seconds(settings))
 
 
 def _check_key(key: str | None) -> None:
