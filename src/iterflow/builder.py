@@ -17,14 +17,13 @@ two models, a bad version) raise :class:`~iterflow.errors.FlowDefinitionError` w
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
-import typing
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar, overload
 
+from . import codec
 from .definition import _NAME, DriftPolicy, FlowDef
 from .durations import DurationLike, WhenLike, due_at, parse_duration
 from .errors import FlowDefinitionError
@@ -123,16 +122,6 @@ class _State:
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or repr(tp)
-
-
-@functools.lru_cache(maxsize=1024)
-def _return_type(fn: Callable[..., Any]) -> Any:
-    target = fn.func if isinstance(fn, functools.partial) else fn
-    try:
-        hints = typing.get_type_hints(target)
-    except Exception:
-        return Any
-    return hints.get("return", Any)
 
 
 def _positional_arity(fn: Callable[..., Any]) -> int:
@@ -280,7 +269,7 @@ class FlowBuilder(Generic[In, V]):
             if part
         )
         return FlowBuilder(
-            s.add(node, GraphNode(nid, "step", label, detail), nid, _return_type(fn))
+            s.add(node, GraphNode(nid, "step", label, detail), nid, codec.return_type(fn))
         )
 
     def sleep(self, duration: WhenLike, *, label: str = "") -> FlowBuilder[In, V]:
@@ -338,7 +327,7 @@ class FlowBuilder(Generic[In, V]):
         signals = s.declare_signal(name, model)
         nid = s.new_id(f"signal:{name}", unique=False, what="signal")
         detail = _type_name(model) + (f", timeout={timeout}" if timeout is not None else "")
-        value_type = model if merge is None else _return_type(merge)
+        value_type = model if merge is None else codec.return_type(merge)
         state = dataclasses.replace(s, signals=signals).add(
             SignalNode(nid, name, model, timeout, merge),
             GraphNode(nid, "signal", name, detail),
@@ -488,7 +477,7 @@ class FlowBuilder(Generic[In, V]):
         self._s.top_level("output")
         if not callable(fn):
             raise self._s.fail("output needs a callable")
-        return OutputBuilder(self._s, fn, model if model is not None else _return_type(fn))
+        return OutputBuilder(self._s, fn, model if model is not None else codec.return_type(fn))
 
     def build(self) -> BuiltFlow[In, V]:
         """The flow definition; its output is the final value."""

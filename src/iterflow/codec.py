@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import typing
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from .errors import PayloadTooLarge
 
-__all__ = ["adapter", "check_size", "dump", "load"]
+__all__ = ["adapter", "check_size", "dump", "load", "return_type"]
 
 
 @functools.lru_cache(maxsize=512)
@@ -56,3 +60,26 @@ def validation_message(exc: ValidationError) -> str:
         parts.append(f"{loc}: {err.get('msg')}")
     more = "" if exc.error_count() <= 5 else f" (+{exc.error_count() - 5} more)"
     return "; ".join(parts) + more
+
+
+_RETURN_TYPES: weakref.WeakKeyDictionary[Callable[..., Any], Any] = weakref.WeakKeyDictionary()
+
+
+def return_type(fn: Callable[..., Any]) -> Any:
+    """The return annotation of ``fn`` (``Any`` if none), cached without keeping ``fn`` alive.
+
+    Step functions are often closures created anew on every attempt; a strong cache keyed by
+    them would pin each closure and everything it references (a ``FlowContext``, payloads).
+    """
+    try:
+        return _RETURN_TYPES[fn]
+    except (KeyError, TypeError):
+        pass
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    try:
+        tp: Any = typing.get_type_hints(target).get("return", Any)
+    except Exception:
+        tp = Any
+    with contextlib.suppress(TypeError):  # not weakly referenceable: just don't cache
+        _RETURN_TYPES[fn] = tp
+    return tp

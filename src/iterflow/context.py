@@ -110,16 +110,6 @@ class Aborted(Interrupt):
         self.error = error
 
 
-@functools.lru_cache(maxsize=1024)
-def _return_type(fn: Callable[..., Any]) -> Any:
-    target = fn.func if isinstance(fn, functools.partial) else fn
-    try:
-        hints = typing.get_type_hints(target)
-    except Exception:
-        return Any
-    return hints.get("return", Any)
-
-
 def _step_error(label: str, attempts: int, exc: BaseException) -> FlowError:
     if isinstance(exc, FlowError):
         return exc
@@ -280,7 +270,7 @@ class FlowContext:
         from .executor import execute
 
         self._check()
-        out_type = _return_type(fn)
+        out_type = codec.return_type(fn)
         retry_key = f"retry:{call.cursor_key}"
         fire_timer: str | None = None
         done = 0

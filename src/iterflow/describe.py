@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import functools
 import types
 import typing
 import uuid as _uuid
@@ -33,6 +32,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from . import codec
 from .definition import FlowDef
 from .durations import DurationLike, WhenLike
 from .graph import CallTrace, FlowGraph, graph_from_calls
@@ -145,15 +145,6 @@ def sample(tp: Any, what: str = "value") -> Any:
     return Placeholder(what)
 
 
-@functools.lru_cache(maxsize=1024)
-def _return_type(fn: Callable[..., Any]) -> Any:
-    target = fn.func if isinstance(fn, functools.partial) else fn
-    try:
-        return typing.get_type_hints(target).get("return", Any)
-    except Exception:
-        return Any
-
-
 class _Enough(BaseException):
     """Stops a dry run after ``max_calls`` calls."""
 
@@ -200,7 +191,7 @@ class DryRunContext:
         parts = [f"retries={retries}" if retries else ""]
         parts.append(f"timeout={timeout}" if timeout is not None else "")
         self._record(StepKind.STEP, label, ", ".join(p for p in parts if p))
-        return self._value(sample(_return_type(fn), f"step {label!r}"))
+        return self._value(sample(codec.return_type(fn), f"step {label!r}"))
 
     def sleep(self, duration: WhenLike, label: str | None = None) -> Awaitable[None]:
         """Record the sleep; return at once."""

@@ -215,7 +215,10 @@ class Worker:
                 if body in done:
                     return body.result()
                 event.clear()
-                run = await self.store.get_run(claim.run.id)
+                try:
+                    run = await self.store.get_run(claim.run.id)
+                except FlowError:
+                    continue  # cannot tell now (e.g. the listener woke us on a reconnect)
                 still_ours = (
                     run is not None
                     and run.status is RunStatus.RUNNING

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -74,3 +75,28 @@ def test_codec_round_trip_and_size_cap() -> None:
     with pytest.raises(PayloadTooLarge) as info:
         codec.check_size({"blob": "x" * 100}, 50, "thing")
     assert info.value.error_code == "PAYLOAD_TOO_LARGE"
+
+
+def test_return_type_cache_does_not_keep_step_closures_alive() -> None:
+    import gc
+    import weakref
+
+    class Payload:
+        pass
+
+    def make_step(payload: Payload) -> object:
+        def step() -> Item:
+            return payload  # type: ignore[return-value]
+
+        return step
+
+    refs = []
+    for _ in range(50):
+        payload = Payload()
+        step = make_step(payload)
+        assert codec.return_type(step) is Item  # type: ignore[arg-type]
+        refs.append(weakref.ref(payload))
+        del step, payload
+    gc.collect()
+    assert all(ref() is None for ref in refs)
+    assert codec.return_type(lambda: 1) is Any

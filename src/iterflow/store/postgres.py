@@ -7,6 +7,7 @@ Driver errors are mapped to :class:`~iterflow.errors.DatabaseUnavailable` at thi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ..errors import DatabaseUnavailable, SchemaMissing
+from ..errors import DatabaseUnavailable, FlowError, SchemaMissing
 from ..models import (
     CancelResult,
     ChildRecord,
@@ -135,25 +136,21 @@ class PostgresStore:
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self._engine.begin() as conn:
-                yield conn
-        except DBAPIError as exc:
-            raise _map(exc) from exc
-        except OSError as exc:
-            raise DatabaseUnavailable(f"cannot reach PostgreSQL: {exc}") from exc
+        """A transaction; failures leave as ``DatabaseUnavailable``/``SchemaMissing``."""
+        async with _guarded(self._engine.begin()) as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A connection where each statement is its own transaction."""
+        async with _guarded(self._auto.connect()) as conn:
+            yield conn
 
     async def _one(self, stmt: sa.TextClause, params: dict[str, Any]) -> Row | None:
         """Run one statement in autocommit (it is its own transaction)."""
-        try:
-            async with self._auto.connect() as conn:
-                result = await conn.execute(stmt, params)
-                row = result.mappings().first()
-                return row
-        except DBAPIError as exc:
-            raise _map(exc) from exc
-        except OSError as exc:
-            raise DatabaseUnavailable(f"cannot reach PostgreSQL: {exc}") from exc
+        async with self._autocommit() as conn:
+            result = await conn.execute(stmt, params)
+            return result.mappings().first()
 
     # -- start ------------------------------------------------------------------------------
 
@@ -486,14 +483,11 @@ class PostgresStore:
         if before_seq is not None:
             stmt = stmt.where(runs.c.seq < before_seq)
         stmt = stmt.order_by(runs.c.seq.desc()).limit(limit)
-        try:
-            async with self._auto.connect() as conn:
-                result = await conn.execute(
-                    stmt, execution_options={"schema_translate_map": self._translate}
-                )
-                rows = result.mappings().all()
-        except DBAPIError as exc:
-            raise _map(exc) from exc
+        async with self._autocommit() as conn:
+            result = await conn.execute(
+                stmt, execution_options={"schema_translate_map": self._translate}
+            )
+            rows = result.mappings().all()
         return [_run(r) for r in rows]
 
     # -- reads ------------------------------------------------------------------------------
@@ -509,18 +503,15 @@ class PostgresStore:
         return None if row is None else _run(row)
 
     async def detail(self, run_id: uuid.UUID) -> RunDetail | None:
-        try:
-            async with self._auto.connect() as conn:
-                p = {"run_id": run_id}
-                run_row = (await conn.execute(self._q.get_run, p)).mappings().first()
-                if run_row is None:
-                    return None
-                step_rows = (await conn.execute(self._q.detail_steps, p)).mappings().all()
-                sig_rows = (await conn.execute(self._q.detail_signals, p)).mappings().all()
-                timer_rows = (await conn.execute(self._q.detail_timers, p)).mappings().all()
-                ev_rows = (await conn.execute(self._q.detail_events, p)).mappings().all()
-        except DBAPIError as exc:
-            raise _map(exc) from exc
+        async with self._autocommit() as conn:
+            p = {"run_id": run_id}
+            run_row = (await conn.execute(self._q.get_run, p)).mappings().first()
+            if run_row is None:
+                return None
+            step_rows = (await conn.execute(self._q.detail_steps, p)).mappings().all()
+            sig_rows = (await conn.execute(self._q.detail_signals, p)).mappings().all()
+            timer_rows = (await conn.execute(self._q.detail_timers, p)).mappings().all()
+            ev_rows = (await conn.execute(self._q.detail_events, p)).mappings().all()
         return RunDetail(
             run=_run(run_row),
             steps=tuple(_step(r) for r in step_rows),
@@ -553,19 +544,48 @@ async def _execute_on(conn: Any, stmt: sa.TextClause, params: dict[str, Any]) ->
         )
     try:
         result = await conn.execute(stmt, params)
-    except DBAPIError as exc:
+    except Exception as exc:
         raise _map(exc) from exc
     return result.mappings().first()
 
 
-def _map(exc: DBAPIError) -> Exception:
-    text = str(exc.orig) if exc.orig is not None else str(exc)
-    if isinstance(exc, ProgrammingError) and "does not exist" in text:
-        return SchemaMissing(
-            f"iterflow tables are missing ({text.splitlines()[0]}); run `flowctl migrate` "
-            "or `await engine.migrate()`"
-        )
-    return DatabaseUnavailable(f"PostgreSQL error: {text.splitlines()[0] if text else exc}")
+def _map(exc: Exception) -> Exception:
+    """The stable error for a driver/pool failure at the store boundary."""
+    if isinstance(exc, DBAPIError):
+        text = str(exc.orig) if exc.orig is not None else str(exc)
+        if isinstance(exc, ProgrammingError) and "does not exist" in text:
+            return SchemaMissing(
+                f"iterflow tables are missing ({text.splitlines()[0]}); run `flowctl migrate` "
+                "or `await engine.migrate()`"
+            )
+        first = text.splitlines()[0] if text else type(exc).__name__
+        return DatabaseUnavailable(f"PostgreSQL error: {first}")
+    if isinstance(exc, OSError):
+        return DatabaseUnavailable(f"cannot reach PostgreSQL: {exc}")
+    return DatabaseUnavailable(f"PostgreSQL connection failed: {type(exc).__name__}: {exc}")
+
+
+@asynccontextmanager
+async def _guarded(opening: Any) -> AsyncIterator[AsyncConnection]:
+    """Enter ``opening`` (``engine.begin()`` or ``.connect()``) and map every failure that is not
+    ours to a stable error. A connection that failed with something other than a database error
+    (e.g. asyncpg's ``InternalClientError`` after the server killed the backend mid-statement)
+    is in an unknown state and is invalidated rather than returned to the pool; SQLAlchemy
+    invalidates disconnects itself."""
+    try:
+        async with opening as conn:
+            try:
+                yield conn
+            except (DBAPIError, FlowError):
+                raise
+            except Exception:
+                with contextlib.suppress(Exception):
+                    await conn.invalidate()
+                raise
+    except FlowError:
+        raise
+    except Exception as exc:
+        raise _map(exc) from exc
 
 
 def rows_to_steps(rows: Sequence[Row]) -> list[StepRecord]:
