@@ -1,0 +1,65 @@
+"""Sizes of each measurement (full and ``--quick``) and what every section is given."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .server import BenchServer
+
+__all__ = ["Context", "Sizes"]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each measurement is. ``quick()`` finishes the whole benchmark in under a minute."""
+
+    repeats: int = 3
+    insert_rows: int = 2000
+    paired_insert_rows: int = 1000
+    concurrent_seconds: float = 3.0
+    runs_by_steps: tuple[tuple[int, int], ...] = ((1, 400), (10, 100), (100, 15))
+    e2e_runs_by_steps: tuple[tuple[int, int], ...] = ((1, 100), (10, 50), (100, 8))
+    latency_samples: int = 60
+    timer_samples: int = 60
+    timer_spacing: float = 0.23
+    concurrent_runs: int = 200
+    concurrent_steps: int = 10
+    worker_concurrency: int = 10
+    waiting_runs: int = 10_000
+    waiting_min_delay: float = 10.0
+    idle_sample_seconds: float = 3.0
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        """Small sizes: a smoke test of every section."""
+        return cls(
+            repeats=1,
+            insert_rows=300,
+            paired_insert_rows=150,
+            concurrent_seconds=0.5,
+            runs_by_steps=((1, 40), (10, 10), (100, 2)),
+            e2e_runs_by_steps=((1, 10), (10, 5), (100, 1)),
+            latency_samples=10,
+            timer_samples=8,
+            timer_spacing=0.15,
+            concurrent_runs=40,
+            waiting_runs=200,
+            waiting_min_delay=2.0,
+            idle_sample_seconds=1.2,
+        )
+
+
+@dataclass
+class Context:
+    """What a section runs with."""
+
+    server: BenchServer
+    sizes: Sizes
+    quick: bool
+    results_dir: Path
+
+    @property
+    def log_dir(self) -> Path:
+        """Where worker logs and instrument files go."""
+        return self.results_dir / "logs"
