@@ -295,3 +295,24 @@ async def test_a_database_error_during_a_checkpoint_aborts_the_attempt_not_the_r
     assert await engine.worker.advance(run.run_id) == "done"
     assert await sturdy.result(run.run_id, timeout=5) == 8
     assert len(calls) == 2  # at-least-once before the checkpoint
+
+
+async def test_a_loop_that_sleeps_200_times_completes(database_url: str) -> None:
+    async with Engine(database_url, max_stalled_claims=2) as engine:
+
+        @engine.flow("naps", input=Num, output=int)
+        async def naps(ctx: FlowContext, x: Num) -> int:
+            for _ in range(x.n):
+                await ctx.sleep("1ms")
+            return x.n
+
+        run = await naps.start(Num(n=200))
+        outcomes = []
+        while (outcome := await engine.worker.advance(run.run_id)) == "suspended":
+            outcomes.append(outcome)
+        # 200 suspensions (one more if a claim ever came within 1 ms of a sleep's due time):
+        # resumes that make progress never count towards max_stalled_claims=2.
+        assert outcome == "done" and len(outcomes) >= 200
+        assert await naps.result(run.run_id, timeout=5) == 200
+        detail = await engine.status(run.run_id)
+        assert detail.run.attempts == len(outcomes) + 1 and len(detail.steps) == 200
