@@ -4,32 +4,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from iterflow.models import NewRun, RunStatus, StepKind, StepRecord, StepStatus
 from iterflow.store.base import Lease, LeaseLost, Store
-from iterflow.store.memory import MemoryStore
-from iterflow.store.postgres import PostgresStore
-from iterflow.urls import asyncpg_url
 
 LEASE = 30.0
 ERROR = {"code": "REPLAY_NON_DETERMINISTIC", "message": "drift"}
-
-
-@pytest.fixture(params=["postgres", "memory"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    url = request.getfixturevalue("database_url")
-    engine = create_async_engine(asyncpg_url(url), pool_size=2)
-    try:
-        yield PostgresStore(engine, schema="iterflow", queue="iterflow.iterflow")
-    finally:
-        await engine.dispose()
 
 
 async def parked_run(store: Store, name: str = "f") -> Lease:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from iterflow.models import (
     NewRun,
@@ -21,24 +19,8 @@ from iterflow.models import (
 )
 from iterflow.replay import SuspendPlan
 from iterflow.store.base import Lease, LeaseLost, Store
-from iterflow.store.memory import MemoryStore
-from iterflow.store.postgres import PostgresStore
-from iterflow.urls import asyncpg_url
 
 LEASE = 30.0
-
-
-@pytest.fixture(params=["postgres", "memory"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    url = request.getfixturevalue("database_url")
-    engine = create_async_engine(asyncpg_url(url), pool_size=2)
-    try:
-        yield PostgresStore(engine, schema="iterflow", queue="iterflow.iterflow")
-    finally:
-        await engine.dispose()
 
 
 def new_run(**kw: object) -> NewRun:
