@@ -15,9 +15,11 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, cast
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.util import greenlet_spawn
 
 from ..errors import DatabaseUnavailable, FlowError, SchemaMissing
 from ..models import (
@@ -131,6 +133,7 @@ class PostgresStore:
         self._translate = schema_tables.translate_map(schema)
         self.schema = schema
         self._q = Statements(schema)
+        self._compiled: dict[int, tuple[str, tuple[str, ...]]] = {}
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -147,10 +150,39 @@ class PostgresStore:
             yield conn
 
     async def _one(self, stmt: sa.TextClause, params: dict[str, Any]) -> Row | None:
-        """Run one statement in autocommit (it is its own transaction)."""
-        async with self._autocommit() as conn:
-            result = await conn.execute(stmt, params)
-            return result.mappings().first()
+        """Run one statement in autocommit (it is its own transaction): the hot path.
+
+        It skips SQLAlchemy's per-execution machinery (Connection, autobegin, isolation switch,
+        result wrapping; ~0.3 ms a statement): the statement is compiled once for asyncpg and run
+        with ``fetchrow`` on a connection of the same pool, where asyncpg keeps it prepared.
+        SQLAlchemy's codecs on pooled connections still decode ``json``/``jsonb``.
+        """
+        compiled = self._compiled.get(id(stmt))
+        if compiled is None:
+            c = stmt.compile(dialect=self._engine.dialect)
+            compiled = self._compiled[id(stmt)] = (c.string, tuple(c.positiontup or ()))
+        sql, names = compiled
+        try:
+            raw = await self._engine.raw_connection()
+        except Exception as exc:  # the pool raises the driver's errors unwrapped
+            raise _map(exc) from exc
+        try:
+            row: Row | None = await raw.driver_connection.fetchrow(  # type: ignore[union-attr]
+                sql, *[params[n] for n in names]
+            )
+            return row
+        except BaseException as exc:
+            # Only a plain statement error (bad data, constraint, missing table, serialization)
+            # leaves the session usable; anything else (terminated backend, lost socket,
+            # cancellation mid-protocol) may leave it broken: it must not go back to the pool.
+            sqlstate = str(getattr(exc, "sqlstate", None) or "")
+            if not (isinstance(exc, asyncpg.PostgresError) and sqlstate[:2] in _SESSION_SAFE):
+                raw.invalidate(exc)
+            if isinstance(exc, Exception):
+                raise _map(exc) from exc
+            raise
+        finally:
+            await greenlet_spawn(raw.close)
 
     # -- start ------------------------------------------------------------------------------
 
@@ -549,8 +581,23 @@ async def _execute_on(conn: Any, stmt: sa.TextClause, params: dict[str, Any]) ->
     return result.mappings().first()
 
 
+#: SQLSTATE classes after which a connection is still usable: data exception, integrity
+#: violation, transaction rollback (serialization, deadlock), syntax error or access rule.
+_SESSION_SAFE = frozenset({"22", "23", "40", "42"})
+
+
 def _map(exc: Exception) -> Exception:
     """The stable error for a driver/pool failure at the store boundary."""
+    if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.InvalidSchemaNameError):
+        return SchemaMissing(
+            f"iterflow tables are missing ({str(exc).strip().splitlines()[0]}); run "
+            "`flowctl migrate` or `await engine.migrate()`"
+        )
+    if isinstance(exc, asyncpg.PostgresError):
+        text = str(exc).strip()
+        return DatabaseUnavailable(
+            f"PostgreSQL error: {text.splitlines()[0] if text else type(exc).__name__}"
+        )
     if isinstance(exc, DBAPIError):
         text = str(exc.orig) if exc.orig is not None else str(exc)
         if isinstance(exc, ProgrammingError) and "does not exist" in text:
