@@ -222,29 +222,45 @@ def store_statements(store: object) -> dict[str, sa.TextClause]:
 
 
 class StatementCounter:
-    """Counts statements an ``AsyncEngine`` executes, named after the store's statements.
+    """Counts statements the store executes, named after the store's statements.
 
-    Identity of the executed clause maps it back to the statement's name (see
-    :func:`store_statements`); anything else is counted as ``other``.
+    Two paths are counted: SQLAlchemy executions (``before_execute``) and the store's one-statement
+    hot path (``_one``, which runs on the pooled asyncpg connection without SQLAlchemy's execution
+    layer). Identity of the statement maps it back to its name (see :func:`store_statements`);
+    anything else is counted as ``other``.
     """
 
     def __init__(self, engine: AsyncEngine, store: object) -> None:
         self._engine = engine.sync_engine
+        self._store = store
         self.names = {id(stmt): name for name, stmt in store_statements(store).items()}
         self.counts: Counter[str] = Counter()
         self._on = False
+        self._one: Any = None
 
     def _before(self, conn: Any, clause: Any, *args: Any) -> None:
         self.counts[self.names.get(id(clause), "other")] += 1
 
     def __enter__(self) -> StatementCounter:
         event.listen(self._engine, "before_execute", self._before)
+        original = getattr(self._store, "_one", None)
+        if original is not None:
+            self._one = original
+
+            async def counted(stmt: Any, params: Any) -> Any:
+                self.counts[self.names.get(id(stmt), "other")] += 1
+                return await original(stmt, params)
+
+            self._store._one = counted  # type: ignore[attr-defined]
         self._on = True
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._on:
             event.remove(self._engine, "before_execute", self._before)
+            if self._one is not None:
+                del self._store._one  # type: ignore[attr-defined]
+                self._one = None
             self._on = False
 
 

@@ -266,25 +266,25 @@ class PostgresStore:
         consume_signal: int | None = None,
         fire_timer: str | None = None,
     ) -> None:
-        row = await self._one(
-            self._q.checkpoint,
-            {
-                "run_id": lease.run_id,
-                "token": lease.token,
-                "lease": lease.seconds,
-                "position": record.position,
-                "cursor_key": record.cursor_key,
-                "kind": record.kind.value,
-                "label": record.label,
-                "status": record.status.value,
-                "output": _j(record.output),
-                "error": _j(record.error),
-                "attempts": record.attempts,
-                "started_at": record.started_at,
-                "signal_id": consume_signal,
-                "timer_key": fire_timer,
-            },
-        )
+        params: dict[str, Any] = {
+            "run_id": lease.run_id,
+            "token": lease.token,
+            "lease": lease.seconds,
+            "position": record.position,
+            "cursor_key": record.cursor_key,
+            "kind": record.kind.value,
+            "label": record.label,
+            "status": record.status.value,
+            "output": _j(record.output),
+            "error": _j(record.error),
+            "attempts": record.attempts,
+            "started_at": record.started_at,
+        }
+        if consume_signal is None and fire_timer is None:
+            row = await self._one(self._q.checkpoint, params)
+        else:
+            params.update(signal_id=consume_signal, timer_key=fire_timer)
+            row = await self._one(self._q.checkpoint_marked, params)
         if row is None or not row["leased"]:
             raise LeaseLost(lease.run_id)
 

@@ -87,7 +87,7 @@ class Statements:
             UPDATE {s}.runs SET lease_expires_at = now() + make_interval(secs => :lease)
             WHERE id = :run_id AND lease_token = :token AND status = 'running'
             RETURNING id""")
-        self.checkpoint = sa.text(f"""
+        lease_and_memo = f"""
             WITH lease AS (
                 UPDATE {s}.runs SET lease_expires_at = now() + make_interval(secs => :lease),
                     stalled_claims = 0, updated_at = now()
@@ -105,7 +105,12 @@ class Statements:
                     attempts = EXCLUDED.attempts, finished_at = EXCLUDED.finished_at
                 WHERE {s}.steps.status = 'retrying'
                 RETURNING 1
-            ), consumed AS (
+            )"""
+        leased = "SELECT (SELECT count(*) FROM lease) AS leased"
+        #: A plain step: renew the lease and write the memo, fenced by the token.
+        self.checkpoint = sa.text(f"{lease_and_memo}\n            {leased}")
+        #: The same, also consuming a signal and/or firing a timer (signals, sleeps, retries).
+        self.checkpoint_marked = sa.text(f"""{lease_and_memo}, consumed AS (
                 UPDATE {s}.signals SET consumed_by = :cursor_key, consumed_at = now()
                 WHERE id = :signal_id AND run_id IN (SELECT id FROM lease)
                     AND consumed_at IS NULL
@@ -116,7 +121,7 @@ class Statements:
                     AND fired_at IS NULL
                 RETURNING 1
             )
-            SELECT (SELECT count(*) FROM lease) AS leased""")
+            {leased}""")
         self.suspend = sa.text(f"""
             WITH run AS (
                 UPDATE {s}.runs SET status = :status, waiting_for = :waiting_for,
