@@ -9,7 +9,6 @@ from enum import StrEnum
 from typing import Any, Literal
 
 __all__ = [
-    "LIVE_STATUSES",
     "RESUMABLE_STATUSES",
     "TERMINAL_STATUSES",
     "CancelResult",
@@ -58,7 +57,6 @@ RESUMABLE_STATUSES: frozenset[RunStatus] = frozenset(
         RunStatus.RETRYING,
     }
 )
-LIVE_STATUSES: frozenset[RunStatus] = frozenset(set(RunStatus) - TERMINAL_STATUSES)
 
 
 class StepKind(StrEnum):

@@ -7,7 +7,7 @@ resulting decision (return a memo, run new work, checkpoint, or suspend).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -328,8 +328,3 @@ def decide_retry(
 def memo_error(rec: StepRecord) -> FlowError:
     """The error stored in a failed memo, rebuilt with its code."""
     return FlowError.from_dict(rec.error or {"code": "STEP_FAILED", "message": "step failed"})
-
-
-def timers_by_key(timers: Iterable[TimerRecord]) -> Mapping[str, TimerRecord]:
-    """Index pending timers by cursor key."""
-    return {t.cursor_key: t for t in timers}

@@ -182,11 +182,6 @@ class MemoryStore:
         """The attempt of a taken wake-up has ended."""
         self._doing.discard(run_id)
 
-    def next_wake_at(self) -> datetime | None:
-        """The earliest future due time among queued wake-ups."""
-        times = [w.scheduled_at for w in self._wakes.values() if w.scheduled_at is not None]
-        return min(times) if times else None
-
     # -- start --------------------------------------------------------------------------------
 
     async def create_run(self, run: NewRun, *, conn: Any = None) -> StartResult:
