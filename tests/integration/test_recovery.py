@@ -316,3 +316,36 @@ async def test_a_loop_that_sleeps_200_times_completes(database_url: str) -> None
         assert await naps.result(run.run_id, timeout=5) == 200
         detail = await engine.status(run.run_id)
         assert detail.run.attempts == len(outcomes) + 1 and len(detail.steps) == 200
+
+
+async def test_a_wake_up_whose_finish_was_lost_under_a_live_worker_is_released(
+    engine: Engine, database_url: str
+) -> None:
+    @engine.flow("noop4", input=Num, output=int)
+    async def noop4(ctx: FlowContext, x: Num) -> int:
+        await ctx.sleep("1ms")
+        return x.n
+
+    run = await noop4.start(Num(n=1))
+    assert await engine.worker.advance(run.run_id) == "suspended"
+    live = sql(
+        database_url,
+        "INSERT INTO procrastinate_workers (last_heartbeat) VALUES (now()) RETURNING id",
+    )[0][0]
+    # The attempt committed its suspension, then the worker's finish_job lost its connection: the
+    # start job stays doing under a live worker and holds the run's lock.
+    sql(
+        database_url,
+        "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s WHERE scheduled_at IS NULL",
+        live,
+    )
+    assert (await engine.reconcile()).orphaned_jobs == 0  # it only just started
+    sql(
+        database_url,
+        "UPDATE procrastinate_events SET at = now() - interval '1 hour' WHERE type = 'started'",
+    )
+    report = await engine.reconcile()
+    assert report.orphaned_jobs == 1
+    assert sql(
+        database_url, "SELECT status FROM procrastinate_jobs WHERE worker_id = %s", live
+    ) == [("failed",)]

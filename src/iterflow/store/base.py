@@ -143,7 +143,8 @@ class Store(Protocol):
         ...
 
     async def release_orphaned_jobs(self, stale_seconds: float) -> int:
-        """Fail wake-up jobs left ``doing`` by workers that stopped heartbeating."""
+        """Fail wake-up jobs left ``doing`` while no lease owns their run: their worker stopped
+        heartbeating, or they have been ``doing`` for ``stale_seconds`` (a lost ``finish_job``)."""
         ...
 
     async def rewake_stranded(self, limit: int) -> int:

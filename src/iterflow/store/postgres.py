@@ -39,6 +39,7 @@ from ..models import (
     StepStatus,
     TimerRecord,
 )
+from ..queue import TASK_NAME
 from ..replay import SuspendPlan
 from . import schema as schema_tables
 from .base import Claim, Lease, LeaseLost, WakeUp
@@ -486,7 +487,8 @@ class PostgresStore:
 
     async def release_orphaned_jobs(self, stale_seconds: float) -> int:
         row = await self._one(
-            self._q.release_orphans, {"queue": self._queue, "stale": stale_seconds}
+            self._q.release_orphans,
+            {"queue": self._queue, "task": TASK_NAME, "stale": stale_seconds},
         )
         return 0 if row is None else int(row["released"])
 
@@ -633,8 +635,3 @@ async def _guarded(opening: Any) -> AsyncIterator[AsyncConnection]:
         raise
     except Exception as exc:
         raise _map(exc) from exc
-
-
-def rows_to_steps(rows: Sequence[Row]) -> list[StepRecord]:
-    """Convert step rows (used by tools that read history directly)."""
-    return [_step(r) for r in rows]

@@ -296,17 +296,26 @@ class Statements:
             SELECT id FROM {s}.runs WHERE parent_run_id = :run_id AND status = 'failed'
               AND parent_cursor_key IN (SELECT cursor_key FROM {s}.steps
                                         WHERE run_id = :run_id AND position >= :cut)""")
+        # A wake-up left ``doing`` holds its run's job lock, so the run's next wake-up can never
+        # be fetched. It is orphaned when no lease owns its run and either its worker stopped
+        # heartbeating, or it has been ``doing`` longer than the stale window: a live worker
+        # whose ``finish_job`` was lost (its connection died after the attempt committed).
         self.release_orphans = sa.text(f"""
             WITH released AS (
-            UPDATE procrastinate_jobs SET status = 'failed', attempts = attempts + 1
-            WHERE status = 'doing' AND queue_name = :queue
-              AND (worker_id IS NULL OR worker_id IN (
-                    SELECT id FROM procrastinate_workers
-                    WHERE last_heartbeat < now() - make_interval(secs => :stale)))
+            UPDATE procrastinate_jobs AS j SET status = 'failed', attempts = attempts + 1
+            WHERE j.status = 'doing' AND j.queue_name = :queue AND j.task_name = :task
               AND NOT EXISTS (
                     SELECT 1 FROM {s}.runs AS r
-                    WHERE r.id::text = procrastinate_jobs.lock AND r.status = 'running'
+                    WHERE r.id::text = j.lock AND r.status = 'running'
                       AND r.lease_expires_at >= now())
+              AND (j.worker_id IS NULL
+                   OR j.worker_id IN (
+                        SELECT id FROM procrastinate_workers
+                        WHERE last_heartbeat < now() - make_interval(secs => :stale))
+                   OR NOT EXISTS (
+                        SELECT 1 FROM procrastinate_events AS e
+                        WHERE e.job_id = j.id AND e.type = 'started'
+                          AND e.at >= now() - make_interval(secs => :stale)))
             RETURNING 1
             )
             SELECT count(*) AS released FROM released""")
