@@ -163,6 +163,7 @@ class FlowContext:
         self._max_depth = max_depth
         self._max_children = max_children
         self._invokes = 0
+        self._progressed = False  # has this attempt checkpointed yet (renewed its lease)?
         self.interrupted: Interrupt | LeaseLost | None = None
         self.log = _ReplayQuietLogger(self)
 
@@ -195,12 +196,17 @@ class FlowContext:
     ) -> None:
         try:
             await self._store.checkpoint(
-                self._lease, rec, consume_signal=consume_signal, fire_timer=fire_timer
+                self._lease,
+                rec,
+                consume_signal=consume_signal,
+                fire_timer=fire_timer,
+                renew=not self._progressed,
             )
         except LeaseLost as exc:
             self._raise(exc)
         except DatabaseUnavailable as exc:
             self._raise(Aborted(exc))
+        self._progressed = True
         self._cursor.record(rec)
 
     def check_complete(self) -> None:

@@ -240,6 +240,8 @@ class Engine:
             await self._listener.close()
             self._listener = None
         self._notifier = None
+        if isinstance(self._store, PostgresStore):
+            await self._store.close()
         self._store = None
         if self._sa is not None:
             await self._sa.dispose()

@@ -33,8 +33,8 @@ class Settings(BaseModel):
         default=20.0,
         gt=0,
         description=(
-            "How long a claim is owned without renewal (renewed every lease/3 and at every "
-            "checkpoint). A dead worker's run is recovered within lease_seconds + "
+            "How long a claim is owned without renewal (renewed every lease/3 and at an "
+            "attempt's first checkpoint). A dead worker's run is recovered within lease_seconds + "
             "reconcile_every_seconds (25 s by default)."
         ),
     )

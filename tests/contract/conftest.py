@@ -21,7 +21,9 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
         return
     url = request.getfixturevalue("database_url")
     engine = create_async_engine(asyncpg_url(url), pool_size=2)
+    pg = PostgresStore(engine, schema="iterflow", queue="iterflow.iterflow")
     try:
-        yield PostgresStore(engine, schema="iterflow", queue="iterflow.iterflow")
+        yield pg
     finally:
+        await pg.close()
         await engine.dispose()

@@ -95,6 +95,40 @@ async def test_ok_memos_are_first_writer_wins_retrying_ones_advance(store: Store
     assert [(s.status, s.output, s.attempts) for s in steps] == [(StepStatus.OK, "x", 2)]
 
 
+async def test_later_checkpoints_only_check_the_lease_and_stay_fenced(store: Store) -> None:
+    lease = await started_and_claimed(store)
+    claimed = await store.get_run(lease.run_id)
+    assert claimed is not None and claimed.stalled_claims == 1
+    await store.checkpoint(lease, memo(0, "a", output=1), renew=False)
+    after = await store.get_run(lease.run_id)
+    assert after is not None and after.lease_expires_at == claimed.lease_expires_at
+    assert after.stalled_claims == 1  # only a renewing checkpoint marks progress
+    await store.checkpoint(lease, memo(1, "b", output=2))
+    renewed = await store.get_run(lease.run_id)
+    assert renewed is not None and renewed.stalled_claims == 0
+    assert renewed.lease_expires_at is not None and claimed.lease_expires_at is not None
+    assert renewed.lease_expires_at >= claimed.lease_expires_at
+    stranger = Lease(lease.run_id, uuid.uuid4(), "w2", LEASE)
+    with pytest.raises(LeaseLost):
+        await store.checkpoint(stranger, memo(2, "c"), renew=False)
+    assert (await store.cancel(lease.run_id, "stop")).kind == "canceled"
+    with pytest.raises(LeaseLost):
+        await store.checkpoint(lease, memo(2, "c"), renew=False)
+    steps = (await store.detail(lease.run_id)).steps  # type: ignore[union-attr]
+    assert [(s.cursor_key, s.output) for s in steps] == [("a", 1), ("b", 2)]
+
+
+async def test_a_retried_step_replaces_its_retrying_memo_in_a_later_checkpoint(
+    store: Store,
+) -> None:
+    lease = await started_and_claimed(store)
+    await store.checkpoint(lease, memo(0, "a", output=0))
+    await store.checkpoint(lease, memo(1, "b", StepStatus.RETRYING, attempts=1), renew=False)
+    await store.checkpoint(lease, memo(1, "b", output="x", attempts=2), renew=False)
+    steps = (await store.detail(lease.run_id)).steps  # type: ignore[union-attr]
+    assert [(s.status, s.output, s.attempts) for s in steps][1:] == [(StepStatus.OK, "x", 2)]
+
+
 async def test_suspend_records_timers_status_and_the_earliest_wake(store: Store) -> None:
     lease = await started_and_claimed(store)
     soon = datetime.now(UTC) + timedelta(minutes=5)

@@ -38,6 +38,7 @@ class StubStore:
         *,
         consume_signal: int | None = None,
         fire_timer: str | None = None,
+        renew: bool = True,
     ) -> None:
         self.written.append(record)
         if consume_signal is not None:

@@ -90,8 +90,15 @@ class Store(Protocol):
         *,
         consume_signal: int | None = None,
         fire_timer: str | None = None,
+        renew: bool = True,
     ) -> None:
-        """Write one memo row (and its side marks) in one fenced transaction."""
+        """Write one memo row (and its side marks) in one fenced transaction.
+
+        With ``renew`` (an attempt's first checkpoint) the same transaction renews the lease and
+        resets the run's no-progress count; later checkpoints of the attempt pass False and only
+        check the lease (the worker's renewer keeps it alive), which costs PostgreSQL no new
+        version of the run row.
+        """
         ...
 
     async def spawn_child(self, lease: Lease, child: NewRun) -> bool:

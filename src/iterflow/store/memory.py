@@ -266,9 +266,14 @@ class MemoryStore:
         *,
         consume_signal: int | None = None,
         fire_timer: str | None = None,
+        renew: bool = True,
     ) -> None:
-        run = self._renewed(lease)
-        run.stalled_claims = 0
+        marked = consume_signal is not None or fire_timer is not None
+        if renew or marked or record.attempts > 1:
+            run = self._renewed(lease)
+            run.stalled_claims = 0
+        else:
+            run = self._fenced(lease)
         now = self.clock()
         steps = self._steps.setdefault(run.id, {})
         current = steps.get(record.position)

@@ -107,8 +107,23 @@ class Statements:
                 RETURNING 1
             )"""
         leased = "SELECT (SELECT count(*) FROM lease) AS leased"
-        #: A plain step: renew the lease and write the memo, fenced by the token.
+        #: The attempt's first checkpoint: renew the lease, reset the no-progress count and write
+        #: the memo, fenced by the token.
         self.checkpoint = sa.text(f"{lease_and_memo}\n            {leased}")
+        #: Every later plain step: the memo alone, fenced by a share lock on the run row. The
+        #: lock blocks a concurrent takeover (recovery, cancel, an expired-lease claim: all
+        #: UPDATEs of the row) until this commits, and a takeover committed first changes the
+        #: token, so nothing is inserted. No new run-row version, no upsert: a fresh position
+        #: (a retried step's memo replaces its ``retrying`` row through ``checkpoint``).
+        self.checkpoint_fenced = sa.text(f"""
+            INSERT INTO {s}.steps (run_id, position, cursor_key, kind, label, status, output,
+                error, attempts, started_at, finished_at)
+            SELECT id, :position, :cursor_key, :kind, :label, :status, CAST(:output AS jsonb),
+                CAST(:error AS jsonb), :attempts, CAST(:started_at AS timestamptz), now()
+            FROM {s}.runs
+            WHERE id = :run_id AND lease_token = :token AND status = 'running'
+            FOR SHARE
+            RETURNING 1 AS leased""")
         #: The same, also consuming a signal and/or firing a timer (signals, sleeps, retries).
         self.checkpoint_marked = sa.text(f"""{lease_and_memo}, consumed AS (
                 UPDATE {s}.signals SET consumed_by = :cursor_key, consumed_at = now()
