@@ -273,7 +273,8 @@ class Worker:
         return "failed"
 
     async def _renew(self, claim: Claim, lost: asyncio.Event) -> None:
-        """Renew the lease while a long step runs (checkpoints renew it too)."""
+        """Renew the lease every lease/3 while the attempt lasts (only its first checkpoint renews
+        it too)."""
         interval = max(claim.lease.seconds / 3, 0.05)
         while True:
             await asyncio.sleep(interval)
