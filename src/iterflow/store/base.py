@@ -95,9 +95,9 @@ class Store(Protocol):
         """Write one memo row (and its side marks) in one fenced transaction.
 
         With ``renew`` (an attempt's first checkpoint) the same transaction renews the lease and
-        resets the run's no-progress count; later checkpoints of the attempt pass False and only
-        check the lease (the worker's renewer keeps it alive), which costs PostgreSQL no new
-        version of the run row.
+        resets the run's no-progress count. Later checkpoints of the attempt pass False: the
+        write must still be fenced by the lease, but need not renew it (the worker's renewer
+        keeps it alive), which spares PostgreSQL a new version of the run row per step.
         """
         ...
 

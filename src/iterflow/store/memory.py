@@ -268,8 +268,7 @@ class MemoryStore:
         fire_timer: str | None = None,
         renew: bool = True,
     ) -> None:
-        marked = consume_signal is not None or fire_timer is not None
-        if renew or marked or record.attempts > 1:
+        if renew:
             run = self._renewed(lease)
             run.stalled_claims = 0
         else:
