@@ -15,6 +15,8 @@ class Sizes:
     """How big each measurement is. ``quick()`` finishes the whole benchmark in under a minute."""
 
     repeats: int = 3
+    #: Repetitions of the sequential in-process measurement (each paired with its own limit).
+    step_repeats: int = 5
     insert_rows: int = 2000
     paired_insert_rows: int = 1000
     concurrent_seconds: float = 3.0
@@ -35,6 +37,7 @@ class Sizes:
         """Small sizes: a smoke test of every section."""
         return cls(
             repeats=1,
+            step_repeats=1,
             insert_rows=300,
             paired_insert_rows=150,
             concurrent_seconds=0.5,

@@ -261,7 +261,7 @@ async def run(ctx: Context) -> list[Section]:
     # machine's load drifts during the run ---------------------------------------------------
     inproc: dict[int, list[Measured]] = {}
     paired: dict[int, list[dict[str, float]]] = {}
-    for _ in range(sizes.repeats):
+    for _ in range(sizes.step_repeats):
         for n, runs in sizes.runs_by_steps:
             with server.database(f"seq{n}") as url:
                 limit = await measure_limits(url, sizes.paired_insert_rows, 0, concurrent=False)
