@@ -290,11 +290,16 @@ async def run(ctx: Context) -> list[Section]:
         note = f"min-max {sp['min']:,.0f}-{sp['max']:,.0f}" if sp["n"] > 1 else ""
         steps.add(f"in-process steps/s, {n}-step flows", sp["median"], "/s", note=note)
     target = Target(">=", 0.70, ">= 0.70")
-    for n, values in rates.items():
-        ratios = [v / lim["raw_asyncpg_seq"] for v, lim in zip(values, paired[n], strict=True)]
+
+    def paired_ratio(n: int, limit: str) -> float:
+        """Median over repetitions of steps/s divided by the limit measured just before."""
+        pairs = zip(rates[n], paired[n], strict=True)
+        return statistics.median(rate / lim[limit] for rate, lim in pairs)
+
+    for n in rates:
         steps.add(
             f"in-process, {n}-step flows / raw asyncpg INSERT rate",
-            statistics.median(ratios),
+            paired_ratio(n, "raw_asyncpg_seq"),
             "ratio",
             target,
             note=f"bound {n / (n + 3):.2f}: {n}+3 commits per run, none cheaper than an "
@@ -302,11 +307,10 @@ async def run(ctx: Context) -> list[Section]:
             if n < 100
             else "",
         )
-    for n, values in rates.items():
-        ratios = [v / lim["sqlalchemy_seq"] for v, lim in zip(values, paired[n], strict=True)]
+    for n in rates:
         steps.add(
             f"for comparison: {n}-step flows / SQLAlchemy Core INSERT rate",
-            statistics.median(ratios),
+            paired_ratio(n, "sqlalchemy_seq"),
             "ratio",
         )
     per_run_ms = {
