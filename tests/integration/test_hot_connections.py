@@ -1,0 +1,50 @@
+"""The store's idle hot-path connections: reused between statements, dropped together on failure.
+
+The store keeps a few pooled connections checked out between hot-path statements. When the
+server kills them (a restart, ``pg_terminate_backend``), the statement that meets a dead one fails
+with ``DATABASE_UNAVAILABLE`` like any statement on a dead pooled connection, and every idle hot
+connection is dropped with it, so the next statement opens a fresh one instead of meeting the
+next dead connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import cast
+
+import pytest
+
+from iterflow import Engine
+from iterflow.errors import DatabaseUnavailable
+from iterflow.models import NewRun
+from iterflow.store.postgres import PostgresStore
+from tests.integration.flows import sql
+
+
+def _hot_pids(store: PostgresStore) -> list[int]:
+    return [raw.driver_connection.get_server_pid() for raw in store._hot]  # type: ignore[union-attr]
+
+
+async def test_idle_hot_connections_are_reused_and_dropped_together_when_killed(
+    database_url: str,
+) -> None:
+    async with Engine(database_url) as engine:
+        store = cast(PostgresStore, engine.store)
+        run = NewRun(id=uuid.uuid4(), name="f", version=1, input={})
+        await store.create_run(run)
+        await asyncio.gather(*(store.get_run(run.id) for _ in range(3)))  # three at once
+        pids = _hot_pids(store)
+        assert len(pids) == 3
+        for _ in range(5):  # sequential statements reuse one of them, never a fourth
+            await store.get_run(run.id)
+        assert sorted(_hot_pids(store)) == sorted(pids)
+
+        for pid in pids:
+            sql(database_url, "SELECT pg_terminate_backend(%s)", pid)
+        with pytest.raises(DatabaseUnavailable):
+            await store.get_run(run.id)
+        assert store._hot == []  # the other killed connections went with it
+        again = await store.get_run(run.id)
+        assert again is not None and again.id == run.id
+        assert set(_hot_pids(store)).isdisjoint(pids)
