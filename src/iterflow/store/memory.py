@@ -110,10 +110,15 @@ class MemoryStore:
         self._events: dict[uuid.UUID, list[EventRecord]] = {}
         self._wakes: dict[uuid.UUID, WakeUp] = {}
         self._doing: set[uuid.UUID] = set()
+        self._children: dict[uuid.UUID, list[uuid.UUID]] = {}  # parent -> child run ids
+        self._idempotent: dict[tuple[str, str], uuid.UUID] = {}  # (name, key) -> run id
         self._seq = 0
         self._ids = 0
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _children_of(self, parent: uuid.UUID) -> list[_Run]:
+        return [self._runs[c] for c in self._children.get(parent, ())]
 
     def _next_id(self) -> int:
         self._ids += 1
@@ -188,9 +193,10 @@ class MemoryStore:
         if conn is not None:
             raise ConfigInvalid("conn= joins a PostgreSQL transaction; the memory store has none")
         if run.idempotency_key is not None:
-            for existing in self._runs.values():
-                if existing.name == run.name and existing.idempotency_key == run.idempotency_key:
-                    return StartResult(existing.id, False, existing.status)
+            existing_id = self._idempotent.get((run.name, run.idempotency_key))
+            if existing_id is not None:
+                existing = self._runs[existing_id]
+                return StartResult(existing.id, False, existing.status)
         self._insert(run)
         self._event(run.id, "started", {"version": run.version})
         self._wake(run.id, run.wake_at, run.priority)
@@ -213,6 +219,10 @@ class MemoryStore:
             meta=dict(run.meta),
             wake_at=run.wake_at,
         )
+        if run.parent_run_id is not None:
+            self._children.setdefault(run.parent_run_id, []).append(run.id)
+        if run.idempotency_key is not None:
+            self._idempotent[(run.name, run.idempotency_key)] = run.id
 
     # -- attempts -----------------------------------------------------------------------------
 
@@ -240,9 +250,8 @@ class MemoryStore:
         memo_keys = {s.cursor_key for s in steps.values()}
         children = {
             c.parent_cursor_key: ChildRecord(c.id, c.parent_cursor_key, c.status, c.output, c.error)
-            for c in self._runs.values()
-            if c.parent_run_id == run_id
-            and c.status in TERMINAL_STATUSES
+            for c in self._children_of(run_id)
+            if c.status in TERMINAL_STATUSES
             and c.parent_cursor_key is not None
             and c.parent_cursor_key not in memo_keys
         }
@@ -395,8 +404,8 @@ class MemoryStore:
         frontier = [root.id]
         while frontier:
             parent = frontier.pop()
-            for child in self._runs.values():
-                if child.parent_run_id == parent and not child.meta.get("detached", False):
+            for child in self._children_of(parent):
+                if not child.meta.get("detached", False):
                     tree.append(child)
                     frontier.append(child.id)
         canceled = {r.id for r in tree if r.status not in TERMINAL_STATUSES}
@@ -425,12 +434,8 @@ class MemoryStore:
         failed = [p for p, s in steps.items() if s.status is not StepStatus.OK]
         cut = max(failed) if failed else 2**31 - 1
         cut_keys = {s.cursor_key for p, s in steps.items() if p >= cut}
-        for child in list(self._runs.values()):
-            if (
-                child.parent_run_id == run_id
-                and child.status is RunStatus.FAILED
-                and child.parent_cursor_key in cut_keys
-            ):
+        for child in self._children_of(run_id):
+            if child.status is RunStatus.FAILED and child.parent_cursor_key in cut_keys:
                 await self.retry(child.id)
         inbox = self._signals.get(run_id, [])
         for i, sig in enumerate(inbox):
@@ -513,10 +518,8 @@ class MemoryStore:
         if run.status is RunStatus.AWAITING_CHILD:
             memo_keys = {s.cursor_key for s in self._steps.get(run.id, {}).values()}
             return any(
-                c.parent_run_id == run.id
-                and c.status in TERMINAL_STATUSES
-                and c.parent_cursor_key not in memo_keys
-                for c in self._runs.values()
+                c.status in TERMINAL_STATUSES and c.parent_cursor_key not in memo_keys
+                for c in self._children_of(run.id)
             )
         return False
 
