@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from iterflow.settings import Settings
+from iterflow.store.postgres import HOT_IDLE
 from iterflow.urls import asyncpg_url, libpq_url
 
 from .config import Context
@@ -48,7 +49,10 @@ def make_sa_engine(url: str, settings: Settings | None = None) -> AsyncEngine:
     """An ``AsyncEngine`` configured exactly like ``Engine.open`` configures its own."""
     s = settings or Settings()
     return create_async_engine(
-        asyncpg_url(url), pool_size=s.pool_size, max_overflow=s.pool_size, pool_pre_ping=False
+        asyncpg_url(url),
+        pool_size=s.pool_size,
+        max_overflow=s.pool_size + HOT_IDLE,
+        pool_pre_ping=False,
     )
 
 

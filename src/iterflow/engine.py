@@ -44,7 +44,7 @@ from .reconciler import Reconciler, ReconcileReport
 from .settings import Settings
 from .store.base import Store
 from .store.memory import MemoryStore
-from .store.postgres import TERMINAL_CHANNEL, PostgresStore
+from .store.postgres import HOT_IDLE, TERMINAL_CHANNEL, PostgresStore
 from .urls import asyncpg_url, libpq_url
 from .worker import Worker, run_procrastinate, stale_worker_seconds
 
@@ -207,7 +207,8 @@ class Engine:
         self._sa = create_async_engine(
             asyncpg_url(url),
             pool_size=self.settings.pool_size,
-            max_overflow=self.settings.pool_size,
+            # headroom for the store's idle hot-path connections, so they never starve others
+            max_overflow=self.settings.pool_size + HOT_IDLE,
             pool_pre_ping=False,
         )
         self._store = PostgresStore(

@@ -44,7 +44,14 @@ class Settings(BaseModel):
     max_payload_bytes: int = Field(
         default=1_000_000, ge=1, description="Cap on inputs, outputs, step results and signals."
     )
-    pool_size: int = Field(default=10, ge=1, description="SQLAlchemy pool size (asyncpg).")
+    pool_size: int = Field(
+        default=10,
+        ge=1,
+        description=(
+            "SQLAlchemy pool size (asyncpg); up to twice as many connections plus 4 kept for the "
+            "hot path may be open at peak."
+        ),
+    )
     worker_poll_interval: float = Field(
         default=0.5,
         gt=0,

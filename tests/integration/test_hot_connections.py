@@ -18,7 +18,7 @@ import pytest
 from iterflow import Engine
 from iterflow.errors import DatabaseUnavailable
 from iterflow.models import NewRun
-from iterflow.store.postgres import PostgresStore
+from iterflow.store.postgres import HOT_IDLE, PostgresStore
 from tests.integration.flows import sql
 
 
@@ -48,3 +48,24 @@ async def test_idle_hot_connections_are_reused_and_dropped_together_when_killed(
         again = await store.get_run(run.id)
         assert again is not None and again.id == run.id
         assert set(_hot_pids(store)).isdisjoint(pids)
+
+
+async def test_idle_hot_connections_never_starve_other_statements_of_a_small_pool(
+    database_url: str,
+) -> None:
+    # pool_size=1: the pool's own capacity is two connections; the idle hot ones come on top.
+    async with Engine(database_url, pool_size=1) as engine:
+        store = engine.store
+        runs = [NewRun(id=uuid.uuid4(), name="f", version=1, input={}) for _ in range(5)]
+        for run in runs:
+            await store.create_run(run)
+
+        async def burst() -> None:
+            await asyncio.gather(
+                *(store.get_run(run.id) for run in runs * 2),  # hot path, ten at once
+                *(store.deliver_signal(run.id, "go", {}, None) for run in runs),  # transactions
+            )
+
+        await asyncio.wait_for(burst(), timeout=10)  # the pool's own timeout is 30 s
+        assert len(cast(PostgresStore, store)._hot) <= HOT_IDLE
+        await asyncio.wait_for(burst(), timeout=10)  # again, with idle hot connections held

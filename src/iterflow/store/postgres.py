@@ -46,7 +46,7 @@ from . import schema as schema_tables
 from .base import Claim, Lease, LeaseLost, WakeUp
 from .sql import RUN_COLS, TERMINAL_CHANNEL, Statements
 
-__all__ = ["TERMINAL_CHANNEL", "PostgresStore"]
+__all__ = ["HOT_IDLE", "TERMINAL_CHANNEL", "PostgresStore"]
 
 Row = Mapping[Any, Any]
 
@@ -175,7 +175,7 @@ class PostgresStore:
         with ``fetchrow`` on a connection of the same pool, where asyncpg keeps it prepared.
         SQLAlchemy's codecs on pooled connections still decode ``json``/``jsonb``.
 
-        A few connections stay checked out between statements (``_HOT_IDLE``), so consecutive
+        A few connections stay checked out between statements (``HOT_IDLE``), so consecutive
         statements skip the pool's checkout and check-in too (two greenlet switches and the
         reset, ~0.05 ms a statement); each is used by one statement at a time.
         """
@@ -208,7 +208,7 @@ class PostgresStore:
             if isinstance(exc, Exception):
                 raise _map(exc) from exc
             raise
-        if self._closed or len(self._hot) >= _HOT_IDLE:
+        if self._closed or len(self._hot) >= HOT_IDLE:
             await greenlet_spawn(raw.close)
         else:
             self._hot.append(raw)
@@ -618,8 +618,10 @@ async def _execute_on(conn: Any, stmt: sa.TextClause, params: dict[str, Any]) ->
 #: SQLSTATE classes after which a connection is still usable: data exception, integrity
 #: violation, transaction rollback (serialization, deadlock), syntax error or access rule.
 _SESSION_SAFE = frozenset({"22", "23", "40", "42"})
-#: Idle hot-path connections a store keeps out of the pool (see ``PostgresStore._one``).
-_HOT_IDLE = 4
+#: Idle hot-path connections a store keeps out of the pool (see ``PostgresStore._one``). The
+#: pool must have this much headroom beyond what everything else needs (``Engine`` adds it to
+#: ``max_overflow``): a statement waiting in the pool is never handed a hot connection.
+HOT_IDLE = 4
 
 
 def _map(exc: Exception) -> Exception:
