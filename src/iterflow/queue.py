@@ -10,10 +10,15 @@ engine owns retries and timers, so procrastinate's own retry is never used for t
 
 from __future__ import annotations
 
-__all__ = ["TASK_NAME", "wake_insert_sql"]
+__all__ = ["TASK_NAME", "reconcile_task_name", "wake_insert_sql"]
 
 #: The procrastinate task every wake-up job runs.
 TASK_NAME = "iterflow.advance"
+
+
+def reconcile_task_name(schema: str) -> str:
+    """The procrastinate task of the periodic reconciler for the tables in ``schema``."""
+    return f"iterflow.reconcile.{schema}"
 
 
 def wake_insert_sql(

@@ -6,7 +6,8 @@ until a batch comes back short. What it repairs:
 
 * runs ``running`` with an expired lease (worker died or hung): reset to ``retrying``, their
   dead worker's ``doing`` job released, woken;
-* wake-up jobs left ``doing`` by a worker that stopped heartbeating (they hold the run's lock);
+* wake-up jobs left ``doing`` by a worker that stopped heartbeating (they hold the run's lock),
+  and reconciler sweeps left ``doing`` the same way (nothing else would ever end them);
 * live runs with no queued or running job that need one: ``pending`` and due (a ``delay`` is
   never cut short), a due timer, a buffered signal they wait for, or a terminal child whose
   outcome the parent has not recorded.

@@ -29,7 +29,7 @@ from .errors import (
     RunAttemptsExhausted,
 )
 from .models import RunStatus
-from .queue import TASK_NAME
+from .queue import TASK_NAME, reconcile_task_name
 from .replay import SuspendPlan
 from .settings import Settings
 from .store.base import Claim, LeaseLost, Store
@@ -390,9 +390,9 @@ def _procrastinate_app(
 
     @app.periodic(cron=f"*/{every} * * * * *", periodic_id=settings.queue_name)
     @app.task(
-        name=f"iterflow.reconcile.{settings.db_schema}",
+        name=reconcile_task_name(settings.db_schema),
         queue=settings.queue_name,
-        queueing_lock=f"iterflow.reconcile.{settings.db_schema}",
+        queueing_lock=reconcile_task_name(settings.db_schema),
         pass_context=False,
     )
     async def reconcile_task(timestamp: int) -> None:

@@ -198,6 +198,8 @@ class WorkerPool:
         self.kills = 0
         self.exits: list[tuple[int, int | None]] = []  # (pid, returncode) of unplanned exits
         self.before_kill: Callable[[int], Any] | None = None
+        #: Wall-clock time of the last SIGKILL (``None``: none yet).
+        self.killed_at: float | None = None
 
     def start(self, slot: Slot) -> None:
         if self.fork is not None:
@@ -224,6 +226,7 @@ class WorkerPool:
             self.before_kill(pid)
         kill(slot.proc, signal.SIGKILL)
         self.kills += 1
+        self.killed_at = time.time()
         return pid
 
     def supervise(self) -> list[int]:
@@ -453,29 +456,55 @@ def describe_run(database_url: str, run_id: str) -> str:
     return "\n  ".join(lines)
 
 
-def drained(database_url: str) -> bool:
-    """No wake-up job queued or running, and no job of any task left ``doing`` by a dead worker
-    (checked while workers, and so the reconciler, still run)."""
-    return not sql(
-        database_url,
-        "SELECT 1 FROM procrastinate_jobs AS j "
+def _undrained_sql(killed_at: float | None) -> tuple[str, tuple[Any, ...]]:
+    dead = "w.last_heartbeat < now() - interval '5 seconds'"
+    params: tuple[Any, ...] = ()
+    if killed_at is not None:  # a worker killed then never heartbeats again
+        dead += " OR w.last_heartbeat <= to_timestamp(%s)"
+        params = (killed_at,)
+    query = (
+        "SELECT j.id, j.task_name, j.status, j.lock, j.scheduled_at, j.worker_id, "
+        "w.last_heartbeat FROM procrastinate_jobs AS j "
         "LEFT JOIN procrastinate_workers AS w ON w.id = j.worker_id "
         "WHERE (j.task_name = 'iterflow.advance' AND j.status IN ('todo', 'doing')) "
-        "OR (j.status = 'doing' AND (w.id IS NULL "
-        "    OR w.last_heartbeat < now() - interval '5 seconds')) "
-        "LIMIT 1",
+        f"OR (j.status = 'doing' AND (w.id IS NULL OR {dead})) "
     )
+    return query, params
+
+
+def drained(database_url: str, *, killed_at: float | None = None) -> bool:
+    """No wake-up job queued or running, and no job of any task left ``doing`` by a dead worker
+    (checked while workers, and so the reconciler, still run). A worker is dead when it has not
+    heartbeaten for 5 s or, given the wall-clock time of the last SIGKILL, not since then."""
+    query, params = _undrained_sql(killed_at)
+    return not sql(database_url, query + "LIMIT 1", *params)
+
+
+def undrained(database_url: str, *, killed_at: float | None = None) -> str:
+    """What keeps :func:`drained` false: the jobs, and each wake-up's run, for a failure message."""
+    query, params = _undrained_sql(killed_at)
+    jobs = sql(database_url, query + "ORDER BY j.id LIMIT 5", *params)
+    lines = [f"job {job}" for job in jobs]
+    lines += [describe_run(database_url, lock) for _, _, _, lock, *_ in jobs if lock]
+    return "\n".join(lines)
 
 
 async def until(
-    check: Callable[[], T], *, timeout: float, every: float = 0.1, what: str = "condition"
+    check: Callable[[], T],
+    *,
+    timeout: float,
+    every: float = 0.1,
+    what: str = "condition",
+    explain: Callable[[], str] | None = None,
 ) -> T:
-    """Poll a synchronous ``check`` (run in a thread) until it returns a truthy value."""
+    """Poll a synchronous ``check`` (run in a thread) until it returns a truthy value; on timeout
+    the error message includes ``explain()`` when given."""
     deadline = time.monotonic() + timeout
     while True:
         value = await asyncio.to_thread(check)
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            detail = f"\n{explain()}" if explain is not None else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
         await asyncio.sleep(every)

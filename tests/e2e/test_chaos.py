@@ -36,6 +36,7 @@ from tests.e2e.harness import (
     drained,
     ns,
     read_executions,
+    undrained,
     until,
 )
 from tests.integration.flows import sql
@@ -216,7 +217,12 @@ async def test_random_sigkills_under_mixed_load(database_url: str, tmp_path: Pat
             # No more kills: the dead workers' leftovers must all be cleaned up by the reconciler.
             pool.supervise()
             settle = time.monotonic()
-            await until(lambda: drained(database_url), timeout=60, what="wake-up jobs to drain")
+            await until(
+                lambda: drained(database_url, killed_at=pool.killed_at),
+                timeout=60,
+                what="wake-up jobs to drain",
+                explain=lambda: undrained(database_url, killed_at=pool.killed_at),
+            )
             settled_in = time.monotonic() - settle
     finally:
         pool.stop_all()
@@ -278,7 +284,7 @@ async def test_random_sigkills_under_mixed_load(database_url: str, tmp_path: Pat
         f"verified: no run live, no wake-up job todo or doing ({settled_in:.1f}s after the "
         f"last kill); reconciler events recovered={repairs['recovered']} "
         f"rewoken={repairs['rewoken']} ({repairs['runs_repaired']} runs); its sweeps released "
-        f"{sweeps.get('orphaned_jobs', 0)} wake-up jobs left doing by killed workers"
+        f"{sweeps.get('orphaned_jobs', 0)} jobs (wake-ups or sweeps) left doing by killed workers"
     )
     assert repairs["recovered"] > 0
     recoveries = sorted(recovery_latencies(database_url, owned_at_kill))

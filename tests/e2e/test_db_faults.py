@@ -31,6 +31,7 @@ from tests.e2e.harness import (
     check_quiescent,
     drained,
     read_executions,
+    undrained,
     until,
 )
 from tests.integration.flows import sql
@@ -124,7 +125,12 @@ async def test_all_connections_terminated_mid_load(database_url: str, tmp_path: 
                 f"{sum(rounds[1].values())} {dict(rounds[1])}"
             )
             results = await waiter
-            await until(lambda: drained(database_url), timeout=30, what="jobs to drain")
+            await until(
+                lambda: drained(database_url),
+                timeout=30,
+                what="jobs to drain",
+                explain=lambda: undrained(database_url),
+            )
         finally:
             stop.set()
             await guard
@@ -230,7 +236,12 @@ async def test_postgres_restart_mid_load(
                 f"{time.monotonic() - down:.1f}s down"
             )
             results = await waiter
-            await until(lambda: drained(url), timeout=30, what="jobs to drain")
+            await until(
+                lambda: drained(url),
+                timeout=30,
+                what="jobs to drain",
+                explain=lambda: undrained(url),
+            )
         finally:
             stop.set()
             await guard

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
+import psycopg
+
 from iterflow import Engine
+from iterflow.queue import TASK_NAME, reconcile_task_name
+from iterflow.urls import libpq_url
+from tests.e2e.chaos_app import engine as chaos_app
+from tests.e2e.harness import drained, undrained, until
 from tests.e2e.kill_app import Job, four_steps
 from tests.e2e.workers import kill, start_worker, stop
 from tests.integration.flows import eventually, sql
@@ -49,3 +57,77 @@ async def test_sigkill_after_step_two_of_four(database_url: str, tmp_path: Path)
     events = [e for (e,) in sql(database_url, "SELECT type FROM iterflow.events ORDER BY id")]
     assert "recovered" in events
     print(f"verified: step executions {dict(runs)}; s1/s2 not re-run after their checkpoint")
+
+
+async def test_sigkill_during_a_reconciler_sweep(database_url: str, tmp_path: Path) -> None:
+    """The periodic sweep's own job, left ``doing`` by a killed worker, is released by the next
+    worker's sweep: nothing stays ``doing`` for ever."""
+    settings = chaos_app.settings
+    sweep_task = reconcile_task_name(settings.db_schema)
+    async with Engine(database_url, pool_size=2):
+        pass  # installs the tables
+    # A wake-up left doing by a worker long gone (procrastinate pruned its row), which the sweep
+    # will release: holding its row lock parks the first worker's sweep inside
+    # ``release_orphaned_jobs``.
+    bait = sql(
+        database_url,
+        "INSERT INTO procrastinate_jobs (queue_name, task_name, lock, args, status) "
+        "VALUES (%s, %s, %s, '{}', 'doing') RETURNING id",
+        settings.queue_name,
+        TASK_NAME,
+        str(uuid.uuid4()),
+    )[0][0]
+    holder = psycopg.connect(libpq_url(database_url))
+    holder.execute("SELECT 1 FROM procrastinate_jobs WHERE id = %s FOR UPDATE", (bait,))
+    first = start_worker("chaos_app:engine", database_url, tmp_path / "worker1.log")
+    try:
+
+        def sweep_blocked() -> list[tuple[int, int]]:
+            return sql(
+                database_url,
+                "SELECT j.id, w.id FROM procrastinate_jobs AS j "
+                "JOIN procrastinate_workers AS w ON w.id = j.worker_id "
+                "WHERE j.task_name = %s AND j.status = 'doing' AND EXISTS ("
+                "  SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "  AND query LIKE '%%UPDATE procrastinate_jobs%%')",
+                sweep_task,
+            )
+
+        [(stuck, _)] = await until(sweep_blocked, timeout=60, what="the sweep to block")
+    finally:
+        kill(first)
+        killed_at = time.time()
+        holder.rollback()
+        holder.close()
+    print(f"injected: SIGKILL worker pid {first.pid} in the middle of sweep job {stuck}")
+
+    second = start_worker("chaos_app:engine", database_url, tmp_path / "worker2.log")
+    try:
+
+        def ended() -> dict[int, str]:
+            status = dict(
+                sql(
+                    database_url,
+                    "SELECT id, status::text FROM procrastinate_jobs WHERE id IN (%s, %s)",
+                    stuck,
+                    bait,
+                )
+            )
+            return status if "doing" not in status.values() else {}
+
+        status = await until(
+            ended,
+            timeout=60,
+            what="the killed sweep's job to be released",
+            explain=lambda: undrained(database_url),
+        )
+        await until(
+            lambda: drained(database_url, killed_at=killed_at),
+            timeout=60,
+            what="no job left doing",
+            explain=lambda: undrained(database_url, killed_at=killed_at),
+        )
+    finally:
+        stop(second)
+    assert status == {stuck: "failed", bait: "failed"}, status
+    print(f"verified: the killed sweep's job and the wake-up it was releasing ended {status}")

@@ -14,7 +14,7 @@ from typing import Any
 from iterflow import Engine
 from tests.e2e.chaos_app import HoldJob, hold
 from tests.e2e.chaos_app import engine as app
-from tests.e2e.harness import WorkerPool, drained, read_executions, until
+from tests.e2e.harness import WorkerPool, drained, read_executions, undrained, until
 from tests.integration.flows import sql
 
 LEASE = app.settings.lease_seconds  # 2s
@@ -67,7 +67,12 @@ async def test_sigstopped_worker_is_fenced_after_lease_expiry(
             )
             try:
                 out = await handle.result(run.run_id, timeout=60)
-                await until(lambda: drained(database_url), timeout=30, what="B's job to finish")
+                await until(
+                    lambda: drained(database_url),
+                    timeout=30,
+                    what="B's job to finish",
+                    explain=lambda: undrained(database_url),
+                )
                 frozen = run_rows(database_url, rid)
             finally:
                 os.kill(a_pid, signal.SIGCONT)

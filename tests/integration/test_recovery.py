@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from iterflow import Engine, FlowContext, FlowError
 from iterflow.models import RunStatus
+from iterflow.queue import reconcile_task_name
 from tests.integration.flows import eventually, sql
 
 
@@ -349,3 +350,39 @@ async def test_a_wake_up_whose_finish_was_lost_under_a_live_worker_is_released(
     assert sql(
         database_url, "SELECT status FROM procrastinate_jobs WHERE worker_id = %s", live
     ) == [("failed",)]
+
+
+async def test_a_reconciler_sweep_left_doing_by_a_dead_worker_is_released(
+    engine: Engine, database_url: str
+) -> None:
+    task = reconcile_task_name(engine.settings.db_schema)
+
+    def sweep_doing_under(heartbeat: str) -> int:
+        """A periodic sweep fetched (todo -> doing, so procrastinate logs it started) by a worker
+        whose last heartbeat was at ``heartbeat``."""
+        worker = sql(
+            database_url,
+            f"INSERT INTO procrastinate_workers (last_heartbeat) VALUES ({heartbeat}) RETURNING id",
+        )[0][0]
+        job = sql(
+            database_url,
+            "INSERT INTO procrastinate_jobs (queue_name, task_name, args) "
+            "VALUES (%s, %s, '{}') RETURNING id",
+            engine.settings.queue_name,
+            task,
+        )[0][0]
+        sql(
+            database_url,
+            "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s WHERE id = %s",
+            worker,
+            job,
+        )
+        return int(job)
+
+    # One worker is sweeping right now; another was killed in the middle of a sweep: its job
+    # stays doing, holding no lock, and no wake-up rule would ever end it.
+    running = sweep_doing_under("now()")
+    killed = sweep_doing_under("now() - interval '1 hour'")
+    assert (await engine.reconcile()).orphaned_jobs == 1
+    status = dict(sql(database_url, "SELECT id, status FROM procrastinate_jobs"))
+    assert status == {running: "doing", killed: "failed"}

@@ -150,8 +150,9 @@ class Store(Protocol):
         ...
 
     async def release_orphaned_jobs(self, stale_seconds: float) -> int:
-        """Fail wake-up jobs left ``doing`` while no lease owns their run: their worker stopped
-        heartbeating, or they have been ``doing`` for ``stale_seconds`` (a lost ``finish_job``)."""
+        """Fail wake-up jobs left ``doing`` while no lease owns their run, and reconciler sweeps
+        left ``doing``: their worker stopped heartbeating, or they have been ``doing`` for
+        ``stale_seconds`` (a lost ``finish_job``). Return how many."""
         ...
 
     async def rewake_stranded(self, limit: int) -> int:

@@ -40,7 +40,7 @@ from ..models import (
     StepStatus,
     TimerRecord,
 )
-from ..queue import TASK_NAME
+from ..queue import TASK_NAME, reconcile_task_name
 from ..replay import SuspendPlan
 from . import schema as schema_tables
 from .base import Claim, Lease, LeaseLost, WakeUp
@@ -520,7 +520,12 @@ class PostgresStore:
     async def release_orphaned_jobs(self, stale_seconds: float) -> int:
         row = await self._one(
             self._q.release_orphans,
-            {"queue": self._queue, "task": TASK_NAME, "stale": stale_seconds},
+            {
+                "queue": self._queue,
+                "task": TASK_NAME,
+                "reconcile_task": reconcile_task_name(self.schema),
+                "stale": stale_seconds,
+            },
         )
         return 0 if row is None else int(row["released"])
 

@@ -315,14 +315,17 @@ class Statements:
         # be fetched. It is orphaned when no lease owns its run and either its worker stopped
         # heartbeating, or it has been ``doing`` longer than the stale window: a live worker
         # whose ``finish_job`` was lost (its connection died after the attempt committed).
+        # A reconciler sweep left ``doing`` by a killed worker holds no lock, but nothing else
+        # would ever end it: the same rule, without the lease, releases it.
         self.release_orphans = sa.text(f"""
             WITH released AS (
             UPDATE procrastinate_jobs AS j SET status = 'failed', attempts = attempts + 1
-            WHERE j.status = 'doing' AND j.queue_name = :queue AND j.task_name = :task
-              AND NOT EXISTS (
-                    SELECT 1 FROM {s}.runs AS r
-                    WHERE r.id::text = j.lock AND r.status = 'running'
-                      AND r.lease_expires_at >= now())
+            WHERE j.status = 'doing' AND j.queue_name = :queue
+              AND (j.task_name = :reconcile_task
+                   OR (j.task_name = :task AND NOT EXISTS (
+                        SELECT 1 FROM {s}.runs AS r
+                        WHERE r.id::text = j.lock AND r.status = 'running'
+                          AND r.lease_expires_at >= now())))
               AND (j.worker_id IS NULL
                    OR j.worker_id IN (
                         SELECT id FROM procrastinate_workers
