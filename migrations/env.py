@@ -26,11 +26,11 @@ from sqlalchemy.engine import Connection
 
 from iterflow import migrate
 from iterflow.schemagen import metadata_for
-from iterflow.store.schema import translate_map
+from iterflow.store.schema import quote_identifier, translate_map
 from iterflow.urls import psycopg_url
 
-# Any constant works; it only has to be the same for every iterflow process.
-MIGRATION_LOCK_KEY = 0x1F10_F10E_0A1E_3B1C
+# Shared with iterflow.migrate.stamp: the same for every iterflow process.
+MIGRATION_LOCK_KEY = migrate.MIGRATION_LOCK_KEY
 
 config = context.config
 if config.config_file_name is not None and migrate.CONNECTION_ATTRIBUTE not in config.attributes:
@@ -46,7 +46,8 @@ target_metadata = metadata_for(SCHEMA)
 def run_migrations_on(connection: Connection) -> None:
     """Run the requested alembic command on ``connection`` (already inside a transaction)."""
     connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-    quoted = connection.dialect.identifier_preparer.quote_schema(SCHEMA)
+    # Identifiers are always quoted in SQL text, validated or not.
+    quoted = quote_identifier(SCHEMA)
     connection.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
     # Ops written with the placeholder schema "iterflow" land in the configured schema.
     connection.execution_options(schema_translate_map=translate_map(SCHEMA))
@@ -64,7 +65,7 @@ def run_migrations_on(connection: Connection) -> None:
         context.run_migrations()
         if not context.get_context().get_current_heads():
             # Downgraded to base: leave no trace of iterflow in the schema.
-            version_table = f"{quoted}.{migrate.VERSION_TABLE}"
+            version_table = f"{quoted}.{quote_identifier(migrate.VERSION_TABLE)}"
             connection.execute(sa.text(f"DROP TABLE IF EXISTS {version_table}"))
 
 

@@ -14,7 +14,7 @@ class Approval(BaseModel):
     approved_by: str
 
 
-engine = Engine()  # flowctl passes $ITERFLOW_DATABASE_URL
+engine = Engine()  # opens on $ITERFLOW_DATABASE_URL (else $DATABASE_URL), like flowctl
 
 
 @engine.flow("order", version=1, input=Order, output=str, signals={"approve": Approval})

@@ -20,7 +20,7 @@ class Receipt(BaseModel):
     approved_by: str
 
 
-engine = Engine()  # no URL: embedded PostgreSQL in ./.iterflow
+engine = Engine()  # no URL: $ITERFLOW_DATABASE_URL, $DATABASE_URL, else embedded in ./.iterflow
 
 
 @engine.flow("order", version=1, input=Order, output=Receipt, signals={"approve": Approval})
@@ -35,8 +35,8 @@ async def order_flow(ctx: FlowContext, order: Order) -> Receipt:
 
 
 async def main(database_url: str | None = None) -> Receipt:
-    if database_url is not None:
-        engine.settings = engine.settings.model_copy(update={"database_url": database_url})
+    if database_url is not None:  # else $ITERFLOW_DATABASE_URL, $DATABASE_URL or embedded
+        engine.configure(database_url=database_url)  # validated; only before the engine opens
     async with engine:
         await engine.migrate()
         await engine.listen(concurrency=4)  # an in-process worker

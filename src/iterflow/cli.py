@@ -1,4 +1,12 @@
-"""``flowctl``: the synchronous, operator-facing surface. The only place that reads env vars."""
+"""``flowctl``: the synchronous, operator-facing surface.
+
+The database URL resolves as in the library (:func:`iterflow.urls.resolve_database_url`):
+``--database-url``, else ``$ITERFLOW_DATABASE_URL``, else ``$DATABASE_URL``, else embedded.
+
+Bad input never prints a traceback: every :class:`~iterflow.errors.FlowError` reaching
+:func:`main` becomes one line on stderr, ``flowctl: error [CODE]: message``, and the exit status
+of :data:`EXIT_CODES` (``-v`` adds the traceback). Anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -11,41 +19,194 @@ import logging
 import os
 import signal
 import sys
+import textwrap
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigInvalid, FlowError
+from .errors import (
+    ConfigInvalid,
+    DatabaseUnavailable,
+    DurationInvalid,
+    FlowError,
+    FlowUnknown,
+    InputInvalid,
+    PayloadInvalid,
+    PayloadTooLarge,
+    SchemaConflict,
+    SchemaMissing,
+    SignalPayloadInvalid,
+    SignalUnknown,
+)
+from .urls import redacted, resolve_database_url
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from .engine import Engine
+
+__all__ = [
+    "EXIT_CODES",
+    "EXIT_DATABASE",
+    "EXIT_ERROR",
+    "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "exit_code",
+    "main",
+]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_DATABASE = 3
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success",
+    EXIT_ERROR: "the command failed with an iterflow error (e.g. RUN_NOT_FOUND, DATA_REJECTED)",
+    EXIT_USAGE: (
+        "invalid arguments or input: a usage error, invalid JSON, an unknown or unimportable "
+        "module:engine, invalid settings, an unknown flow or signal, an invalid payload "
+        "(CONFIG_INVALID, INPUT_INVALID, SIGNAL_PAYLOAD_INVALID, FLOW_UNKNOWN, ...)"
+    ),
+    EXIT_DATABASE: (
+        "the database is unavailable or not ready "
+        "(DATABASE_UNAVAILABLE, SCHEMA_MISSING, SCHEMA_CONFLICT)"
+    ),
+    EXIT_INTERNAL: "internal error: an unexpected exception (a bug); its traceback is printed",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+"""flowctl's exit statuses. Stable: scripts and supervisors may rely on them."""
+
+_USAGE_ERRORS: tuple[type[FlowError], ...] = (
+    ConfigInvalid,
+    DurationInvalid,
+    FlowUnknown,
+    InputInvalid,
+    PayloadInvalid,
+    PayloadTooLarge,
+    SignalPayloadInvalid,
+    SignalUnknown,
+)
+_DATABASE_ERRORS: tuple[type[FlowError], ...] = (DatabaseUnavailable, SchemaConflict, SchemaMissing)
 
 
-def _env_url() -> str | None:
-    return os.environ.get("ITERFLOW_DATABASE_URL") or os.environ.get("DATABASE_URL")
+def exit_code(error: FlowError) -> int:
+    """The exit status for ``error`` (see :data:`EXIT_CODES`)."""
+    if isinstance(error, _DATABASE_ERRORS):
+        return EXIT_DATABASE
+    if isinstance(error, _USAGE_ERRORS):
+        return EXIT_USAGE
+    return EXIT_ERROR
 
 
-def _load_engine(target: str, url: str | None) -> Any:
+def _epilog() -> str:
+    width = max(len(str(code)) for code in EXIT_CODES)
+    indent = " " * (width + 4)
+    lines = ["exit status:"]
+    for code, text in EXIT_CODES.items():
+        first = f"  {code:<{width}}  "
+        lines.append(textwrap.fill(text, 79, initial_indent=first, subsequent_indent=indent))
+    lines += [
+        "",
+        "errors are one line on stderr: flowctl: error [CODE]: message (-v adds the traceback)",
+        "",
+        "database: --database-url, else $ITERFLOW_DATABASE_URL, else $DATABASE_URL, else an",
+        "embedded PostgreSQL in ./.iterflow; Engine() resolves it the same way.",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# arguments
+
+
+def _json(text: str, what: str, error: type[FlowError]) -> Any:
+    """``text`` parsed as JSON, or ``error`` saying where it is not."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        raise error(
+            f"{what} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}): "
+            f"{shown!r}"
+        ) from exc
+    except RecursionError as exc:
+        raise error(f"{what} is nested too deeply to parse") from exc
+
+
+def _import_module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (name == missing or name.startswith(missing + ".")):
+            raise ConfigInvalid(
+                f"cannot import module {name!r}: no module named {missing!r} (is it installed, "
+                "on PYTHONPATH, or in the current directory?)"
+            ) from exc
+        raise ConfigInvalid(
+            f"cannot import module {name!r}: it imports {missing or 'a module'!r}, which is "
+            "not installed (flowctl -v shows the traceback)"
+        ) from exc
+    except FlowError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ConfigInvalid(
+            f"cannot import module {name!r}: it raised {type(exc).__name__}"
+            f"{': ' + first if first else ''} (flowctl -v shows the traceback)"
+        ) from exc
+
+
+def _load_engine(target: str, url: str | None) -> Engine:
+    """The ``Engine`` at ``module:attribute``; ``--database-url`` (``url``) overrides its URL."""
     from .engine import Engine
 
     module_name, _, attr = target.partition(":")
-    if not module_name or not attr:
-        raise ConfigInvalid(f"expected module:attribute, got {target!r}")
-    sys.path.insert(0, os.getcwd())
-    module = importlib.import_module(module_name)
-    engine = getattr(module, attr, None)
+    if not module_name or not attr or ":" in attr:
+        raise ConfigInvalid(
+            f"expected the engine as module:attribute (e.g. myapp.flows:engine), got {target!r}"
+        )
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module = _import_module(module_name)
+    if not hasattr(module, attr):
+        raise ConfigInvalid(f"module {module_name!r} has no attribute {attr!r}")
+    engine = getattr(module, attr)
     if not isinstance(engine, Engine):
-        raise ConfigInvalid(f"{target} is not an iterflow Engine")
-    if url is not None and engine.settings.database_url is None:
-        engine.settings = engine.settings.model_copy(update={"database_url": url})
+        raise ConfigInvalid(
+            f"{target} is {type(engine).__name__!r}, not an iterflow Engine "
+            "(name the Engine object, e.g. myapp.flows:engine)"
+        )
+    if url is not None:  # an explicit --database-url wins, even over a URL set in code
+        engine.configure(database_url=url)
     return engine
 
 
-async def _migrate(url: str | None, schema: str) -> None:
+# --------------------------------------------------------------------------------------------
+# commands
+
+
+async def _migrate(url: str | None, schema: str, stamp: bool) -> None:
     from .engine import Engine
+    from .migrate import stamp as stamp_tables
 
     async with Engine(url, db_schema=schema) as engine:
-        await engine.migrate()
-        print(f"migrated schema {schema!r} on {engine.database_url.split('@')[-1]}")
+        where = redacted(engine.database_url)
+        if not stamp:
+            await engine.migrate()
+            print(f"migrated schema {schema!r} on {where}")
+            return
+        result = await asyncio.to_thread(stamp_tables, engine.database_url, schema=schema)
+        before = result.previous or "none"
+        extra = "; installed procrastinate's schema" if result.installed_procrastinate else ""
+        print(
+            f"stamped schema {schema!r} on {where} at revision {result.revision} "
+            f"(was {before}); tables verified{extra}"
+        )
 
 
 async def _worker(target: str, url: str | None, concurrency: int) -> None:
@@ -105,9 +266,10 @@ async def _cancel(url: str | None, schema: str, run_id: str, reason: str | None)
 async def _signal(
     target: str, url: str | None, run_id: str, name: str, payload: str, key: str | None
 ) -> None:
+    data = _json(payload, f"the payload of signal {name!r}", SignalPayloadInvalid)
     engine = _load_engine(target, url)
     async with engine:
-        result = await engine.signal(run_id, name, json.loads(payload), idempotency_key=key)
+        result = await engine.signal(run_id, name, data, idempotency_key=key)
         print(result.kind)
 
 
@@ -117,6 +279,7 @@ async def _graph(target: str | None, url: str | None, schema: str, args: Any) ->
     from .graph import render
     from .progress import graph_from_history, overlay
 
+    sample = _json(args.input, "--input", InputInvalid) if args.input else None
     module, _, rest = (target or "").partition(":")
     attr, _, flow_name = rest.partition(":")
     engine = _load_engine(f"{module}:{attr}", url) if target else Engine(url, db_schema=schema)
@@ -128,7 +291,6 @@ async def _graph(target: str | None, url: str | None, schema: str, args: Any) ->
         if flow is None:
             known = ", ".join(f.key for f in engine.registry.all()) or "none"
             raise ConfigInvalid(f"flow {flow_name!r} is not registered (registered: {known})")
-        sample = json.loads(args.input) if args.input else None
         print(render(await graph_of(flow, sample), args.format), end="")
         return
     async with engine:  # a run's progress over its flow's graph (or the graph it walked)
@@ -147,17 +309,40 @@ async def _retry(url: str | None, schema: str, run_id: str) -> None:
         print(result.kind)
 
 
+def _generate_schema(args: argparse.Namespace) -> None:
+    from .schemagen import write_schema
+
+    try:
+        written = write_schema(args.out, schema=args.schema, sql=args.sql, force=args.force)
+    except FileExistsError as exc:
+        raise ConfigInvalid(str(exc)) from exc
+    except OSError as exc:
+        raise ConfigInvalid(f"cannot write {args.out}: {exc.strerror or exc}") from exc
+    if written is not None:
+        print(f"wrote {written}")
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="flowctl", description="Operate iterflow: migrate, run workers, inspect runs."
+        prog="flowctl",
+        description="Operate iterflow: migrate, run workers, inspect runs.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--database-url",
         default=None,
-        help="PostgreSQL URL (default: $ITERFLOW_DATABASE_URL, $DATABASE_URL, else embedded)",
+        help="PostgreSQL URL (default: $ITERFLOW_DATABASE_URL, $DATABASE_URL, else embedded); "
+        "overrides the URL of a module:engine",
     )
     parser.add_argument("--schema", default="iterflow", help="schema of the iterflow tables")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log at DEBUG and print errors' tracebacks"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     # --schema is accepted before or after the subcommand.
     schema_opt = argparse.ArgumentParser(add_help=False)
@@ -165,8 +350,15 @@ def _parser() -> argparse.ArgumentParser:
         "--schema", default=argparse.SUPPRESS, help="schema of the iterflow tables"
     )
 
-    sub.add_parser(
+    mig = sub.add_parser(
         "migrate", parents=[schema_opt], help="install or upgrade iterflow's tables (alembic)"
+    )
+    mig.add_argument(
+        "--stamp",
+        action="store_true",
+        help="adopt tables your own migrations created from generate-schema: check them against "
+        "this iterflow version, install procrastinate's schema if missing, and record them as "
+        "installed without running iterflow's DDL",
     )
 
     gen = sub.add_parser(
@@ -228,9 +420,53 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run(args: argparse.Namespace) -> None:
+    url = resolve_database_url(args.database_url)
+    if args.command == "migrate":
+        asyncio.run(_migrate(url, args.schema, args.stamp))
+    elif args.command == "generate-schema":
+        _generate_schema(args)
+    elif args.command == "worker":
+        asyncio.run(_worker(args.engine, args.database_url, args.concurrency))
+    elif args.command == "show":
+        asyncio.run(_show(url, args.schema, args.run_id))
+    elif args.command == "list":
+        asyncio.run(_list(url, args.schema, args))
+    elif args.command == "cancel":
+        asyncio.run(_cancel(url, args.schema, args.run_id, args.reason))
+    elif args.command == "signal":
+        asyncio.run(
+            _signal(
+                args.engine,
+                args.database_url,
+                args.run_id,
+                args.name,
+                args.payload,
+                args.idempotency_key,
+            )
+        )
+    elif args.command == "retry":
+        asyncio.run(_retry(url, args.schema, args.run_id))
+    elif args.command == "graph":
+        explicit = args.database_url if args.target else url
+        asyncio.run(_graph(args.target, explicit, args.schema, args))
+    elif args.command == "demo":
+        from .demo import run_demo
+
+        asyncio.run(run_demo(url, sleep_seconds=args.sleep))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``flowctl`` console script."""
-    args = _parser().parse_args(argv)
+    """Entry point of the ``flowctl`` console script; returns an exit status of
+    :data:`EXIT_CODES`."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -238,48 +474,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         for noisy in ("procrastinate", "alembic", "pgserver"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    url = args.database_url or _env_url()
     try:
-        if args.command == "migrate":
-            asyncio.run(_migrate(url, args.schema))
-        elif args.command == "generate-schema":
-            from .schemagen import write_schema
-
-            try:
-                written = write_schema(args.out, schema=args.schema, sql=args.sql, force=args.force)
-            except FileExistsError as exc:
-                print(f"flowctl: {exc}", file=sys.stderr)
-                return 1
-            if written is not None:
-                print(f"wrote {written}")
-        elif args.command == "worker":
-            asyncio.run(_worker(args.engine, url, args.concurrency))
-        elif args.command == "show":
-            asyncio.run(_show(url, args.schema, args.run_id))
-        elif args.command == "list":
-            asyncio.run(_list(url, args.schema, args))
-        elif args.command == "cancel":
-            asyncio.run(_cancel(url, args.schema, args.run_id, args.reason))
-        elif args.command == "signal":
-            asyncio.run(
-                _signal(
-                    args.engine, url, args.run_id, args.name, args.payload, args.idempotency_key
-                )
-            )
-        elif args.command == "retry":
-            asyncio.run(_retry(url, args.schema, args.run_id))
-        elif args.command == "graph":
-            asyncio.run(_graph(args.target, url, args.schema, args))
-        elif args.command == "demo":
-            from .demo import run_demo
-
-            asyncio.run(run_demo(url, sleep_seconds=args.sleep))
+        _run(args)
     except FlowError as exc:
-        print(f"flowctl: {exc}", file=sys.stderr)
-        return 2
+        if args.verbose:
+            traceback.print_exception(exc)
+        print(f"flowctl: error [{exc.error_code}]: {_one_line(exc.message)}", file=sys.stderr)
+        return exit_code(exc)
     except KeyboardInterrupt:
-        return 130
-    return 0
+        return EXIT_INTERRUPTED
+    except Exception:
+        traceback.print_exc()
+        print(
+            "flowctl: internal error: an unexpected exception (traceback above); this is a bug, "
+            "please report it",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,25 +1,59 @@
-"""Payloads are pydantic-typed JSON, never pickle."""
+"""Payloads are pydantic-typed JSON, never pickle; one codec for every stored value.
+
+Inputs, signal payloads, step results, child inputs, memoized values and outputs all go through
+:func:`encode` **before** anything is written: pydantic encodes the value to JSON data, then the
+data is checked against what PostgreSQL's ``jsonb`` stores. A value that cannot be stored raises
+:class:`~iterflow.errors.PayloadInvalid` (NUL characters, lone surrogates, NaN/Infinity, a type
+the codec cannot encode, nesting too deep, an integer too long) or
+:class:`~iterflow.errors.PayloadTooLarge` (over the byte cap of its UTF-8 JSON text). NaN and
+Infinity are refused, never turned into ``null``. Text columns (tags, keys, reasons, labels) are
+checked by :func:`check_text`. Errors are repaired rather than refused
+(:meth:`FlowError.to_dict`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import json
+import re
 import typing
 import weakref
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError
 
-from .errors import PayloadTooLarge
+from .errors import InputInvalid, PayloadInvalid, PayloadTooLarge
 
-__all__ = ["adapter", "check_size", "dump", "load", "return_type"]
+__all__ = [
+    "adapter",
+    "check_data",
+    "check_text",
+    "dump",
+    "encode",
+    "load",
+    "return_type",
+    "shown",
+]
+
+#: Keep NaN/Infinity as floats when encoding (pydantic's JSON mode would silently write
+#: ``null`` for ``Any``-typed floats), so :func:`check_data` can refuse them.
+_KEEP_NAN = ConfigDict(ser_json_inf_nan="constants")
+#: A JSON ``\u0000`` escape that is not itself an escaped backslash: PostgreSQL's jsonb refuses it.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @functools.lru_cache(maxsize=512)
 def _cached_adapter(tp: Any) -> TypeAdapter[Any]:
-    return TypeAdapter(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return TypeAdapter(tp)  # a model's own config governs it (pydantic refuses another)
+    try:
+        return TypeAdapter(tp, config=_KEEP_NAN)
+    except Exception:  # e.g. a dataclass or TypedDict with its own config
+        return TypeAdapter(tp)
 
 
 def adapter(tp: Any) -> TypeAdapter[Any]:
@@ -31,8 +65,103 @@ def adapter(tp: Any) -> TypeAdapter[Any]:
 
 
 def dump(value: Any, tp: Any = Any) -> Any:
-    """Encode ``value`` into plain JSON data (dicts, lists, str, numbers, None)."""
+    """Encode ``value`` into plain JSON data (dicts, lists, str, numbers, None), unchecked.
+
+    Values that are written go through :func:`encode` instead.
+    """
     return adapter(tp).dump_python(value, mode="json")
+
+
+def encode(value: Any, tp: Any = Any, *, what: str, limit: int) -> Any:
+    """Encode ``value`` (typed by ``tp``) to JSON data that PostgreSQL will store.
+
+    Raises :class:`PayloadInvalid` naming ``what`` when it cannot be encoded or stored, and
+    :class:`PayloadTooLarge` when its JSON text is over ``limit`` bytes (UTF-8).
+    """
+    try:
+        data = adapter(tp).dump_python(value, mode="json")
+    except (PydanticSerializationError, ValueError, TypeError, RecursionError) as exc:
+        raise PayloadInvalid(
+            f"{what} cannot be encoded as JSON: {_first_line(exc)}; return or pass pydantic "
+            "models, dataclasses or JSON-compatible values",
+            details={"where": what},
+        ) from exc
+    check_data(data, what=what, limit=limit)
+    return data
+
+
+def check_data(data: Any, *, what: str, limit: int) -> int:
+    """Check plain JSON data against what ``jsonb`` stores and the byte cap; return its size.
+
+    The single check behind :func:`encode`, also applied by both stores to whatever they write.
+    """
+    try:
+        text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (ValueError, TypeError, RecursionError) as exc:
+        if "Out of range float" in str(exc):
+            problem = "NaN or Infinity (not JSON; use None or a string)"
+        elif "integer string conversion" in str(exc):
+            problem = "an integer of over 4300 digits (store it as a string)"
+        else:
+            problem = _first_line(exc)
+        raise PayloadInvalid(
+            f"{what} cannot be stored: {problem}", details={"where": what}
+        ) from exc
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PayloadInvalid(
+            f"{what} cannot be stored: it contains a lone surrogate (invalid Unicode text, "
+            f"e.g. bytes decoded with 'surrogateescape') at character {exc.start}",
+            details={"where": what},
+        ) from None
+    if "\\u0000" in text and _NUL_ESCAPE.search(text):
+        raise PayloadInvalid(
+            f"{what} cannot be stored: it contains a NUL character (\\u0000), which "
+            "PostgreSQL text and jsonb refuse; strip it or encode the data (e.g. base64)",
+            details={"where": what},
+        )
+    size = len(raw)
+    if size > limit:
+        raise PayloadTooLarge(
+            f"{what} is {size} bytes, over the limit of {limit} bytes; store large data "
+            "elsewhere and pass a reference, or raise Settings.max_payload_bytes",
+            details={"size": size, "limit": limit, "where": what},
+        )
+    return size
+
+
+def check_text(value: Any, *, what: str, max_chars: int, empty: bool = False) -> str:
+    """Check a value stored in a text column (tag, key, reason): a ``str`` of at most
+    ``max_chars`` characters, without NUL or lone surrogates. Raises :class:`InputInvalid`."""
+    if not isinstance(value, str):
+        raise InputInvalid(f"{what} must be a string, got {type(value).__name__}")
+    if not value and not empty:
+        raise InputInvalid(f"{what} must not be empty")
+    if len(value) > max_chars:
+        raise InputInvalid(f"{what} is {len(value)} characters, over the limit of {max_chars}")
+    if "\x00" in value:
+        raise InputInvalid(f"{what} contains a NUL character, which PostgreSQL refuses")
+    if _LONE_SURROGATE.search(value):
+        raise InputInvalid(f"{what} contains a lone surrogate (invalid Unicode text)")
+    return value
+
+
+def shown(value: object, limit: int = 100) -> str:
+    """``repr(value)`` for an error message, at most about ``limit`` characters; never raises
+    (the repr of ``10**5000``, of a 5,000-level dict or of a broken object would)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except Exception:  # includes RecursionError
+        return f"<{type(value).__qualname__} object>"
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def load(data: Any, tp: Any) -> Any:
@@ -40,23 +169,13 @@ def load(data: Any, tp: Any) -> Any:
     return adapter(tp).validate_python(data)
 
 
-def check_size(data: Any, limit: int, what: str) -> int:
-    """Raise :class:`PayloadTooLarge` when the JSON text of ``data`` exceeds ``limit`` bytes."""
-    size = len(json.dumps(data, separators=(",", ":")).encode())
-    if size > limit:
-        raise PayloadTooLarge(
-            f"{what} is {size} bytes, over the limit of {limit} bytes; store large data "
-            "elsewhere and pass a reference, or raise Settings.max_payload_bytes",
-            details={"size": size, "limit": limit},
-        )
-    return size
-
-
 def validation_message(exc: ValidationError) -> str:
     """A compact one-line summary of a pydantic validation error."""
     parts = []
     for err in exc.errors()[:5]:
         loc = ".".join(str(p) for p in err.get("loc", ())) or "<root>"
+        if len(loc) > 200:  # e.g. a 5,000-level document: keep the message readable
+            loc = f"{loc[:100]}…{loc[-100:]}"
         parts.append(f"{loc}: {err.get('msg')}")
     more = "" if exc.error_count() <= 5 else f" (+{exc.error_count() - 5} more)"
     return "; ".join(parts) + more

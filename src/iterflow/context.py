@@ -27,17 +27,20 @@ from .definition import FlowDef
 from .durations import DurationLike, WhenLike, due_at, parse_duration
 from .errors import (
     DatabaseUnavailable,
+    DataRejected,
     FlowDefinitionError,
     FlowError,
     InputInvalid,
     InvokeDepthExceeded,
     InvokeFanoutExceeded,
     NonRetryable,
+    PayloadInvalid,
     PayloadTooLarge,
     SignalPayloadInvalid,
     SignalTimeout,
     SignalUnknown,
     StepFailed,
+    safe_text,
 )
 from .models import (
     ChildRecord,
@@ -114,7 +117,7 @@ def _step_error(label: str, attempts: int, exc: BaseException) -> FlowError:
     if isinstance(exc, FlowError):
         return exc
     err = StepFailed(
-        f"step {label!r} failed after {attempts} attempt(s): {type(exc).__name__}: {exc}"
+        f"step {label!r} failed after {attempts} attempt(s): {type(exc).__name__}: {safe_text(exc)}"
     )
     err.__cause__ = exc
     return err
@@ -143,6 +146,7 @@ class FlowContext:
         depth: int = 0,
         max_depth: int = 10,
         max_children: int = 1000,
+        max_label_chars: int = 200,
     ) -> None:
         self.run_id = run_id
         self.flow_name = flow_name
@@ -162,6 +166,7 @@ class FlowContext:
         self.depth = depth
         self._max_depth = max_depth
         self._max_children = max_children
+        self._max_label = max_label_chars
         self._invokes = 0
         self._progressed = False  # has this attempt checkpointed yet (renewed its lease)?
         self.interrupted: Interrupt | LeaseLost | None = None
@@ -179,6 +184,13 @@ class FlowContext:
         if pending is None or (isinstance(pending, Suspended) and _IN_GATHER.get()):
             return
         raise pending
+
+    def _label(self, label: object, what: str) -> None:
+        """Labels become cursor keys, stored as text: refuse what PostgreSQL would refuse."""
+        try:
+            codec.check_text(label, what=what, max_chars=self._max_label)
+        except InputInvalid as exc:
+            raise FlowDefinitionError(exc.message) from None
 
     def _raise(self, exc: Interrupt | LeaseLost) -> typing.NoReturn:
         self.interrupted = exc
@@ -257,8 +269,7 @@ class FlowContext:
         with exponential backoff and jitter (``backoff`` is the first wait or a
         :class:`RetryPolicy`); every attempt is recorded, so a crash never resets the count.
         """
-        if not isinstance(label, str) or not label:
-            raise FlowDefinitionError("ctx.step needs a non-empty string label")
+        self._label(label, "ctx.step label")
         policy = RetryPolicy.of(retries, backoff)
         limit = parse_duration(timeout) if timeout is not None else None
         call, memo = self._next(StepKind.STEP, label)
@@ -308,10 +319,13 @@ class FlowContext:
             _STEP_ATTEMPT.set(attempt)  # copied into the thread of a sync step
             try:
                 value = await execute(fn, args, timeout)
-                data = codec.dump(value, out_type)
-                codec.check_size(data, self._max_payload, f"result of step {call.label!r}")
+                data = codec.encode(
+                    value, out_type, what=f"result of step {call.label!r}", limit=self._max_payload
+                )
             except Exception as exc:
-                retryable = not isinstance(exc, NonRetryable | PayloadTooLarge)
+                # A result that cannot be stored is a programming error, not a transient one:
+                # the body ran once and is not run again for it.
+                retryable = not isinstance(exc, NonRetryable | PayloadTooLarge | PayloadInvalid)
                 decision = replay.decide_retry(
                     call,
                     policy,
@@ -343,17 +357,31 @@ class FlowContext:
                 await asyncio.sleep(decision.delay.total_seconds())
                 attempt += 1
                 continue
-            await self._checkpoint(
-                self._memo(
-                    call,
-                    StepKind.STEP,
-                    StepStatus.OK,
-                    output=data,
-                    attempts=attempt,
-                    started_at=started,
-                ),
-                fire_timer=fire_timer,
+            ok = self._memo(
+                call,
+                StepKind.STEP,
+                StepStatus.OK,
+                output=data,
+                attempts=attempt,
+                started_at=started,
             )
+            try:
+                await self._checkpoint(ok, fire_timer=fire_timer)
+            except DataRejected as rejected:
+                # PostgreSQL refused what the codec let through: the step ran and must not run
+                # again, so its memo records the refusal and the body gets the error.
+                await self._checkpoint(
+                    self._memo(
+                        call,
+                        StepKind.STEP,
+                        StepStatus.FAILED,
+                        error=rejected.to_dict(),
+                        attempts=attempt,
+                        started_at=started,
+                    ),
+                    fire_timer=fire_timer,
+                )
+                raise
             return codec.load(data, out_type)
 
     # -- sleep --------------------------------------------------------------------------------
@@ -367,6 +395,8 @@ class FlowContext:
             due_at(duration, duration)  # validates tz-awareness now, at the call site
         else:
             parse_duration(duration)
+        if label:
+            self._label(label, "ctx.sleep label")
         call, memo = self._next(StepKind.SLEEP, label or "")
         return self._run_sleep(call, memo, duration)
 
@@ -524,9 +554,19 @@ class FlowContext:
                 raise InvokeFanoutExceeded(
                     f"run would start more than {self._max_children} child runs"
                 )
-            data = codec.dump(definition.validate_input(input), definition.input_type)
-            codec.check_size(data, self._max_payload, f"input of child {definition.key}")
-        except (InvokeDepthExceeded, InvokeFanoutExceeded, InputInvalid, PayloadTooLarge) as err:
+            data = codec.encode(
+                definition.validate_input(input),
+                definition.input_type,
+                what=f"input of child {definition.key}",
+                limit=self._max_payload,
+            )
+        except (
+            InvokeDepthExceeded,
+            InvokeFanoutExceeded,
+            InputInvalid,
+            PayloadTooLarge,
+            PayloadInvalid,
+        ) as err:
             await self._checkpoint(
                 self._memo(call, StepKind.INVOKE, StepStatus.FAILED, error=err.to_dict())
             )
@@ -629,8 +669,7 @@ class FlowContext:
         agree); False, without taking a position or writing anything, for runs whose history
         shows they passed this point before the change.
         """
-        if not isinstance(change_id, str) or not change_id:
-            raise FlowDefinitionError("ctx.patched needs a non-empty change id")
+        self._label(change_id, "ctx.patched change id")
         self._check()
         if not self._cursor.takes_patch(change_id):
             return self._unpatched()
@@ -651,7 +690,7 @@ class FlowContext:
         self._check()
         if memo is not None:
             return typing.cast(T, codec.load(memo.output, tp))
-        data = codec.dump(make(), tp)
+        data = codec.encode(make(), tp, what=f"ctx.{call.kind.value}()", limit=self._max_payload)
         await self._checkpoint(self._memo(call, call.kind, StepStatus.OK, output=data))
         return typing.cast(T, codec.load(data, tp))
 

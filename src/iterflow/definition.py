@@ -25,6 +25,7 @@ Body = Callable[["FlowContext", In], Awaitable[Out]]
 #: no longer registered): ``fail`` it, or ``park`` it until a deploy restores compatibility.
 DriftPolicy = Literal["fail", "park"]
 
+_NO_LIMIT = 2**62
 _NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
 
 
@@ -74,15 +75,18 @@ class FlowDef(Generic[In, Out]):
             ) from exc
         return value
 
-    def encode_output(self, value: Any) -> Any:
-        """Validate the body's return value against the output model and encode it to JSON."""
+    def encode_output(self, value: Any, *, limit: int = _NO_LIMIT) -> Any:
+        """Validate the body's return value against the output model and encode it to JSON
+        (``OUTPUT_INVALID``; ``PAYLOAD_INVALID``/``PAYLOAD_TOO_LARGE`` if it cannot be stored)."""
         try:
             checked = codec.load(value, self.output_type)
-            return codec.dump(checked, self.output_type)
         except ValidationError as exc:
             raise OutputInvalid(
                 f"flow {self.key} returned an invalid output: {codec.validation_message(exc)}"
             ) from exc
+        return codec.encode(
+            checked, self.output_type, what=f"output of flow {self.key}", limit=limit
+        )
 
     def decode_output(self, data: Any) -> Out:
         """Decode stored output into the output model."""

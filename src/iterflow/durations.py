@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, timedelta
 
-from .errors import FlowError
+from .codec import shown
+from .errors import DurationInvalid
 
-__all__ = ["DurationLike", "WhenLike", "due_at", "parse_duration"]
+__all__ = ["DurationInvalid", "DurationLike", "WhenLike", "due_at", "parse_duration"]
 
 DurationLike = str | timedelta | int | float
 WhenLike = DurationLike | datetime
@@ -20,13 +22,11 @@ _UNITS = {
     "d": timedelta(days=1),
     "w": timedelta(weeks=1),
 }
+#: The longest duration accepted (about 100 years): anything longer is a mistake, and would not
+#: fit the calendar arithmetic of due times.
+_MAX = timedelta(days=36_500)
+_MAX_SECONDS = _MAX.total_seconds()
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-
-
-class DurationInvalid(FlowError):
-    """A duration string or value could not be understood."""
-
-    code = "DURATION_INVALID"
 
 
 def parse_duration(value: DurationLike) -> timedelta:
@@ -36,6 +36,12 @@ def parse_duration(value: DurationLike) -> timedelta:
     elif isinstance(value, bool):
         raise DurationInvalid(f"a duration cannot be a bool: {value!r}")
     elif isinstance(value, int | float):
+        # abs() first: math.isfinite(10**5000) raises OverflowError, the comparison does not
+        if abs(value) > _MAX_SECONDS or not math.isfinite(value):
+            raise DurationInvalid(
+                f"a duration in seconds must be finite and at most {_MAX_SECONDS:.0f}, "
+                f"got {shown(value)}"
+            )
         result = timedelta(seconds=value)
     elif isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
@@ -44,16 +50,22 @@ def parse_duration(value: DurationLike) -> timedelta:
         for match in _PART.finditer(text):
             if match.start() != pos:
                 break
-            result += float(match.group(1)) * _UNITS[match.group(2)]
+            try:
+                result += float(match.group(1)) * _UNITS[match.group(2)]
+            except OverflowError:
+                raise DurationInvalid(f"duration {value[:100]!r} is too long") from None
             pos = match.end()
         if not text or pos != len(text):
             raise DurationInvalid(
-                f"cannot parse duration {value!r}; use e.g. '30s', '5m', '1h30m', '3d', '250ms'"
+                f"cannot parse duration {value[:100]!r}; use e.g. '30s', '5m', '1h30m', '3d', "
+                "'250ms'"
             )
     else:
         raise DurationInvalid(f"unsupported duration type {type(value).__name__}")
     if result < timedelta(0):
-        raise DurationInvalid(f"a duration must not be negative: {value!r}")
+        raise DurationInvalid(f"a duration must not be negative: {shown(value)}")
+    if result > _MAX:
+        raise DurationInvalid(f"a duration must be at most {_MAX.days} days: {shown(value)}")
     return result
 
 
@@ -63,4 +75,7 @@ def due_at(when: WhenLike, now: datetime) -> datetime:
         if when.tzinfo is None:
             raise DurationInvalid("absolute times must be timezone-aware datetimes")
         return when
-    return now + parse_duration(when)
+    try:
+        return now + parse_duration(when)
+    except OverflowError:
+        raise DurationInvalid(f"{when!r} from now is past the year 9999") from None

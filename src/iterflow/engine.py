@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import math
+import sys
 import typing
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -16,13 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from . import codec
 from .definition import DriftPolicy, FlowDef, Registry
-from .durations import DurationLike, parse_duration
+from .durations import DurationLike, due_at, parse_duration
 from .errors import (
     ConfigInvalid,
     DatabaseUnavailable,
     FlowError,
     FlowUnknown,
     InputInvalid,
+    OutputInvalid,
     ResultTimeout,
     RunNotFound,
     SignalPayloadInvalid,
@@ -41,11 +45,11 @@ from .models import (
 )
 from .notify import TerminalListener
 from .reconciler import Reconciler, ReconcileReport
-from .settings import Settings
+from .settings import CONNECTION_SETTINGS, Settings
 from .store.base import Store
 from .store.memory import MemoryStore
 from .store.postgres import HOT_IDLE, TERMINAL_CHANNEL, PostgresStore
-from .urls import asyncpg_url, libpq_url
+from .urls import asyncpg_url, libpq_url, redacted, resolve_database_url_source
 from .worker import Worker, run_procrastinate, stale_worker_seconds
 
 if TYPE_CHECKING:
@@ -58,8 +62,6 @@ In = TypeVar("In")
 Out = TypeVar("Out")
 
 logger = logging.getLogger(__name__)
-
-_MAX_KEY = 200
 
 
 class FlowHandle(Generic[In, Out]):
@@ -112,14 +114,26 @@ class FlowHandle(Generic[In, Out]):
         Raises the run's :class:`FlowError` (code preserved) if it failed or was canceled, and
         ``RESULT_TIMEOUT`` if ``timeout`` seconds pass first.
         """
-        run = await self.engine.wait(run_id, timeout=timeout)
-        return self.definition.decode_output(run.output)
+        rid = _run_id(run_id)
+        _check_timeout(timeout)
+        known = await self.engine.store.get_run(rid)
+        if known is not None and known.name != self.definition.name:
+            raise InputInvalid(
+                f"run {rid} is a run of flow {known.name}@{known.version}, not of "
+                f"{self.definition.key}; use that flow's handle or engine.result(run_id)"
+            )
+        run = await self.engine.wait(rid, timeout=timeout)
+        return _decode(self.definition, run)
 
 
 class Engine:
     """Durable flows on PostgreSQL. Use as ``async with Engine(url) as engine: ...``.
 
-    With no ``database_url`` an embedded PostgreSQL is started in ``settings.data_dir``.
+    The database is chosen when the engine opens, by the same rule as ``flowctl``
+    (:func:`iterflow.urls.resolve_database_url`): ``database_url`` if given, else
+    ``$ITERFLOW_DATABASE_URL``, else ``$DATABASE_URL``, else an embedded PostgreSQL in
+    ``settings.data_dir`` (logged with its data directory). Change settings with
+    :meth:`configure`, before the engine opens.
     """
 
     def __init__(
@@ -164,6 +178,36 @@ class Engine:
         engine._memory = MemoryStore(clock)
         return engine
 
+    def configure(self, **changes: Any) -> None:
+        """Change settings, validated like ``Settings(...)``, e.g. ``configure(database_url=url)``.
+
+        Raises ``ConfigInvalid`` for an unknown field or an invalid value (nothing changes). The
+        pool, the worker and the reconciler read settings when the engine opens, so changes are
+        refused while it is open: configure it before ``async with engine`` (or close it first).
+        """
+        new = self.settings.model_copy(update=changes)  # validates (ConfigInvalid)
+        changed = sorted(k for k in changes if getattr(new, k) != getattr(self.settings, k))
+        if not changed:
+            return
+        if self._memory is not None and "database_url" in changed:
+            raise ConfigInvalid("an in-memory engine has no database URL to change")
+        if self._store is not None:
+            names = ", ".join(changed)
+            if CONNECTION_SETTINGS.intersection(changed):
+                why = (
+                    "connection-level settings ("
+                    + ", ".join(sorted(CONNECTION_SETTINGS))
+                    + ") take effect when the engine opens"
+                )
+            else:
+                why = "the worker and the reconciler read settings when the engine opens"
+            raise ConfigInvalid(
+                f"cannot change {names} while the engine is open: {why}. Configure it before "
+                "`async with engine` (or `await engine.open()`), or close it, configure it and "
+                "open it again"
+            )
+        self.settings = new
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def __aenter__(self) -> Engine:
@@ -197,12 +241,30 @@ class Engine:
             )
             self._reconciler = Reconciler(self._store, batch=self.settings.reconcile_batch)
             return
-        url = self.settings.database_url
+        # One rule for the library and flowctl: argument, $ITERFLOW_DATABASE_URL, $DATABASE_URL.
+        url, source = resolve_database_url_source(self.settings.database_url)
         if url is None:
             from .embedded import EmbeddedPostgres
 
-            self._embedded = EmbeddedPostgres(self.settings.data_dir / "pgdata")
+            data_dir = (self.settings.data_dir / "pgdata").expanduser().resolve()
+            logger.info(
+                "no database URL given and $ITERFLOW_DATABASE_URL / $DATABASE_URL unset: "
+                "using embedded PostgreSQL, data directory %s",
+                data_dir,
+            )
+            self._embedded = EmbeddedPostgres(data_dir)
             url = await asyncio.to_thread(self._embedded.start)
+        else:
+            try:
+                asyncpg_url(url)
+            except ConfigInvalid as exc:
+                if source == "argument":
+                    raise
+                raise ConfigInvalid(
+                    f"{exc.message} (the URL comes from {source}; pass database_url= or set "
+                    "$ITERFLOW_DATABASE_URL, which takes precedence over $DATABASE_URL)"
+                ) from exc
+            logger.debug("database %s (from %s)", redacted(url), source)
         self._url = url
         self._sa = create_async_engine(
             asyncpg_url(url),
@@ -329,6 +391,25 @@ class Engine:
 
     # -- runs ---------------------------------------------------------------------------------
 
+    def _check_key(self, key: object) -> None:
+        if key is not None:
+            codec.check_text(key, what="idempotency_key", max_chars=self.settings.max_key_chars)
+
+    def _check_tags(self, tags: object) -> tuple[str, ...]:
+        if tags is None:
+            return ()
+        if isinstance(tags, str | bytes | bytearray | Mapping) or not isinstance(tags, Iterable):
+            raise InputInvalid(
+                f"tags must be a list of strings, got {type(tags).__name__}; "
+                "e.g. tags=['customer:42']"
+            )
+        cap = self.settings.max_tags_per_run
+        tag_list = _listed(tags, "tags", cap)
+        if len(tag_list) > cap:
+            raise InputInvalid(f"a run may carry at most {cap} tags (Settings.max_tags_per_run)")
+        limit = self.settings.max_tag_chars
+        return tuple(codec.check_text(tag, what="tag", max_chars=limit) for tag in tag_list)
+
     async def _start(
         self,
         flow: FlowDef[Any, Any],
@@ -341,16 +422,20 @@ class Engine:
         conn: Any,
     ) -> StartResult:
         value = flow.validate_input(input)
-        data = codec.dump(value, flow.input_type)
-        codec.check_size(data, self.settings.max_payload_bytes, f"input of flow {flow.key}")
-        _check_key(idempotency_key)
-        tag_list = tuple(tags)
-        if any(not isinstance(t, str) or not t for t in tag_list):
-            raise InputInvalid("tags must be non-empty strings")
+        data = codec.encode(
+            value,
+            flow.input_type,
+            what=f"input of flow {flow.key}",
+            limit=self.settings.max_payload_bytes,
+        )
+        self._check_key(idempotency_key)
+        tag_list = self._check_tags(tags)
         if isinstance(priority, bool) or not isinstance(priority, int):
-            raise InputInvalid("priority must be an integer")
+            raise InputInvalid(f"priority must be an integer, got {type(priority).__name__}")
+        if not _INT4_MIN <= priority <= _INT4_MAX:
+            raise InputInvalid(f"priority must be between {_INT4_MIN} and {_INT4_MAX}")
         now = self._memory.clock() if self._memory is not None else datetime.now(UTC)
-        wake_at = now + parse_duration(delay) if delay is not None else None
+        wake_at = due_at(parse_duration(delay), now) if delay is not None else None
         return await self.store.create_run(
             NewRun(
                 id=uuid.uuid4(),
@@ -378,9 +463,11 @@ class Engine:
     ) -> StartResult:
         """Start a run of the **newest** registered version of flow ``name`` (untyped; the
         flow's typed handle starts its own version). Same options as ``FlowHandle.start``."""
+        if not isinstance(name, str):
+            raise InputInvalid(f"flow name must be a string, got {type(name).__name__}")
         flow = self.registry.latest(name)
         if flow is None:
-            raise FlowUnknown(f"no flow named {name!r} is registered in this process")
+            raise FlowUnknown(f"no flow named {codec.shown(name)} is registered in this process")
         return await self._start(
             flow,
             input,
@@ -406,7 +493,8 @@ class Engine:
         ``closed``; invalid input raises a :class:`FlowError` and writes nothing.
         """
         rid = _run_id(run_id)
-        _check_key(idempotency_key)
+        codec.check_text(name, what="signal name", max_chars=200)
+        self._check_key(idempotency_key)
         run = await self.store.get_run(rid)
         if run is None:
             return SignalResult("not_found")
@@ -421,14 +509,23 @@ class Engine:
             known = ", ".join(sorted(flow.signals)) or "none"
             raise SignalUnknown(f"flow {flow.key} declares no signal {name!r} (declared: {known})")
         try:
-            data = codec.dump(codec.load(payload, model), model)
-        except ValidationError as exc:
+            value = codec.load(payload, model)
+        except (ValidationError, RecursionError) as exc:
+            message = (
+                codec.validation_message(exc)
+                if isinstance(exc, ValidationError)
+                else "nested too deep"
+            )
             raise SignalPayloadInvalid(
-                f"payload for signal {name!r} is invalid: {codec.validation_message(exc)}",
-                details={"errors": exc.errors(include_url=False, include_context=False)},
+                f"payload for signal {name!r} is invalid: {message}",
+                details={"where": f"signal {name!r}"},
             ) from exc
-        codec.check_size(data, self.settings.max_payload_bytes, f"signal {name!r} payload")
-        return await self.store.deliver_signal(rid, name, data, idempotency_key)
+        data = codec.encode(
+            value, model, what=f"signal {name!r} payload", limit=self.settings.max_payload_bytes
+        )
+        return await self.store.deliver_signal(
+            rid, name, data, idempotency_key, max_signals=self.settings.max_signals_per_run
+        )
 
     async def cancel(self, run_id: uuid.UUID | str, *, reason: str | None = None) -> CancelResult:
         """Cancel a live run and its non-detached live children.
@@ -438,10 +535,10 @@ class Engine:
         next checkpoint at the latest, and writes nothing more; ``result`` raises
         ``RUN_CANCELED``.
         """
-        text = reason or "canceled"
-        if not isinstance(text, str) or len(text) > 1000:
-            raise InputInvalid("reason must be a string of at most 1000 characters")
-        return await self.store.cancel(_run_id(run_id), text)
+        rid = _run_id(run_id)
+        text = "canceled" if reason is None else reason
+        codec.check_text(text, what="cancel reason", max_chars=1000)
+        return await self.store.cancel(rid, text)
 
     async def retry(self, run_id: uuid.UUID | str) -> RetryResult:
         """Replay a failed run in place from its failed step (same id; ok steps kept).
@@ -470,12 +567,18 @@ class Engine:
         """Runs newest first, filtered by flow name, status(es) and tag; keyset-paginated."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise InputInvalid("limit must be an integer between 1 and 1000")
-        raw = [status] if isinstance(status, str | RunStatus) else list(status or ())
-        try:
-            statuses = [RunStatus(s) for s in raw]
-        except ValueError as exc:
-            known = ", ".join(s.value for s in RunStatus)
-            raise InputInvalid(f"unknown status in {raw!r}; use one of: {known}") from exc
+        if name is not None:
+            codec.check_text(name, what="flow name filter", max_chars=200)
+        if tag is not None:
+            codec.check_text(tag, what="tag filter", max_chars=self.settings.max_tag_chars)
+        if cursor is not None and (
+            isinstance(cursor, bool) or not isinstance(cursor, int) or not 0 <= cursor < 2**63
+        ):
+            raise InputInvalid(
+                "cursor must be the integer next_cursor of a previous page, got "
+                f"{codec.shown(cursor)}"
+            )
+        statuses = _statuses(status)
         runs = await self.store.list_runs(
             name=name, statuses=statuses, tag=tag, limit=limit, before_seq=cursor
         )
@@ -485,6 +588,7 @@ class Engine:
     async def wait(self, run_id: uuid.UUID | str, *, timeout: float | None = None) -> RunRecord:
         """Wait until the run is terminal; return it, or raise its error if not ``done``."""
         rid = _run_id(run_id)
+        _check_timeout(timeout)
         notifier = self._notifier
         if notifier is None:
             raise ConfigInvalid("the engine is not open; use `async with Engine(...)`")
@@ -515,10 +619,7 @@ class Engine:
                 if deadline is not None:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
-                        raise ResultTimeout(
-                            f"run {rid} is still {run.status.value} after {timeout}s; it goes "
-                            "on running, call result() again to keep waiting"
-                        )
+                        raise ResultTimeout(_still_running(run, timeout))
                     wait_for = min(wait_for, remaining)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), wait_for)
@@ -534,7 +635,7 @@ class Engine:
         """The run's output decoded with its flow's output model (untyped; prefer the handle)."""
         run = await self.wait(run_id, timeout=timeout)
         flow = self.registry.get(run.name, run.version)
-        return run.output if flow is None else flow.decode_output(run.output)
+        return run.output if flow is None else _decode(flow, run)
 
     async def reconcile(self) -> ReconcileReport:
         """Run one reconciler sweep now (workers also run it periodically)."""
@@ -545,8 +646,16 @@ class Engine:
     # -- workers ------------------------------------------------------------------------------
 
     async def listen(self, *, concurrency: int = 4) -> None:
-        """Start an in-process worker in the background; it stops when the engine closes."""
+        """Start an in-process worker in the background; it stops when the engine closes.
+
+        Raises ``SCHEMA_MISSING`` (or ``DATABASE_UNAVAILABLE``) here rather than in a background
+        task nobody awaits; a worker task that dies later is logged at ERROR with its cause.
+        """
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigInvalid("concurrency must be an integer of at least 1")
+        await self.store.get_run(uuid.UUID(int=0))  # the tables are there and reachable
         task = asyncio.create_task(self.run_worker(concurrency=concurrency), name="iterflow-worker")
+        task.add_done_callback(_log_worker_death)
         self._worker_tasks.append(task)
         await asyncio.sleep(0)
 
@@ -595,15 +704,104 @@ class _Notifier(typing.Protocol):
     def unsubscribe(self, run_id: str, event: asyncio.Event) -> None: ...
 
 
-def _check_key(key: str | None) -> None:
-    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= _MAX_KEY):
-        raise InputInvalid(f"idempotency_key must be a string of 1-{_MAX_KEY} characters")
+_INT4_MIN, _INT4_MAX = -(2**31), 2**31 - 1
+_MAX_FLOAT = sys.float_info.max
+
+
+def _statuses(status: object) -> list[RunStatus]:
+    """A status filter: one status (str or RunStatus), an iterable of them, or None."""
+    if status is None:
+        return []
+    known = ", ".join(s.value for s in RunStatus)
+    if isinstance(status, str | RunStatus):
+        raw: list[object] = [status]
+    elif isinstance(status, bytes | bytearray | Mapping) or not isinstance(status, Iterable):
+        raise InputInvalid(
+            f"status must be a status or a list of them ({known}), got {type(status).__name__}"
+        )
+    else:
+        raw = _listed(status, "status", _MAX_STATUSES)
+        if len(raw) > _MAX_STATUSES:
+            raise InputInvalid(f"status lists at most {_MAX_STATUSES} statuses ({known})")
+    out: list[RunStatus] = []
+    for item in raw:
+        if not isinstance(item, str) or item not in _STATUS_VALUES:
+            raise InputInvalid(f"unknown status {codec.shown(item)}; use one of: {known}")
+        out.append(RunStatus(item))
+    return out
+
+
+_STATUS_VALUES = frozenset(s.value for s in RunStatus)
+_MAX_STATUSES = 100
+
+
+def _listed(values: Iterable[object], what: str, cap: int) -> list[object]:
+    """At most ``cap + 1`` items of a caller's iterable; one that fails to iterate is invalid
+    input (``INPUT_INVALID`` with the failure as its cause), not a crash."""
+    try:
+        return list(itertools.islice(values, cap + 1))
+    except Exception as exc:
+        raise InputInvalid(
+            f"{what} could not be iterated: {type(exc).__name__}; pass a list"
+        ) from exc
+
+
+def _check_timeout(timeout: object) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise InputInvalid(f"timeout must be a number of seconds, got {type(timeout).__name__}")
+    # the deadline is float arithmetic: an int too large for a float is not a usable timeout
+    if not -_MAX_FLOAT <= timeout <= _MAX_FLOAT or not math.isfinite(timeout) or timeout < 0:
+        raise InputInvalid(
+            f"timeout must be a finite number of seconds >= 0, got {codec.shown(timeout)}"
+        )
+
+
+def _still_running(run: RunRecord, timeout: float | None) -> str:
+    """RESULT_TIMEOUT's message: what the run is doing, and a hint when nothing runs it."""
+    waited = f"after {timeout}s"
+    if run.status is RunStatus.PENDING and run.attempts == 0:
+        if run.wake_at is not None and run.wake_at > datetime.now(UTC):
+            return (
+                f"run {run.id} is pending {waited}: its start is delayed until "
+                f"{run.wake_at.isoformat()}"
+            )
+        return (
+            f"run {run.id} is still pending {waited}: no worker has claimed it; is a worker "
+            f"running for flow {run.name}@{run.version} (engine.listen() or flowctl worker)?"
+        )
+    waiting = f" (waiting for {run.waiting_for})" if run.waiting_for else ""
+    return (
+        f"run {run.id} is still {run.status.value}{waiting} {waited}; it goes on running, "
+        "call result() again to keep waiting"
+    )
+
+
+def _decode(flow: FlowDef[Any, Out], run: RunRecord) -> Out:
+    try:
+        return flow.decode_output(run.output)
+    except ValidationError as exc:
+        raise OutputInvalid(
+            f"the stored output of run {run.id} ({run.name}@{run.version}) does not match "
+            f"{flow.key}'s output model: {codec.validation_message(exc)}"
+        ) from exc
+
+
+def _log_worker_death(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        logger.error("the in-process iterflow worker stopped: %s", exc, exc_info=exc)
 
 
 def _run_id(value: uuid.UUID | str) -> uuid.UUID:
     if isinstance(value, uuid.UUID):
         return value
+    if not isinstance(value, str):
+        raise InputInvalid(f"run id must be a UUID or its text, got {type(value).__name__}")
     try:
-        return uuid.UUID(str(value))
-    except ValueError as exc:
-        raise InputInvalid(f"run id {value!r} is not a UUID") from exc
+        return uuid.UUID(value)
+    except ValueError:
+        raise InputInvalid(f"run id {value[:100]!r} is not a UUID") from None

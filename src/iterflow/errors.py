@@ -7,11 +7,20 @@ kept as ``__cause__`` and persisted (type and message) with the run.
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any, ClassVar
+
+import pydantic_core
+
+_BY_CODE: dict[str, type[FlowError]] = {}
+"""Every error class by its code: filled by ``FlowError.__init_subclass__``."""
 
 __all__ = [
     "ConfigInvalid",
+    "DataRejected",
     "DatabaseUnavailable",
+    "DurationInvalid",
     "FlowDefinitionError",
     "FlowError",
     "FlowFailed",
@@ -21,18 +30,24 @@ __all__ = [
     "InvokeFanoutExceeded",
     "NonRetryable",
     "OutputInvalid",
+    "PayloadInvalid",
     "PayloadTooLarge",
     "ReplayNonDeterministic",
     "ResultTimeout",
     "RunAttemptsExhausted",
     "RunCanceled",
     "RunNotFound",
+    "SchemaConflict",
     "SchemaMissing",
+    "SignalLimitExceeded",
     "SignalPayloadInvalid",
     "SignalTimeout",
     "SignalUnknown",
     "StepFailed",
     "StepTimeout",
+    "json_safe",
+    "registered_codes",
+    "safe_text",
 ]
 
 
@@ -44,6 +59,16 @@ class FlowError(Exception):
     """
 
     code: ClassVar[str] = "FLOW_ERROR"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        code = cls.__dict__.get("code")
+        if code is None:
+            return
+        other = _BY_CODE.get(code)
+        if other is not None and other.__qualname__ != cls.__qualname__:
+            raise TypeError(f"error code {code!r} is used by {other.__qualname__} already")
+        _BY_CODE[code] = cls
 
     def __init__(
         self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None
@@ -62,13 +87,25 @@ class FlowError(Exception):
         return f"[{self.error_code}] {self.message}"
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form stored in ``runs.error`` / ``steps.error``."""
-        data: dict[str, Any] = {"code": self.error_code, "message": self.message}
+        """The JSON form stored in ``runs.error`` / ``steps.error``.
+
+        Always storable: ``details`` are made JSON-safe (``datetime`` → ISO text, unknown types
+        → their ``repr``, NaN → ``"NaN"``), text loses NUL characters and lone surrogates, and
+        over-long text is truncated with a marker. An error is a diagnostic record, so it is
+        repaired rather than refused: refusing it would lose the failure it describes.
+        """
+        data: dict[str, Any] = {
+            "code": safe_text(self.error_code, MAX_CODE_CHARS),
+            "message": safe_text(self.message, MAX_MESSAGE_CHARS),
+        }
         if self.details:
-            data["details"] = self.details
+            data["details"] = json_safe(self.details)
         cause = self.__cause__
         if cause is not None:
-            data["cause"] = {"type": type(cause).__qualname__, "message": str(cause)}
+            data["cause"] = {
+                "type": safe_text(type(cause).__qualname__, MAX_CODE_CHARS),
+                "message": safe_text(_text_of(cause), MAX_MESSAGE_CHARS),
+            }
         return data
 
     @staticmethod
@@ -223,30 +260,97 @@ class ConfigInvalid(FlowError):
     code = "CONFIG_INVALID"
 
 
-_BY_CODE: dict[str, type[FlowError]] = {
-    cls.code: cls
-    for cls in (
-        NonRetryable,
-        InputInvalid,
-        OutputInvalid,
-        PayloadTooLarge,
-        FlowUnknown,
-        FlowDefinitionError,
-        StepFailed,
-        StepTimeout,
-        SignalTimeout,
-        SignalPayloadInvalid,
-        SignalUnknown,
-        ReplayNonDeterministic,
-        RunCanceled,
-        RunAttemptsExhausted,
-        RunNotFound,
-        ResultTimeout,
-        FlowFailed,
-        InvokeDepthExceeded,
-        InvokeFanoutExceeded,
-        DatabaseUnavailable,
-        SchemaMissing,
-        ConfigInvalid,
-    )
-}
+class DurationInvalid(FlowError):
+    """A duration or due time could not be understood (``"3d"``, ``timedelta``, seconds, an
+    aware ``datetime``); nothing was written."""
+
+    code = "DURATION_INVALID"
+
+
+class PayloadInvalid(FlowError):
+    """A value cannot be stored as JSON: NUL characters, lone surrogates, NaN/Infinity, a type
+    the codec cannot encode, nesting too deep or a number out of range. Raised before anything is
+    written; from a step, the step fails at once (its body ran once, it is not retried)."""
+
+    code = "PAYLOAD_INVALID"
+
+
+class DataRejected(FlowError):
+    """PostgreSQL refused a value or a constraint (SQLSTATE class 22 or 23). The statement wrote
+    nothing; retrying the same data fails the same way. Not an outage."""
+
+    code = "DATA_REJECTED"
+
+
+class SignalLimitExceeded(FlowError):
+    """The run already holds ``Settings.max_signals_per_run`` signals; this one was not stored."""
+
+    code = "SIGNAL_LIMIT_EXCEEDED"
+
+
+def registered_codes() -> dict[str, type[FlowError]]:
+    """Every error code with its class (the codes ``FlowError.from_dict`` rebuilds)."""
+    return dict(_BY_CODE)
+
+
+#: Caps on the text of stored errors (characters).
+MAX_CODE_CHARS = 200
+MAX_MESSAGE_CHARS = 8_000
+_MAX_DETAIL_DEPTH = 32
+_MAX_DETAIL_ITEMS = 1_000
+_UNSAFE_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+def _text_of(value: object) -> str:
+    try:
+        return str(value)
+    except Exception:  # a broken __str__ must not lose the error
+        return f"<{type(value).__qualname__} with a failing __str__>"
+
+
+def safe_text(value: object, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``value`` as text PostgreSQL can store: NUL and lone surrogates become U+FFFD, and text
+    over ``limit`` characters is cut with a marker."""
+    text = value if isinstance(value, str) else _text_of(value)
+    if _UNSAFE_TEXT.search(text):
+        text = _UNSAFE_TEXT.sub("\ufffd", text)
+    if len(text) > limit:
+        text = f"{text[:limit]}… [{len(text) - limit} more characters]"
+    return text
+
+
+def json_safe(value: Any, _depth: int = 0) -> Any:
+    """JSON data for anything, never raising: for error details, not for payloads (payloads are
+    refused instead, see :func:`iterflow.codec.encode`)."""
+    if _depth == 0:
+        try:
+            value = pydantic_core.to_jsonable_python(
+                value, fallback=_text_of, inf_nan_mode="strings", serialize_unknown=True
+            )
+        except Exception:
+            return safe_text(repr(value))
+    if value is None or isinstance(value, bool | int):
+        return value if not isinstance(value, int) or abs(value) < 10**18 else str(value)
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, str):
+        return safe_text(value)
+    if _depth >= _MAX_DETAIL_DEPTH:
+        return "… [nested too deep]"
+    if isinstance(value, dict):
+        items = list(value.items())[:_MAX_DETAIL_ITEMS]
+        return {safe_text(k, MAX_CODE_CHARS): json_safe(v, _depth + 1) for k, v in items}
+    if isinstance(value, list | tuple):
+        return [json_safe(v, _depth + 1) for v in value[:_MAX_DETAIL_ITEMS]]
+    return safe_text(repr(value))
+
+
+class SchemaConflict(FlowError):
+    """The database holds objects iterflow's migrations would create but did not record (e.g.
+    tables made from ``flowctl generate-schema`` by the application's own migrations), or those
+    tables differ from this iterflow version's. Nothing was changed; the message names the
+    command that resolves it (``flowctl migrate --stamp``)."""
+
+    code = "SCHEMA_CONFLICT"

@@ -5,6 +5,11 @@ as ``iterflow/_migrations`` in the wheel), so ``flowctl migrate`` and ``engine.m
 from an installed wheel. They keep their own version table, ``<schema>.iterflow_alembic_version``,
 so they never collide with the host application's alembic history.
 
+Applications whose own alembic creates iterflow's tables (from ``flowctl generate-schema``) adopt
+them with :func:`stamp` (``flowctl migrate --stamp``): it checks the tables against this version's
+and records them as installed, so a later ``flowctl migrate`` is a no-op instead of failing with
+``SCHEMA_CONFLICT`` ("relation already exists").
+
 The helpers below (:func:`configured_schema`, :func:`include_object_for`, ...) are shared by
 ``migrations/env.py``, the revisions and the tests, so all three agree on the schema name and on
 which database objects belong to iterflow.
@@ -17,6 +22,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,30 +30,40 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
-from .errors import ConfigInvalid, DatabaseUnavailable
+from .errors import ConfigInvalid, DatabaseUnavailable, SchemaConflict, SchemaMissing
 from .store.schema import DEFAULT_SCHEMA
 from .urls import psycopg_url
 
 __all__ = [
     "CONNECTION_ATTRIBUTE",
     "DROP_PROCRASTINATE_ATTRIBUTE",
+    "MIGRATION_LOCK_KEY",
     "SCHEMA_ATTRIBUTE",
     "URL_ATTRIBUTE",
     "VERSION_TABLE",
+    "StampResult",
     "configured_schema",
     "configured_url",
     "downgrade",
     "drop_procrastinate_requested",
+    "head_revision",
     "include_name_for",
     "include_object_for",
+    "install_procrastinate",
     "make_config",
     "revision_schema",
     "run_migrations",
     "script_location",
+    "stamp",
+    "table_differences",
     "validate_schema_name",
 ]
+
+MIGRATION_LOCK_KEY = 0x1F10_F10E_0A1E_3B1C
+"""Advisory lock serialising every migrate/stamp of every iterflow process on one database."""
 
 VERSION_TABLE = "iterflow_alembic_version"
 """Name of alembic's version table; it lives in the iterflow schema itself."""
@@ -67,6 +83,13 @@ DROP_PROCRASTINATE_ATTRIBUTE = "iterflow_drop_procrastinate"
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _INSUFFICIENT_PRIVILEGE = "42501"
+#: SQLSTATEs of "already exists": duplicate_table (also indexes, sequences), duplicate_object
+#: (constraints, types), duplicate_function, duplicate_schema.
+_ALREADY_EXISTS = frozenset({"42P07", "42710", "42723", "42P06"})
+_STAMP_HINT = (
+    "`flowctl migrate --stamp` (iterflow.migrate.stamp()) checks them against this iterflow "
+    "version's tables and records them as installed"
+)
 
 # alembic's `context` and `op` are module-level proxies: one command at a time per process.
 # Other processes are serialised by the advisory lock that env.py takes.
@@ -175,6 +198,13 @@ def _connection(database_url: str, schema: str, action: str) -> Iterator[Connect
             "URL, user and password are right"
         ) from exc
     except sa.exc.DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) in _ALREADY_EXISTS:
+            raise SchemaConflict(
+                f"could not {action} iterflow schema {schema!r} at {where}: "
+                f"{_first_line(exc)}, but iterflow's migrations did not record creating it. If "
+                "your own migrations created iterflow's tables (from `flowctl generate-schema`), "
+                f"{_STAMP_HINT}. Nothing was changed"
+            ) from exc
         hint = ""
         if getattr(exc.orig, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:
             hint = "; the role needs CREATE on the database (or an existing schema it owns)"
@@ -184,6 +214,215 @@ def _connection(database_url: str, schema: str, action: str) -> Iterator[Connect
         ) from exc
     finally:
         engine.dispose()
+
+
+@dataclass(frozen=True)
+class StampResult:
+    """What :func:`stamp` found and did."""
+
+    schema: str
+    revision: str
+    """The revision now recorded (head)."""
+    previous: str | None
+    """The revision recorded before (None: iterflow's migrations had never run here)."""
+    installed_procrastinate: bool
+    """Whether procrastinate's schema was missing and has been installed."""
+
+
+def head_revision() -> str:
+    """The newest revision of iterflow's migrations (what ``flowctl migrate`` upgrades to)."""
+    head = ScriptDirectory.from_config(make_config()).get_current_head()
+    if head is None:  # pragma: no cover - the package always ships revisions
+        raise FileNotFoundError(f"no alembic revisions in {script_location()}")
+    return head
+
+
+def stamp(database_url: str, *, schema: str = DEFAULT_SCHEMA) -> StampResult:
+    """Adopt iterflow's tables created by the application's own migrations.
+
+    For tables made from ``flowctl generate-schema`` output (SQL or the SQLAlchemy module) by
+    your alembic or your DBA, instead of ``run_migrations``: in one transaction, under the
+    migration lock, it checks that the tables in ``schema`` are exactly this iterflow version's
+    (:func:`table_differences`), installs procrastinate's schema if the database has none (the
+    generated output does not contain it), and records the head revision in
+    ``<schema>.iterflow_alembic_version`` without running iterflow's DDL. ``flowctl migrate``
+    (``run_migrations``) is then a no-op. Run it again after each iterflow upgrade, once your
+    migrations have applied the regenerated tables.
+
+    Raises ``SCHEMA_MISSING`` if the schema holds none of iterflow's tables and
+    ``SCHEMA_CONFLICT`` if they differ or the recorded revision is unknown to this version;
+    nothing is changed then.
+    """
+    config = make_config(database_url, schema=schema)
+    script = ScriptDirectory.from_config(config)
+    head = head_revision()
+    with _ALEMBIC_LOCK, _connection(database_url, schema, "stamp") as connection:
+        connection.execute(
+            sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+        )
+        previous = _recorded_revision(connection, schema)
+        if previous is not None and previous != head:
+            try:
+                known = script.get_revision(previous) is not None
+            except Exception:
+                known = False
+            if not known:
+                raise SchemaConflict(
+                    f"schema {schema!r} is recorded at iterflow revision {previous!r}, which this "
+                    f"iterflow version does not know (its newest is {head!r}); upgrade iterflow "
+                    "instead of stamping. Nothing was changed"
+                )
+        present = _present_tables(connection, schema)
+        if not present:
+            raise SchemaMissing(
+                f"schema {schema!r} holds none of iterflow's tables, so there is nothing to "
+                "stamp: create them with `flowctl migrate` (without --stamp), or apply "
+                "`flowctl generate-schema`'s output with your own migrations first. Nothing was "
+                "changed"
+            )
+        differences = table_differences(connection, schema)
+        if differences:
+            shown = "; ".join(differences[:10])
+            more = f" (+{len(differences) - 10} more)" if len(differences) > 10 else ""
+            raise SchemaConflict(
+                f"the iterflow tables in schema {schema!r} differ from this iterflow version's "
+                f"(revision {head}): {shown}{more}. Regenerate them with `flowctl "
+                "generate-schema`, apply that with your migrations, then run `flowctl migrate "
+                "--stamp` again. Nothing was changed"
+            )
+        installed = install_procrastinate(connection)
+        if previous != head:
+            config.attributes[CONNECTION_ATTRIBUTE] = connection
+            command.stamp(config, "head")
+    return StampResult(schema, head, previous, installed)
+
+
+def _recorded_revision(connection: Connection, schema: str) -> str | None:
+    context = MigrationContext.configure(
+        connection, opts={"version_table": VERSION_TABLE, "version_table_schema": schema}
+    )
+    heads = context.get_current_heads()
+    return heads[0] if heads else None
+
+
+def _present_tables(connection: Connection, schema: str) -> set[str]:
+    from .schemagen import metadata_for
+
+    names = set(sa.inspect(connection).get_table_names(schema=schema))
+    return names & {table.name for table in metadata_for(schema).sorted_tables}
+
+
+_CATALOG = {
+    "column": """
+        SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod)
+            || CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END
+            || coalesce(' DEFAULT ' || pg_get_expr(d.adbin, d.adrelid), '')
+            || CASE a.attidentity WHEN 'a' THEN ' GENERATED ALWAYS AS IDENTITY'
+                                  WHEN 'd' THEN ' GENERATED BY DEFAULT AS IDENTITY' ELSE '' END
+        FROM pg_attribute a
+        JOIN pg_class c ON c.oid = a.attrelid
+        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE c.relnamespace = :ns AND c.relname = ANY(:tables) AND a.attnum > 0
+          AND NOT a.attisdropped""",
+    "constraint": """
+        SELECT c.relname, k.conname, pg_get_constraintdef(k.oid)
+        FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+        WHERE c.relnamespace = :ns AND c.relname = ANY(:tables)""",
+    "index": """
+        SELECT t.relname, i.relname, pg_get_indexdef(x.indexrelid)
+        FROM pg_index x
+        JOIN pg_class i ON i.oid = x.indexrelid
+        JOIN pg_class t ON t.oid = x.indrelid
+        WHERE t.relnamespace = :ns AND t.relname = ANY(:tables)""",
+}
+
+
+def table_differences(connection: Connection, schema: str = DEFAULT_SCHEMA) -> list[str]:
+    """How the iterflow tables in ``schema`` differ from this version's (empty: identical).
+
+    Compares what PostgreSQL reports (``format_type``, defaults and identity, every constraint's
+    ``pg_get_constraintdef``, every index's ``pg_get_indexdef``: partial predicates and methods
+    included) with the same tables made by ``metadata.create_all`` as temporary tables in a
+    savepoint that is rolled back, so nothing is left behind. Each difference names the table and
+    the column, constraint or index, e.g. ``column runs.meta is missing``.
+    """
+    from .schemagen import metadata_for
+
+    validate_schema_name(schema)
+    tables = [table.name for table in metadata_for(schema).sorted_tables]
+    namespace = connection.execute(
+        sa.text("SELECT oid FROM pg_namespace WHERE nspname = :schema"), {"schema": schema}
+    ).scalar()
+    present: set[str] = set()
+    if namespace is not None:
+        present = set(
+            connection.execute(
+                sa.text("SELECT relname FROM pg_class WHERE relnamespace = :ns AND relkind = 'r'"),
+                {"ns": namespace},
+            ).scalars()
+        )
+    found = [f"table {name} is missing" for name in tables if name not in present]
+    kept = [name for name in tables if name in present]
+    if not kept:
+        return found
+    actual = _catalog(connection, namespace, (f'"{schema}".', f"{schema}."), kept)
+    savepoint = connection.begin_nested()
+    try:
+        metadata_for("pg_temp").create_all(connection, checkfirst=False)
+        temp = connection.execute(
+            sa.text("SELECT oid, nspname FROM pg_namespace WHERE oid = pg_my_temp_schema()")
+        ).one()
+        expected = _catalog(connection, temp[0], (f"{temp[1]}.", "pg_temp."), kept)
+    finally:
+        savepoint.rollback()
+    for key in sorted(expected.keys() | actual.keys()):
+        kind, table, name = key
+        if key not in actual:
+            found.append(f"{kind} {table}.{name} is missing")
+        elif key not in expected:
+            found.append(f"{kind} {table}.{name} is not iterflow's")
+        elif actual[key] != expected[key]:
+            found.append(f"{kind} {table}.{name} is `{actual[key]}`, expected `{expected[key]}`")
+    return found
+
+
+def _catalog(
+    connection: Connection, namespace: Any, prefixes: tuple[str, ...], tables: list[str]
+) -> dict[tuple[str, str, str], str]:
+    """Definitions of the columns, constraints and indexes of ``tables`` in ``namespace``,
+    made schema-neutral by removing ``prefixes`` (the schema's qualifications)."""
+    result: dict[tuple[str, str, str], str] = {}
+    for kind, query in _CATALOG.items():
+        rows = connection.execute(sa.text(query), {"ns": namespace, "tables": tables})
+        for table, name, definition in rows:
+            text = str(definition)
+            for prefix in prefixes:
+                text = text.replace(prefix, "")
+            result[(kind, str(table), str(name))] = text
+    return result
+
+
+def install_procrastinate(connection: Connection) -> bool:
+    """Install procrastinate's schema (at the pinned version) if the database has none.
+
+    The same steps as revision 0001's: procrastinate's tables, types and functions in the
+    connection's default schema, plus the index the wake-up fetch needs. Returns whether it
+    installed anything. A later revision that upgrades procrastinate must update this too.
+    """
+    if connection.execute(sa.text("SELECT to_regclass('procrastinate_jobs')")).scalar():
+        return False
+    from procrastinate.schema import SchemaManager
+
+    # sa.text() on psycopg: SQLAlchemy doubles the % of the RAISE messages and psycopg turns
+    # them back into single ones (exec_driver_sql would send them raw and fail).
+    connection.execute(sa.text(SchemaManager.get_schema()))
+    connection.execute(
+        sa.text(
+            "CREATE INDEX IF NOT EXISTS procrastinate_jobs_lock_priority_idx "
+            "ON procrastinate_jobs (lock, priority, id) WHERE status IN ('todo', 'doing')"
+        )
+    )
+    return True
 
 
 def _first_line(exc: sa.exc.DBAPIError) -> str:

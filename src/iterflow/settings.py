@@ -1,17 +1,28 @@
 """One frozen, documented configuration object, passed explicitly to ``Engine``.
 
-The library never reads environment variables; ``flowctl`` does (``ITERFLOW_DATABASE_URL`` or
-``DATABASE_URL``) and passes the result here.
+Every path that changes it validates: constructing it, ``Settings.model_copy(update=...)`` (which
+raises ``ConfigInvalid``) and ``Engine.configure(...)``. The only environment the library reads is
+the database URL, resolved at ``Engine.open()`` by :func:`iterflow.urls.resolve_database_url`
+(explicit ``database_url``, ``$ITERFLOW_DATABASE_URL``, ``$DATABASE_URL``, else embedded), the
+same rule ``flowctl`` uses.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["Settings"]
+from .codec import validation_message
+from .errors import ConfigInvalid
+
+__all__ = ["CONNECTION_SETTINGS", "Settings"]
+
+CONNECTION_SETTINGS = frozenset({"database_url", "db_schema", "data_dir", "pool_size"})
+"""Settings that take effect when an engine opens its connections (see ``Engine.configure``)."""
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -43,6 +54,22 @@ class Settings(BaseModel):
     )
     max_payload_bytes: int = Field(
         default=1_000_000, ge=1, description="Cap on inputs, outputs, step results and signals."
+    )
+    max_signals_per_run: int = Field(
+        default=10_000,
+        ge=1,
+        description=(
+            "Signals one run may hold (consumed or buffered); more raise SIGNAL_LIMIT_EXCEEDED, "
+            "so a webhook flood cannot fill the database."
+        ),
+    )
+    max_tags_per_run: int = Field(default=64, ge=0, description="Tags one run may carry.")
+    max_tag_chars: int = Field(default=200, ge=1, le=10_000, description="Longest tag.")
+    max_key_chars: int = Field(
+        default=200, ge=1, le=10_000, description="Longest idempotency key (starts and signals)."
+    )
+    max_label_chars: int = Field(
+        default=200, ge=1, le=10_000, description="Longest step/sleep label or patch id."
     )
     pool_size: int = Field(
         default=10,
@@ -84,6 +111,17 @@ class Settings(BaseModel):
         if not _IDENT.match(value):
             raise ValueError("db_schema must be a lowercase SQL identifier, e.g. 'iterflow'")
         return value
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy with ``update`` applied and **validated** (pydantic's own ``model_copy`` skips
+        validation). Raises ``ConfigInvalid`` for unknown fields or invalid values."""
+        if not update:
+            return super().model_copy(deep=deep)
+        data = {name: getattr(self, name) for name in self.model_fields_set}
+        try:
+            return self.model_validate({**data, **update})
+        except ValidationError as exc:
+            raise ConfigInvalid(f"invalid engine settings: {validation_message(exc)}") from exc
 
     @property
     def queue_name(self) -> str:

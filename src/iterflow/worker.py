@@ -21,12 +21,13 @@ from typing import Any
 from .context import Aborted, Drifted, FlowContext, Suspended
 from .definition import FlowDef, Registry
 from .errors import (
+    DataRejected,
     FlowError,
     FlowFailed,
     FlowUnknown,
     InputInvalid,
-    PayloadTooLarge,
     RunAttemptsExhausted,
+    safe_text,
 )
 from .models import RunStatus
 from .queue import TASK_NAME, reconcile_task_name
@@ -135,6 +136,7 @@ class Worker:
             depth=int(run.meta.get("depth", 0)),
             max_depth=self.settings.max_invoke_depth,
             max_children=self.settings.max_children_per_run,
+            max_label_chars=self.settings.max_label_chars,
         )
         lost = asyncio.Event()
         renewer = asyncio.create_task(self._renew(claim, lost))
@@ -176,19 +178,20 @@ class Worker:
         except Exception as exc:
             if isinstance(ctx.interrupted, Suspended | Drifted | Aborted | LeaseLost):
                 return await self._interrupted(ctx, lease, claim)
-            err = FlowFailed(f"flow body raised {type(exc).__name__}: {exc}")
+            err = FlowFailed(f"flow body raised {type(exc).__name__}: {safe_text(exc)}")
             err.__cause__ = exc
             await self.store.finish(lease, RunStatus.FAILED, None, err.to_dict())
             return "failed"
         try:
-            data = flow.encode_output(result)
-            from .codec import check_size
-
-            check_size(data, self.settings.max_payload_bytes, f"output of flow {flow.key}")
-        except (FlowError, PayloadTooLarge) as exc:
+            data = flow.encode_output(result, limit=self.settings.max_payload_bytes)
+        except FlowError as exc:  # OUTPUT_INVALID, PAYLOAD_INVALID, PAYLOAD_TOO_LARGE
             await self.store.finish(lease, RunStatus.FAILED, None, exc.to_dict())
             return "failed"
-        await self.store.finish(lease, RunStatus.DONE, data, None)
+        try:
+            await self.store.finish(lease, RunStatus.DONE, data, None)
+        except DataRejected as exc:  # refused by PostgreSQL itself: a failure, not an outage
+            await self.store.finish(lease, RunStatus.FAILED, None, exc.to_dict())
+            return "failed"
         return "done"
 
     async def _body_unless_canceled(
@@ -362,6 +365,22 @@ async def run_procrastinate(
         await asyncio.sleep(delay)
 
 
+def reconcile_cron(every_seconds: int) -> str:
+    """The procrastinate cron of the periodic reconciler: a sweep every ``every_seconds``.
+
+    procrastinate hands the string to ``croniter.croniter(cron)`` (``PeriodicTask.croniter``)
+    without ``second_at_beginning``, so a sixth field is croniter's ``SECOND_FIELD`` and comes
+    **last**: ``minute hour day month weekday second``. (``*/5 * * * * *`` would mean every
+    second of every fifth minute.) The ticks are the seconds ``0, n, 2n, ... <= 59`` of every
+    minute; when ``n`` does not divide 60 the gap across the minute boundary (``60 - kn``) is
+    shorter than ``n``, so no two consecutive sweeps are ever more than ``n`` seconds apart (e.g.
+    ``n = 7``: ``:00 :07 ... :56``, then ``:00`` again 4 s later).
+    """
+    if not 1 <= every_seconds <= 59:
+        raise ValueError(f"every_seconds must be within 1..59, got {every_seconds}")
+    return f"* * * * * */{every_seconds}"
+
+
 def _procrastinate_app(
     worker: Worker,
     settings: Settings,
@@ -386,9 +405,9 @@ def _procrastinate_app(
         except FlowError as exc:
             logger.error("attempt on run %s failed: %s", run_id, exc)
 
-    every = settings.reconcile_every_seconds
-
-    @app.periodic(cron=f"*/{every} * * * * *", periodic_id=settings.queue_name)
+    @app.periodic(
+        cron=reconcile_cron(settings.reconcile_every_seconds), periodic_id=settings.queue_name
+    )
     @app.task(
         name=reconcile_task_name(settings.db_schema),
         queue=settings.queue_name,

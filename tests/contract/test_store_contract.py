@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from iterflow.errors import DataRejected, SignalLimitExceeded
 from iterflow.models import (
     NewRun,
     RunStatus,
@@ -156,11 +157,15 @@ async def test_suspend_records_timers_status_and_the_earliest_wake(store: Store)
 async def test_signals_are_buffered_fifo_and_deduplicated_for_life(store: Store) -> None:
     run = new_run()
     await store.create_run(run)
-    assert (await store.deliver_signal(uuid.uuid4(), "go", {}, None)).kind == "not_found"
-    a = await store.deliver_signal(run.id, "go", {"i": 1}, "k1")
-    b = await store.deliver_signal(run.id, "go", {"i": 2}, "k2")
+    assert (
+        await store.deliver_signal(uuid.uuid4(), "go", {}, None, max_signals=100)
+    ).kind == "not_found"
+    a = await store.deliver_signal(run.id, "go", {"i": 1}, "k1", max_signals=100)
+    b = await store.deliver_signal(run.id, "go", {"i": 2}, "k2", max_signals=100)
     assert (a.kind, b.kind) == ("buffered", "buffered")
-    assert (await store.deliver_signal(run.id, "go", {"i": 1}, "k1")).kind == "duplicate"
+    assert (
+        await store.deliver_signal(run.id, "go", {"i": 1}, "k1", max_signals=100)
+    ).kind == "duplicate"
     claim = await store.claim(run.id, "w", LEASE)
     assert claim is not None and [s.payload["i"] for s in claim.inbox] == [1, 2]
     await store.checkpoint(
@@ -172,13 +177,67 @@ async def test_signals_are_buffered_fifo_and_deduplicated_for_life(store: Store)
         claim.lease,
         SuspendPlan(RunStatus.AWAITING_SIGNAL, "signal", "signal:go#1", None, "signal:go"),
     )
-    assert (await store.deliver_signal(run.id, "go", {"i": 1}, "k1")).kind == "duplicate"
-    assert (await store.deliver_signal(run.id, "go", {"i": 3}, None)).kind == "delivered"
-    assert (await store.deliver_signal(run.id, "other", {}, None)).kind == "buffered"
+    assert (
+        await store.deliver_signal(run.id, "go", {"i": 1}, "k1", max_signals=100)
+    ).kind == "duplicate"
+    assert (
+        await store.deliver_signal(run.id, "go", {"i": 3}, None, max_signals=100)
+    ).kind == "delivered"
+    assert (
+        await store.deliver_signal(run.id, "other", {}, None, max_signals=100)
+    ).kind == "buffered"
     again = await store.claim(run.id, "w", LEASE)
     assert again is not None and [s.payload for s in again.inbox] == [{"i": 2}, {"i": 3}, {}]
     await store.finish(again.lease, RunStatus.DONE, None, None)
-    assert (await store.deliver_signal(run.id, "go", {}, None)).kind == "closed"
+    assert (await store.deliver_signal(run.id, "go", {}, None, max_signals=100)).kind == "closed"
+    # A webhook retried after the run finished: a delivered key is a duplicate, a new one closed.
+    assert (await store.deliver_signal(run.id, "go", {}, "k2", max_signals=100)).kind == (
+        "duplicate"
+    )
+    assert (await store.deliver_signal(run.id, "go", {}, "k9", max_signals=100)).kind == "closed"
+
+
+async def test_signals_per_run_are_capped_and_duplicates_still_answered(store: Store) -> None:
+    run = new_run()
+    await store.create_run(run)
+    for i in range(3):
+        await store.deliver_signal(run.id, "go", {"i": i}, f"k{i}", max_signals=3)
+    with pytest.raises(SignalLimitExceeded) as info:
+        await store.deliver_signal(run.id, "go", {"i": 3}, "k3", max_signals=3)
+    assert info.value.error_code == "SIGNAL_LIMIT_EXCEEDED"
+    again = await store.deliver_signal(run.id, "go", {"i": 0}, "k0", max_signals=3)
+    assert again.kind == "duplicate"
+    detail = await store.detail(run.id)
+    assert detail is not None and len(detail.signals) == 3
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"text": "a\x00b"},
+        {"text": "lone \ud800"},
+        {"k\x00": 1},
+    ],
+    ids=["nul", "surrogate", "nul-key"],
+)
+async def test_data_postgres_refuses_is_data_rejected_on_both_stores(
+    store: Store, bad: dict[str, object]
+) -> None:
+    """Below the codec, both stores refuse the same data with DATA_REJECTED (never
+    DATABASE_UNAVAILABLE), and write nothing."""
+    with pytest.raises(DataRejected):
+        await store.create_run(new_run(input=bad))
+    lease = await started_and_claimed(store)
+    with pytest.raises(DataRejected):
+        await store.checkpoint(lease, memo(0, "s", output=bad))
+    with pytest.raises(DataRejected):
+        await store.deliver_signal(lease.run_id, "go", bad, None, max_signals=100)
+    with pytest.raises(DataRejected):
+        await store.finish(lease, RunStatus.DONE, bad, None)
+    detail = await store.detail(lease.run_id)
+    assert detail is not None
+    assert (detail.run.status, detail.steps, detail.signals) == (RunStatus.RUNNING, (), ())
+    await store.checkpoint(lease, memo(0, "s", output={"text": "fine"}))  # the lease still holds
 
 
 async def test_children_spawn_once_and_wake_their_parent(store: Store) -> None:
@@ -231,7 +290,7 @@ async def test_cancel_cascades_except_detached_and_fences_the_attempt(store: Sto
 
 async def test_retry_cuts_at_the_failed_step_and_unconsumes_its_signal(store: Store) -> None:
     lease = await started_and_claimed(store)
-    await store.deliver_signal(lease.run_id, "go", {"i": 1}, None)
+    await store.deliver_signal(lease.run_id, "go", {"i": 1}, None, max_signals=100)
     assert await store.claim(lease.run_id, "w", LEASE) is None  # its lease is live
     await store.checkpoint(lease, memo(0, "a", output=1))
     await store.finish(lease, RunStatus.FAILED, None, {"code": "X", "message": "x"})

@@ -19,6 +19,9 @@ TABLES = (
     "iterflow.timers",
     "iterflow.events",
     "procrastinate_jobs",
+    "procrastinate_events",
+    "procrastinate_periodic_defers",
+    "procrastinate_workers",
 )
 
 
@@ -45,9 +48,29 @@ def sql(url: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
         return cur.fetchall() if cur.description else []
 
 
+def all_tables(url: str) -> list[str]:
+    """Every table of the ``iterflow`` schema (``iterflow.runs``, ...) and every procrastinate
+    table (``procrastinate_jobs``, ``procrastinate_events``, ...), as queryable names."""
+    rows = sql(
+        url,
+        "SELECT table_schema, table_name FROM information_schema.tables "
+        "WHERE table_type = 'BASE TABLE' AND (table_schema = 'iterflow' "
+        "OR (starts_with(table_name, 'procrastinate_') AND table_schema = current_schema())) "
+        "ORDER BY 1, 2",
+    )
+    return [f"{schema}.{name}" if schema == "iterflow" else name for schema, name in rows]
+
+
 def counts(url: str) -> dict[str, int]:
-    """Row counts of every iterflow table and procrastinate's jobs."""
-    return {t: sql(url, f"SELECT count(*) FROM {t}")[0][0] for t in TABLES}
+    """Row counts of every iterflow table and every procrastinate table (``TABLES`` at least:
+    a table missing from the database fails loudly rather than being skipped)."""
+    names = sorted({*TABLES, *all_tables(url)})
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        query = " UNION ALL ".join(
+            f"SELECT {i}, count(*) FROM {name}" for i, name in enumerate(names)
+        )
+        rows = conn.execute(query).fetchall()  # type: ignore[arg-type]
+    return {names[i]: n for i, n in rows}
 
 
 async def eventually(

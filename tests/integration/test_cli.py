@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from iterflow import Engine
-from iterflow.cli import main
+from iterflow.cli import EXIT_CODES, main
+from iterflow.schemagen import render_sql
+from iterflow.urls import libpq_url
 from tests.integration.flows import OrderIn, sql
 from tests.integration.test_flows import order_flow
+
+ROOT = Path(__file__).resolve().parents[2]
+NOWHERE = "postgresql://nobody:s3cret@127.0.0.1:1/nowhere"
+RUN_ID = "00000000-0000-4000-8000-000000000000"
 
 
 def test_generate_schema_refuses_to_overwrite_without_force(
@@ -22,8 +31,9 @@ def test_generate_schema_refuses_to_overwrite_without_force(
     assert main(["generate-schema", "--out", str(out)]) == 0
     first = out.read_text()
     assert "iterflow" in first and "sa.Table(" in first
-    assert main(["generate-schema", "--out", str(out), "--schema", "acme"]) == 1
-    assert "--force" in capsys.readouterr().err
+    assert main(["generate-schema", "--out", str(out), "--schema", "acme"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flowctl: error [CONFIG_INVALID]: ") and "--force" in err
     assert out.read_text() == first
     assert main(["generate-schema", "--out", str(out), "--schema", "acme", "--force"]) == 0
     assert 'schema="acme"' in out.read_text() or "'acme'" in out.read_text()
@@ -92,3 +102,172 @@ def test_list_show_cancel_retry_and_signal(
     assert run_id in capsys.readouterr().out
     assert main([*url, "list", "--status", "nope"]) == 2
     assert "INPUT_INVALID" in capsys.readouterr().err
+
+
+# --- errors: one line, a stable exit status, never a traceback for bad input ---------------------
+
+
+def _one_error_line(err: str, code: str) -> str:
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("flowctl:")]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"flowctl: error [{code}]: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "needle"),
+    [
+        (["signal", "json:dumps", RUN_ID, "approve", "{bad"], "SIGNAL_PAYLOAD_INVALID", "JSON"),
+        (["graph", "--input", "{bad", "json:x:flow"], "INPUT_INVALID", "--input is not valid JSON"),
+        (["worker", "nosuch.mod:engine"], "CONFIG_INVALID", "no module named 'nosuch'"),
+        (["signal", "nosuch:engine", RUN_ID, "approve", "{}"], "CONFIG_INVALID", "'nosuch'"),
+        (["worker", "json:nope"], "CONFIG_INVALID", "module 'json' has no attribute 'nope'"),
+        (["worker", "json:dumps"], "CONFIG_INVALID", "not an iterflow Engine"),
+        (["worker", "json"], "CONFIG_INVALID", "module:attribute"),
+        (["--database-url", "mysql://u@h/db", "list"], "CONFIG_INVALID", "needs PostgreSQL"),
+        (["--database-url", NOWHERE, "show", "not-a-uuid"], "INPUT_INVALID", "not a UUID"),
+        (["--schema", "Bad-Name", "--database-url", NOWHERE, "list"], "CONFIG_INVALID", "schema"),
+    ],
+)
+def test_bad_input_is_one_line_with_exit_status_2(
+    argv: list[str], code: str, needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert needle in _one_error_line(captured.err, code)
+    assert captured.out == ""
+
+
+def test_unimportable_modules_are_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "broken_app.py").write_text("1 / 0\n")
+    (tmp_path / "needs_dep_app.py").write_text("import iterflow_no_such_dependency\n")
+    (tmp_path / "syntax_app.py").write_text("def (:\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    assert main(["worker", "broken_app:engine"]) == 2
+    line = _one_error_line(capsys.readouterr().err, "CONFIG_INVALID")
+    assert "cannot import module 'broken_app': it raised ZeroDivisionError" in line
+    assert "-v" in line
+    assert main(["worker", "needs_dep_app:engine"]) == 2
+    line = _one_error_line(capsys.readouterr().err, "CONFIG_INVALID")
+    assert "'iterflow_no_such_dependency', which is not installed" in line
+    assert main(["worker", "syntax_app:engine"]) == 2
+    assert "SyntaxError" in _one_error_line(capsys.readouterr().err, "CONFIG_INVALID")
+
+    # -v: the same line, after the traceback that explains it
+    assert main(["-v", "worker", "broken_app:engine"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError" in err
+    assert err.strip().splitlines()[-1].startswith("flowctl: error [CONFIG_INVALID]: ")
+
+
+def test_bad_input_in_a_real_process_prints_no_traceback(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "iterflow.cli", "worker", "nosuch.mod:engine"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "flowctl: error [CONFIG_INVALID]: cannot import module 'nosuch.mod': no module named "
+        "'nosuch' (is it installed, on PYTHONPATH, or in the current directory?)"
+    ]
+
+
+def test_database_errors_exit_3(
+    empty_database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--database-url", NOWHERE, "list"]) == 3
+    line = _one_error_line(capsys.readouterr().err, "DATABASE_UNAVAILABLE")
+    assert "s3cret" not in line
+
+    assert main(["--database-url", empty_database_url, "list"]) == 3
+    line = _one_error_line(capsys.readouterr().err, "SCHEMA_MISSING")
+    assert "flowctl migrate" in line
+
+
+def test_an_engine_error_exits_1(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--database-url", database_url, "show", RUN_ID]) == 1
+    _one_error_line(capsys.readouterr().err, "RUN_NOT_FOUND")
+
+
+def test_unexpected_exceptions_keep_their_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def bug(*args: object) -> None:
+        raise RuntimeError("a bug in flowctl")
+
+    monkeypatch.setattr("iterflow.cli._list", bug)
+    assert main(["--database-url", NOWHERE, "list"]) == 70
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "RuntimeError: a bug in flowctl" in err
+    assert "internal error" in err
+
+
+def test_exit_statuses_are_documented(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "exit status:" in help_text
+    for code, meaning in EXIT_CODES.items():
+        assert f"{code} {' '.join(meaning.split())}" in help_text
+    assert "$ITERFLOW_DATABASE_URL, else $DATABASE_URL" in help_text
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for code in EXIT_CODES:
+        assert f"\n| {code} | " in operations
+        assert f"\n| {code} | " in readme
+    assert main(["migrate", "--help"]) == 0
+    assert "--stamp" in capsys.readouterr().out
+    assert main(["no-such-command"]) == 2  # argparse's usage error, as a return value
+    assert "invalid choice" in capsys.readouterr().err
+
+
+# --- migrate --stamp: tables made by the application's own migrations ---------------------------
+
+
+def test_migrate_on_generated_tables_names_the_stamp_command(
+    empty_database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = ["--database-url", empty_database_url]
+    with psycopg.connect(libpq_url(empty_database_url)) as conn:
+        conn.execute(render_sql("iterflow"))  # type: ignore[arg-type]  # as psql would
+
+    assert main([*url, "migrate"]) == 3
+    line = _one_error_line(capsys.readouterr().err, "SCHEMA_CONFLICT")
+    assert "already exists" in line and "flowctl migrate --stamp" in line
+    assert "DATABASE_UNAVAILABLE" not in line
+
+    assert main([*url, "migrate", "--stamp"]) == 0
+    out = capsys.readouterr().out
+    assert "stamped schema 'iterflow'" in out and "at revision 0001 (was none)" in out
+    assert "installed procrastinate's schema" in out
+    assert main([*url, "migrate"]) == 0  # now a no-op
+    assert main([*url, "migrate", "--stamp"]) == 0  # and stamping again is too
+    assert "(was 0001); tables verified\n" in capsys.readouterr().out
+    assert main([*url, "list"]) == 0
+
+
+def test_stamp_refuses_tables_that_differ(
+    empty_database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = ["--database-url", empty_database_url, "--schema", "acme"]
+    assert main([*url, "migrate", "--stamp"]) == 3
+    assert "nothing to stamp" in _one_error_line(capsys.readouterr().err, "SCHEMA_MISSING")
+
+    with psycopg.connect(libpq_url(empty_database_url)) as conn:
+        conn.execute(render_sql("acme"))  # type: ignore[arg-type]
+        conn.execute("ALTER TABLE acme.runs DROP COLUMN meta")
+
+    assert main([*url, "migrate", "--stamp"]) == 3
+    line = _one_error_line(capsys.readouterr().err, "SCHEMA_CONFLICT")
+    assert "column runs.meta is missing" in line and "generate-schema" in line
+    assert sql(empty_database_url, "SELECT to_regclass('acme.iterflow_alembic_version')") == [
+        (None,)
+    ]
+    assert sql(empty_database_url, "SELECT to_regclass('procrastinate_jobs')") == [(None,)]

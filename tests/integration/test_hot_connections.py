@@ -63,7 +63,9 @@ async def test_idle_hot_connections_never_starve_other_statements_of_a_small_poo
         async def burst() -> None:
             await asyncio.gather(
                 *(store.get_run(run.id) for run in runs * 2),  # hot path, ten at once
-                *(store.deliver_signal(run.id, "go", {}, None) for run in runs),  # transactions
+                *(
+                    store.deliver_signal(run.id, "go", {}, None, max_signals=100) for run in runs
+                ),  # transactions
             )
 
         await asyncio.wait_for(burst(), timeout=10)  # the pool's own timeout is 30 s

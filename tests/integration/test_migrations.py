@@ -25,15 +25,19 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
-from iterflow.errors import ConfigInvalid, DatabaseUnavailable
+from iterflow.errors import ConfigInvalid, DatabaseUnavailable, SchemaConflict, SchemaMissing
 from iterflow.migrate import (
     VERSION_TABLE,
+    StampResult,
     downgrade,
+    head_revision,
     include_name_for,
     include_object_for,
     run_migrations,
+    stamp,
+    table_differences,
 )
-from iterflow.schemagen import metadata_for
+from iterflow.schemagen import metadata_for, render_sql
 from iterflow.store.schema import metadata, translate_map
 from iterflow.urls import libpq_url, psycopg_url
 
@@ -346,3 +350,139 @@ def test_refused_operation_raises_database_unavailable(empty_database_url: str) 
 def test_invalid_schema_name_is_rejected(empty_database_url: str) -> None:
     with pytest.raises(ConfigInvalid, match="lowercase SQL identifier"):
         run_migrations(empty_database_url, schema='bad"; DROP TABLE x; --')
+
+
+# ------------------------------------------------------------------------------------------
+# adopting tables made by the application's own migrations: stamp
+
+
+_PROCRASTINATE_OBJECTS = """
+SELECT 'function', p.oid::regprocedure::text, md5(pg_get_functiondef(p.oid)) FROM pg_proc p
+WHERE starts_with(p.proname, 'procrastinate')
+UNION ALL
+SELECT 'relation', c.relname, c.relkind::text FROM pg_class c
+WHERE starts_with(c.relname, 'procrastinate')
+UNION ALL
+SELECT 'index', i.indexname, i.indexdef FROM pg_indexes i
+WHERE starts_with(i.tablename, 'procrastinate')
+UNION ALL
+SELECT 'trigger', t.tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t
+WHERE starts_with(t.tgname, 'procrastinate')
+UNION ALL
+SELECT 'type', t.typname, t.typtype::text FROM pg_type t
+WHERE starts_with(t.typname, 'procrastinate')
+ORDER BY 1, 2
+"""
+
+
+def _apply_generated_sql(url: str, schema: str) -> None:
+    with psycopg.connect(libpq_url(url)) as conn:
+        conn.execute(render_sql(schema))  # type: ignore[arg-type]  # as psql would run it
+
+
+@pytest.mark.parametrize("schema", ["iterflow", "acme_flows"])
+def test_stamp_adopts_generated_tables(
+    empty_database_url: str, database_url: str, schema: str
+) -> None:
+    url = empty_database_url
+    _apply_generated_sql(url, schema)
+
+    result = stamp(url, schema=schema)
+
+    assert result == StampResult(schema, head_revision(), None, True)
+    assert _version(url, schema) == ["0001"]
+    run_migrations(url, schema=schema)  # a no-op now
+    assert _version(url, schema) == ["0001"]
+    assert_matches_metadata(url, schema)
+    # procrastinate's schema is exactly what the migrations install (database_url is migrated)
+    with connect(url) as conn, connect(database_url) as reference:
+        installed = conn.execute(sa.text(_PROCRASTINATE_OBJECTS)).all()
+        assert installed == reference.execute(sa.text(_PROCRASTINATE_OBJECTS)).all()
+        assert len(installed) > 20
+
+
+def test_stamp_of_a_migrated_schema_is_a_check_only(database_url: str) -> None:
+    assert stamp(database_url) == StampResult("iterflow", "0001", "0001", False)
+    assert _version(database_url, "iterflow") == ["0001"]
+
+
+def test_migrate_over_existing_tables_is_a_schema_conflict(empty_database_url: str) -> None:
+    _apply_generated_sql(empty_database_url, "iterflow")
+
+    with pytest.raises(SchemaConflict) as caught:
+        run_migrations(empty_database_url)
+
+    message = caught.value.message
+    assert caught.value.error_code == "SCHEMA_CONFLICT"
+    assert 'relation "runs" already exists' in message
+    assert "flowctl migrate --stamp" in message and "Nothing was changed" in message
+    assert caught.value.__cause__ is not None
+    assert VERSION_TABLE not in _tables(empty_database_url, "iterflow")
+    assert "procrastinate_jobs" not in _tables(empty_database_url, "public")
+
+
+@pytest.mark.parametrize(
+    ("change", "difference"),
+    [
+        ("ALTER TABLE {s}.runs DROP COLUMN meta", "column runs.meta is missing"),
+        ("ALTER TABLE {s}.runs ADD COLUMN extra int", "column runs.extra is not iterflow's"),
+        ("ALTER TABLE {s}.runs ALTER COLUMN priority SET DEFAULT 5", "column runs.priority is"),
+        ("ALTER TABLE {s}.runs ALTER COLUMN seq DROP IDENTITY", "column runs.seq is"),
+        ("ALTER TABLE {s}.runs ALTER COLUMN name TYPE varchar(20)", "column runs.name is"),
+        ("DROP INDEX {s}.ix_timers_due", "index timers.ix_timers_due is missing"),
+        (
+            "DROP INDEX {s}.ix_timers_due; "
+            "CREATE INDEX ix_timers_due ON {s}.timers (fire_at) WHERE fired_at IS NOT NULL",
+            "WHERE (fired_at IS NOT NULL)`, expected",
+        ),
+        (
+            "DROP INDEX {s}.ix_runs_tags; CREATE INDEX ix_runs_tags ON {s}.runs (tags)",
+            "index runs.ix_runs_tags is",
+        ),
+        (
+            "ALTER TABLE {s}.steps DROP CONSTRAINT fk_steps_run_id_runs; "
+            "ALTER TABLE {s}.steps ADD CONSTRAINT fk_steps_run_id_runs "
+            "FOREIGN KEY (run_id) REFERENCES {s}.runs (id)",
+            "expected `FOREIGN KEY (run_id) REFERENCES runs(id) ON DELETE CASCADE`",
+        ),
+        (
+            "ALTER TABLE {s}.steps DROP CONSTRAINT ck_steps_status; "
+            "ALTER TABLE {s}.steps ADD CONSTRAINT ck_steps_status CHECK (status = 'ok')",
+            "constraint steps.ck_steps_status is",
+        ),
+        ("DROP TABLE {s}.events", "table events is missing"),
+    ],
+)
+def test_stamp_finds_every_kind_of_difference(
+    empty_database_url: str, change: str, difference: str
+) -> None:
+    url = empty_database_url
+    _apply_generated_sql(url, "acme_flows")
+    with connect(url) as conn:
+        assert table_differences(conn, "acme_flows") == []
+        for statement in change.format(s="acme_flows").split("; "):
+            conn.execute(sa.text(statement))
+        found = table_differences(conn, "acme_flows")
+    assert len(found) == 1 and difference in found[0], found
+
+    with pytest.raises(SchemaConflict, match="differ from this iterflow version's") as caught:
+        stamp(url, schema="acme_flows")
+    assert difference in caught.value.message
+    assert "flowctl migrate --stamp" in caught.value.message
+    assert VERSION_TABLE not in _tables(url, "acme_flows")  # nothing was changed
+    assert "procrastinate_jobs" not in _tables(url, "public")
+    # the comparison's temporary tables left nothing behind
+    assert _tables(url, "acme_flows") == TABLES - ({"events"} if "events" in change else set())
+
+
+def test_stamp_needs_tables_and_a_known_revision(empty_database_url: str) -> None:
+    url = empty_database_url
+    with pytest.raises(SchemaMissing, match="nothing to stamp"):
+        stamp(url)
+
+    run_migrations(url)
+    with connect(url) as conn:
+        conn.execute(sa.text(f"UPDATE iterflow.{VERSION_TABLE} SET version_num = '9999'"))
+    with pytest.raises(SchemaConflict, match="does not know"):
+        stamp(url)
+    assert _version(url, "iterflow") == ["9999"]

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import alembic
 import psycopg
 import pytest
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from pydantic import BaseModel
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.schema import CreateIndex, CreateTable
 
+from iterflow import Engine, FlowContext
+from iterflow.cli import main
 from iterflow.errors import ConfigInvalid
 from iterflow.schemagen import metadata_for, render_module, render_sql, write_schema
 from iterflow.store import schema as schema_module
-from iterflow.urls import libpq_url
+from iterflow.urls import libpq_url, psycopg_url
+from tests.integration.flows import sql
 from tests.integration.test_migrations import (
     TABLES,
     assert_matches_metadata,
@@ -188,3 +196,115 @@ def test_write_schema_to_a_path_a_directory_and_stdout(
 def test_invalid_schema_name_is_rejected() -> None:
     with pytest.raises(ConfigInvalid):
         render_module("Acme-Flows")
+
+
+# --- generate-schema -> the application's own alembic -> flowctl migrate --stamp -> run ---------
+
+_USER_ENV = """
+import sqlalchemy as sa
+from alembic import context
+
+import {module}
+
+
+def include_object(obj, name, type_, reflected, compare_to):
+    # As the generated module's header advises: procrastinate's objects and iterflow's own
+    # version table are not the application's to manage.
+    if name and (name.startswith("procrastinate_") or name == "iterflow_alembic_version"):
+        return False
+    return True
+
+
+engine = sa.create_engine(context.config.attributes["url"], poolclass=sa.NullPool)
+with engine.begin() as connection:
+    context.configure(
+        connection=connection,
+        target_metadata={module}.metadata,
+        include_schemas=True,
+        include_object=include_object,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+engine.dispose()
+"""
+
+
+class Step(BaseModel):
+    n: int
+
+
+def _user_alembic(tmp_path: Path, module: str, url: str) -> Config:
+    """An application's alembic environment whose metadata includes the generated module."""
+    project = tmp_path / "app_migrations"
+    (project / "versions").mkdir(parents=True)
+    (project / "env.py").write_text(_USER_ENV.format(module=module), encoding="utf-8")
+    template = Path(alembic.__file__).parent / "templates" / "generic" / "script.py.mako"
+    (project / "script.py.mako").write_text(template.read_text(), encoding="utf-8")
+    config = Config()
+    config.set_main_option("script_location", str(project))
+    config.set_main_option("path_separator", "os")
+    config.attributes["url"] = psycopg_url(url)
+    return config
+
+
+@pytest.mark.parametrize("schema", ["iterflow", "acme_app"])
+def test_generated_tables_via_own_alembic_then_stamp_then_run(
+    tmp_path: Path,
+    empty_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    schema: str,
+) -> None:
+    url = empty_database_url
+    module = f"app_iterflow_tables_{schema}"
+    cli = ["--database-url", url, "--schema", schema]
+    # 1. generate the tables module for the application's metadata
+    assert main([*cli, "generate-schema", "--out", str(tmp_path / f"{module}.py")]) == 0
+    source = (tmp_path / f"{module}.py").read_text()
+    assert "flowctl migrate --stamp" in source.split('"""', 1)[0]
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    # 2. the application's own alembic: autogenerate a revision, add the schema, upgrade
+    config = _user_alembic(tmp_path, module, url)
+    command.revision(config, message="iterflow tables", autogenerate=True)
+    (revision,) = (tmp_path / "app_migrations" / "versions").glob("*.py")
+    text = revision.read_text()
+    marker = "    op.create_table("
+    assert marker in text
+    text = text.replace(
+        marker, f'    op.execute("CREATE SCHEMA IF NOT EXISTS {schema}")\n{marker}', 1
+    )
+    revision.write_text(text)
+    command.upgrade(config, "head")
+    assert_matches_metadata(url, schema)
+
+    # 3. flowctl migrate would collide; the documented command adopts the tables
+    assert main([*cli, "migrate"]) == 3
+    assert "flowctl migrate --stamp" in capsys.readouterr().err
+    assert main([*cli, "migrate", "--stamp"]) == 0
+    assert "installed procrastinate's schema" in capsys.readouterr().out
+    # 4. from then on flowctl migrate is a no-op, and the application's alembic sees no change
+    assert main([*cli, "migrate"]) == 0
+    command.check(config)  # raises if autogenerate would emit any operation
+
+    # 5. an engine starts and finishes a run on these tables
+    assert asyncio.run(_run_a_flow(url, schema)) == 41
+    assert sql(url, f"SELECT status FROM {schema}.runs") == [("done",)]
+
+
+async def _run_a_flow(url: str, schema: str) -> int:
+    async with Engine(url, db_schema=schema, pool_size=2) as engine:
+        await engine.migrate()  # also a no-op
+
+        @engine.flow("adopted", input=Step, output=int)
+        async def adopted(ctx: FlowContext, step: Step) -> int:
+            async def double(n: int) -> int:
+                return n * 2
+
+            doubled = await ctx.step("double", double, step.n)
+            await ctx.sleep("50ms", label="pause")
+            return doubled + 1
+
+        await engine.listen(concurrency=2)
+        run = await adopted.start(Step(n=20))
+        return await adopted.result(run.run_id, timeout=30)

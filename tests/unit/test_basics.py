@@ -73,8 +73,14 @@ def test_codec_round_trip_and_size_cap() -> None:
     assert data == {"name": "x", "at": "2026-01-01T00:00:00Z"}
     assert codec.load(data, Item) == item
     with pytest.raises(PayloadTooLarge) as info:
-        codec.check_size({"blob": "x" * 100}, 50, "thing")
+        codec.encode({"blob": "x" * 100}, what="thing", limit=50)
     assert info.value.error_code == "PAYLOAD_TOO_LARGE"
+
+
+def test_payload_cap_counts_utf8_bytes_of_the_encoded_value() -> None:
+    # 25,000 two-byte characters: 50,000 bytes of UTF-8 (not 150,000 of \uXXXX escapes).
+    size = codec.check_data({"text": "é" * 25_000}, what="input", limit=100_000)
+    assert size == len('{"text":""}') + 50_000
 
 
 def test_return_type_cache_does_not_keep_step_closures_alive() -> None:

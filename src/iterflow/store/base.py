@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from ..errors import SignalLimitExceeded
 from ..models import (
     CancelResult,
     ChildRecord,
@@ -24,7 +25,16 @@ from ..models import (
 )
 from ..replay import SuspendPlan
 
-__all__ = ["Claim", "Lease", "LeaseLost", "Store", "WakeUp"]
+__all__ = ["Claim", "Lease", "LeaseLost", "Store", "WakeUp", "signal_limit"]
+
+
+def signal_limit(run_id: uuid.UUID, cap: int) -> SignalLimitExceeded:
+    """The error both stores raise when a run already holds ``cap`` signals."""
+    return SignalLimitExceeded(
+        f"run {run_id} already holds {cap} signals (Settings.max_signals_per_run); this one "
+        "was not stored. A flood of deliveries to one run is refused rather than stored",
+        details={"limit": cap},
+    )
 
 
 class LeaseLost(BaseException):
@@ -131,9 +141,20 @@ class Store(Protocol):
         ...
 
     async def deliver_signal(
-        self, run_id: uuid.UUID, name: str, payload: Any, idempotency_key: str | None
+        self,
+        run_id: uuid.UUID,
+        name: str,
+        payload: Any,
+        idempotency_key: str | None,
+        *,
+        max_signals: int,
     ) -> SignalResult:
-        """Put a signal in the run's inbox, waking the run if it waits for it."""
+        """Put a signal in the run's inbox, waking the run if it waits for it.
+
+        ``duplicate`` if the key was delivered to this run before (even once the run is
+        terminal), ``closed`` for a new key on a terminal run; ``SIGNAL_LIMIT_EXCEEDED`` if the
+        run already holds ``max_signals`` signals.
+        """
         ...
 
     async def cancel(self, run_id: uuid.UUID, reason: str) -> CancelResult:

@@ -9,12 +9,14 @@ same contract suite as the PostgreSQL store (``tests/contract``).
 from __future__ import annotations
 
 import dataclasses
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..errors import ConfigInvalid
+from ..codec import check_data
+from ..errors import ConfigInvalid, DataRejected, PayloadInvalid
 from ..models import (
     RESUMABLE_STATUSES,
     TERMINAL_STATUSES,
@@ -35,9 +37,11 @@ from ..models import (
 )
 from ..notify import LocalNotifier
 from ..replay import SuspendPlan
-from .base import Claim, Lease, LeaseLost, WakeUp
+from .base import Claim, Lease, LeaseLost, WakeUp, signal_limit
 
 __all__ = ["MemoryStore"]
+
+_SURROGATE = re.compile("[\\ud800-\\udfff]")
 
 
 @dataclasses.dataclass
@@ -192,6 +196,13 @@ class MemoryStore:
     async def create_run(self, run: NewRun, *, conn: Any = None) -> StartResult:
         if conn is not None:
             raise ConfigInvalid("conn= joins a PostgreSQL transaction; the memory store has none")
+        _storable(
+            "run",
+            run.input,
+            run.meta,
+            texts=(run.name, run.idempotency_key, *run.tags),
+            ints=(run.priority, run.version),
+        )
         if run.idempotency_key is not None:
             existing_id = self._idempotent.get((run.name, run.idempotency_key))
             if existing_id is not None:
@@ -277,6 +288,7 @@ class MemoryStore:
         fire_timer: str | None = None,
         renew: bool = True,
     ) -> None:
+        _storable("step", record.output, record.error, texts=(record.cursor_key, record.label))
         if renew:
             run = self._renewed(lease)
             run.stalled_claims = 0
@@ -301,6 +313,7 @@ class MemoryStore:
                 timers[fire_timer] = dataclasses.replace(timer, fired_at=now)
 
     async def spawn_child(self, lease: Lease, child: NewRun) -> bool:
+        _storable("child run", child.input, child.meta, texts=(child.name, *child.tags))
         self._renewed(lease)
         if child.id in self._runs:
             return False
@@ -333,6 +346,7 @@ class MemoryStore:
     async def finish(
         self, lease: Lease, status: RunStatus, output: Any, error: dict[str, Any] | None
     ) -> None:
+        _storable("run result", output, error)
         run = self._fenced(lease)
         self._terminal(run, status, output, error)
         self._event(
@@ -347,6 +361,7 @@ class MemoryStore:
         await self.finish(lease, RunStatus.FAILED, None, error)
 
     async def park(self, lease: Lease, error: dict[str, Any]) -> None:
+        _storable("park error", error)
         run = self._fenced(lease)
         run.status = RunStatus.PARKED
         run.error = error
@@ -376,16 +391,25 @@ class MemoryStore:
     # -- signals, cancel, retry -----------------------------------------------------------------
 
     async def deliver_signal(
-        self, run_id: uuid.UUID, name: str, payload: Any, idempotency_key: str | None
+        self,
+        run_id: uuid.UUID,
+        name: str,
+        payload: Any,
+        idempotency_key: str | None,
+        *,
+        max_signals: int,
     ) -> SignalResult:
         run = self._runs.get(run_id)
         if run is None:
             return SignalResult("not_found")
-        if run.status in TERMINAL_STATUSES:
-            return SignalResult("closed")
         inbox = self._signals.setdefault(run_id, [])
         if idempotency_key is not None and any(s.idempotency_key == idempotency_key for s in inbox):
             return SignalResult("duplicate")
+        if run.status in TERMINAL_STATUSES:
+            return SignalResult("closed")
+        if len(inbox) >= max_signals:
+            raise signal_limit(run_id, max_signals)
+        _storable("signal", payload, texts=(name, idempotency_key))
         sig = SignalRecord(self._next_id(), name, payload, idempotency_key, self.clock())
         inbox.append(sig)
         waiting = run.status is RunStatus.AWAITING_SIGNAL and run.waiting_for == f"signal:{name}"
@@ -395,6 +419,7 @@ class MemoryStore:
         return SignalResult("delivered" if waiting else "buffered", signal_id=sig.id)
 
     async def cancel(self, run_id: uuid.UUID, reason: str) -> CancelResult:
+        _storable("cancel reason", texts=(reason,))
         root = self._runs.get(run_id)
         if root is None:
             return CancelResult("not_found")
@@ -564,3 +589,34 @@ class MemoryStore:
             timers=tuple(sorted(self._timers.get(run_id, {}).values(), key=lambda t: t.fire_at)),
             events=tuple(self._events.get(run_id, [])),
         )
+
+
+_INT4 = 2**31
+
+
+def _storable(
+    what: str,
+    *values: Any,
+    texts: Sequence[str | None] = (),
+    ints: Sequence[int] = (),
+) -> None:
+    """Refuse what PostgreSQL would refuse, the way it does (``DATA_REJECTED``): JSON values
+    ``jsonb`` cannot hold, text with NUL or lone surrogates, integers out of ``integer`` range.
+    The engine's own checks run before any store; this keeps the two stores equal below them."""
+    try:
+        for value in values:
+            if value is not None:
+                check_data(value, what=what, limit=2**62)
+    except PayloadInvalid as exc:
+        raise DataRejected(
+            f"PostgreSQL would refuse the data ({exc.message}); nothing was written"
+        ) from None
+    for text in texts:
+        if text is not None and ("\x00" in text or _SURROGATE.search(text)):
+            raise DataRejected(
+                f"PostgreSQL would refuse the {what} text (NUL or lone surrogate); "
+                "nothing was written"
+            )
+    for number in ints:
+        if not -_INT4 <= number < _INT4:
+            raise DataRejected(f"{what}: integer {number} is out of range; nothing was written")

@@ -2,7 +2,9 @@
 
 Hot-path writes (start, claim, checkpoint, suspend, finish) are each **one statement**: a
 data-modifying CTE that is its own transaction, fenced by the run's lease token where one is held.
-Driver errors are mapped to :class:`~iterflow.errors.DatabaseUnavailable` at this boundary.
+Driver errors are mapped at this boundary: data PostgreSQL refuses (SQLSTATE class 22/23) to
+:class:`~iterflow.errors.DataRejected`, missing tables to :class:`~iterflow.errors.SchemaMissing`,
+everything else to :class:`~iterflow.errors.DatabaseUnavailable`.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 
-from ..errors import DatabaseUnavailable, FlowError, SchemaMissing
+from ..errors import DatabaseUnavailable, DataRejected, FlowError, SchemaMissing
 from ..models import (
+    TERMINAL_STATUSES,
     CancelResult,
     ChildRecord,
     EventRecord,
@@ -43,7 +46,7 @@ from ..models import (
 from ..queue import TASK_NAME, reconcile_task_name
 from ..replay import SuspendPlan
 from . import schema as schema_tables
-from .base import Claim, Lease, LeaseLost, WakeUp
+from .base import Claim, Lease, LeaseLost, WakeUp, signal_limit
 from .sql import RUN_COLS, TERMINAL_CHANNEL, Statements
 
 __all__ = ["HOT_IDLE", "TERMINAL_CHANNEL", "PostgresStore"]
@@ -408,15 +411,27 @@ class PostgresStore:
     # -- signals, retry ---------------------------------------------------------------------
 
     async def deliver_signal(
-        self, run_id: uuid.UUID, name: str, payload: Any, idempotency_key: str | None
+        self,
+        run_id: uuid.UUID,
+        name: str,
+        payload: Any,
+        idempotency_key: str | None,
+        *,
+        max_signals: int,
     ) -> SignalResult:
         async with self._tx() as conn:
-            row = (await conn.execute(self._q.signal_lock, {"run_id": run_id})).first()
+            row = (
+                await conn.execute(self._q.signal_lock, {"run_id": run_id, "idem": idempotency_key})
+            ).first()
             if row is None:
                 return SignalResult("not_found")
+            if row.seen:  # keys are remembered for the life of the run's rows
+                return SignalResult("duplicate")
             status = RunStatus(row.status)
-            if status in (RunStatus.DONE, RunStatus.FAILED, RunStatus.CANCELED):
+            if status in TERMINAL_STATUSES:
                 return SignalResult("closed")
+            if row.held >= max_signals:
+                raise signal_limit(run_id, max_signals)
             inserted = (
                 await conn.execute(
                     self._q.signal_insert,
@@ -629,8 +644,34 @@ _SESSION_SAFE = frozenset({"22", "23", "40", "42"})
 HOT_IDLE = 4
 
 
+def _sqlstate(exc: BaseException) -> str:
+    """The SQLSTATE of a driver error, raw or wrapped by SQLAlchemy ('' if none)."""
+    for candidate in (exc, getattr(exc, "orig", None), getattr(exc, "__cause__", None)):
+        state = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(state, str) and state:
+            return state
+    orig = getattr(exc, "orig", None)
+    cause = getattr(orig, "__cause__", None)
+    state = getattr(cause, "sqlstate", None)
+    return state if isinstance(state, str) else ""
+
+
+#: SQLSTATE classes meaning "PostgreSQL refused this data": a data exception (22: bad value,
+#: out of range, untranslatable character) or an integrity violation (23). Never an outage.
+_DATA_REFUSED = frozenset({"22", "23"})
+
+
 def _map(exc: Exception) -> Exception:
     """The stable error for a driver/pool failure at the store boundary."""
+    state = _sqlstate(exc)
+    if state[:2] in _DATA_REFUSED:
+        text = str(getattr(exc, "orig", None) or exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        return DataRejected(
+            f"PostgreSQL refused the data (SQLSTATE {state}: {first}); nothing was written. "
+            "Retrying the same data fails the same way: fix the value",
+            details={"sqlstate": state},
+        )
     if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.InvalidSchemaNameError):
         return SchemaMissing(
             f"iterflow tables are missing ({str(exc).strip().splitlines()[0]}); run "

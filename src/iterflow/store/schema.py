@@ -11,11 +11,14 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
+from ..errors import ConfigInvalid
+
 __all__ = [
     "DEFAULT_SCHEMA",
     "LIVE_STATUS_SQL",
     "events",
     "metadata",
+    "quote_identifier",
     "runs",
     "signals",
     "steps",
@@ -187,6 +190,17 @@ events = sa.Table(
     sa.Column("at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
     sa.Index("ix_events_run_id_id", "run_id", "id"),
 )
+
+
+def quote_identifier(name: str) -> str:
+    """``name`` as a quoted SQL identifier (``"acme"``; an embedded ``"`` is doubled).
+
+    Every schema name interpolated into SQL text goes through this, whether or not it was
+    validated first, so no name can ever reach PostgreSQL as anything but one identifier.
+    """
+    if "\x00" in name:
+        raise ConfigInvalid(f"SQL identifier {name!r} contains a NUL character")
+    return '"' + name.replace('"', '""') + '"'
 
 
 def translate_map(schema: str) -> dict[str | None, str | None]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from ..queue import wake_insert_sql
+from .schema import quote_identifier
 
 __all__ = ["RUN_COLS", "TERMINAL_CHANNEL", "Statements"]
 
@@ -25,9 +26,14 @@ _RESUMABLE = "('pending', 'sleeping', 'awaiting_signal', 'awaiting_child', 'retr
 
 
 class Statements:
-    """The store's statements for tables in schema ``s``."""
+    """The store's statements for tables in schema ``schema``.
 
-    def __init__(self, s: str) -> None:
+    The schema name is interpolated as a quoted identifier (``"acme".runs``), whatever it is:
+    validation happens in ``Settings``, but SQL text never relies on it.
+    """
+
+    def __init__(self, schema: str) -> None:
+        s = quote_identifier(schema)
         self.start = sa.text(f"""
             WITH ins AS (
                 INSERT INTO {s}.runs (id, name, version, status, input, idempotency_key, tags,
@@ -186,9 +192,14 @@ class Statements:
             )
             SELECT (SELECT count(*) FROM run) AS leased,
                    (SELECT count(*) FROM notified) AS notified""")
-        self.signal_lock = sa.text(
-            f"SELECT status, waiting_for FROM {s}.runs WHERE id = :run_id FOR UPDATE"
-        )
+        # The run row locked, with what the delivery rules need: how many signals it holds
+        # (the cap) and whether this idempotency key was delivered before (even once closed).
+        self.signal_lock = sa.text(f"""
+            SELECT r.status, r.waiting_for,
+                   (SELECT count(*) FROM {s}.signals g WHERE g.run_id = r.id) AS held,
+                   EXISTS (SELECT 1 FROM {s}.signals g WHERE g.run_id = r.id
+                           AND g.idempotency_key = CAST(:idem AS text)) AS seen
+            FROM {s}.runs r WHERE r.id = :run_id FOR UPDATE OF r""")
         self.signal_insert = sa.text(f"""
             INSERT INTO {s}.signals (run_id, name, payload, idempotency_key)
             VALUES (:run_id, :name, CAST(:payload AS jsonb), :idem)
