@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from iterflow.settings import Settings
+from iterflow.core.settings import Settings
 
 from . import concurrency, latency, limits, profiling, steps, waiting
 from .config import Context, Sizes

@@ -27,7 +27,7 @@ import psutil  # type: ignore[import-untyped,unused-ignore]
 from pydantic import BaseModel
 
 from iterflow import Engine, FlowContext
-from iterflow.engine import FlowHandle
+from iterflow.runtime.engine import FlowHandle
 
 __all__ = ["BenchEngine", "BenchFlows", "engine", "flows", "register"]
 

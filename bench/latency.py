@@ -21,7 +21,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from iterflow import Engine
-from iterflow.models import RunStatus
+from iterflow.core.models import RunStatus
 
 from .config import Context
 from .flows import Due, Stamps, register

@@ -24,9 +24,9 @@ import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from iterflow.settings import Settings
+from iterflow.core.settings import Settings
 from iterflow.store.postgres import HOT_IDLE
-from iterflow.urls import asyncpg_url, libpq_url
+from iterflow.store.urls import asyncpg_url, libpq_url
 
 from .config import Context
 from .report import Section, spread

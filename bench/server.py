@@ -24,8 +24,8 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import make_url
 
-from iterflow.migrate import run_migrations
-from iterflow.urls import libpq_url
+from iterflow.store.migrate import run_migrations
+from iterflow.store.urls import libpq_url
 
 __all__ = ["BenchServer", "server_settings", "with_database"]
 
@@ -82,7 +82,7 @@ class BenchServer:
     def start(self) -> str:
         """Start the embedded server if no URL was given; create the migrated template."""
         if self.url is None:
-            from iterflow.embedded import EmbeddedPostgres
+            from iterflow.store.embedded import EmbeddedPostgres
 
             self.data_dir = Path(tempfile.mkdtemp(prefix="iterflow-bench-"))
             self._server = EmbeddedPostgres(self.data_dir / "pgdata")

@@ -29,7 +29,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from iterflow.urls import libpq_url
+from iterflow.store.urls import libpq_url
 
 __all__ = ["DbDelta", "DbSnapshot", "PgCpu", "StatementCounter", "snapshot", "store_statements"]
 

@@ -22,8 +22,8 @@ from typing import Any
 import asyncpg
 
 from iterflow import Engine
-from iterflow.models import StepKind, StepRecord, StepStatus
-from iterflow.urls import libpq_url
+from iterflow.core.models import StepKind, StepRecord, StepStatus
+from iterflow.store.urls import libpq_url
 
 from .config import Context
 from .flows import Stamps, Steps, register

@@ -2,7 +2,7 @@
 
 Two ways in:
 
-* programmatic (``iterflow.migrate.run_migrations`` / ``flowctl migrate`` / ``engine.migrate()``):
+* programmatic (``iterflow.store.migrate.run_migrations`` / ``flowctl migrate`` / ``engine.migrate()``):
   ``config.attributes`` carries ``connection`` (an open connection inside a transaction),
   ``database_url`` and ``iterflow_schema``;
 * the alembic command line from the repository root, with the top-level ``alembic.ini``::
@@ -24,12 +24,12 @@ from alembic import context
 from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 
-from iterflow import migrate
-from iterflow.schemagen import metadata_for
+from iterflow.store import migrate
+from iterflow.store.schemagen import metadata_for
 from iterflow.store.schema import quote_identifier, translate_map
-from iterflow.urls import psycopg_url
+from iterflow.store.urls import psycopg_url
 
-# Shared with iterflow.migrate.stamp: the same for every iterflow process.
+# Shared with iterflow.store.migrate.stamp: the same for every iterflow process.
 MIGRATION_LOCK_KEY = migrate.MIGRATION_LOCK_KEY
 
 config = context.config

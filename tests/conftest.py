@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from iterflow.urls import libpq_url
+from iterflow.store.urls import libpq_url
 
 TEMPLATE = "iterflow_template"
 
@@ -38,7 +38,7 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         yield external
         return
-    from iterflow.embedded import EmbeddedPostgres
+    from iterflow.store.embedded import EmbeddedPostgres
 
     data_dir: Path = tmp_path_factory.mktemp("pg") / "data"
     server = EmbeddedPostgres(data_dir)
@@ -58,7 +58,7 @@ def template_url(server_url: str) -> str:
         f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)",
         f"CREATE DATABASE {TEMPLATE}",
     )
-    from iterflow.migrate import run_migrations
+    from iterflow.store.migrate import run_migrations
 
     url = with_database(server_url, TEMPLATE)
     run_migrations(url)

@@ -3,7 +3,7 @@
 from pydantic import BaseModel
 
 from iterflow import Engine, StepContext, flow
-from iterflow.graph import render
+from iterflow.core.graph import render
 from iterflow.testing import FakeClock
 
 

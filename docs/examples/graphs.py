@@ -3,9 +3,9 @@
 from pydantic import BaseModel
 
 from iterflow import FlowContext, flow
-from iterflow.definition import FlowDef
-from iterflow.describe import describe
-from iterflow.graph import render
+from iterflow.core.definition import FlowDef
+from iterflow.core.describe import describe
+from iterflow.core.graph import render
 
 
 class Order(BaseModel):

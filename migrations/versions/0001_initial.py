@@ -10,7 +10,7 @@ once per database: a second iterflow schema in the same database reuses them.
 
 Downgrade drops the iterflow tables (env.py then drops the schema's version table). It drops
 procrastinate's objects only when asked, with ``-x drop_procrastinate=true`` on the alembic
-command line or ``iterflow.migrate.downgrade(..., drop_procrastinate=True)``, because other
+command line or ``iterflow.store.migrate.downgrade(..., drop_procrastinate=True)``, because other
 iterflow schemas (or the application itself) may still use them.
 """
 
@@ -23,7 +23,7 @@ from alembic import op
 from procrastinate.schema import SchemaManager
 from sqlalchemy.dialects import postgresql as pg
 
-from iterflow.migrate import drop_procrastinate_requested, revision_schema
+from iterflow.store.migrate import drop_procrastinate_requested, revision_schema
 
 # revision identifiers, used by Alembic.
 revision: str = "0001"

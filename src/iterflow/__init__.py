@@ -1,11 +1,9 @@
 """iterflow: durable, replay-based workflows on the PostgreSQL you already have."""
 
-from .builder import BuiltFlow, StepContext, flow
-from .context import FlowContext
-from .definition import FlowDef
-from .engine import Engine, FlowHandle
-from .errors import FlowError, NonRetryable
-from .models import (
+from iterflow.core.builder import BuiltFlow, StepContext, flow
+from iterflow.core.definition import FlowDef
+from iterflow.core.errors import FlowError, NonRetryable
+from iterflow.core.models import (
     CancelResult,
     RetryResult,
     RunDetail,
@@ -13,8 +11,10 @@ from .models import (
     SignalResult,
     StartResult,
 )
-from .retry import RetryPolicy
-from .settings import Settings
+from iterflow.core.retry import RetryPolicy
+from iterflow.core.settings import Settings
+from iterflow.runtime.context import FlowContext
+from iterflow.runtime.engine import Engine, FlowHandle
 
 __all__ = [
     "BuiltFlow",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from .durations import DurationLike, parse_duration
+from iterflow.core.durations import DurationLike, parse_duration
 
 __all__ = ["FakeClock"]
 

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from iterflow.store.base import Store
 from iterflow.store.memory import MemoryStore
 from iterflow.store.postgres import PostgresStore
-from iterflow.urls import asyncpg_url
+from iterflow.store.urls import asyncpg_url
 
 
 @pytest.fixture(params=["postgres", "memory"])

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from iterflow.models import NewRun, RunStatus, StepKind, StepRecord, StepStatus
+from iterflow.core.models import NewRun, RunStatus, StepKind, StepRecord, StepStatus
 from iterflow.store.base import Lease, LeaseLost, Store
 
 LEASE = 30.0

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from iterflow.errors import DataRejected, SignalLimitExceeded
-from iterflow.models import (
+from iterflow.core.errors import DataRejected, SignalLimitExceeded
+from iterflow.core.models import (
     NewRun,
     RunStatus,
     StepKind,
@@ -18,7 +18,7 @@ from iterflow.models import (
     StepStatus,
     TimerRecord,
 )
-from iterflow.replay import SuspendPlan
+from iterflow.core.replay import SuspendPlan
 from iterflow.store.base import Lease, LeaseLost, Store
 
 LEASE = 30.0

@@ -21,8 +21,8 @@ import psycopg
 import pytest
 
 from iterflow import Engine
-from iterflow.embedded import EmbeddedPostgres
-from iterflow.urls import libpq_url
+from iterflow.store.embedded import EmbeddedPostgres
+from iterflow.store.urls import libpq_url
 from tests.conftest import with_database
 from tests.e2e.chaos_app import LoadJob, expected_load, load
 from tests.e2e.harness import (
@@ -191,7 +191,7 @@ def own_server(tmp_path: Path) -> Iterator[tuple[RestartableServer, str]]:
         with psycopg.connect(libpq_url(server.url), autocommit=True) as conn:
             conn.execute("CREATE DATABASE restart_test")
         url = with_database(server.url, "restart_test")
-        from iterflow.migrate import run_migrations
+        from iterflow.store.migrate import run_migrations
 
         run_migrations(url)
         yield server, url

@@ -34,9 +34,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from iterflow import Engine, FlowError
-from iterflow.queue import TASK_NAME, reconcile_task_name
-from iterflow.settings import Settings
-from iterflow.urls import asyncpg_url
+from iterflow.core.settings import Settings
+from iterflow.store.outbox import TASK_NAME, reconcile_task_name
+from iterflow.store.urls import asyncpg_url
 from tests.e2e.chaos_app import HoldJob, LoadJob, expected_load, hold, load
 from tests.e2e.defaults_app import engine as defaults_app
 from tests.e2e.harness import describe_run, read_executions, until

@@ -10,8 +10,8 @@ from pathlib import Path
 import psycopg
 
 from iterflow import Engine
-from iterflow.queue import TASK_NAME, reconcile_task_name
-from iterflow.urls import libpq_url
+from iterflow.store.outbox import TASK_NAME, reconcile_task_name
+from iterflow.store.urls import libpq_url
 from tests.e2e.chaos_app import engine as chaos_app
 from tests.e2e.harness import drained, undrained, until
 from tests.e2e.kill_app import Job, four_steps

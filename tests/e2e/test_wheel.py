@@ -57,7 +57,7 @@ def test_migrate_from_an_installed_wheel(tmp_path: Path, empty_database_url: str
         [
             sys.executable,
             "-c",
-            "import iterflow, iterflow.migrate as m; "
+            "import iterflow, iterflow.store.migrate as m; "
             "print(iterflow.__file__); print(m.script_location())",
         ],
         cwd=tmp_path,

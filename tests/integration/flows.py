@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from pydantic import BaseModel
 
-from iterflow.urls import libpq_url
+from iterflow.store.urls import libpq_url
 
 TABLES = (
     "iterflow.runs",

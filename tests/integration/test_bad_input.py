@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from iterflow import Engine, FlowContext, FlowError
-from iterflow.errors import FlowDefinitionError
+from iterflow.core.errors import FlowDefinitionError
 from tests.integration.flows import Approval, OrderIn, counts
 from tests.integration.test_flows import order_flow
 
@@ -190,7 +190,7 @@ async def test_a_dead_in_process_worker_is_logged_at_error(
         raise RuntimeError("worker exploded")
 
     monkeypatch.setattr(engine, "run_worker", crash)
-    with caplog.at_level("ERROR", logger="iterflow.engine"):
+    with caplog.at_level("ERROR", logger="iterflow.runtime.engine"):
         await engine.listen()
         await asyncio.gather(*engine._worker_tasks, return_exceptions=True)
         await asyncio.sleep(0)  # done callbacks run on the next loop iteration

@@ -13,9 +13,9 @@ import pytest
 from pydantic import BaseModel
 
 from iterflow import Engine, FlowContext, StepContext, flow
-from iterflow.describe import describe
-from iterflow.models import RunStatus
-from iterflow.progress import graph_from_history, overlay
+from iterflow.core.describe import describe
+from iterflow.core.models import RunStatus
+from iterflow.core.progress import graph_from_history, overlay
 from tests.integration.flows import Approval, OrderIn, Receipt, eventually
 
 

@@ -15,9 +15,9 @@ from typing import Any, cast
 import asyncpg
 
 from iterflow import Engine
-from iterflow.models import NewRun, RunStatus
+from iterflow.core.models import NewRun, RunStatus
 from iterflow.store.postgres import PostgresStore
-from iterflow.urls import libpq_url
+from iterflow.store.urls import libpq_url
 from tests.integration.flows import eventually, sql
 
 

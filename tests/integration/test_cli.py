@@ -14,8 +14,8 @@ import pytest
 
 from iterflow import Engine
 from iterflow.cli import EXIT_CODES, main
-from iterflow.schemagen import render_sql
-from iterflow.urls import libpq_url
+from iterflow.store.schemagen import render_sql
+from iterflow.store.urls import libpq_url
 from tests.integration.flows import OrderIn, sql
 from tests.integration.test_flows import order_flow
 

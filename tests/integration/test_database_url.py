@@ -12,7 +12,7 @@ import pytest
 
 from iterflow import Engine
 from iterflow.cli import main
-from iterflow.errors import ConfigInvalid
+from iterflow.core.errors import ConfigInvalid
 from tests.integration.flows import OrderIn
 from tests.integration.test_flows import order_flow
 
@@ -76,7 +76,7 @@ async def test_embedded_fallback_logs_its_data_directory(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from iterflow.embedded import EmbeddedPostgres
+    from iterflow.store.embedded import EmbeddedPostgres
 
     started: list[Path] = []
 

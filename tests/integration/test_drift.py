@@ -18,10 +18,10 @@ import pytest
 from pydantic import BaseModel
 
 from iterflow import Engine, FlowContext, flow
-from iterflow.builder import FlowBuilder
-from iterflow.definition import DriftPolicy, FlowDef
-from iterflow.errors import ResultTimeout
-from iterflow.models import RunStatus
+from iterflow.core.builder import FlowBuilder
+from iterflow.core.definition import DriftPolicy, FlowDef
+from iterflow.core.errors import ResultTimeout
+from iterflow.core.models import RunStatus
 from tests.integration.flows import eventually, sql
 
 

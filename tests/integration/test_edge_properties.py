@@ -37,11 +37,11 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from iterflow import Engine, FlowContext, FlowError
-from iterflow.durations import parse_duration
-from iterflow.engine import FlowHandle
-from iterflow.errors import DurationInvalid, registered_codes
-from iterflow.models import RunStatus
-from iterflow.urls import libpq_url
+from iterflow.core.durations import parse_duration
+from iterflow.core.errors import DurationInvalid, registered_codes
+from iterflow.core.models import RunStatus
+from iterflow.runtime.engine import FlowHandle
+from iterflow.store.urls import libpq_url
 from tests.integration.flows import TABLES, all_tables, counts, eventually
 
 # -- the flow under test -------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from iterflow import Engine, FlowContext, FlowError
-from iterflow.models import RunStatus
+from iterflow.core.models import RunStatus
 from tests.integration.flows import Approval, OrderIn, Receipt, counts, eventually, sql
 
 

@@ -17,8 +17,8 @@ import pytest
 from pydantic import BaseModel
 
 from iterflow import Engine, FlowContext, FlowError
-from iterflow.errors import DataRejected
-from iterflow.models import RunDetail, RunStatus, StepRecord, StepStatus
+from iterflow.core.errors import DataRejected
+from iterflow.core.models import RunDetail, RunStatus, StepRecord, StepStatus
 from tests.integration.flows import eventually
 
 

@@ -16,8 +16,8 @@ from typing import cast
 import pytest
 
 from iterflow import Engine
-from iterflow.errors import DatabaseUnavailable
-from iterflow.models import NewRun
+from iterflow.core.errors import DatabaseUnavailable
+from iterflow.core.models import NewRun
 from iterflow.store.postgres import HOT_IDLE, PostgresStore
 from tests.integration.flows import sql
 

@@ -25,8 +25,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
-from iterflow.errors import ConfigInvalid, DatabaseUnavailable, SchemaConflict, SchemaMissing
-from iterflow.migrate import (
+from iterflow.core.errors import ConfigInvalid, DatabaseUnavailable, SchemaConflict, SchemaMissing
+from iterflow.store.migrate import (
     VERSION_TABLE,
     StampResult,
     downgrade,
@@ -37,9 +37,9 @@ from iterflow.migrate import (
     stamp,
     table_differences,
 )
-from iterflow.schemagen import metadata_for, render_sql
 from iterflow.store.schema import metadata, translate_map
-from iterflow.urls import libpq_url, psycopg_url
+from iterflow.store.schemagen import metadata_for, render_sql
+from iterflow.store.urls import libpq_url, psycopg_url
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TABLES = {"runs", "steps", "signals", "timers", "events"}
@@ -272,7 +272,9 @@ def test_concurrent_migrations_in_threads(empty_database_url: str) -> None:
 
 
 def test_concurrent_migrations_in_processes(empty_database_url: str) -> None:
-    code = "import sys; from iterflow.migrate import run_migrations; run_migrations(sys.argv[1])"
+    code = (
+        "import sys; from iterflow.store.migrate import run_migrations; run_migrations(sys.argv[1])"
+    )
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", code, empty_database_url],

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from iterflow import Engine, FlowError
-from iterflow.urls import asyncpg_url
+from iterflow.store.urls import asyncpg_url
 from tests.integration.flows import OrderIn, counts, sql
 from tests.integration.test_flows import order_flow
 

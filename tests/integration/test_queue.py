@@ -9,7 +9,7 @@ import psycopg
 from pydantic import BaseModel
 
 from iterflow import Engine, FlowContext
-from iterflow.urls import libpq_url
+from iterflow.store.urls import libpq_url
 from tests.integration.flows import sql
 
 

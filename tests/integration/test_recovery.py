@@ -13,8 +13,8 @@ import pytest
 from pydantic import BaseModel
 
 from iterflow import Engine, FlowContext, FlowError
-from iterflow.models import RunStatus
-from iterflow.queue import reconcile_task_name
+from iterflow.core.models import RunStatus
+from iterflow.store.outbox import reconcile_task_name
 from tests.integration.flows import eventually, sql
 
 

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from iterflow import Engine, FlowError
-from iterflow.models import RunStatus
+from iterflow.core.models import RunStatus
 from tests.integration.flows import OrderIn, sql
 from tests.integration.test_flows import order_flow, wait_status
 

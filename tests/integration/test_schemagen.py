@@ -20,10 +20,10 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from iterflow import Engine, FlowContext
 from iterflow.cli import main
-from iterflow.errors import ConfigInvalid
-from iterflow.schemagen import metadata_for, render_module, render_sql, write_schema
+from iterflow.core.errors import ConfigInvalid
 from iterflow.store import schema as schema_module
-from iterflow.urls import libpq_url, psycopg_url
+from iterflow.store.schemagen import metadata_for, render_module, render_sql, write_schema
+from iterflow.store.urls import libpq_url, psycopg_url
 from tests.integration.flows import sql
 from tests.integration.test_migrations import (
     TABLES,

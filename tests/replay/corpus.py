@@ -14,8 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from iterflow.definition import FlowDef
-from iterflow.models import SignalRecord, StepKind, StepRecord, StepStatus, TimerRecord
+from iterflow.core.definition import FlowDef
+from iterflow.core.models import SignalRecord, StepKind, StepRecord, StepStatus, TimerRecord
 from tests.replay.harness import Outcome, replay
 
 CASES = Path(__file__).parent / "cases"

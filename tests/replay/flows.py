@@ -7,7 +7,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from iterflow import FlowContext, flow
-from iterflow.definition import FlowDef
+from iterflow.core.definition import FlowDef
 
 
 class OrderIn(BaseModel):

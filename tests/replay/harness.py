@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
-from iterflow.context import Drifted, FlowContext, Suspended
-from iterflow.definition import FlowDef
-from iterflow.errors import FlowError
-from iterflow.models import NewRun, SignalRecord, StepRecord, TimerRecord
+from iterflow.core.definition import FlowDef
+from iterflow.core.errors import FlowError
+from iterflow.core.models import NewRun, SignalRecord, StepRecord, TimerRecord
+from iterflow.runtime.context import Drifted, FlowContext, Suspended
 from iterflow.store.base import Lease, Store
 
 RUN_ID = uuid.UUID("00000000-0000-4000-8000-000000000001")

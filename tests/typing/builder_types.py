@@ -10,7 +10,7 @@ from typing import assert_type
 from pydantic import BaseModel
 
 from iterflow import BuiltFlow, Engine, FlowHandle, StepContext, flow
-from iterflow.builder import FlowBuilder
+from iterflow.core.builder import FlowBuilder
 
 
 class Order(BaseModel):

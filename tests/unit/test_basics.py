@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from iterflow import codec
-from iterflow.durations import due_at, parse_duration
-from iterflow.errors import FlowError, PayloadTooLarge, SignalTimeout, StepFailed
-from iterflow.retry import RetryPolicy
+from iterflow.core import codec
+from iterflow.core.durations import due_at, parse_duration
+from iterflow.core.errors import FlowError, PayloadTooLarge, SignalTimeout, StepFailed
+from iterflow.core.retry import RetryPolicy
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,10 @@ import pytest
 from pydantic import BaseModel
 
 from iterflow import Engine, FlowError, StepContext, flow
-from iterflow.builder import FlowBuilder
-from iterflow.errors import FlowDefinitionError
-from iterflow.graph import GraphEdge
-from iterflow.models import RunStatus
+from iterflow.core.builder import FlowBuilder
+from iterflow.core.errors import FlowDefinitionError
+from iterflow.core.graph import GraphEdge
+from iterflow.core.models import RunStatus
 from iterflow.testing import FakeClock
 
 

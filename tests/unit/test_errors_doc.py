@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from types import ModuleType
 
-from iterflow.errors import registered_codes
+from iterflow.core.errors import registered_codes
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "errors.md"

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 from pydantic import BaseModel
 
 from iterflow import FlowContext, flow
-from iterflow.definition import FlowDef
-from iterflow.describe import Placeholder, describe, graph_of, sample
-from iterflow.graph import render, to_json, to_mermaid
-from iterflow.models import (
+from iterflow.core.definition import FlowDef
+from iterflow.core.describe import Placeholder, describe, graph_of, sample
+from iterflow.core.graph import render, to_json, to_mermaid
+from iterflow.core.models import (
     EventRecord,
     RunDetail,
     RunRecord,
@@ -21,7 +21,7 @@ from iterflow.models import (
     StepRecord,
     StepStatus,
 )
-from iterflow.progress import graph_from_history, overlay
+from iterflow.core.progress import graph_from_history, overlay
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from iterflow import Engine, FlowContext, FlowError
-from iterflow.models import RunStatus
+from iterflow.core.models import RunStatus
 from iterflow.testing import FakeClock
 
 ROOT = Path(__file__).resolve().parents[2]

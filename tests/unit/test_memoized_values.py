@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from pydantic import BaseModel
 
 from iterflow import FlowContext
-from iterflow.definition import FlowDef
-from iterflow.models import SignalRecord, StepKind
+from iterflow.core.definition import FlowDef
+from iterflow.core.models import SignalRecord, StepKind
 from tests.replay.harness import replay
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

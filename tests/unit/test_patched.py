@@ -7,10 +7,10 @@ from collections import Counter
 from datetime import UTC, datetime
 
 from iterflow import FlowContext
-from iterflow.definition import FlowDef
-from iterflow.errors import FlowDefinitionError
-from iterflow.models import StepKind, StepRecord, StepStatus
-from iterflow.replay import Cursor
+from iterflow.core.definition import FlowDef
+from iterflow.core.errors import FlowDefinitionError
+from iterflow.core.models import StepKind, StepRecord, StepStatus
+from iterflow.core.replay import Cursor
 from tests.replay.harness import replay
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

@@ -17,9 +17,9 @@ from typing import Any, cast
 import pytest
 from procrastinate import periodic
 
-from iterflow.queue import reconcile_task_name
-from iterflow.settings import Settings
-from iterflow.worker import Worker, _procrastinate_app, reconcile_cron
+from iterflow.core.settings import Settings
+from iterflow.runtime.worker import Worker, _procrastinate_app, reconcile_cron
+from iterflow.store.outbox import reconcile_task_name
 
 EVERY = (1, 5, 7, 30, 59)
 

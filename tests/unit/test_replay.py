@@ -6,10 +6,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from iterflow import replay
-from iterflow.errors import ReplayNonDeterministic
-from iterflow.models import RunStatus, SignalRecord, StepKind, StepRecord, StepStatus, TimerRecord
-from iterflow.retry import RetryPolicy
+from iterflow.core import replay
+from iterflow.core.errors import ReplayNonDeterministic
+from iterflow.core.models import (
+    RunStatus,
+    SignalRecord,
+    StepKind,
+    StepRecord,
+    StepStatus,
+    TimerRecord,
+)
+from iterflow.core.retry import RetryPolicy
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

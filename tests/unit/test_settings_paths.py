@@ -8,11 +8,11 @@ import pytest
 import sqlalchemy as sa
 
 from iterflow import Engine
-from iterflow.errors import ConfigInvalid
-from iterflow.settings import CONNECTION_SETTINGS, Settings
+from iterflow.core.errors import ConfigInvalid
+from iterflow.core.settings import CONNECTION_SETTINGS, Settings
+from iterflow.store.queries import Statements
 from iterflow.store.schema import quote_identifier
-from iterflow.store.sql import Statements
-from iterflow.urls import resolve_database_url, resolve_database_url_source
+from iterflow.store.urls import resolve_database_url, resolve_database_url_source
 
 HOSTILE = 'x"; DROP TABLE runs; --'
 TABLES = ("runs", "steps", "signals", "timers", "events")

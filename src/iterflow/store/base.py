@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from ..errors import SignalLimitExceeded
-from ..models import (
+from iterflow.core.errors import SignalLimitExceeded
+from iterflow.core.models import (
     CancelResult,
     ChildRecord,
     NewRun,
@@ -23,7 +23,7 @@ from ..models import (
     StepRecord,
     TimerRecord,
 )
-from ..replay import SuspendPlan
+from iterflow.core.replay import SuspendPlan
 
 __all__ = ["Claim", "Lease", "LeaseLost", "Store", "WakeUp", "signal_limit"]
 

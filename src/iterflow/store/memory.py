@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..codec import check_data
-from ..errors import ConfigInvalid, DataRejected, PayloadInvalid
-from ..models import (
+from iterflow.core.codec import check_data
+from iterflow.core.errors import ConfigInvalid, DataRejected, PayloadInvalid
+from iterflow.core.models import (
     RESUMABLE_STATUSES,
     TERMINAL_STATUSES,
     CancelResult,
@@ -35,9 +35,9 @@ from ..models import (
     StepStatus,
     TimerRecord,
 )
-from ..notify import LocalNotifier
-from ..replay import SuspendPlan
-from .base import Claim, Lease, LeaseLost, WakeUp, signal_limit
+from iterflow.core.replay import SuspendPlan
+from iterflow.runtime.notify import LocalNotifier
+from iterflow.store.base import Claim, Lease, LeaseLost, WakeUp, signal_limit
 
 __all__ = ["MemoryStore"]
 

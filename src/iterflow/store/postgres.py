@@ -3,8 +3,9 @@
 Hot-path writes (start, claim, checkpoint, suspend, finish) are each **one statement**: a
 data-modifying CTE that is its own transaction, fenced by the run's lease token where one is held.
 Driver errors are mapped at this boundary: data PostgreSQL refuses (SQLSTATE class 22/23) to
-:class:`~iterflow.errors.DataRejected`, missing tables to :class:`~iterflow.errors.SchemaMissing`,
-everything else to :class:`~iterflow.errors.DatabaseUnavailable`.
+:class:`~iterflow.core.errors.DataRejected`, missing tables to
+:class:`~iterflow.core.errors.SchemaMissing`, everything else to
+:class:`~iterflow.core.errors.DatabaseUnavailable`.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 
-from ..errors import DatabaseUnavailable, DataRejected, FlowError, SchemaMissing
-from ..models import (
+from iterflow.core.errors import DatabaseUnavailable, DataRejected, FlowError, SchemaMissing
+from iterflow.core.models import (
     TERMINAL_STATUSES,
     CancelResult,
     ChildRecord,
@@ -43,11 +44,11 @@ from ..models import (
     StepStatus,
     TimerRecord,
 )
-from ..queue import TASK_NAME, reconcile_task_name
-from ..replay import SuspendPlan
-from . import schema as schema_tables
-from .base import Claim, Lease, LeaseLost, WakeUp, signal_limit
-from .sql import RUN_COLS, TERMINAL_CHANNEL, Statements
+from iterflow.core.replay import SuspendPlan
+from iterflow.store import schema as schema_tables
+from iterflow.store.base import Claim, Lease, LeaseLost, WakeUp, signal_limit
+from iterflow.store.outbox import TASK_NAME, reconcile_task_name
+from iterflow.store.queries import RUN_COLS, TERMINAL_CHANNEL, Statements
 
 __all__ = ["HOT_IDLE", "TERMINAL_CHANNEL", "PostgresStore"]
 
@@ -623,7 +624,7 @@ def _iso(value: datetime | None) -> str | None:
 async def _execute_on(conn: Any, stmt: sa.TextClause, params: dict[str, Any]) -> Row | None:
     """Execute on a caller's SQLAlchemy ``AsyncConnection`` (their transaction)."""
     if not isinstance(conn, AsyncConnection):
-        from ..errors import ConfigInvalid
+        from iterflow.core.errors import ConfigInvalid
 
         raise ConfigInvalid(
             "conn= must be a sqlalchemy.ext.asyncio.AsyncConnection inside a transaction"

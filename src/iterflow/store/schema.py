@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
-from ..errors import ConfigInvalid
+from iterflow.core.errors import ConfigInvalid
 
 __all__ = [
     "DEFAULT_SCHEMA",

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .store.base import Store
+from iterflow.store.base import Store
 
 __all__ = ["ReconcileReport", "Reconciler"]
 

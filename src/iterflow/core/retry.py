@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
-from .durations import DurationLike, parse_duration
+from iterflow.core.durations import DurationLike, parse_duration
 
 __all__ = ["RetryPolicy"]
 

@@ -321,7 +321,7 @@ def safe_text(value: object, limit: int = MAX_MESSAGE_CHARS) -> str:
 
 def json_safe(value: Any, _depth: int = 0) -> Any:
     """JSON data for anything, never raising: for error details, not for payloads (payloads are
-    refused instead, see :func:`iterflow.codec.encode`)."""
+    refused instead, see :func:`iterflow.core.codec.encode`)."""
     if _depth == 0:
         try:
             value = pydantic_core.to_jsonable_python(

@@ -2,7 +2,7 @@
 
 Every path that changes it validates: constructing it, ``Settings.model_copy(update=...)`` (which
 raises ``ConfigInvalid``) and ``Engine.configure(...)``. The only environment the library reads is
-the database URL, resolved at ``Engine.open()`` by :func:`iterflow.urls.resolve_database_url`
+the database URL, resolved at ``Engine.open()`` by :func:`iterflow.store.urls.resolve_database_url`
 (explicit ``database_url``, ``$ITERFLOW_DATABASE_URL``, ``$DATABASE_URL``, else embedded), the
 same rule ``flowctl`` uses.
 """
@@ -16,8 +16,8 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .codec import validation_message
-from .errors import ConfigInvalid
+from iterflow.core.codec import validation_message
+from iterflow.core.errors import ConfigInvalid
 
 __all__ = ["CONNECTION_SETTINGS", "Settings"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from ..queue import wake_insert_sql
-from .schema import quote_identifier
+from iterflow.store.outbox import wake_insert_sql
+from iterflow.store.schema import quote_identifier
 
 __all__ = ["RUN_COLS", "TERMINAL_CHANNEL", "Statements"]
 

@@ -18,9 +18,8 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from .context import Aborted, Drifted, FlowContext, Suspended
-from .definition import FlowDef, Registry
-from .errors import (
+from iterflow.core.definition import FlowDef, Registry
+from iterflow.core.errors import (
     DataRejected,
     FlowError,
     FlowFailed,
@@ -29,12 +28,13 @@ from .errors import (
     RunAttemptsExhausted,
     safe_text,
 )
-from .models import RunStatus
-from .queue import TASK_NAME, reconcile_task_name
-from .replay import SuspendPlan
-from .settings import Settings
-from .store.base import Claim, LeaseLost, Store
-from .urls import libpq_url
+from iterflow.core.models import RunStatus
+from iterflow.core.replay import SuspendPlan
+from iterflow.core.settings import Settings
+from iterflow.runtime.context import Aborted, Drifted, FlowContext, Suspended
+from iterflow.store.base import Claim, LeaseLost, Store
+from iterflow.store.outbox import TASK_NAME, reconcile_task_name
+from iterflow.store.urls import libpq_url
 
 __all__ = ["Worker", "default_owner", "run_procrastinate", "stale_worker_seconds"]
 

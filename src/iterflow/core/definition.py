@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from pydantic import ValidationError
 
-from . import codec
-from .errors import FlowDefinitionError, InputInvalid, OutputInvalid
+from iterflow.core import codec
+from iterflow.core.errors import FlowDefinitionError, InputInvalid, OutputInvalid
 
 if TYPE_CHECKING:
-    from .context import FlowContext
+    from iterflow.runtime.context import FlowContext
 
 __all__ = ["Body", "DriftPolicy", "FlowDef", "Registry"]
 

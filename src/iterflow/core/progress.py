@@ -6,7 +6,7 @@
   it ran. Built flows are matched structurally, so loop iterations (``poll``, ``poll#1``...)
   land on their body's nodes; other graphs map each call to the node of its key base.
 
-Pure: it reads a :class:`~iterflow.models.RunDetail` (``engine.status(run_id)``).
+Pure: it reads a :class:`~iterflow.core.models.RunDetail` (``engine.status(run_id)``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .graph import (
+from iterflow.core.graph import (
     CALL_KINDS,
     OUTPUT,
     Branch,
@@ -28,7 +28,7 @@ from .graph import (
     graph_from_calls,
     node_id,
 )
-from .models import RunDetail, RunStatus, StepKind, StepStatus
+from iterflow.core.models import RunDetail, RunStatus, StepKind, StepStatus
 
 __all__ = ["RunOverlay", "graph_from_history", "overlay"]
 

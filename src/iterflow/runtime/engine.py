@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from . import codec
-from .definition import DriftPolicy, FlowDef, Registry
-from .durations import DurationLike, due_at, parse_duration
-from .errors import (
+from iterflow.core import codec
+from iterflow.core.definition import DriftPolicy, FlowDef, Registry
+from iterflow.core.durations import DurationLike, due_at, parse_duration
+from iterflow.core.errors import (
     ConfigInvalid,
     DatabaseUnavailable,
     FlowError,
@@ -32,7 +32,7 @@ from .errors import (
     SignalPayloadInvalid,
     SignalUnknown,
 )
-from .models import (
+from iterflow.core.models import (
     CancelResult,
     NewRun,
     RetryResult,
@@ -43,18 +43,18 @@ from .models import (
     SignalResult,
     StartResult,
 )
-from .notify import TerminalListener
-from .reconciler import Reconciler, ReconcileReport
-from .settings import CONNECTION_SETTINGS, Settings
-from .store.base import Store
-from .store.memory import MemoryStore
-from .store.postgres import HOT_IDLE, TERMINAL_CHANNEL, PostgresStore
-from .urls import asyncpg_url, libpq_url, redacted, resolve_database_url_source
-from .worker import Worker, run_procrastinate, stale_worker_seconds
+from iterflow.core.settings import CONNECTION_SETTINGS, Settings
+from iterflow.runtime.notify import TerminalListener
+from iterflow.runtime.reconciler import Reconciler, ReconcileReport
+from iterflow.runtime.worker import Worker, run_procrastinate, stale_worker_seconds
+from iterflow.store.base import Store
+from iterflow.store.memory import MemoryStore
+from iterflow.store.postgres import HOT_IDLE, TERMINAL_CHANNEL, PostgresStore
+from iterflow.store.urls import asyncpg_url, libpq_url, redacted, resolve_database_url_source
 
 if TYPE_CHECKING:
-    from .context import FlowContext
-    from .embedded import EmbeddedPostgres
+    from iterflow.runtime.context import FlowContext
+    from iterflow.store.embedded import EmbeddedPostgres
 
 __all__ = ["Engine", "FlowHandle"]
 
@@ -130,7 +130,7 @@ class Engine:
     """Durable flows on PostgreSQL. Use as ``async with Engine(url) as engine: ...``.
 
     The database is chosen when the engine opens, by the same rule as ``flowctl``
-    (:func:`iterflow.urls.resolve_database_url`): ``database_url`` if given, else
+    (:func:`iterflow.store.urls.resolve_database_url`): ``database_url`` if given, else
     ``$ITERFLOW_DATABASE_URL``, else ``$DATABASE_URL``, else an embedded PostgreSQL in
     ``settings.data_dir`` (logged with its data directory). Change settings with
     :meth:`configure`, before the engine opens.
@@ -244,7 +244,7 @@ class Engine:
         # One rule for the library and flowctl: argument, $ITERFLOW_DATABASE_URL, $DATABASE_URL.
         url, source = resolve_database_url_source(self.settings.database_url)
         if url is None:
-            from .embedded import EmbeddedPostgres
+            from iterflow.store.embedded import EmbeddedPostgres
 
             data_dir = (self.settings.data_dir / "pgdata").expanduser().resolve()
             logger.info(
@@ -325,7 +325,7 @@ class Engine:
         """Install or upgrade iterflow's tables (what ``flowctl migrate`` does)."""
         if self._memory is not None:
             return
-        from .migrate import run_migrations
+        from iterflow.store.migrate import run_migrations
 
         await asyncio.to_thread(run_migrations, self.database_url, schema=self.settings.db_schema)
 

@@ -3,9 +3,9 @@
 Inputs, signal payloads, step results, child inputs, memoized values and outputs all go through
 :func:`encode` **before** anything is written: pydantic encodes the value to JSON data, then the
 data is checked against what PostgreSQL's ``jsonb`` stores. A value that cannot be stored raises
-:class:`~iterflow.errors.PayloadInvalid` (NUL characters, lone surrogates, NaN/Infinity, a type
+:class:`~iterflow.core.errors.PayloadInvalid` (NUL characters, lone surrogates, NaN/Infinity, a type
 the codec cannot encode, nesting too deep, an integer too long) or
-:class:`~iterflow.errors.PayloadTooLarge` (over the byte cap of its UTF-8 JSON text). NaN and
+:class:`~iterflow.core.errors.PayloadTooLarge` (over the byte cap of its UTF-8 JSON text). NaN and
 Infinity are refused, never turned into ``null``. Text columns (tags, keys, reasons, labels) are
 checked by :func:`check_text`. Errors are repaired rather than refused
 (:meth:`FlowError.to_dict`).
@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError
 
-from .errors import InputInvalid, PayloadInvalid, PayloadTooLarge
+from iterflow.core.errors import InputInvalid, PayloadInvalid, PayloadTooLarge
 
 __all__ = [
     "adapter",

@@ -32,12 +32,12 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from . import codec
-from .definition import FlowDef
-from .durations import DurationLike, WhenLike
-from .graph import CallTrace, FlowGraph, graph_from_calls
-from .models import StepKind
-from .retry import RetryPolicy
+from iterflow.core import codec
+from iterflow.core.definition import FlowDef
+from iterflow.core.durations import DurationLike, WhenLike
+from iterflow.core.graph import CallTrace, FlowGraph, graph_from_calls
+from iterflow.core.models import StepKind
+from iterflow.core.retry import RetryPolicy
 
 __all__ = ["Placeholder", "describe", "graph_of", "sample"]
 
@@ -157,7 +157,7 @@ class _QuietLog:
 
 
 class DryRunContext:
-    """A stand-in for :class:`~iterflow.context.FlowContext` that records calls."""
+    """A stand-in for :class:`~iterflow.runtime.context.FlowContext` that records calls."""
 
     def __init__(self, flow: FlowDef[Any, Any], max_calls: int) -> None:
         self.run_id = SAMPLE_UUID

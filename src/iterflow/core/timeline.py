@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from .models import RunDetail
+from iterflow.core.models import RunDetail
 
 __all__ = ["render_timeline"]
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from .errors import StepTimeout
+from iterflow.core.errors import StepTimeout
 
 __all__ = ["execute"]
 

@@ -4,14 +4,14 @@ Three sources produce the same data structure:
 
 * a built flow carries its **static** graph (``flow(...)...build().graph``), with explicit loop
   and branch nodes;
-* :func:`iterflow.describe.describe` dry-runs a raw body and records its ``ctx`` calls;
-* :func:`iterflow.progress.graph_from_history` reads the memo rows of any run.
+* :func:`iterflow.core.describe.describe` dry-runs a raw body and records its ``ctx`` calls;
+* :func:`iterflow.core.progress.graph_from_history` reads the memo rows of any run.
 
 Node ids are cursor-key bases (``charge``, ``sleep:cool-off``, ``signal:approve``,
 ``invoke:ship@1``), plus ``loop``/``branch`` ids for builder structure and ``output`` for the
 end. Graphs compare equal on name, version, nodes (id, kind, label) and edges, so a flow written
 both ways yields equal graphs. Rendering: :func:`to_mermaid`, :func:`to_json`, :func:`render`,
-optionally with a run's progress (:func:`iterflow.progress.overlay`). Everything here is pure.
+optionally with a run's progress (:func:`iterflow.core.progress.overlay`). Everything here is pure.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from .models import StepKind
+from iterflow.core.models import StepKind
 
 if TYPE_CHECKING:
-    from .progress import RunOverlay
+    from iterflow.core.progress import RunOverlay
 
 __all__ = [
     "Branch",

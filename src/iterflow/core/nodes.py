@@ -14,12 +14,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from .definition import FlowDef
-from .durations import DurationLike, WhenLike
-from .retry import RetryPolicy
+from iterflow.core.definition import FlowDef
+from iterflow.core.durations import DurationLike, WhenLike
+from iterflow.core.retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from .context import FlowContext
+    from iterflow.runtime.context import FlowContext
 
 __all__ = [
     "BranchNode",
@@ -67,7 +67,7 @@ class StepContext(Generic[In]):
     @property
     def attempt(self) -> int:
         """The 1-based attempt of this step (retries included, across crashes and resumes)."""
-        from .context import step_attempt
+        from iterflow.runtime.context import step_attempt
 
         return step_attempt()
 

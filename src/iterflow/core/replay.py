@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from .errors import FlowError, ReplayNonDeterministic
-from .models import RunStatus, SignalRecord, StepKind, StepRecord, TimerRecord
-from .retry import RetryPolicy
+from iterflow.core.errors import FlowError, ReplayNonDeterministic
+from iterflow.core.models import RunStatus, SignalRecord, StepKind, StepRecord, TimerRecord
+from iterflow.core.retry import RetryPolicy
 
 __all__ = [
     "Call",

@@ -7,11 +7,11 @@ with the payload or ``merge(value, payload)``; ``loop`` repeats a body while ``u
 false; ``branch`` picks a sub-flow by a key computed from the value; ``invoke`` runs a child flow
 on it; ``output`` maps the final value.
 
-``build()`` returns a :class:`BuiltFlow`: a :class:`~iterflow.definition.FlowDef` whose body walks
-the nodes with the very same ``ctx.step``/``ctx.sleep``/``ctx.signal``/``ctx.invoke`` as a raw
-body, so replay, drift detection and history rows are identical; it also carries the static
-:class:`~iterflow.graph.FlowGraph`. Definition mistakes (duplicate labels, one signal name with
-two models, a bad version) raise :class:`~iterflow.errors.FlowDefinitionError` while building.
+``build()`` returns a :class:`BuiltFlow`: a :class:`~iterflow.core.definition.FlowDef` whose
+body walks the nodes with the very same ``ctx.step``/``ctx.sleep``/``ctx.signal``/``ctx.invoke``
+as a raw body, so replay, drift detection and history rows are identical; it also carries the static
+:class:`~iterflow.core.graph.FlowGraph`. Definition mistakes (duplicate labels, one signal name with
+two models, a bad version) raise :class:`~iterflow.core.errors.FlowDefinitionError` while building.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar, overload
 
-from . import codec
-from .definition import _NAME, DriftPolicy, FlowDef
-from .durations import DurationLike, WhenLike, due_at, parse_duration
-from .errors import FlowDefinitionError
-from .graph import Branch, FlowGraph, GraphNode, Item, Loop, graph_from_tree
-from .nodes import (
+from iterflow.core import codec
+from iterflow.core.definition import _NAME, DriftPolicy, FlowDef
+from iterflow.core.durations import DurationLike, WhenLike, due_at, parse_duration
+from iterflow.core.errors import FlowDefinitionError
+from iterflow.core.graph import Branch, FlowGraph, GraphNode, Item, Loop, graph_from_tree
+from iterflow.core.nodes import (
     BranchNode,
     InvokeNode,
     LoopNode,
@@ -39,7 +39,7 @@ from .nodes import (
     StepNode,
     make_body,
 )
-from .retry import RetryPolicy
+from iterflow.core.retry import RetryPolicy
 
 __all__ = ["BuiltFlow", "FlowBuilder", "OutputBuilder", "StepContext", "flow"]
 

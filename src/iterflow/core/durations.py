@@ -6,8 +6,8 @@ import math
 import re
 from datetime import datetime, timedelta
 
-from .codec import shown
-from .errors import DurationInvalid
+from iterflow.core.codec import shown
+from iterflow.core.errors import DurationInvalid
 
 __all__ = ["DurationInvalid", "DurationLike", "WhenLike", "due_at", "parse_duration"]
 

@@ -1,9 +1,9 @@
 """``flowctl``: the synchronous, operator-facing surface.
 
-The database URL resolves as in the library (:func:`iterflow.urls.resolve_database_url`):
+The database URL resolves as in the library (:func:`iterflow.store.urls.resolve_database_url`):
 ``--database-url``, else ``$ITERFLOW_DATABASE_URL``, else ``$DATABASE_URL``, else embedded.
 
-Bad input never prints a traceback: every :class:`~iterflow.errors.FlowError` reaching
+Bad input never prints a traceback: every :class:`~iterflow.core.errors.FlowError` reaching
 :func:`main` becomes one line on stderr, ``flowctl: error [CODE]: message``, and the exit status
 of :data:`EXIT_CODES` (``-v`` adds the traceback). Anything else is a bug and keeps its traceback.
 """
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from iterflow.core.errors import (
     ConfigInvalid,
     DatabaseUnavailable,
     DurationInvalid,
@@ -39,10 +39,10 @@ from .errors import (
     SignalPayloadInvalid,
     SignalUnknown,
 )
-from .urls import redacted, resolve_database_url
+from iterflow.store.urls import redacted, resolve_database_url
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from iterflow.runtime.engine import Engine
 
 __all__ = [
     "EXIT_CODES",
@@ -163,7 +163,7 @@ def _import_module(name: str) -> Any:
 
 def _load_engine(target: str, url: str | None) -> Engine:
     """The ``Engine`` at ``module:attribute``; ``--database-url`` (``url``) overrides its URL."""
-    from .engine import Engine
+    from iterflow.runtime.engine import Engine
 
     module_name, _, attr = target.partition(":")
     if not module_name or not attr or ":" in attr:
@@ -191,8 +191,8 @@ def _load_engine(target: str, url: str | None) -> Engine:
 
 
 async def _migrate(url: str | None, schema: str, stamp: bool) -> None:
-    from .engine import Engine
-    from .migrate import stamp as stamp_tables
+    from iterflow.runtime.engine import Engine
+    from iterflow.store.migrate import stamp as stamp_tables
 
     async with Engine(url, db_schema=schema) as engine:
         where = redacted(engine.database_url)
@@ -228,8 +228,8 @@ async def _worker(target: str, url: str | None, concurrency: int) -> None:
 
 
 async def _show(url: str | None, schema: str, run_id: str) -> None:
-    from .engine import Engine
-    from .timeline import render_timeline
+    from iterflow.core.timeline import render_timeline
+    from iterflow.runtime.engine import Engine
 
     async with Engine(url, db_schema=schema) as engine:
         detail = await engine.status(run_id)
@@ -237,7 +237,7 @@ async def _show(url: str | None, schema: str, run_id: str) -> None:
 
 
 async def _list(url: str | None, schema: str, args: argparse.Namespace) -> None:
-    from .engine import Engine
+    from iterflow.runtime.engine import Engine
 
     async with Engine(url, db_schema=schema) as engine:
         page = await engine.list_runs(
@@ -257,7 +257,7 @@ async def _list(url: str | None, schema: str, args: argparse.Namespace) -> None:
 
 
 async def _cancel(url: str | None, schema: str, run_id: str, reason: str | None) -> None:
-    from .engine import Engine
+    from iterflow.runtime.engine import Engine
 
     async with Engine(url, db_schema=schema) as engine:
         print((await engine.cancel(run_id, reason=reason)).kind)
@@ -274,10 +274,10 @@ async def _signal(
 
 
 async def _graph(target: str | None, url: str | None, schema: str, args: Any) -> None:
-    from .describe import graph_of
-    from .engine import Engine
-    from .graph import render
-    from .progress import graph_from_history, overlay
+    from iterflow.core.describe import graph_of
+    from iterflow.core.graph import render
+    from iterflow.core.progress import graph_from_history, overlay
+    from iterflow.runtime.engine import Engine
 
     sample = _json(args.input, "--input", InputInvalid) if args.input else None
     module, _, rest = (target or "").partition(":")
@@ -302,7 +302,7 @@ async def _graph(target: str | None, url: str | None, schema: str, args: Any) ->
 
 
 async def _retry(url: str | None, schema: str, run_id: str) -> None:
-    from .engine import Engine
+    from iterflow.runtime.engine import Engine
 
     async with Engine(url, db_schema=schema) as engine:
         result = await engine.retry(run_id)
@@ -310,7 +310,7 @@ async def _retry(url: str | None, schema: str, run_id: str) -> None:
 
 
 def _generate_schema(args: argparse.Namespace) -> None:
-    from .schemagen import write_schema
+    from iterflow.store.schemagen import write_schema
 
     try:
         written = write_schema(args.out, schema=args.schema, sql=args.sql, force=args.force)
@@ -451,7 +451,7 @@ def _run(args: argparse.Namespace) -> None:
         explicit = args.database_url if args.target else url
         asyncio.run(_graph(args.target, explicit, args.schema, args))
     elif args.command == "demo":
-        from .demo import run_demo
+        from iterflow.cli.demo import run_demo
 
         asyncio.run(run_demo(url, sleep_seconds=args.sleep))
 
@@ -492,7 +492,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_INTERNAL
     return EXIT_OK
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,8 +1,8 @@
 """``FlowContext``: the ``ctx`` a flow body receives.
 
 Each call takes its position and cursor key **synchronously, at the call site** (the methods are
-plain functions returning awaitables), asks :mod:`iterflow.replay` what the call means given the
-history, and performs the decision: return a memo, run new work and checkpoint it, or suspend.
+plain functions returning awaitables), asks :mod:`iterflow.core.replay` what the call means given
+the history, and performs the decision: return a memo, run new work and checkpoint it, or suspend.
 Suspension and drift are ``BaseException``\\ s; if user code swallows one anyway (a bare
 ``except:``), the next ``ctx`` call and the end of the body re-raise it.
 """
@@ -22,10 +22,10 @@ from typing import Any, TypeVar, overload
 
 from pydantic import ValidationError
 
-from . import codec, replay
-from .definition import FlowDef
-from .durations import DurationLike, WhenLike, due_at, parse_duration
-from .errors import (
+from iterflow.core import codec, replay
+from iterflow.core.definition import FlowDef
+from iterflow.core.durations import DurationLike, WhenLike, due_at, parse_duration
+from iterflow.core.errors import (
     DatabaseUnavailable,
     DataRejected,
     FlowDefinitionError,
@@ -42,7 +42,7 @@ from .errors import (
     StepFailed,
     safe_text,
 )
-from .models import (
+from iterflow.core.models import (
     ChildRecord,
     NewRun,
     RunStatus,
@@ -52,8 +52,8 @@ from .models import (
     StepStatus,
     TimerRecord,
 )
-from .retry import RetryPolicy
-from .store.base import Lease, LeaseLost, Store
+from iterflow.core.retry import RetryPolicy
+from iterflow.store.base import Lease, LeaseLost, Store
 
 __all__ = ["Aborted", "Drifted", "FlowContext", "Interrupt", "Suspended"]
 
@@ -284,7 +284,7 @@ class FlowContext:
         policy: RetryPolicy,
         timeout: timedelta | None,
     ) -> Any:
-        from .executor import execute
+        from iterflow.runtime.executor import execute
 
         self._check()
         out_type = codec.return_type(fn)
@@ -429,8 +429,8 @@ class FlowContext:
         """Wait for the signal ``name`` and return its payload as ``model``.
 
         Signals are consumed FIFO from the run's inbox, so one sent before the wait is not lost.
-        With ``timeout``, raises :class:`~iterflow.errors.SignalTimeout` (``SIGNAL_TIMEOUT``) when
-        nothing arrives in time; delivery and timeout never both win.
+        With ``timeout``, raises :class:`~iterflow.core.errors.SignalTimeout`
+        (``SIGNAL_TIMEOUT``) when nothing arrives in time; delivery and timeout never both win.
         """
         declared = self._signal_models.get(name)
         if declared is None:

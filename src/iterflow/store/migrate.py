@@ -33,9 +33,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
-from .errors import ConfigInvalid, DatabaseUnavailable, SchemaConflict, SchemaMissing
-from .store.schema import DEFAULT_SCHEMA
-from .urls import psycopg_url
+from iterflow.core.errors import ConfigInvalid, DatabaseUnavailable, SchemaConflict, SchemaMissing
+from iterflow.store.schema import DEFAULT_SCHEMA
+from iterflow.store.urls import psycopg_url
 
 __all__ = [
     "CONNECTION_ATTRIBUTE",
@@ -87,7 +87,7 @@ _INSUFFICIENT_PRIVILEGE = "42501"
 #: (constraints, types), duplicate_function, duplicate_schema.
 _ALREADY_EXISTS = frozenset({"42P07", "42710", "42723", "42P06"})
 _STAMP_HINT = (
-    "`flowctl migrate --stamp` (iterflow.migrate.stamp()) checks them against this iterflow "
+    "`flowctl migrate --stamp` (iterflow.store.migrate.stamp()) checks them against this iterflow "
     "version's tables and records them as installed"
 )
 
@@ -306,7 +306,7 @@ def _recorded_revision(connection: Connection, schema: str) -> str | None:
 
 
 def _present_tables(connection: Connection, schema: str) -> set[str]:
-    from .schemagen import metadata_for
+    from iterflow.store.schemagen import metadata_for
 
     names = set(sa.inspect(connection).get_table_names(schema=schema))
     return names & {table.name for table in metadata_for(schema).sorted_tables}
@@ -346,7 +346,7 @@ def table_differences(connection: Connection, schema: str = DEFAULT_SCHEMA) -> l
     savepoint that is rolled back, so nothing is left behind. Each difference names the table and
     the column, constraint or index, e.g. ``column runs.meta is missing``.
     """
-    from .schemagen import metadata_for
+    from iterflow.store.schemagen import metadata_for
 
     validate_schema_name(schema)
     tables = [table.name for table in metadata_for(schema).sorted_tables]

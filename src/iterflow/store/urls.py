@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from sqlalchemy.engine import URL, make_url
 
-from .errors import ConfigInvalid
+from iterflow.core.errors import ConfigInvalid
 
 __all__ = [
     "URL_ENV_VARS",

@@ -13,10 +13,10 @@ from datetime import timedelta
 
 from pydantic import BaseModel
 
-from .context import FlowContext
-from .engine import Engine, FlowHandle
-from .models import RunStatus
-from .timeline import render_timeline
+from iterflow.core.models import RunStatus
+from iterflow.core.timeline import render_timeline
+from iterflow.runtime.context import FlowContext
+from iterflow.runtime.engine import Engine, FlowHandle
 
 __all__ = ["run_demo"]
 

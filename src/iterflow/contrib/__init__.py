@@ -1,0 +1,1 @@
+"""Optional extras (installed with extras), imported by nothing inside iterflow."""

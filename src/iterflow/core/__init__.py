@@ -1,0 +1,1 @@
+"""Pure core: definitions, replay, decisions, codec. No I/O, no clock, no randomness."""

@@ -1,0 +1,1 @@
+"""Async orchestration over the store: engine, context, worker, host, reconciler."""
