@@ -7,8 +7,9 @@ import uuid
 
 import pytest
 
+from iterflow.core.errors import LeaseLost
 from iterflow.core.models import NewRun, RunStatus, StepKind, StepRecord, StepStatus
-from iterflow.store.base import Lease, LeaseLost, Store
+from iterflow.store.base import Lease, Store
 
 LEASE = 30.0
 ERROR = {"code": "REPLAY_NON_DETERMINISTIC", "message": "drift"}

@@ -9,17 +9,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from iterflow.core.errors import DataRejected, SignalLimitExceeded
+from iterflow.core.errors import DataRejected, LeaseLost, SignalLimitExceeded
 from iterflow.core.models import (
     NewRun,
     RunStatus,
     StepKind,
     StepRecord,
     StepStatus,
+    SuspendPlan,
     TimerRecord,
 )
-from iterflow.core.replay import SuspendPlan
-from iterflow.store.base import Lease, LeaseLost, Store
+from iterflow.store.base import Lease, Store
 
 LEASE = 30.0
 

@@ -14,9 +14,9 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
 from iterflow.core.definition import FlowDef
-from iterflow.core.errors import FlowError
+from iterflow.core.errors import Drifted, FlowError, Suspended
 from iterflow.core.models import NewRun, SignalRecord, StepRecord, TimerRecord
-from iterflow.runtime.context import Drifted, FlowContext, Suspended
+from iterflow.runtime.context import FlowContext
 from iterflow.store.base import Lease, Store
 
 RUN_ID = uuid.UUID("00000000-0000-4000-8000-000000000001")

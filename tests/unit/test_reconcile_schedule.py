@@ -18,7 +18,8 @@ import pytest
 from procrastinate import periodic
 
 from iterflow.core.settings import Settings
-from iterflow.runtime.worker import Worker, _procrastinate_app, reconcile_cron
+from iterflow.runtime.host import _procrastinate_app, reconcile_cron
+from iterflow.runtime.worker import Worker
 from iterflow.store.outbox import reconcile_task_name
 
 EVERY = (1, 5, 7, 30, 59)

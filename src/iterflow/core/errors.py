@@ -9,25 +9,32 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pydantic_core
+
+if TYPE_CHECKING:
+    from iterflow.core.models import SuspendPlan
 
 _BY_CODE: dict[str, type[FlowError]] = {}
 """Every error class by its code: filled by ``FlowError.__init_subclass__``."""
 
 __all__ = [
+    "Aborted",
     "ConfigInvalid",
     "DataRejected",
     "DatabaseUnavailable",
+    "Drifted",
     "DurationInvalid",
     "FlowDefinitionError",
     "FlowError",
     "FlowFailed",
     "FlowUnknown",
     "InputInvalid",
+    "Interrupt",
     "InvokeDepthExceeded",
     "InvokeFanoutExceeded",
+    "LeaseLost",
     "NonRetryable",
     "OutputInvalid",
     "PayloadInvalid",
@@ -45,6 +52,7 @@ __all__ = [
     "SignalUnknown",
     "StepFailed",
     "StepTimeout",
+    "Suspended",
     "json_safe",
     "registered_codes",
     "safe_text",
@@ -354,3 +362,42 @@ class SchemaConflict(FlowError):
     command that resolves it (``flowctl migrate --stamp``)."""
 
     code = "SCHEMA_CONFLICT"
+
+
+# --- control flow -------------------------------------------------------------------------------
+# Not errors: they end an attempt. BaseExceptions, so ``except Exception`` in user code cannot
+# swallow them (a bare ``except:`` that does is caught at the next ctx call).
+
+
+class Interrupt(BaseException):
+    """Ends the attempt. Derives from BaseException so ``except Exception`` cannot swallow it."""
+
+
+class Suspended(Interrupt):
+    """The run waits (sleep, signal, retry backoff); the worker writes ``plan``."""
+
+    def __init__(self, plan: SuspendPlan) -> None:
+        super().__init__(plan.reason)
+        self.plan = plan
+
+
+class Drifted(Interrupt):
+    """The body no longer matches the recorded history."""
+
+    def __init__(self, error: FlowError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class Aborted(Interrupt):
+    """Storage failed mid-attempt (e.g. PostgreSQL restarting). The attempt ends without failing
+    the run; it is retried shortly, or recovered by lease expiry if even that write fails."""
+
+    def __init__(self, error: FlowError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class LeaseLost(BaseException):
+    """This attempt no longer owns the run (lease expired and another worker claimed it, or the
+    run was canceled). The attempt must stop without writing anything else."""

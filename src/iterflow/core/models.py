@@ -25,6 +25,7 @@ __all__ = [
     "StepKind",
     "StepRecord",
     "StepStatus",
+    "SuspendPlan",
     "TimerRecord",
 ]
 
@@ -249,3 +250,29 @@ class NewRun:
     parent_run_id: uuid.UUID | None = None
     parent_cursor_key: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SuspendPlan:
+    """How an attempt ends without finishing: the new status, when to wake, what to arm."""
+
+    status: RunStatus
+    reason: str
+    cursor_key: str
+    wake_at: datetime | None
+    waiting_for: str | None = None
+    new_timers: tuple[TimerRecord, ...] = ()
+    progress: bool = True
+
+    def merge(self, other: SuspendPlan) -> SuspendPlan:
+        """Combine two branches of a ``ctx.gather``: wake at the earliest due time."""
+        wakes = [w for w in (self.wake_at, other.wake_at) if w is not None]
+        return SuspendPlan(
+            status=self.status,
+            reason=self.reason,
+            cursor_key=self.cursor_key,
+            wake_at=min(wakes) if wakes else None,
+            waiting_for=self.waiting_for,
+            new_timers=self.new_timers + other.new_timers,
+            progress=self.progress or other.progress,
+        )

@@ -13,7 +13,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from iterflow.core.errors import FlowError, ReplayNonDeterministic
-from iterflow.core.models import RunStatus, SignalRecord, StepKind, StepRecord, TimerRecord
+from iterflow.core.models import (
+    RunStatus,
+    SignalRecord,
+    StepKind,
+    StepRecord,
+    SuspendPlan,
+    TimerRecord,
+)
 from iterflow.core.retry import RetryPolicy
 
 __all__ = [
@@ -27,7 +34,6 @@ __all__ = [
     "SignalTimeoutNow",
     "SleepFire",
     "SleepSuspend",
-    "SuspendPlan",
     "decide_retry",
     "decide_signal",
     "decide_sleep",
@@ -161,32 +167,6 @@ class Cursor:
 
 
 # --- suspension -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SuspendPlan:
-    """How an attempt ends without finishing: the new status, when to wake, what to arm."""
-
-    status: RunStatus
-    reason: str
-    cursor_key: str
-    wake_at: datetime | None
-    waiting_for: str | None = None
-    new_timers: tuple[TimerRecord, ...] = ()
-    progress: bool = True
-
-    def merge(self, other: SuspendPlan) -> SuspendPlan:
-        """Combine two branches of a ``ctx.gather``: wake at the earliest due time."""
-        wakes = [w for w in (self.wake_at, other.wake_at) if w is not None]
-        return SuspendPlan(
-            status=self.status,
-            reason=self.reason,
-            cursor_key=self.cursor_key,
-            wake_at=min(wakes) if wakes else None,
-            waiting_for=self.waiting_for,
-            new_timers=self.new_timers + other.new_timers,
-            progress=self.progress or other.progress,
-        )
 
 
 # --- sleep ------------------------------------------------------------------------------------

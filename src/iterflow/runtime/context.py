@@ -26,13 +26,17 @@ from iterflow.core import codec, replay
 from iterflow.core.definition import FlowDef
 from iterflow.core.durations import DurationLike, WhenLike, due_at, parse_duration
 from iterflow.core.errors import (
+    Aborted,
     DatabaseUnavailable,
     DataRejected,
+    Drifted,
     FlowDefinitionError,
     FlowError,
     InputInvalid,
+    Interrupt,
     InvokeDepthExceeded,
     InvokeFanoutExceeded,
+    LeaseLost,
     NonRetryable,
     PayloadInvalid,
     PayloadTooLarge,
@@ -40,6 +44,7 @@ from iterflow.core.errors import (
     SignalTimeout,
     SignalUnknown,
     StepFailed,
+    Suspended,
     safe_text,
 )
 from iterflow.core.models import (
@@ -50,12 +55,13 @@ from iterflow.core.models import (
     StepKind,
     StepRecord,
     StepStatus,
+    SuspendPlan,
     TimerRecord,
 )
 from iterflow.core.retry import RetryPolicy
-from iterflow.store.base import Lease, LeaseLost, Store
+from iterflow.store.base import Lease, Store
 
-__all__ = ["Aborted", "Drifted", "FlowContext", "Interrupt", "Suspended"]
+__all__ = ["FlowContext", "step_attempt"]
 
 T = TypeVar("T")
 M = TypeVar("M")
@@ -82,35 +88,6 @@ class _HasDefinition(typing.Protocol[CI, CO]):
 
 
 logger = logging.getLogger("iterflow.flow")
-
-
-class Interrupt(BaseException):
-    """Ends the attempt. Derives from BaseException so ``except Exception`` cannot swallow it."""
-
-
-class Suspended(Interrupt):
-    """The run waits (sleep, signal, retry backoff); the worker writes ``plan``."""
-
-    def __init__(self, plan: replay.SuspendPlan) -> None:
-        super().__init__(plan.reason)
-        self.plan = plan
-
-
-class Drifted(Interrupt):
-    """The body no longer matches the recorded history."""
-
-    def __init__(self, error: FlowError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-class Aborted(Interrupt):
-    """Storage failed mid-attempt (e.g. PostgreSQL restarting). The attempt ends without failing
-    the run; it is retried shortly, or recovered by lease expiry if even that write fails."""
-
-    def __init__(self, error: FlowError) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 def _step_error(label: str, attempts: int, exc: BaseException) -> FlowError:
@@ -302,7 +279,7 @@ class FlowContext:
                 if timer.fire_at > self._clock():
                     self._raise(
                         Suspended(
-                            replay.SuspendPlan(
+                            SuspendPlan(
                                 status=RunStatus.RETRYING,
                                 reason="retry",
                                 cursor_key=call.cursor_key,
@@ -591,7 +568,7 @@ class FlowContext:
             self._raise(Aborted(exc))
         self._raise(
             Suspended(
-                replay.SuspendPlan(
+                SuspendPlan(
                     status=RunStatus.AWAITING_CHILD,
                     reason="child",
                     cursor_key=call.cursor_key,
@@ -628,7 +605,7 @@ class FlowContext:
             results = await asyncio.gather(*aws, return_exceptions=True)
         finally:
             _IN_GATHER.reset(token)
-        plans: list[replay.SuspendPlan] = []
+        plans: list[SuspendPlan] = []
         for result in results:
             if isinstance(result, Drifted | Aborted | LeaseLost):
                 self._raise(result)
@@ -637,7 +614,7 @@ class FlowContext:
             elif isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result
         if plans:
-            merged = functools.reduce(replay.SuspendPlan.merge, plans)
+            merged = functools.reduce(SuspendPlan.merge, plans)
             self.interrupted = None
             self._raise(Suspended(merged))
         for result in results:

@@ -44,9 +44,10 @@ from iterflow.core.models import (
     StartResult,
 )
 from iterflow.core.settings import CONNECTION_SETTINGS, Settings
-from iterflow.runtime.notify import TerminalListener
+from iterflow.runtime.host import run_procrastinate, stale_worker_seconds
+from iterflow.runtime.notify import LocalNotifier, TerminalListener
 from iterflow.runtime.reconciler import Reconciler, ReconcileReport
-from iterflow.runtime.worker import Worker, run_procrastinate, stale_worker_seconds
+from iterflow.runtime.worker import Worker
 from iterflow.store.base import Store
 from iterflow.store.memory import MemoryStore
 from iterflow.store.postgres import HOT_IDLE, TERMINAL_CHANNEL, PostgresStore
@@ -165,6 +166,7 @@ class Engine:
         self._reconciler: Reconciler | None = None
         self._memory: MemoryStore | None = None
         self._notifier: _Notifier | None = None
+        self._local: LocalNotifier | None = None
 
     @classmethod
     def in_memory(cls, *, clock: Callable[[], datetime] | None = None, **overrides: Any) -> Engine:
@@ -175,7 +177,9 @@ class Engine:
         once with ``clock.advance("3d")``.
         """
         engine = cls("memory://", **overrides)
-        engine._memory = MemoryStore(clock)
+        notifier = LocalNotifier()
+        engine._memory = MemoryStore(clock, on_terminal=notifier.notify)
+        engine._local = notifier
         return engine
 
     def configure(self, **changes: Any) -> None:
@@ -231,7 +235,7 @@ class Engine:
         if self._memory is not None:
             self._url = "memory://"
             self._store = self._memory
-            self._notifier = self._memory.notifier
+            self._notifier = self._local
             self._worker = Worker(
                 self._store,
                 self.registry,

@@ -1,7 +1,6 @@
 """The attempt loop: claim → replay from the top → checkpoint → suspend / finish / fail.
 
-Also hosts procrastinate: one task, ``iterflow.advance(run_id)``, run by procrastinate workers on
-psycopg. procrastinate's own retry is never used for it; the engine owns retries and timers.
+Procrastinate runs it (``runtime/host.py``); this module knows nothing of the queue.
 """
 
 from __future__ import annotations
@@ -14,29 +13,30 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from iterflow.core.definition import FlowDef, Registry
 from iterflow.core.errors import (
+    Aborted,
     DataRejected,
+    Drifted,
     FlowError,
     FlowFailed,
     FlowUnknown,
     InputInvalid,
+    LeaseLost,
     RunAttemptsExhausted,
+    Suspended,
     safe_text,
 )
-from iterflow.core.models import RunStatus
-from iterflow.core.replay import SuspendPlan
+from iterflow.core.models import RunStatus, SuspendPlan
 from iterflow.core.settings import Settings
-from iterflow.runtime.context import Aborted, Drifted, FlowContext, Suspended
-from iterflow.store.base import Claim, LeaseLost, Store
-from iterflow.store.outbox import TASK_NAME, reconcile_task_name
-from iterflow.store.urls import libpq_url
+from iterflow.runtime.context import FlowContext
+from iterflow.store.base import Claim, Store
 
-__all__ = ["Worker", "default_owner", "run_procrastinate", "stale_worker_seconds"]
+__all__ = ["Worker", "default_owner"]
 
 logger = logging.getLogger(__name__)
 
@@ -319,122 +319,3 @@ def _db_clock(db_now: datetime) -> Callable[[], datetime]:
         return db_now + timedelta(seconds=time.monotonic() - start)
 
     return now
-
-
-# --- procrastinate hosting --------------------------------------------------------------------
-
-
-async def run_procrastinate(
-    worker: Worker,
-    settings: Settings,
-    database_url: str,
-    *,
-    reconcile: Callable[[], Awaitable[object]],
-    concurrency: int,
-) -> None:
-    """Run procrastinate's worker on this engine's queue until cancelled.
-
-    Only cancellation ends it. procrastinate's worker loop stops (or raises) when its fetch or
-    LISTEN connection loses the database, e.g. during a PostgreSQL restart (procrastinate issue
-    #1116); runs are safe in PostgreSQL, so the loop is started again with backoff.
-    """
-    app = _procrastinate_app(worker, settings, database_url, reconcile, concurrency)
-    failures = 0
-    while True:
-        started = time.monotonic()
-        try:
-            async with app.open_async():
-                await app.run_worker_async(
-                    queues=[settings.queue_name],
-                    concurrency=concurrency,
-                    wait=True,
-                    fetch_job_polling_interval=settings.worker_poll_interval,
-                    install_signal_handlers=False,
-                    delete_jobs="successful",
-                    shutdown_graceful_timeout=5.0,
-                    update_heartbeat_interval=_heartbeat_seconds(settings),
-                )
-            reason = "it stopped on its own"
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-        if time.monotonic() - started > 60:
-            failures = 0
-        failures += 1
-        delay = min(30.0, 0.5 * 2 ** min(failures - 1, 6)) * (0.5 + random.random() / 2)
-        logger.warning("procrastinate worker stopped (%s); restarting it in %.1fs", reason, delay)
-        await asyncio.sleep(delay)
-
-
-def reconcile_cron(every_seconds: int) -> str:
-    """The procrastinate cron of the periodic reconciler: a sweep every ``every_seconds``.
-
-    procrastinate hands the string to ``croniter.croniter(cron)`` (``PeriodicTask.croniter``)
-    without ``second_at_beginning``, so a sixth field is croniter's ``SECOND_FIELD`` and comes
-    **last**: ``minute hour day month weekday second``. (``*/5 * * * * *`` would mean every
-    second of every fifth minute.) The ticks are the seconds ``0, n, 2n, ... <= 59`` of every
-    minute; when ``n`` does not divide 60 the gap across the minute boundary (``60 - kn``) is
-    shorter than ``n``, so no two consecutive sweeps are ever more than ``n`` seconds apart (e.g.
-    ``n = 7``: ``:00 :07 ... :56``, then ``:00`` again 4 s later).
-    """
-    if not 1 <= every_seconds <= 59:
-        raise ValueError(f"every_seconds must be within 1..59, got {every_seconds}")
-    return f"* * * * * */{every_seconds}"
-
-
-def _procrastinate_app(
-    worker: Worker,
-    settings: Settings,
-    database_url: str,
-    reconcile: Callable[[], Awaitable[object]],
-    concurrency: int,
-) -> Any:
-    """The procrastinate app: the wake-up task and the periodic reconciler (no retry strategy:
-    the engine owns retries and timers)."""
-    import procrastinate
-
-    app = procrastinate.App(
-        connector=procrastinate.PsycopgConnector(
-            conninfo=libpq_url(database_url), min_size=1, max_size=concurrency + 2
-        )
-    )
-
-    @app.task(name=TASK_NAME, queue=settings.queue_name, pass_context=False)
-    async def advance(run_id: str) -> None:
-        try:
-            await worker.advance(uuid.UUID(run_id))
-        except FlowError as exc:
-            logger.error("attempt on run %s failed: %s", run_id, exc)
-
-    @app.periodic(
-        cron=reconcile_cron(settings.reconcile_every_seconds), periodic_id=settings.queue_name
-    )
-    @app.task(
-        name=reconcile_task_name(settings.db_schema),
-        queue=settings.queue_name,
-        queueing_lock=reconcile_task_name(settings.db_schema),
-        pass_context=False,
-    )
-    async def reconcile_task(timestamp: int) -> None:
-        try:
-            await reconcile()
-        except FlowError as exc:
-            logger.warning("reconciler sweep failed: %s", exc)
-
-    return app
-
-
-def _heartbeat_seconds(settings: Settings) -> float:
-    """procrastinate's worker heartbeat period: half a lease, at most its 10 s default."""
-    return min(10.0, max(0.5, settings.lease_seconds / 2))
-
-
-def stale_worker_seconds(settings: Settings) -> float:
-    """A worker silent this long is dead: the reconciler releases its ``doing`` wake-ups.
-
-    A worker killed between an attempt's last commit (suspend/finish) and procrastinate's
-    ``finish_job`` leaves the job ``doing``, holding the run's job lock, so the run's next
-    wake-up cannot be fetched; the lease does not help (the run is no longer ``running``).
-    Tying this to the lease bounds that stall like a lease expiry instead of procrastinate's
-    fixed 30 s.
-    """
-    return max(settings.lease_seconds, 3 * _heartbeat_seconds(settings))

@@ -21,11 +21,11 @@ from iterflow.core.models import (
     SignalResult,
     StartResult,
     StepRecord,
+    SuspendPlan,
     TimerRecord,
 )
-from iterflow.core.replay import SuspendPlan
 
-__all__ = ["Claim", "Lease", "LeaseLost", "Store", "WakeUp", "signal_limit"]
+__all__ = ["Claim", "Lease", "Store", "WakeUp", "signal_limit"]
 
 
 def signal_limit(run_id: uuid.UUID, cap: int) -> SignalLimitExceeded:
@@ -35,11 +35,6 @@ def signal_limit(run_id: uuid.UUID, cap: int) -> SignalLimitExceeded:
         "was not stored. A flood of deliveries to one run is refused rather than stored",
         details={"limit": cap},
     )
-
-
-class LeaseLost(BaseException):
-    """This attempt no longer owns the run (lease expired and another worker claimed it, or the
-    run was canceled). The attempt must stop without writing anything else."""
 
 
 @dataclass(frozen=True, slots=True)

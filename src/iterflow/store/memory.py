@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from iterflow.core.codec import check_data
-from iterflow.core.errors import ConfigInvalid, DataRejected, PayloadInvalid
+from iterflow.core.errors import ConfigInvalid, DataRejected, LeaseLost, PayloadInvalid
 from iterflow.core.models import (
     RESUMABLE_STATUSES,
     TERMINAL_STATUSES,
@@ -33,11 +33,10 @@ from iterflow.core.models import (
     StartResult,
     StepRecord,
     StepStatus,
+    SuspendPlan,
     TimerRecord,
 )
-from iterflow.core.replay import SuspendPlan
-from iterflow.runtime.notify import LocalNotifier
-from iterflow.store.base import Claim, Lease, LeaseLost, WakeUp, signal_limit
+from iterflow.store.base import Claim, Lease, WakeUp, signal_limit
 
 __all__ = ["MemoryStore"]
 
@@ -104,9 +103,15 @@ class _Run:
 class MemoryStore:
     """The :class:`~iterflow.store.base.Store` in process memory."""
 
-    def __init__(self, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], datetime] | None = None,
+        *,
+        on_terminal: Callable[[str], None] | None = None,
+    ) -> None:
+        """``on_terminal(run_id)`` is called when a run ends (the engine wakes its waiters)."""
         self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
-        self.notifier = LocalNotifier()
+        self._on_terminal = on_terminal
         self._runs: dict[uuid.UUID, _Run] = {}
         self._steps: dict[uuid.UUID, dict[int, StepRecord]] = {}
         self._signals: dict[uuid.UUID, list[SignalRecord]] = {}
@@ -168,7 +173,8 @@ class MemoryStore:
         run.lease_token = run.lease_owner = run.lease_expires_at = None
         run.waiting_for = None
         run.wake_at = None
-        self.notifier.notify(str(run.id))
+        if self._on_terminal is not None:
+            self._on_terminal(str(run.id))
 
     # -- the in-process queue (used by Engine.in_memory's driver) -------------------------------
 

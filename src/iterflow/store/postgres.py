@@ -25,7 +25,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 
-from iterflow.core.errors import DatabaseUnavailable, DataRejected, FlowError, SchemaMissing
+from iterflow.core.errors import (
+    DatabaseUnavailable,
+    DataRejected,
+    FlowError,
+    LeaseLost,
+    SchemaMissing,
+)
 from iterflow.core.models import (
     TERMINAL_STATUSES,
     CancelResult,
@@ -42,11 +48,11 @@ from iterflow.core.models import (
     StepKind,
     StepRecord,
     StepStatus,
+    SuspendPlan,
     TimerRecord,
 )
-from iterflow.core.replay import SuspendPlan
 from iterflow.store import schema as schema_tables
-from iterflow.store.base import Claim, Lease, LeaseLost, WakeUp, signal_limit
+from iterflow.store.base import Claim, Lease, WakeUp, signal_limit
 from iterflow.store.outbox import TASK_NAME, reconcile_task_name
 from iterflow.store.queries import RUN_COLS, TERMINAL_CHANNEL, Statements
 
