@@ -2,7 +2,8 @@
 
 Two ways in:
 
-* programmatic (``iterflow.store.migrate.run_migrations`` / ``flowctl migrate`` / ``engine.migrate()``):
+* programmatic (``iterflow.store.migrate.run_migrations``, ``flowctl migrate``,
+  ``engine.migrate()``):
   ``config.attributes`` carries ``connection`` (an open connection inside a transaction),
   ``database_url`` and ``iterflow_schema``;
 * the alembic command line from the repository root, with the top-level ``alembic.ini``::
@@ -25,8 +26,8 @@ from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 
 from iterflow.store import migrate
-from iterflow.store.schemagen import metadata_for
 from iterflow.store.schema import quote_identifier, translate_map
+from iterflow.store.schemagen import metadata_for
 from iterflow.store.urls import psycopg_url
 
 # Shared with iterflow.store.migrate.stamp: the same for every iterflow process.

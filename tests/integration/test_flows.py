@@ -61,7 +61,7 @@ async def test_steps_sleep_signal_and_result(engine: Engine) -> None:
         "sleep:cool-off",
         "signal:approve",
     ]
-    assert detail.run.status is RunStatus.DONE and detail.run.attempts >= 3
+    assert detail.run.status is RunStatus.DONE and detail.run.claims >= 3
     assert detail.events[0].type == "started"
     assert [e.type for e in detail.events][-1] == "completed"
     assert detail.timers[0].fired_at is not None

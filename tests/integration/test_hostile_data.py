@@ -88,7 +88,7 @@ async def test_unstorable_step_result_fails_the_step_once_without_retries(
     assert detail.run.status is RunStatus.FAILED
     assert detail.run.error is not None and detail.run.error["code"] == "PAYLOAD_INVALID"
     assert "result of step 'produce'" in detail.run.error["message"]
-    assert detail.run.attempts == 1  # one claim: no abort-and-retry as if storage were down
+    assert detail.run.claims == 1  # one claim: no abort-and-retry as if storage were down
     (step,) = detail.steps
     assert step.status is StepStatus.FAILED and step.attempts == 1
     assert step.error is not None and step.error["code"] == "PAYLOAD_INVALID"
@@ -111,7 +111,7 @@ async def test_step_error_text_with_nul_and_surrogates_is_stored_repaired(eng: E
     run = await body.start(In())
     detail = await settle(eng, run.run_id)
     assert calls["step"] == 1  # retries=0 means one run, not ten
-    assert detail.run.attempts == 1
+    assert detail.run.claims == 1
     assert detail.run.error is not None and detail.run.error["code"] == "STEP_FAILED"
     assert "card \ufffd declined \ufffd" in detail.run.error["message"]
     assert detail.steps[0].error is not None
@@ -132,7 +132,7 @@ async def test_label_with_nul_is_a_definition_error_before_the_step_runs(eng: En
     run = await body.start(In())
     detail = await settle(eng, run.run_id)
     assert calls["step"] == 0
-    assert detail.run.attempts == 1
+    assert detail.run.claims == 1
     assert detail.run.error is not None
     assert detail.run.error["code"] == "FLOW_DEFINITION_INVALID"
     assert "NUL" in detail.run.error["message"]
@@ -151,7 +151,7 @@ async def test_output_that_cannot_be_stored_fails_the_run_once(eng: Engine) -> N
     assert (
         calls["body"] == 1
     )  # the run ended at once; it did not stay running until a lease ran out
-    assert detail.run.status is RunStatus.FAILED and detail.run.attempts == 1
+    assert detail.run.status is RunStatus.FAILED and detail.run.claims == 1
     assert detail.run.error is not None and detail.run.error["code"] == "PAYLOAD_INVALID"
     assert "output of flow bad-output@1" in detail.run.error["message"]
 
@@ -171,7 +171,7 @@ async def test_user_error_code_survives_with_details_made_json_safe(eng: Engine)
 
     run = await body.start(In())
     detail = await settle(eng, run.run_id)
-    assert calls["body"] == 1 and detail.run.attempts == 1
+    assert calls["body"] == 1 and detail.run.claims == 1
     error = detail.run.error
     assert error is not None and error["code"] == "PAYMENT_DECLINED"
     assert error["details"]["at"] == at.isoformat().replace("+00:00", "Z")
@@ -228,7 +228,7 @@ async def test_a_refused_checkpoint_records_the_step_failed_and_never_reruns_it(
     run = await body.start(In())
     detail = await settle(eng, run.run_id)
     assert calls["charge"] == 1
-    assert detail.run.attempts == 1
+    assert detail.run.claims == 1
     assert detail.run.error is not None and detail.run.error["code"] == "DATA_REJECTED"
     (step,) = detail.steps
     assert step.status is StepStatus.FAILED and step.error is not None

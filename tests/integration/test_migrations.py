@@ -50,6 +50,9 @@ PROCRASTINATE_TABLES = {
     "procrastinate_periodic_defers",
 }
 
+#: The newest revision shipped (what a fresh migrate records).
+HEAD = head_revision()
+
 
 # ------------------------------------------------------------------------------------------
 # helpers (also used by test_schemagen.py)
@@ -182,7 +185,7 @@ def test_migrations_match_table_metadata(empty_database_url: str, schema: str) -
 def test_version_table_lives_in_the_iterflow_schema(empty_database_url: str) -> None:
     run_migrations(empty_database_url, schema="acme_flows")
 
-    assert _version(empty_database_url, "acme_flows") == ["0001"]
+    assert _version(empty_database_url, "acme_flows") == [HEAD]
     assert VERSION_TABLE in _tables(empty_database_url, "acme_flows")
     public = _tables(empty_database_url, "public")
     assert "alembic_version" not in public
@@ -201,7 +204,7 @@ def test_upgrade_twice_is_a_no_op(empty_database_url: str) -> None:
 
     run_migrations(empty_database_url)
 
-    assert _version(empty_database_url, "iterflow") == ["0001"]
+    assert _version(empty_database_url, "iterflow") == [HEAD]
     assert _scalar(empty_database_url, "SELECT count(*) FROM iterflow.runs") == 1
 
 
@@ -214,7 +217,7 @@ def test_upgrade_downgrade_upgrade(empty_database_url: str) -> None:
     assert _tables(url, "public") >= PROCRASTINATE_TABLES  # kept unless asked
 
     run_migrations(url)
-    assert _version(url, "iterflow") == ["0001"]
+    assert _version(url, "iterflow") == [HEAD]
     assert schema_diff(url, "iterflow") == []
 
 
@@ -268,7 +271,7 @@ def test_concurrent_migrations_in_threads(empty_database_url: str) -> None:
         thread.join(timeout=60)
 
     assert errors == []
-    assert _version(empty_database_url, "iterflow") == ["0001"]
+    assert _version(empty_database_url, "iterflow") == [HEAD]
 
 
 def test_concurrent_migrations_in_processes(empty_database_url: str) -> None:
@@ -287,7 +290,7 @@ def test_concurrent_migrations_in_processes(empty_database_url: str) -> None:
     results = [(proc.wait(timeout=60), proc.communicate()[1]) for proc in procs]
 
     assert [rc for rc, _ in results] == [0, 0, 0], [err for _, err in results]
-    assert _version(empty_database_url, "iterflow") == ["0001"]
+    assert _version(empty_database_url, "iterflow") == [HEAD]
     assert schema_diff(empty_database_url, "iterflow") == []
 
 
@@ -313,7 +316,8 @@ def test_alembic_command_line_from_repo_root(empty_database_url: str) -> None:
 
     assert result.returncode == 0, result.stderr
     assert "Running upgrade  -> 0001" in result.stderr
-    assert _version(empty_database_url, "cli_flows") == ["0001"]
+    assert "Running upgrade 0001 -> 0002" in result.stderr
+    assert _version(empty_database_url, "cli_flows") == [HEAD]
     assert schema_diff(empty_database_url, "cli_flows") == []
 
 
@@ -392,9 +396,9 @@ def test_stamp_adopts_generated_tables(
     result = stamp(url, schema=schema)
 
     assert result == StampResult(schema, head_revision(), None, True)
-    assert _version(url, schema) == ["0001"]
+    assert _version(url, schema) == [HEAD]
     run_migrations(url, schema=schema)  # a no-op now
-    assert _version(url, schema) == ["0001"]
+    assert _version(url, schema) == [HEAD]
     assert_matches_metadata(url, schema)
     # procrastinate's schema is exactly what the migrations install (database_url is migrated)
     with connect(url) as conn, connect(database_url) as reference:
@@ -404,8 +408,8 @@ def test_stamp_adopts_generated_tables(
 
 
 def test_stamp_of_a_migrated_schema_is_a_check_only(database_url: str) -> None:
-    assert stamp(database_url) == StampResult("iterflow", "0001", "0001", False)
-    assert _version(database_url, "iterflow") == ["0001"]
+    assert stamp(database_url) == StampResult("iterflow", HEAD, HEAD, False)
+    assert _version(database_url, "iterflow") == [HEAD]
 
 
 def test_migrate_over_existing_tables_is_a_schema_conflict(empty_database_url: str) -> None:

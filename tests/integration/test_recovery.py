@@ -202,7 +202,7 @@ async def test_normal_resumes_never_count_against_the_cap(database_url: str) -> 
             assert (await engine.signal(run.run_id, "tick", {"i": i})).kind == "delivered"
         assert await engine.worker.advance(run.run_id) == "done"
         assert await ticker.result(run.run_id, timeout=5) == sum(range(200))
-        assert (await engine.status(run.run_id)).run.attempts == 201
+        assert (await engine.status(run.run_id)).run.claims == 201
 
 
 async def test_signal_inbox_is_fifo_and_keys_survive_consumption(engine: Engine) -> None:
@@ -316,7 +316,7 @@ async def test_a_loop_that_sleeps_200_times_completes(database_url: str) -> None
         assert outcome == "done" and len(outcomes) >= 200
         assert await naps.result(run.run_id, timeout=5) == 200
         detail = await engine.status(run.run_id)
-        assert detail.run.attempts == len(outcomes) + 1 and len(detail.steps) == 200
+        assert detail.run.claims == len(outcomes) + 1 and len(detail.steps) == 200
 
 
 async def test_a_wake_up_whose_finish_was_lost_under_a_live_worker_is_released(

@@ -89,7 +89,7 @@ def run_record(status: RunStatus, **kw: object) -> RunRecord:
         "priority": 0,
         "lease_owner": None,
         "lease_expires_at": None,
-        "attempts": 1,
+        "claims": 1,
         "stalled_claims": 0,
         "waiting_for": None,
         "wake_at": None,

@@ -99,7 +99,9 @@ class RunRecord:
     priority: int
     lease_owner: str | None
     lease_expires_at: datetime | None
-    attempts: int
+    #: How many times a worker claimed the run (attempts made); a step's own attempts are on
+    #: its :class:`StepRecord`.
+    claims: int
     stalled_claims: int
     waiting_for: str | None
     wake_at: datetime | None

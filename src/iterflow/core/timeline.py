@@ -20,7 +20,7 @@ def render_timeline(detail: RunDetail) -> str:
     """Render ``engine.status(...)`` as text: header, then steps and events by time."""
     run = detail.run
     lines = [
-        f"run {run.id}  {run.name}@{run.version}  status={run.status.value}  claims={run.attempts}",
+        f"run {run.id}  {run.name}@{run.version}  status={run.status.value}  claims={run.claims}",
     ]
     if run.error:
         lines.append(f"  error: [{run.error.get('code')}] {run.error.get('message')}")

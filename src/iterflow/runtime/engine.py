@@ -765,7 +765,7 @@ def _check_timeout(timeout: object) -> None:
 def _still_running(run: RunRecord, timeout: float | None) -> str:
     """RESULT_TIMEOUT's message: what the run is doing, and a hint when nothing runs it."""
     waited = f"after {timeout}s"
-    if run.status is RunStatus.PENDING and run.attempts == 0:
+    if run.status is RunStatus.PENDING and run.claims == 0:
         if run.wake_at is not None and run.wake_at > datetime.now(UTC):
             return (
                 f"run {run.id} is pending {waited}: its start is delayed until "

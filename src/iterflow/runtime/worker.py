@@ -121,7 +121,7 @@ class Worker:
         ctx = FlowContext(
             run_id=run.id,
             flow_name=run.name,
-            attempt=run.attempts,
+            attempt=run.claims,
             store=self.store,
             lease=lease,
             history=claim.history,

@@ -63,7 +63,7 @@ class _Run:
     lease_token: uuid.UUID | None = None
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
-    attempts: int = 0
+    claims: int = 0
     stalled_claims: int = 0
     waiting_for: str | None = None
     wake_at: datetime | None = None
@@ -87,7 +87,7 @@ class _Run:
             priority=self.priority,
             lease_owner=self.lease_owner,
             lease_expires_at=self.lease_expires_at,
-            attempts=self.attempts,
+            claims=self.claims,
             stalled_claims=self.stalled_claims,
             waiting_for=self.waiting_for,
             wake_at=self.wake_at,
@@ -259,7 +259,7 @@ class MemoryStore:
         run.status = RunStatus.RUNNING
         run.lease_token, run.lease_owner = token, owner
         run.lease_expires_at = now + timedelta(seconds=lease_seconds)
-        run.attempts += 1
+        run.claims += 1
         run.stalled_claims += 1
         run.started_at = run.started_at or now
         run.updated_at = now

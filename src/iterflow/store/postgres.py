@@ -88,7 +88,7 @@ def _run(row: Row) -> RunRecord:
         priority=row["priority"],
         lease_owner=row["lease_owner"],
         lease_expires_at=row["lease_expires_at"],
-        attempts=row["attempts"],
+        claims=row["claims"],
         stalled_claims=row["stalled_claims"],
         waiting_for=row["waiting_for"],
         wake_at=row["wake_at"],

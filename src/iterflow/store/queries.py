@@ -19,7 +19,7 @@ TERMINAL_CHANNEL = "iterflow_terminal"
 
 RUN_COLS = (
     "id, seq, name, version, status, input, output, error, idempotency_key, parent_run_id, "
-    "parent_cursor_key, tags, priority, lease_owner, lease_expires_at, attempts, "
+    "parent_cursor_key, tags, priority, lease_owner, lease_expires_at, claims, "
     "stalled_claims, waiting_for, wake_at, created_at, updated_at, started_at, finished_at, meta"
 )
 _RESUMABLE = "('pending', 'sleeping', 'awaiting_signal', 'awaiting_child', 'retrying')"
@@ -57,7 +57,7 @@ class Statements:
                 UPDATE {s}.runs SET status = 'running', lease_token = :token,
                     lease_owner = :owner,
                     lease_expires_at = now() + make_interval(secs => :lease),
-                    attempts = attempts + 1, stalled_claims = stalled_claims + 1,
+                    claims = claims + 1, stalled_claims = stalled_claims + 1,
                     started_at = coalesce(started_at, now()), updated_at = now()
                 WHERE id = :run_id AND (status IN {_RESUMABLE}
                     OR (status = 'running' AND lease_expires_at < now()))

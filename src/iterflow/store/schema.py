@@ -78,7 +78,7 @@ runs = sa.Table(
     sa.Column("lease_token", pg.UUID(as_uuid=True)),
     sa.Column("lease_owner", sa.Text),
     sa.Column("lease_expires_at", sa.DateTime(timezone=True)),
-    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("claims", sa.Integer, nullable=False, server_default="0"),
     sa.Column("stalled_claims", sa.Integer, nullable=False, server_default="0"),
     sa.Column("waiting_for", sa.Text),
     sa.Column("wake_at", sa.DateTime(timezone=True)),
