@@ -67,7 +67,7 @@ class StepContext(Generic[In]):
     @property
     def attempt(self) -> int:
         """The 1-based attempt of this step (retries included, across crashes and resumes)."""
-        from iterflow.runtime.context import step_attempt
+        from iterflow.core.ctx import step_attempt
 
         return step_attempt()
 

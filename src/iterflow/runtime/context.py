@@ -23,6 +23,7 @@ from typing import Any, TypeVar, overload
 from pydantic import ValidationError
 
 from iterflow.core import codec, replay
+from iterflow.core.ctx import STEP_ATTEMPT, step_attempt
 from iterflow.core.definition import FlowDef
 from iterflow.core.durations import DurationLike, WhenLike, due_at, parse_duration
 from iterflow.core.errors import (
@@ -63,6 +64,7 @@ from iterflow.store.base import Lease, Store
 
 __all__ = ["FlowContext", "step_attempt"]
 
+
 T = TypeVar("T")
 M = TypeVar("M")
 T1 = TypeVar("T1")
@@ -73,13 +75,6 @@ CO = TypeVar("CO")
 
 #: True inside the branches of a ``ctx.gather``: a sibling's suspension must not stop them.
 _IN_GATHER: contextvars.ContextVar[bool] = contextvars.ContextVar("iterflow_gather", default=False)
-#: The 1-based attempt of the step body running now (set before each attempt; see step_attempt).
-_STEP_ATTEMPT: contextvars.ContextVar[int] = contextvars.ContextVar("iterflow_step", default=1)
-
-
-def step_attempt() -> int:
-    """Inside a step body: which attempt of that step is running (1 = the first)."""
-    return _STEP_ATTEMPT.get()
 
 
 class _HasDefinition(typing.Protocol[CI, CO]):
@@ -293,7 +288,7 @@ class FlowContext:
         attempt = done + 1
         while True:
             started = self._clock()
-            _STEP_ATTEMPT.set(attempt)  # copied into the thread of a sync step
+            STEP_ATTEMPT.set(attempt)  # copied into the thread of a sync step
             try:
                 value = await execute(fn, args, timeout)
                 data = codec.encode(
