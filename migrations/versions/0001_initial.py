@@ -20,10 +20,13 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-from procrastinate.schema import SchemaManager
 from sqlalchemy.dialects import postgresql as pg
 
-from iterflow.store.migrate import drop_procrastinate_requested, revision_schema
+from iterflow.store.migrate import (
+    drop_procrastinate_requested,
+    install_procrastinate,
+    revision_schema,
+)
 
 # revision identifiers, used by Alembic.
 revision: str = "0001"
@@ -50,7 +53,7 @@ def upgrade() -> None:
     _create_signals(schema)
     _create_timers(schema)
     _create_events(schema)
-    _install_procrastinate()
+    install_procrastinate(op.get_bind())  # unless another iterflow schema (or the app) did
 
 
 def downgrade() -> None:
@@ -220,20 +223,6 @@ def _create_events(schema: str) -> None:
 # --------------------------------------------------------------------------------------------
 # procrastinate 3.10.0 (pinned in pyproject.toml). A procrastinate upgrade that ships SQL
 # migration files gets one new revision per file, read from the installed package by name.
-
-
-def _install_procrastinate() -> None:
-    bind = op.get_bind()
-    if bind.execute(sa.text("SELECT to_regclass('procrastinate_jobs')")).scalar() is not None:
-        return  # installed by another iterflow schema (or by the application)
-    # sa.text() on psycopg: SQLAlchemy doubles the % of the RAISE messages and psycopg turns
-    # them back into single ones (exec_driver_sql would send them raw and fail).
-    op.execute(sa.text(SchemaManager.get_schema()))
-    # The fetch query filters todo/doing jobs by lock; this keeps it fast on big tables.
-    op.execute(
-        "CREATE INDEX IF NOT EXISTS procrastinate_jobs_lock_priority_idx "
-        "ON procrastinate_jobs (lock, priority, id) WHERE status IN ('todo', 'doing')"
-    )
 
 
 def _drop_procrastinate() -> None:

@@ -492,3 +492,14 @@ def test_stamp_needs_tables_and_a_known_revision(empty_database_url: str) -> Non
     with pytest.raises(SchemaConflict, match="does not know"):
         stamp(url)
     assert _version(url, "iterflow") == ["9999"]
+
+
+async def test_engine_migrate_stamp_adopts_generated_tables(empty_database_url: str) -> None:
+    from iterflow import Engine
+
+    _apply_generated_sql(empty_database_url, "iterflow")
+    async with Engine(empty_database_url, pool_size=2) as engine:
+        await engine.migrate(stamp=True)
+        await engine.migrate()  # a no-op now
+        assert await engine.list_runs() is not None
+    assert _version(empty_database_url, "iterflow") == [HEAD]

@@ -154,3 +154,10 @@ def test_resolve_database_url_reads_the_process_environment(
     monkeypatch.setenv("ITERFLOW_DATABASE_URL", "postgresql://iterflow/db")
     assert resolve_database_url(None) == "postgresql://iterflow/db"
     assert resolve_database_url("postgresql://explicit/db") == "postgresql://explicit/db"
+
+
+def test_engine_settings_cannot_be_assigned_around_configure() -> None:
+    engine = Engine("postgresql://u@h/db")
+    with pytest.raises(ConfigInvalid, match=r"engine\.configure"):
+        engine.settings = engine.settings.model_copy(update={"lease_seconds": 5})
+    assert engine.settings.lease_seconds == 20.0
