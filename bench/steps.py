@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 
 from iterflow import Engine
+from iterflow.core.decisions import AttemptOutcome
 from iterflow.core.models import StepKind, StepRecord, StepStatus
 from iterflow.store.urls import libpq_url
 
@@ -59,7 +60,7 @@ async def _in_process(url: str, n: int, runs: int, extra: dict[str, Any]) -> flo
             for _ in range(WARMUP_RUNS):
                 started = await flows.steps.start(Steps(n=n))
                 await engine.worker.advance(started.run_id)
-            outcomes: list[str] = []
+            outcomes: list[AttemptOutcome] = []
             cpu = time.process_time()
             t0 = time.perf_counter()
             for _ in range(runs):
@@ -67,7 +68,7 @@ async def _in_process(url: str, n: int, runs: int, extra: dict[str, Any]) -> flo
                 outcomes.append(await engine.worker.advance(started.run_id))
             seconds = time.perf_counter() - t0
             extra["cpu_timed"] = time.process_time() - cpu
-        if set(outcomes) != {"done"}:
+        if set(outcomes) != {AttemptOutcome.DONE}:
             raise RuntimeError(f"in-process runs did not all finish: {set(outcomes)}")
         extra["statements"] = dict(counter.counts)
         extra["runs_total"] = runs + WARMUP_RUNS
@@ -224,7 +225,7 @@ async def _replay_attempts(url: str, runs: int) -> dict[str, Any]:
                 first = await worker.worker.advance(started.run_id)
                 await client.signal(started.run_id, "go", {"sent_at": 0})
                 second = await worker.worker.advance(started.run_id)
-                if (first, second) != ("suspended", "done"):
+                if (first, second) != (AttemptOutcome.SUSPENDED, AttemptOutcome.DONE):
                     raise RuntimeError(f"unexpected attempt outcomes {first}, {second}")
     return dict(counter.counts)
 

@@ -11,7 +11,6 @@ import pytest
 
 from iterflow.core.errors import DataRejected, LeaseLost, SignalLimitExceeded
 from iterflow.core.models import (
-    NewRun,
     RunStatus,
     StepKind,
     StepRecord,
@@ -20,26 +19,7 @@ from iterflow.core.models import (
     TimerRecord,
 )
 from iterflow.store.base import Lease, Store
-
-LEASE = 30.0
-
-
-def new_run(**kw: object) -> NewRun:
-    fields: dict[str, object] = {"id": uuid.uuid4(), "name": "f", "version": 1, "input": {"n": 1}}
-    fields.update(kw)
-    return NewRun(**fields)  # type: ignore[arg-type]
-
-
-def memo(position: int, key: str, status: StepStatus = StepStatus.OK, **kw: object) -> StepRecord:
-    return StepRecord(position, key, StepKind.STEP, key, status, **kw)  # type: ignore[arg-type]
-
-
-async def started_and_claimed(store: Store, **kw: object) -> Lease:
-    run = new_run(**kw)
-    await store.create_run(run)
-    claim = await store.claim(run.id, "w1", LEASE)
-    assert claim is not None
-    return claim.lease
+from tests.contract.support import LEASE, memo, new_run, started_and_claimed
 
 
 async def test_start_is_idempotent_and_queues_one_wake(store: Store) -> None:
@@ -362,3 +342,20 @@ async def test_list_runs_is_newest_first_and_keyset_paginated(store: Store) -> N
     assert [r.id for r in only_a] == [ids[4], ids[2], ids[0]]
     tagged = await store.list_runs(name=None, statuses=[], tag="t", limit=10, before_seq=None)
     assert [r.id for r in tagged] == [ids[1], ids[0]]
+
+
+async def test_a_taken_run_id_is_refused_and_a_cancel_reason_is_checked_when_written(
+    store: Store,
+) -> None:
+    run = new_run()
+    await store.create_run(run)
+    with pytest.raises(DataRejected):
+        await store.create_run(new_run(id=run.id, name="other"))
+    assert (await store.get_run(run.id)).name == "f"  # type: ignore[union-attr]
+    bad = "stop\x00"
+    assert (await store.cancel(uuid.uuid4(), bad)).kind == "not_found"
+    with pytest.raises(DataRejected):
+        await store.cancel(run.id, bad)
+    assert (await store.get_run(run.id)).status is RunStatus.PENDING  # type: ignore[union-attr]
+    assert (await store.cancel(run.id, "stop")).kind == "canceled"
+    assert (await store.cancel(run.id, bad)).kind == "already_terminal"

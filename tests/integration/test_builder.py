@@ -13,6 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from iterflow import Engine, FlowContext, StepContext, flow
+from iterflow.core.decisions import AttemptOutcome
 from iterflow.core.describe import describe
 from iterflow.core.models import RunStatus
 from iterflow.core.progress import graph_from_history, overlay
@@ -229,7 +230,7 @@ def test_flowctl_graph_prints_flows_and_overlays_runs(
     from tests.integration import graph_app
     from tests.replay.flows import ONBOARD
 
-    monkeypatch.setattr(graph_app.engine, "settings", graph_app.engine.settings)
+    monkeypatch.setattr(graph_app.engine, "_settings", graph_app.engine.settings)  # restored after
     assert main(["graph", "tests.integration.graph_app:engine:replay-onboard"]) == 0
     mermaid = capsys.readouterr().out
     assert "flowchart TD" in mermaid and '{{"loop"}}' in mermaid
@@ -253,9 +254,9 @@ def test_flowctl_graph_prints_flows_and_overlays_runs(
         async with Engine(database_url) as eng:
             handle = eng.register(ONBOARD)
             run_id = (await handle.start({"email": "c@example.com"})).run_id
-            assert await eng.worker.advance(run_id) == "suspended"
+            assert await eng.worker.advance(run_id) == AttemptOutcome.SUSPENDED
             await asyncio.sleep(0.15)  # the 100 ms recheck is due
-            assert await eng.worker.advance(run_id) == "suspended"
+            assert await eng.worker.advance(run_id) == AttemptOutcome.SUSPENDED
             return str(run_id)
 
     run_id = asyncio.run(mid_loop())

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from iterflow import Engine, FlowContext, flow
 from iterflow.core.builder import FlowBuilder
+from iterflow.core.decisions import AttemptOutcome
 from iterflow.core.definition import DriftPolicy, FlowDef
 from iterflow.core.errors import ResultTimeout
 from iterflow.core.models import RunStatus
@@ -126,7 +127,7 @@ async def deploy_and_suspend(url: str, definition: FlowDef[int, int]) -> uuid.UU
     async with Engine(url, pool_size=2) as eng:
         handle = eng.register(definition)
         run_id = (await handle.start(0)).run_id
-        assert await eng.worker.advance(run_id) == "suspended"
+        assert await eng.worker.advance(run_id) == AttemptOutcome.SUSPENDED
         assert (await eng.status(run_id)).run.status is RunStatus.AWAITING_SIGNAL
         return run_id
 
@@ -151,7 +152,7 @@ async def test_drift_stops_the_run_naming_both_calls_and_writes_nothing(
 
     async with Engine(database_url, pool_size=2) as eng:
         eng.register(make(name, after, "fail"))
-        assert await eng.worker.advance(run_id) == "failed"
+        assert await eng.worker.advance(run_id) == AttemptOutcome.FAILED
         detail = await eng.status(run_id)
 
     assert detail.run.status is RunStatus.FAILED
@@ -183,7 +184,7 @@ async def test_a_removed_trailing_call_is_drift_too(database_url: str) -> None:
                 signals={"hold": Hold},
             )
         )
-        assert await eng.worker.advance(run_id) == "failed"
+        assert await eng.worker.advance(run_id) == AttemptOutcome.FAILED
         error = (await eng.status(run_id)).run.error or {}
     assert error["code"] == "REPLAY_NON_DETERMINISTIC"
     assert "step 'b' (key b) at position 1" in error["message"]
@@ -200,7 +201,7 @@ async def test_park_policy_parks_then_retry_resumes_on_compatible_code(database_
 
     async with Engine(database_url, pool_size=2) as eng:  # a bad deploy: "b" renamed
         handle = eng.register(raw_def("parky", [step("a"), step("b2")], "park"))
-        assert await eng.worker.advance(run_id) == "parked"
+        assert await eng.worker.advance(run_id) == AttemptOutcome.PARKED
         detail = await eng.status(run_id)
         assert detail.run.status is RunStatus.PARKED
         assert (detail.run.error or {})["code"] == "REPLAY_NON_DETERMINISTIC"
@@ -208,16 +209,16 @@ async def test_park_policy_parks_then_retry_resumes_on_compatible_code(database_
         with pytest.raises(ResultTimeout):  # parked is not terminal: waiters keep waiting
             await handle.result(run_id, timeout=0.2)
         assert (await eng.retry(run_id)).kind == "queued"  # re-checked: still incompatible
-        assert await eng.worker.advance(run_id) == "parked"
+        assert await eng.worker.advance(run_id) == AttemptOutcome.PARKED
     assert memo_rows(database_url, run_id) == rows_before
 
     async with Engine(database_url, pool_size=2) as eng:  # the fix is deployed
         handle = eng.register(raw_def("parky", ops, "park"))
         assert (await eng.retry(run_id)).kind == "queued"
         assert (await eng.status(run_id)).run.status is RunStatus.PENDING
-        assert await eng.worker.advance(run_id) == "suspended"
+        assert await eng.worker.advance(run_id) == AttemptOutcome.SUSPENDED
         await eng.signal(run_id, "hold", {})
-        assert await eng.worker.advance(run_id) == "done"
+        assert await eng.worker.advance(run_id) == AttemptOutcome.DONE
         assert await handle.result(run_id, timeout=5) == 0
         events = [e.type for e in (await eng.status(run_id)).events]
         assert events.count("parked") == 2 and events.count("unparked") == 2
@@ -228,7 +229,7 @@ async def test_a_worker_start_rechecks_parked_runs_of_its_flows(database_url: st
     run_id = await deploy_and_suspend(database_url, built_def("restart", ops, "park"))
     async with Engine(database_url, pool_size=2) as eng:
         eng.register(built_def("restart", [step("b"), step("a")], "park"))
-        assert await eng.worker.advance(run_id) == "parked"
+        assert await eng.worker.advance(run_id) == AttemptOutcome.PARKED
 
     async with Engine(database_url, pool_size=4) as eng:  # restart with compatible code
         handle = eng.register(built_def("restart", ops, "park"))
@@ -252,8 +253,8 @@ async def test_unknown_version_fails_or_parks_by_the_flow_policy(database_url: s
     async with Engine(database_url, pool_size=2) as eng:
         for policy in ("fail", "park"):  # only version 2 is deployed now
             eng.register(raw_def(f"gone-{policy}", [step("a")], policy, version=2))  # type: ignore[arg-type]
-        assert await eng.worker.advance(runs["fail"]) == "failed"
-        assert await eng.worker.advance(runs["park"]) == "parked"
+        assert await eng.worker.advance(runs["fail"]) == AttemptOutcome.FAILED
+        assert await eng.worker.advance(runs["park"]) == AttemptOutcome.PARKED
         for policy, status in (("fail", RunStatus.FAILED), ("park", RunStatus.PARKED)):
             run = (await eng.status(runs[policy])).run
             assert run.status is status
@@ -283,7 +284,7 @@ async def test_two_versions_side_by_side(database_url: str) -> None:
     async with Engine(database_url, pool_size=2) as eng:
         v1 = eng.register(versioned(1))
         old_run = (await v1.start(0)).run_id
-        assert await eng.worker.advance(old_run) == "suspended"
+        assert await eng.worker.advance(old_run) == AttemptOutcome.SUSPENDED
         assert (await eng.status(old_run)).run.status is RunStatus.SLEEPING
 
     async with Engine(database_url, pool_size=4) as eng:  # the v2 deploy keeps v1 registered
@@ -330,9 +331,9 @@ async def test_patched_keeps_old_runs_on_the_old_path(database_url: str) -> None
         handle = eng.register(patchable(True))
         new_run = (await handle.start(0)).run_id
         for run_id in (old_run, new_run):
-            assert await eng.worker.advance(run_id) == "suspended"
+            assert await eng.worker.advance(run_id) == AttemptOutcome.SUSPENDED
             await eng.signal(run_id, "hold", {})
-            assert await eng.worker.advance(run_id) == "done"
+            assert await eng.worker.advance(run_id) == AttemptOutcome.DONE
         assert await handle.result(old_run, timeout=5) == "checked=False"
         assert await handle.result(new_run, timeout=5) == "checked=True"
     assert [r[1] for r in memo_rows(database_url, old_run)] == ["a", "b", "signal:hold"]
@@ -376,15 +377,15 @@ async def test_except_exception_or_bare_except_cannot_swallow_a_suspension(
     first = (await swallowing.start(0)).run_id
     second = (await returning.start(0)).run_id
     worker = engine.worker
-    assert await worker.advance(first) == "suspended"
+    assert await worker.advance(first) == AttemptOutcome.SUSPENDED
     assert (await engine.status(first)).run.status is RunStatus.SLEEPING
     await asyncio.sleep(0.25)
-    assert await worker.advance(first) == "suspended"
+    assert await worker.advance(first) == AttemptOutcome.SUSPENDED
     assert (await engine.status(first)).run.status is RunStatus.AWAITING_SIGNAL
-    assert await worker.advance(second) == "suspended"
+    assert await worker.advance(second) == AttemptOutcome.SUSPENDED
     assert (await engine.status(second)).run.status is RunStatus.AWAITING_SIGNAL
     for run_id in (first, second):
         await engine.signal(run_id, "go", {"add": 5})
-        assert await worker.advance(run_id) == "done"
+        assert await worker.advance(run_id) == AttemptOutcome.DONE
     assert await swallowing.result(first, timeout=5) == "got 5"
     assert await returning.result(second, timeout=5) == "got it"

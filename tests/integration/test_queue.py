@@ -9,6 +9,7 @@ import psycopg
 from pydantic import BaseModel
 
 from iterflow import Engine, FlowContext
+from iterflow.core.decisions import AttemptOutcome
 from iterflow.store.urls import libpq_url
 from tests.integration.flows import sql
 
@@ -26,7 +27,7 @@ async def test_a_merged_wake_that_becomes_due_notifies_the_workers(
 
     run = await gated.start(Go())
     sql(database_url, "DELETE FROM procrastinate_jobs")  # as if a worker consumed the start job
-    assert await engine.worker.advance(run.run_id) == "suspended"
+    assert await engine.worker.advance(run.run_id) == AttemptOutcome.SUSPENDED
     # The suspension queued one job for the timeout, an hour from now.
     ((job_id, scheduled_at),) = sql(
         database_url, "SELECT id, scheduled_at FROM procrastinate_jobs WHERE status = 'todo'"
@@ -55,6 +56,7 @@ async def test_a_later_wake_never_postpones_an_earlier_one(
         return True
 
     run = await sleepy.start(Go())  # queued now
-    assert await engine.worker.advance(run.run_id) == "suspended"  # adds a wake in 1h: merged
+    # adds a wake in 1h: merged
+    assert await engine.worker.advance(run.run_id) == AttemptOutcome.SUSPENDED
     rows = sql(database_url, "SELECT scheduled_at FROM procrastinate_jobs WHERE status = 'todo'")
     assert rows == [(None,)]

@@ -13,6 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from iterflow import Engine, FlowContext, FlowError
+from iterflow.core.decisions import AttemptOutcome
 from iterflow.core.models import RunStatus
 from iterflow.store.outbox import reconcile_task_name
 from tests.integration.flows import eventually, sql
@@ -92,11 +93,11 @@ async def test_due_timer_and_buffered_signal_and_finished_child_are_rewoken(
     waiter = await listener.start(Num(n=2))
     boss = await parent.start(Num(n=3))
     for run in (sleeper, waiter, boss):
-        assert await engine.worker.advance(run.run_id) == "suspended"
+        assert await engine.worker.advance(run.run_id) == AttemptOutcome.SUSPENDED
     child_id = sql(
         database_url, "SELECT id FROM iterflow.runs WHERE parent_run_id = %s", boss.run_id
     )[0][0]
-    assert await engine.worker.advance(child_id) == "done"
+    assert await engine.worker.advance(child_id) == AttemptOutcome.DONE
     await engine.signal(waiter.run_id, "tick", {"i": 7})
     lose_jobs(database_url)  # every wake-up is gone
 
@@ -106,7 +107,7 @@ async def test_due_timer_and_buffered_signal_and_finished_child_are_rewoken(
 
     await eventually(all_rewoken, what="timer due, signal and child wake-ups re-enqueued")
     for run in (sleeper, waiter, boss):
-        assert await engine.worker.advance(run.run_id) == "done"
+        assert await engine.worker.advance(run.run_id) == AttemptOutcome.DONE
     assert await parent.result(boss.run_id, timeout=5) == 30
     assert await listener.result(waiter.run_id, timeout=5) == 7
     events = sql(database_url, "SELECT count(*) FROM iterflow.events WHERE type = 'rewoken'")
@@ -134,7 +135,7 @@ async def test_expired_lease_is_recovered_and_the_dead_job_released(
     assert status == [("failed",), ("todo",)]
     detail = await engine.status(run.run_id)
     assert detail.run.status is RunStatus.RETRYING and detail.run.lease_owner is None
-    assert await engine.worker.advance(run.run_id) == "done"
+    assert await engine.worker.advance(run.run_id) == AttemptOutcome.DONE
 
 
 async def test_jobs_left_doing_by_a_dead_worker_are_released(
@@ -145,7 +146,7 @@ async def test_jobs_left_doing_by_a_dead_worker_are_released(
         return x.n
 
     run = await noop3.start(Num(n=1))
-    assert await engine.worker.advance(run.run_id) == "done"
+    assert await engine.worker.advance(run.run_id) == AttemptOutcome.DONE
     stale = sql(
         database_url,
         "INSERT INTO procrastinate_workers (last_heartbeat) VALUES (now() - interval '1 hour') "
@@ -170,7 +171,7 @@ async def test_runs_claimed_without_progress_fail_after_the_cap(database_url: st
             await eventually(
                 lambda: _lease_expired(engine, run.run_id), what="lease expiry", timeout=5
             )
-        assert await engine.worker.advance(run.run_id) == "failed"
+        assert await engine.worker.advance(run.run_id) == AttemptOutcome.FAILED
         with pytest.raises(FlowError) as info:
             await poison.result(run.run_id, timeout=5)
         assert info.value.error_code == "RUN_ATTEMPTS_EXHAUSTED"
@@ -198,9 +199,9 @@ async def test_normal_resumes_never_count_against_the_cap(database_url: str) -> 
 
         run = await ticker.start(Num(n=200))
         for i in range(200):
-            assert await engine.worker.advance(run.run_id) == "suspended"
+            assert await engine.worker.advance(run.run_id) == AttemptOutcome.SUSPENDED
             assert (await engine.signal(run.run_id, "tick", {"i": i})).kind == "delivered"
-        assert await engine.worker.advance(run.run_id) == "done"
+        assert await engine.worker.advance(run.run_id) == AttemptOutcome.DONE
         assert await ticker.result(run.run_id, timeout=5) == sum(range(200))
         assert (await engine.status(run.run_id)).run.claims == 201
 
@@ -216,7 +217,7 @@ async def test_signal_inbox_is_fifo_and_keys_survive_consumption(engine: Engine)
     for i in range(3):  # N signals before N waits: all buffered, none dropped
         result = await engine.signal(run.run_id, "tick", {"i": i}, idempotency_key=f"evt-{i}")
         assert result.kind == "buffered"
-    assert await engine.worker.advance(run.run_id) == "suspended"
+    assert await engine.worker.advance(run.run_id) == AttemptOutcome.SUSPENDED
     detail = await engine.status(run.run_id)
     assert [s.output["i"] for s in detail.steps] == [0, 1, 2]
     assert all(s.consumed_by for s in detail.signals)
@@ -225,7 +226,7 @@ async def test_signal_inbox_is_fifo_and_keys_survive_consumption(engine: Engine)
     assert again.kind == "duplicate"
     last = await engine.signal(run.run_id, "tick", {"i": 9}, idempotency_key="evt-9")
     assert last.kind == "delivered"
-    assert await engine.worker.advance(run.run_id) == "done"
+    assert await engine.worker.advance(run.run_id) == AttemptOutcome.DONE
     assert await collector.result(run.run_id, timeout=5) == [0, 1, 2]
 
 
@@ -235,10 +236,10 @@ async def test_retry_after_signal_timeout_rearms_the_wait(engine: Engine) -> Non
         return (await ctx.signal("tick", Tick, timeout="100ms")).i
 
     run = await approval.start(Num(n=0))
-    assert await engine.worker.advance(run.run_id) == "suspended"
+    assert await engine.worker.advance(run.run_id) == AttemptOutcome.SUSPENDED
 
     async def timed_out() -> bool:
-        return await engine.worker.advance(run.run_id) == "failed"
+        return await engine.worker.advance(run.run_id) == AttemptOutcome.FAILED
 
     await eventually(timed_out, what="signal timeout")
     with pytest.raises(FlowError) as info:
@@ -246,9 +247,10 @@ async def test_retry_after_signal_timeout_rearms_the_wait(engine: Engine) -> Non
     assert info.value.error_code == "SIGNAL_TIMEOUT"
 
     assert (await engine.retry(run.run_id)).kind == "queued"
-    assert await engine.worker.advance(run.run_id) == "suspended"  # a fresh 100ms window
+    # a fresh 100ms window
+    assert await engine.worker.advance(run.run_id) == AttemptOutcome.SUSPENDED
     await engine.signal(run.run_id, "tick", {"i": 4})
-    assert await engine.worker.advance(run.run_id) == "done"
+    assert await engine.worker.advance(run.run_id) == AttemptOutcome.DONE
     assert await approval.result(run.run_id, timeout=5) == 4
 
 
@@ -288,12 +290,12 @@ async def test_a_database_error_during_a_checkpoint_aborts_the_attempt_not_the_r
         "FOR EACH ROW EXECUTE FUNCTION fail_once()",
     )
     run = await sturdy.start(Num(n=8))
-    assert await engine.worker.advance(run.run_id) == "aborted"
+    assert await engine.worker.advance(run.run_id) == AttemptOutcome.ABORTED
     # The failed write rolled back (so the trigger's disarm did too); disarm it for real.
     sql(database_url, "UPDATE fault SET armed = false")
     detail = await engine.status(run.run_id)
     assert detail.run.status is RunStatus.RETRYING and detail.steps == ()
-    assert await engine.worker.advance(run.run_id) == "done"
+    assert await engine.worker.advance(run.run_id) == AttemptOutcome.DONE
     assert await sturdy.result(run.run_id, timeout=5) == 8
     assert len(calls) == 2  # at-least-once before the checkpoint
 
@@ -309,11 +311,11 @@ async def test_a_loop_that_sleeps_200_times_completes(database_url: str) -> None
 
         run = await naps.start(Num(n=200))
         outcomes = []
-        while (outcome := await engine.worker.advance(run.run_id)) == "suspended":
+        while (outcome := await engine.worker.advance(run.run_id)) == AttemptOutcome.SUSPENDED:
             outcomes.append(outcome)
         # 200 suspensions (one more if a claim ever came within 1 ms of a sleep's due time):
         # resumes that make progress never count towards max_stalled_claims=2.
-        assert outcome == "done" and len(outcomes) >= 200
+        assert outcome is AttemptOutcome.DONE and len(outcomes) >= 200
         assert await naps.result(run.run_id, timeout=5) == 200
         detail = await engine.status(run.run_id)
         assert detail.run.claims == len(outcomes) + 1 and len(detail.steps) == 200
@@ -328,7 +330,7 @@ async def test_a_wake_up_whose_finish_was_lost_under_a_live_worker_is_released(
         return x.n
 
     run = await noop4.start(Num(n=1))
-    assert await engine.worker.advance(run.run_id) == "suspended"
+    assert await engine.worker.advance(run.run_id) == AttemptOutcome.SUSPENDED
     live = sql(
         database_url,
         "INSERT INTO procrastinate_workers (last_heartbeat) VALUES (now()) RETURNING id",

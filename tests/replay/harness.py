@@ -1,8 +1,9 @@
 """Replay a recorded history with current code, in process: ``FlowContext`` on a stub store.
 
 The stub implements only what ``FlowContext`` calls (``checkpoint``, ``spawn_child``) and
-records it, so a test sees exactly what an attempt would write. The outcome is classified like
-the worker does: the body returned (``done``), suspended, drifted, or failed.
+records it, so a test sees exactly what an attempt would write. The outcome is classified by the
+worker's own function (:func:`iterflow.core.decisions.classify_attempt`): the body returned
+(``done``), suspended, drifted, or failed.
 """
 
 from __future__ import annotations
@@ -10,14 +11,23 @@ from __future__ import annotations
 import random
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal, cast
 
+from iterflow.core import decisions
 from iterflow.core.definition import FlowDef
-from iterflow.core.errors import Drifted, FlowError, Suspended
-from iterflow.core.models import NewRun, SignalRecord, StepRecord, TimerRecord
+from iterflow.core.errors import Aborted, Drifted, LeaseLost, Suspended
+from iterflow.core.models import (
+    NewRun,
+    RunRecord,
+    RunStatus,
+    SignalRecord,
+    StepRecord,
+    TimerRecord,
+)
+from iterflow.core.settings import Settings
 from iterflow.runtime.context import FlowContext
-from iterflow.store.base import Lease, Store
+from iterflow.store.base import Claim, Lease, Store
 
 RUN_ID = uuid.UUID("00000000-0000-4000-8000-000000000001")
 
@@ -78,34 +88,62 @@ async def replay(
 ) -> Outcome:
     """One attempt of ``flow`` over ``history`` at time ``now``."""
     store = StubStore()
-    ctx = FlowContext(
-        run_id=RUN_ID,
-        flow_name=flow.name,
-        attempt=1,
-        store=cast(Store, store),
+    run = RunRecord(
+        id=RUN_ID,
+        name=flow.name,
+        version=flow.version,
+        status=RunStatus.RUNNING,
+        input=input,
+        output=None,
+        error=None,
+        idempotency_key=None,
+        parent_run_id=None,
+        parent_cursor_key=None,
+        tags=(),
+        priority=0,
+        lease_owner="replay",
+        lease_expires_at=None,
+        claims=1,
+        stalled_claims=0,
+        waiting_for=None,
+        wake_at=None,
+        created_at=now,
+        updated_at=now,
+        started_at=now,
+        finished_at=None,
+        seq=1,
+    )
+    claim = Claim(
+        run=run,
         lease=Lease(RUN_ID, uuid.uuid4(), "replay", 30.0),
         history=history,
         timers={t.cursor_key: t for t in timers or []},
         inbox=list(inbox or []),
+        db_now=now,
+    )
+    ctx = FlowContext(
+        claim,
+        store=cast(Store, store),
+        settings=Settings(max_payload_bytes=1 << 20, inline_retry_max_seconds=0),
         signal_models=flow.signals,
         clock=lambda: now,
         rng=random.Random(0),
-        max_payload_bytes=1 << 20,
-        inline_retry_max=timedelta(0),
     )
+    result: Any = None
+    raised: Suspended | Drifted | Aborted | LeaseLost | Exception | None = None
     try:
-        try:
-            result = await flow.body(ctx, flow.validate_input(input))
-            ctx.check_complete()
-        except Exception:
-            if ctx.interrupted is not None:  # user code turned an interrupt into an exception
-                raise ctx.interrupted from None
-            raise
-    except Suspended as s:
-        plan = s.plan
-        return Outcome("suspended", store, status=plan.status.value, cursor_key=plan.cursor_key)
-    except Drifted as d:
-        return Outcome("drift", store, error=d.error.to_dict())
-    except FlowError as exc:
-        return Outcome("failed", store, error=exc.to_dict())
-    return Outcome("done", store, output=flow.encode_output(result))
+        result = await flow.body(ctx, flow.validate_input(input))
+        ctx.check_complete()
+    except (Suspended, Drifted, Aborted, LeaseLost, Exception) as exc:
+        raised = exc
+    end = decisions.classify_attempt(raised, ctx.interrupted)
+    match end:
+        case decisions.EndReturned():
+            return Outcome("done", store, output=flow.encode_output(result))
+        case decisions.EndSuspended(plan=plan):
+            return Outcome("suspended", store, status=plan.status.value, cursor_key=plan.cursor_key)
+        case decisions.EndDrifted(error=error):
+            return Outcome("drift", store, error=error.to_dict())
+        case decisions.EndFailed(error=error):
+            return Outcome("failed", store, error=error.to_dict())
+    raise AssertionError(f"a replay on a stub store cannot end with {end}")

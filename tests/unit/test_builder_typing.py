@@ -1,6 +1,7 @@
 """A type checker sees the builder's channel type change step by step (mypy --strict on
 tests/typing/builder_types.py, whose ``assert_type`` calls and ``type: ignore`` comments are the
-assertions: an unused ignore is an error under strict mode)."""
+assertions: an unused ignore is an error under strict mode), and every ``ctx`` implementation
+conforms to the core's ``Ctx`` Protocol (tests/typing/ctx_conformance.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ def test_builder_types_check_under_mypy_strict() -> None:
             "--config-file",
             str(ROOT / "pyproject.toml"),
             str(ROOT / "tests" / "typing" / "builder_types.py"),
+            str(ROOT / "tests" / "typing" / "ctx_conformance.py"),
             *(
                 str(ROOT / "docs" / "examples" / f"{n}.py")
                 for n in ("builder", "graphs", "patching")

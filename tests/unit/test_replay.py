@@ -1,24 +1,13 @@
-"""The pure replay core: cursor keys, drift detection and wait decisions."""
+"""The replay cursor: cursor keys in call order and drift detection (the decisions a call leads
+to are tested in test_decisions.py)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 import pytest
 
-from iterflow.core import replay
+from iterflow.core import keys, replay
 from iterflow.core.errors import ReplayNonDeterministic
-from iterflow.core.models import (
-    RunStatus,
-    SignalRecord,
-    StepKind,
-    StepRecord,
-    StepStatus,
-    TimerRecord,
-)
-from iterflow.core.retry import RetryPolicy
-
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
+from iterflow.core.models import StepKind, StepRecord, StepStatus
 
 
 def rec(pos: int, kind: StepKind, key: str, label: str | None = None) -> StepRecord:
@@ -70,7 +59,7 @@ def test_drift_names_both_calls(
 ) -> None:
     cur = replay.Cursor(
         [
-            rec(i, StepKind(k), replay.key_base(StepKind(k), label), label)
+            rec(i, StepKind(k), keys.key_base(StepKind(k), label), label)
             for i, (k, label) in enumerate(history)
         ]
     )
@@ -88,58 +77,3 @@ def test_history_longer_than_body_is_drift() -> None:
     cur.next(StepKind.STEP, "a")
     with pytest.raises(ReplayNonDeterministic, match="no longer makes that call"):
         cur.check_complete()
-
-
-def test_sleep_decisions() -> None:
-    call = replay.Call(0, StepKind.SLEEP, "", "sleep")
-    first = replay.decide_sleep(call, None, NOW + timedelta(hours=1), NOW)
-    assert isinstance(first, replay.SleepSuspend)
-    assert first.plan.status is RunStatus.SLEEPING
-    assert first.plan.new_timers == (TimerRecord("sleep", NOW + timedelta(hours=1)),)
-    assert first.plan.progress
-    # A pinned timer wins over a recomputed due time, and an early wake is no progress.
-    pinned = TimerRecord("sleep", NOW + timedelta(minutes=5))
-    early = replay.decide_sleep(call, pinned, NOW + timedelta(days=9), NOW)
-    assert isinstance(early, replay.SleepSuspend)
-    assert early.plan.wake_at == pinned.fire_at and not early.plan.progress
-    assert early.plan.new_timers == ()
-    assert isinstance(
-        replay.decide_sleep(call, pinned, NOW, NOW + timedelta(minutes=5)), replay.SleepFire
-    )
-
-
-def test_signal_decisions_consume_fifo_and_prefer_delivery_over_timeout() -> None:
-    call = replay.Call(0, StepKind.SIGNAL, "go", "signal:go")
-    inbox = [
-        SignalRecord(1, "other", {}, None, NOW),
-        SignalRecord(2, "go", {"n": 1}, None, NOW),
-        SignalRecord(3, "go", {"n": 2}, None, NOW),
-    ]
-    due_timer = TimerRecord("signal:go", NOW - timedelta(seconds=1))
-    got = replay.decide_signal(call, "go", inbox, due_timer, None, NOW)
-    assert isinstance(got, replay.SignalConsume) and got.signal.id == 2
-    timed_out = replay.decide_signal(call, "go", inbox[:1], due_timer, None, NOW)
-    assert isinstance(timed_out, replay.SignalTimeoutNow)
-    waiting = replay.decide_signal(call, "go", [], None, NOW + timedelta(seconds=30), NOW)
-    assert isinstance(waiting, replay.SignalSuspend)
-    assert waiting.plan.waiting_for == "signal:go"
-    assert waiting.plan.new_timers == (TimerRecord("signal:go", NOW + timedelta(seconds=30)),)
-    forever = replay.decide_signal(call, "go", [], None, None, NOW)
-    assert isinstance(forever, replay.SignalSuspend) and forever.plan.wake_at is None
-
-
-def test_retry_decisions() -> None:
-    call = replay.Call(0, StepKind.STEP, "pay", "pay")
-    policy = RetryPolicy(retries=2, base=1.0, jitter=0.0)
-    inline = replay.decide_retry(call, policy, 1, True, 0.0, NOW, timedelta(seconds=5))
-    assert inline == replay.RetryInline(timedelta(seconds=1))
-    later = replay.decide_retry(call, policy, 2, True, 0.0, NOW, timedelta(seconds=1))
-    assert isinstance(later, replay.RetryLater)
-    assert later.plan.status is RunStatus.RETRYING
-    assert later.plan.new_timers == (TimerRecord("retry:pay", NOW + timedelta(seconds=2)),)
-    assert isinstance(
-        replay.decide_retry(call, policy, 3, True, 0.0, NOW, timedelta(0)), replay.Fail
-    )
-    assert isinstance(
-        replay.decide_retry(call, policy, 1, False, 0.0, NOW, timedelta(9)), replay.Fail
-    )

@@ -39,8 +39,9 @@ from iterflow.core.errors import (
     SignalPayloadInvalid,
     SignalUnknown,
 )
-from iterflow.store.urls import redacted, resolve_database_url
 
+# Only the pure core at import time: the store and runtime (SQLAlchemy, asyncpg, procrastinate)
+# are imported by the commands that need them, so `flowctl --help` and usage errors stay fast.
 if TYPE_CHECKING:
     from iterflow.runtime.engine import Engine
 
@@ -193,6 +194,7 @@ def _load_engine(target: str, url: str | None) -> Engine:
 async def _migrate(url: str | None, schema: str, stamp: bool) -> None:
     from iterflow.runtime.engine import Engine
     from iterflow.store.migrate import stamp as stamp_tables
+    from iterflow.store.urls import redacted
 
     async with Engine(url, db_schema=schema) as engine:
         where = redacted(engine.database_url)
@@ -421,6 +423,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> None:
+    from iterflow.store.urls import resolve_database_url
+
     url = resolve_database_url(args.database_url)
     if args.command == "migrate":
         asyncio.run(_migrate(url, args.schema, args.stamp))

@@ -21,9 +21,10 @@ import inspect
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 from iterflow.core import codec
+from iterflow.core.ctx import HasDefinition
 from iterflow.core.definition import _NAME, DriftPolicy, FlowDef
 from iterflow.core.durations import DurationLike, WhenLike, due_at, parse_duration
 from iterflow.core.errors import FlowDefinitionError
@@ -48,13 +49,6 @@ V = TypeVar("V")
 N = TypeVar("N")
 M = TypeVar("M")
 K = TypeVar("K", bound=Hashable)
-CI = TypeVar("CI")
-CO = TypeVar("CO")
-
-
-class _HasDefinition(Protocol[CI, CO]):
-    @property
-    def definition(self) -> FlowDef[CI, CO]: ...
 
 
 # --- builder state ----------------------------------------------------------------------------
@@ -337,7 +331,7 @@ class FlowBuilder(Generic[In, V]):
         return FlowBuilder(state)
 
     def invoke(
-        self, child: FlowDef[V, N] | _HasDefinition[V, N], *, detached: bool = False
+        self, child: FlowDef[V, N] | HasDefinition[V, N], *, detached: bool = False
     ) -> FlowBuilder[In, N]:
         """Run ``child`` (a handle or a flow definition) on the value; its output is the next
         value. The parent waits in ``awaiting_child``, holding nothing in memory."""

@@ -1,5 +1,10 @@
 """What a flow body sees: the ``ctx`` API, shared by the runtime and the pure core.
 
+:class:`Ctx` is the Protocol of the object a flow body receives. The core (builder nodes, the
+dry-run describer) is written against it; the runtime's
+:class:`~iterflow.runtime.context.FlowContext` and :class:`iterflow.core.describe.DryRunContext`
+implement it (checked statically by ``tests/typing/ctx_conformance.py``).
+
 The runtime's :class:`~iterflow.runtime.context.FlowContext` sets the step attempt before each
 attempt of a step body; builder nodes and user code read it with :func:`step_attempt`.
 """
@@ -7,8 +12,24 @@ attempt of a step body; builder nodes and user code read it with :func:`step_att
 from __future__ import annotations
 
 import contextvars
+import uuid as _uuid
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from datetime import datetime
+from typing import Any, Protocol, TypeVar, overload
 
-__all__ = ["STEP_ATTEMPT", "step_attempt"]
+from iterflow.core.definition import FlowDef
+from iterflow.core.durations import DurationLike, WhenLike
+from iterflow.core.retry import RetryPolicy
+
+__all__ = ["STEP_ATTEMPT", "Ctx", "FlowLogger", "HasDefinition", "step_attempt"]
+
+T = TypeVar("T")
+M = TypeVar("M")
+T1 = TypeVar("T1")
+T2 = TypeVar("T2")
+T3 = TypeVar("T3")
+CI = TypeVar("CI")
+CO = TypeVar("CO")
 
 #: The 1-based attempt of the step body running now (set by the runtime before each attempt;
 #: copied into the thread of a sync step).
@@ -18,3 +39,131 @@ STEP_ATTEMPT: contextvars.ContextVar[int] = contextvars.ContextVar("iterflow_ste
 def step_attempt() -> int:
     """Inside a step body: which attempt of that step is running (1 = the first)."""
     return STEP_ATTEMPT.get()
+
+
+class FlowLogger(Protocol):
+    """``ctx.log`` (and a builder step's ``log``): ``%``-style messages, run id and flow attached;
+    the runtime's logger stays silent while the body replays recorded calls."""
+
+    def debug(self, msg: str, *args: Any) -> None: ...
+    def info(self, msg: str, *args: Any) -> None: ...
+    def warning(self, msg: str, *args: Any) -> None: ...
+    def error(self, msg: str, *args: Any) -> None: ...
+
+
+class HasDefinition(Protocol[CI, CO]):
+    """A flow handle (``engine.flow(...)`` or ``flow(...).build()``): anything with a
+    ``definition``; ``ctx.invoke`` and the builder's ``invoke`` accept it in place of a
+    :class:`~iterflow.core.definition.FlowDef`."""
+
+    @property
+    def definition(self) -> FlowDef[CI, CO]: ...
+
+
+class Ctx(Protocol):
+    """The durable API of a flow body (``async def body(ctx, input)``).
+
+    Each call takes its position in the run's history when it is made (the methods return
+    awaitables), so a replay makes the same calls in the same order and gets the recorded
+    results; ``now``/``uuid``/``random`` are recorded too, which is how a body stays
+    deterministic without reading the clock or randomness itself.
+    """
+
+    @property
+    def run_id(self) -> _uuid.UUID:
+        """The run's id."""
+        ...
+
+    @property
+    def flow_name(self) -> str:
+        """The flow's name."""
+        ...
+
+    @property
+    def attempt(self) -> int:
+        """The run's claim count: 1 on its first execution, more after suspensions/crashes."""
+        ...
+
+    @property
+    def depth(self) -> int:
+        """0 for a top-level run, 1 for its children, and so on."""
+        ...
+
+    @property
+    def is_replaying(self) -> bool:
+        """True while the body re-makes calls that are already in the history."""
+        ...
+
+    @property
+    def log(self) -> FlowLogger:
+        """The run's logger (silent during replay)."""
+        ...
+
+    @overload
+    def step(
+        self,
+        label: str,
+        fn: Callable[..., Coroutine[Any, Any, T]],
+        *args: Any,
+        retries: int = 0,
+        backoff: DurationLike | RetryPolicy | None = None,
+        timeout: DurationLike | None = None,
+    ) -> Awaitable[T]: ...
+
+    @overload
+    def step(
+        self,
+        label: str,
+        fn: Callable[..., T],
+        *args: Any,
+        retries: int = 0,
+        backoff: DurationLike | RetryPolicy | None = None,
+        timeout: DurationLike | None = None,
+    ) -> Awaitable[T]: ...
+
+    def sleep(self, duration: WhenLike, label: str | None = None) -> Awaitable[None]:
+        """Durably wait ``duration`` or until a datetime."""
+        ...
+
+    def signal(
+        self, name: str, model: type[M], *, timeout: DurationLike | None = None
+    ) -> Awaitable[M]:
+        """Wait for the signal ``name``; its payload as ``model``."""
+        ...
+
+    def invoke(
+        self,
+        flow: FlowDef[CI, CO] | HasDefinition[CI, CO],
+        input: CI | Mapping[str, Any],
+        *,
+        detached: bool = False,
+    ) -> Awaitable[CO]:
+        """Run ``flow`` as a child run and return its output."""
+        ...
+
+    @overload
+    async def gather(self, a: Awaitable[T1], b: Awaitable[T2], /) -> tuple[T1, T2]: ...
+
+    @overload
+    async def gather(
+        self, a: Awaitable[T1], b: Awaitable[T2], c: Awaitable[T3], /
+    ) -> tuple[T1, T2, T3]: ...
+
+    @overload
+    async def gather(self, *aws: Awaitable[T]) -> tuple[T, ...]: ...
+
+    def now(self) -> Awaitable[datetime]:
+        """The current time, recorded."""
+        ...
+
+    def uuid(self) -> Awaitable[_uuid.UUID]:
+        """A random UUID, recorded."""
+        ...
+
+    def random(self) -> Awaitable[float]:
+        """A float in [0, 1), recorded."""
+        ...
+
+    def patched(self, change_id: str) -> Awaitable[bool]:
+        """True on runs that reach this point under the new code."""
+        ...

@@ -5,22 +5,18 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import ValidationError
 
 from iterflow.core import codec
 from iterflow.core.errors import FlowDefinitionError, InputInvalid, OutputInvalid
 
-if TYPE_CHECKING:
-    from iterflow.runtime.context import FlowContext
-
-__all__ = ["Body", "DriftPolicy", "FlowDef", "Registry"]
+__all__ = ["DriftPolicy", "FlowDef", "Registry"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
 
-Body = Callable[["FlowContext", In], Awaitable[Out]]
 #: What a worker does with a run whose history no longer matches the code (or whose version is
 #: no longer registered): ``fail`` it, or ``park`` it until a deploy restores compatibility.
 DriftPolicy = Literal["fail", "park"]
@@ -31,7 +27,12 @@ _NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
 
 @dataclass(frozen=True)
 class FlowDef(Generic[In, Out]):
-    """A named, versioned flow: its body and the models of its input, output and signals."""
+    """A named, versioned flow: its body and the models of its input, output and signals.
+
+    ``body`` is ``async def body(ctx, input)`` where ``ctx`` is an
+    :class:`iterflow.core.ctx.Ctx` (typed loosely here: :mod:`iterflow.core.ctx` builds on this
+    module, and the typed entry points, ``engine.flow`` and the builder, check the body).
+    """
 
     name: str
     version: int

@@ -157,7 +157,7 @@ class _QuietLog:
 
 
 class DryRunContext:
-    """A stand-in for :class:`~iterflow.runtime.context.FlowContext` that records calls."""
+    """A :class:`~iterflow.core.ctx.Ctx` that records calls instead of running them."""
 
     def __init__(self, flow: FlowDef[Any, Any], max_calls: int) -> None:
         self.run_id = SAMPLE_UUID

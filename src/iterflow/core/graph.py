@@ -19,12 +19,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from iterflow.core.models import StepKind
-
-if TYPE_CHECKING:
-    from iterflow.core.progress import RunOverlay
 
 __all__ = [
     "Branch",
@@ -35,6 +32,7 @@ __all__ = [
     "Loop",
     "NodeKind",
     "NodeState",
+    "RunOverlay",
     "graph_from_calls",
     "graph_from_tree",
     "node_id",
@@ -116,10 +114,17 @@ class FlowGraph:
                 return node
         raise KeyError(node_id)
 
-    @property
-    def entry(self) -> str | None:
-        """The first node, or None for an empty graph."""
-        return self.nodes[0].id if self.nodes else None
+
+@dataclass(frozen=True, slots=True)
+class RunOverlay:
+    """A run's progress on a graph: each reached node's state and how often it ran (built by
+    :func:`iterflow.core.progress.overlay`)."""
+
+    run_id: str
+    status: str
+    states: Mapping[str, NodeState]
+    counts: Mapping[str, int]
+    error: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,25 @@
-"""Frozen records and statuses shared by every layer."""
+"""Frozen records shared by every layer.
+
+The statuses and their sets live in :mod:`iterflow.core.states`; they are re-exported here so
+``from iterflow.core.models import RunStatus`` keeps working.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
-from enum import StrEnum
+from datetime import datetime, timedelta
 from typing import Any, Literal
+
+# Re-exported (listed in __all__) for code written before core.states existed.
+from iterflow.core.states import (
+    RESUMABLE_STATUSES,
+    TERMINAL_STATUSES,
+    RunStatus,
+    StepKind,
+    StepStatus,
+)
 
 __all__ = [
     "RESUMABLE_STATUSES",
@@ -21,6 +34,7 @@ __all__ = [
     "RunStatus",
     "SignalRecord",
     "SignalResult",
+    "StartOptions",
     "StartResult",
     "StepKind",
     "StepRecord",
@@ -28,57 +42,6 @@ __all__ = [
     "SuspendPlan",
     "TimerRecord",
 ]
-
-
-class RunStatus(StrEnum):
-    """Lifecycle of a run. ``done``, ``failed`` and ``canceled`` are terminal."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    SLEEPING = "sleeping"
-    AWAITING_SIGNAL = "awaiting_signal"
-    AWAITING_CHILD = "awaiting_child"
-    RETRYING = "retrying"
-    PARKED = "parked"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELED = "canceled"
-
-
-TERMINAL_STATUSES: frozenset[RunStatus] = frozenset(
-    {RunStatus.DONE, RunStatus.FAILED, RunStatus.CANCELED}
-)
-#: Statuses a wake-up may claim (``running`` only once its lease has expired).
-RESUMABLE_STATUSES: frozenset[RunStatus] = frozenset(
-    {
-        RunStatus.PENDING,
-        RunStatus.SLEEPING,
-        RunStatus.AWAITING_SIGNAL,
-        RunStatus.AWAITING_CHILD,
-        RunStatus.RETRYING,
-    }
-)
-
-
-class StepKind(StrEnum):
-    """What kind of ``ctx`` call produced a memo row."""
-
-    STEP = "step"
-    SLEEP = "sleep"
-    SIGNAL = "signal"
-    INVOKE = "invoke"
-    NOW = "now"
-    UUID = "uuid"
-    RANDOM = "random"
-    PATCH = "patch"
-
-
-class StepStatus(StrEnum):
-    """Outcome recorded for one cursor key."""
-
-    OK = "ok"
-    FAILED = "failed"
-    RETRYING = "retrying"
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,10 +211,35 @@ class NewRun:
     idempotency_key: str | None = None
     tags: tuple[str, ...] = ()
     priority: int = 0
+    #: An absolute due time for the first attempt (None: at once, or after ``delay``).
     wake_at: datetime | None = None
     parent_run_id: uuid.UUID | None = None
     parent_cursor_key: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: Due this long after the store's "now" (PostgreSQL's ``now()`` in the start transaction,
+    #: the in-memory store's clock); the run's ``wake_at`` and its job's ``scheduled_at``.
+    delay: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        if self.wake_at is not None and self.delay is not None:
+            raise ValueError("a new run is due at wake_at or after delay, not both")
+
+
+@dataclass(frozen=True, slots=True)
+class StartOptions:
+    """How to start a run: the keywords of ``handle.start`` / ``engine.start`` as one record.
+
+    Built from the caller's values as given (``tags`` any iterable, ``delay`` any duration);
+    ``Engine._start`` validates every field before anything is written. ``delay`` counts from
+    the store's clock: the database's ``now()`` on PostgreSQL, not the application's.
+    """
+
+    idempotency_key: str | None = None
+    tags: Iterable[str] = ()
+    #: A duration (``core.durations.DurationLike``, spelled out: durations imports errors,
+    #: which imports this module): ``"90s"``, a ``timedelta`` or seconds.
+    delay: str | timedelta | int | float | None = None
+    priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,14 +12,12 @@ import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
+from iterflow.core.ctx import Ctx, FlowLogger, step_attempt
 from iterflow.core.definition import FlowDef
 from iterflow.core.durations import DurationLike, WhenLike
 from iterflow.core.retry import RetryPolicy
-
-if TYPE_CHECKING:
-    from iterflow.runtime.context import FlowContext
 
 __all__ = [
     "BranchNode",
@@ -36,13 +34,6 @@ __all__ = [
 In = TypeVar("In")
 
 
-class _Log(Protocol):
-    def debug(self, msg: str, *args: Any) -> None: ...
-    def info(self, msg: str, *args: Any) -> None: ...
-    def warning(self, msg: str, *args: Any) -> None: ...
-    def error(self, msg: str, *args: Any) -> None: ...
-
-
 class StepContext(Generic[In]):
     """What a builder step receives besides the value.
 
@@ -56,7 +47,9 @@ class StepContext(Generic[In]):
 
     __slots__ = ("_stopped", "flow", "input", "label", "log", "run_id")
 
-    def __init__(self, *, input: In, run_id: uuid.UUID, flow: str, label: str, log: _Log) -> None:
+    def __init__(
+        self, *, input: In, run_id: uuid.UUID, flow: str, label: str, log: FlowLogger
+    ) -> None:
         self.input = input
         self.run_id = run_id
         self.flow = flow
@@ -67,8 +60,6 @@ class StepContext(Generic[In]):
     @property
     def attempt(self) -> int:
         """The 1-based attempt of this step (retries included, across crashes and resumes)."""
-        from iterflow.core.ctx import step_attempt
-
         return step_attempt()
 
     def is_cancelled(self) -> bool:
@@ -138,13 +129,13 @@ Node = StepNode | SleepNode | SignalNode | InvokeNode | LoopNode | BranchNode
 # --- execution (the same ctx calls as a raw body) -----------------------------------------------
 
 
-async def _run_nodes(nodes: tuple[Node, ...], ctx: FlowContext, input: Any, value: Any) -> Any:
+async def _run_nodes(nodes: tuple[Node, ...], ctx: Ctx, input: Any, value: Any) -> Any:
     for node in nodes:
         value = await _run_node(node, ctx, input, value)
     return value
 
 
-async def _run_node(node: Node, ctx: FlowContext, input: Any, value: Any) -> Any:
+async def _run_node(node: Node, ctx: Ctx, input: Any, value: Any) -> Any:
     if isinstance(node, StepNode):
         sc: StepContext[Any] = StepContext(
             input=input, run_id=ctx.run_id, flow=ctx.flow_name, label=node.label, log=ctx.log
@@ -184,8 +175,8 @@ async def _run_node(node: Node, ctx: FlowContext, input: Any, value: Any) -> Any
 
 def make_body(
     nodes: tuple[Node, ...], output: Callable[[Any], Any] | None, name: str
-) -> Callable[[Any, Any], Awaitable[Any]]:
-    async def body(ctx: FlowContext, input: Any) -> Any:
+) -> Callable[[Ctx, Any], Awaitable[Any]]:
+    async def body(ctx: Ctx, input: Any) -> Any:
         value = await _run_nodes(nodes, ctx, input, input)
         return value if output is None else output(value)
 

@@ -12,9 +12,7 @@ Pure: it reads a :class:`~iterflow.core.models.RunDetail` (``engine.status(run_i
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator, Sequence
 
 from iterflow.core.graph import (
     CALL_KINDS,
@@ -25,23 +23,13 @@ from iterflow.core.graph import (
     Item,
     Loop,
     NodeState,
+    RunOverlay,
     graph_from_calls,
     node_id,
 )
 from iterflow.core.models import RunDetail, RunStatus, StepKind, StepStatus
 
 __all__ = ["RunOverlay", "graph_from_history", "overlay"]
-
-
-@dataclass(frozen=True, slots=True)
-class RunOverlay:
-    """A run's progress on a graph: each reached node's state and how often it ran."""
-
-    run_id: str
-    status: str
-    states: Mapping[str, NodeState]
-    counts: Mapping[str, int]
-    error: Mapping[str, Any] | None = None
 
 
 _WAITING = frozenset(

@@ -1,44 +1,24 @@
-"""The pure replay core: history + calls in, decisions out.
+"""The replay cursor: positions and cursor keys in call order, matched against history.
 
-Nothing here does I/O, reads a clock or knows about SQL. The worker's :class:`FlowContext`
-asks this module what each ``ctx`` call means given the run's recorded history, then performs the
-resulting decision (return a memo, run new work, checkpoint, or suspend).
+Pure: nothing here does I/O, reads a clock or knows about SQL. The runtime's ``FlowContext``
+takes a :class:`Call` from the :class:`Cursor` at each ``ctx`` call site (the memo recorded there,
+or drift), then asks :mod:`iterflow.core.decisions` what the call means.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
+from typing import Any, TypeVar
 
+from iterflow.core import keys
 from iterflow.core.errors import FlowError, ReplayNonDeterministic
-from iterflow.core.models import (
-    RunStatus,
-    SignalRecord,
-    StepKind,
-    StepRecord,
-    SuspendPlan,
-    TimerRecord,
-)
-from iterflow.core.retry import RetryPolicy
+from iterflow.core.models import StepKind, StepRecord, StepStatus
 
-__all__ = [
-    "Call",
-    "Cursor",
-    "Fail",
-    "RetryInline",
-    "RetryLater",
-    "SignalConsume",
-    "SignalSuspend",
-    "SignalTimeoutNow",
-    "SleepFire",
-    "SleepSuspend",
-    "decide_retry",
-    "decide_signal",
-    "decide_sleep",
-    "key_base",
-]
+__all__ = ["Call", "Cursor", "drift_error", "memo_error", "memo_value"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +36,27 @@ class Call:
             f"{self.kind.value} {self.label!r} (key {self.cursor_key}) at position {self.position}"
         )
 
-
-def key_base(kind: StepKind, label: str) -> str:
-    """The key base of a call; repeats get ``#n`` appended (``charge``, ``charge#1``)."""
-    if kind is StepKind.STEP:
-        return label
-    return f"{kind.value}:{label}" if label else kind.value
+    def memo(
+        self,
+        status: StepStatus,
+        *,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+        attempts: int = 1,
+        started_at: datetime | None = None,
+    ) -> StepRecord:
+        """The memo row recording this call's outcome."""
+        return StepRecord(
+            position=self.position,
+            cursor_key=self.cursor_key,
+            kind=self.kind,
+            label=self.label,
+            status=status,
+            output=output,
+            error=error,
+            attempts=attempts,
+            started_at=started_at,
+        )
 
 
 def _describe_record(rec: StepRecord) -> str:
@@ -116,10 +111,10 @@ class Cursor:
 
     def next(self, kind: StepKind, label: str) -> tuple[Call, StepRecord | None]:
         """Take the next call; return it with its memo, or raise on drift."""
-        base = key_base(kind, label)
+        base = keys.key_base(kind, label)
         n = self._counts.get(base, 0)
         self._counts[base] = n + 1
-        call = Call(self._next, kind, label, base if n == 0 else f"{base}#{n}")
+        call = Call(self._next, kind, label, keys.with_occurrence(base, n))
         self._next += 1
         recorded = self._history.get(call.position)
         if recorded is not None and (
@@ -144,9 +139,8 @@ class Cursor:
 
     def key_for(self, kind: StepKind, label: str) -> str:
         """The cursor key the next call of this kind and label would get (nothing is taken)."""
-        base = key_base(kind, label)
-        n = self._counts.get(base, 0)
-        return base if n == 0 else f"{base}#{n}"
+        base = keys.key_base(kind, label)
+        return keys.with_occurrence(base, self._counts.get(base, 0))
 
     def takes_patch(self, change_id: str) -> bool:
         """Whether ``ctx.patched(change_id)`` takes the next position.
@@ -166,143 +160,12 @@ class Cursor:
         )
 
 
-# --- suspension -------------------------------------------------------------------------------
-
-
-# --- sleep ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SleepFire:
-    """The sleep is due: record it (its memo is progress) and continue."""
-
-
-@dataclass(frozen=True, slots=True)
-class SleepSuspend:
-    """The sleep is not due: end the attempt until ``plan.wake_at``."""
-
-    plan: SuspendPlan
-
-
-def decide_sleep(
-    call: Call, timer: TimerRecord | None, fire_at: datetime, now: datetime
-) -> SleepFire | SleepSuspend:
-    """Decide a ``ctx.sleep`` with no memo. ``fire_at`` is used only when no timer is pinned."""
-    due = timer.fire_at if timer is not None else fire_at
-    if due <= now:
-        return SleepFire()
-    return SleepSuspend(
-        SuspendPlan(
-            status=RunStatus.SLEEPING,
-            reason="sleep",
-            cursor_key=call.cursor_key,
-            wake_at=due,
-            waiting_for=f"timer:{call.cursor_key}",
-            new_timers=() if timer is not None else (TimerRecord(call.cursor_key, due),),
-            progress=timer is None,
-        )
-    )
-
-
-# --- signals ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SignalConsume:
-    """Consume the oldest buffered signal of this name."""
-
-    signal: SignalRecord
-
-
-@dataclass(frozen=True, slots=True)
-class SignalTimeoutNow:
-    """The wait's timer is due and nothing arrived: record the timeout."""
-
-
-@dataclass(frozen=True, slots=True)
-class SignalSuspend:
-    """Nothing to consume yet: end the attempt and wait for a delivery (or the timeout)."""
-
-    plan: SuspendPlan
-
-
-def decide_signal(
-    call: Call,
-    name: str,
-    inbox: Sequence[SignalRecord],
-    timer: TimerRecord | None,
-    timeout_at: datetime | None,
-    now: datetime,
-) -> SignalConsume | SignalTimeoutNow | SignalSuspend:
-    """Decide a ``ctx.signal`` with no memo. A buffered signal always wins over a due timeout."""
-    for sig in inbox:  # inbox is ordered by arrival
-        if sig.name == name and sig.consumed_at is None:
-            return SignalConsume(sig)
-    due = timer.fire_at if timer is not None else timeout_at
-    if due is not None and due <= now:
-        return SignalTimeoutNow()
-    return SignalSuspend(
-        SuspendPlan(
-            status=RunStatus.AWAITING_SIGNAL,
-            reason="signal",
-            cursor_key=call.cursor_key,
-            wake_at=due,
-            waiting_for=f"signal:{name}",
-            new_timers=(TimerRecord(call.cursor_key, due),) if timer is None and due else (),
-            progress=timer is None,
-        )
-    )
-
-
-# --- step retries -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RetryInline:
-    """Wait ``delay`` in process, then try again."""
-
-    delay: timedelta
-
-
-@dataclass(frozen=True, slots=True)
-class RetryLater:
-    """End the attempt; a wake-up at ``plan.wake_at`` tries again."""
-
-    plan: SuspendPlan
-
-
-@dataclass(frozen=True, slots=True)
-class Fail:
-    """No attempts left (or not retryable): the step fails for good."""
-
-
-def decide_retry(
-    call: Call,
-    policy: RetryPolicy,
-    attempt: int,
-    retryable: bool,
-    rand: float,
-    now: datetime,
-    inline_max: timedelta,
-) -> RetryInline | RetryLater | Fail:
-    """After failed attempt ``attempt`` (1-based), decide what happens next."""
-    if not retryable or attempt >= policy.max_attempts:
-        return Fail()
-    delay = policy.delay(attempt, rand)
-    if delay <= inline_max:
-        return RetryInline(delay)
-    wake = now + delay
-    key = f"retry:{call.cursor_key}"
-    return RetryLater(
-        SuspendPlan(
-            status=RunStatus.RETRYING,
-            reason="retry",
-            cursor_key=call.cursor_key,
-            wake_at=wake,
-            waiting_for=f"timer:{key}",
-            new_timers=(TimerRecord(key, wake),),
-        )
-    )
+def memo_value(rec: StepRecord, load: Callable[[Any], T]) -> T:
+    """What a final memo means on replay: its output decoded by ``load``, or its recorded error
+    raised again."""
+    if rec.status is StepStatus.OK:
+        return load(rec.output)
+    raise memo_error(rec)
 
 
 def memo_error(rec: StepRecord) -> FlowError:

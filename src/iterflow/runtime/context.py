@@ -1,10 +1,16 @@
-"""``FlowContext``: the ``ctx`` a flow body receives.
+"""``FlowContext``: the ``ctx`` a flow body receives — a thin interpreter of core decisions.
 
 Each call takes its position and cursor key **synchronously, at the call site** (the methods are
-plain functions returning awaitables), asks :mod:`iterflow.core.replay` what the call means given
-the history, and performs the decision: return a memo, run new work and checkpoint it, or suspend.
-Suspension and drift are ``BaseException``\\ s; if user code swallows one anyway (a bare
-``except:``), the next ``ctx`` call and the end of the body re-raise it.
+plain functions returning awaitables) from the :class:`~iterflow.core.replay.Cursor`, asks
+:mod:`iterflow.core.decisions` what the call means given the history and the time, and performs
+it: return the memo, run new work and checkpoint it, or suspend. Suspension and drift are
+``BaseException``\\ s; if user code swallows one anyway (a bare ``except:``), the next ``ctx``
+call and the end of the body re-raise it.
+
+Checkpoints are fenced by the attempt's lease. The attempt's first one also renews the lease (and
+resets the run's no-progress count), as does one that consumes a signal, fires a timer or replaces
+a ``retrying`` memo; any other later one is fenced by a share lock on the run row without renewing
+it. Meanwhile the worker's renewer task renews the lease every lease/3.
 """
 
 from __future__ import annotations
@@ -16,14 +22,12 @@ import logging
 import random as _random
 import typing
 import uuid as _uuid
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
 
-from pydantic import ValidationError
-
-from iterflow.core import codec, replay
-from iterflow.core.ctx import STEP_ATTEMPT, step_attempt
+from iterflow.core import codec, decisions, replay
+from iterflow.core.ctx import STEP_ATTEMPT, HasDefinition, step_attempt
 from iterflow.core.definition import FlowDef
 from iterflow.core.durations import DurationLike, WhenLike, due_at, parse_duration
 from iterflow.core.errors import (
@@ -35,32 +39,14 @@ from iterflow.core.errors import (
     FlowError,
     InputInvalid,
     Interrupt,
-    InvokeDepthExceeded,
-    InvokeFanoutExceeded,
     LeaseLost,
-    NonRetryable,
-    PayloadInvalid,
-    PayloadTooLarge,
-    SignalPayloadInvalid,
-    SignalTimeout,
-    SignalUnknown,
-    StepFailed,
     Suspended,
-    safe_text,
 )
-from iterflow.core.models import (
-    ChildRecord,
-    NewRun,
-    RunStatus,
-    SignalRecord,
-    StepKind,
-    StepRecord,
-    StepStatus,
-    SuspendPlan,
-    TimerRecord,
-)
+from iterflow.core.models import StepKind, StepRecord, StepStatus
 from iterflow.core.retry import RetryPolicy
-from iterflow.store.base import Lease, Store
+from iterflow.core.settings import Settings
+from iterflow.runtime.executor import execute
+from iterflow.store.base import Claim, Store
 
 __all__ = ["FlowContext", "step_attempt"]
 
@@ -76,23 +62,7 @@ CO = TypeVar("CO")
 #: True inside the branches of a ``ctx.gather``: a sibling's suspension must not stop them.
 _IN_GATHER: contextvars.ContextVar[bool] = contextvars.ContextVar("iterflow_gather", default=False)
 
-
-class _HasDefinition(typing.Protocol[CI, CO]):
-    @property
-    def definition(self) -> FlowDef[CI, CO]: ...
-
-
 logger = logging.getLogger("iterflow.flow")
-
-
-def _step_error(label: str, attempts: int, exc: BaseException) -> FlowError:
-    if isinstance(exc, FlowError):
-        return exc
-    err = StepFailed(
-        f"step {label!r} failed after {attempts} attempt(s): {type(exc).__name__}: {safe_text(exc)}"
-    )
-    err.__cause__ = exc
-    return err
 
 
 class FlowContext:
@@ -100,45 +70,32 @@ class FlowContext:
 
     def __init__(
         self,
+        claim: Claim,
         *,
-        run_id: _uuid.UUID,
-        flow_name: str,
-        attempt: int,
         store: Store,
-        lease: Lease,
-        history: Sequence[StepRecord],
-        timers: Mapping[str, TimerRecord],
-        inbox: Sequence[SignalRecord],
+        settings: Settings,
         signal_models: Mapping[str, Any],
         clock: Callable[[], datetime],
         rng: _random.Random,
-        max_payload_bytes: int,
-        inline_retry_max: timedelta,
-        children: Mapping[str, ChildRecord] | None = None,
-        depth: int = 0,
-        max_depth: int = 10,
-        max_children: int = 1000,
-        max_label_chars: int = 200,
     ) -> None:
-        self.run_id = run_id
-        self.flow_name = flow_name
-        self.attempt = attempt
+        run = claim.run
+        self.run_id = run.id
+        self.flow_name = run.name
+        self.attempt = run.claims
+        self.depth = int(run.meta.get("depth", 0))
         self._store = store
-        self._lease = lease
-        self._cursor = replay.Cursor(history)
-        self._recorded = max((r.position for r in history), default=-1)
-        self._timers = dict(timers)
-        self._inbox = list(inbox)
+        self._lease = claim.lease
+        self._cursor = replay.Cursor(claim.history)
+        self._recorded = max((r.position for r in claim.history), default=-1)
+        self._timers = dict(claim.timers)
+        self._inbox = list(claim.inbox)
+        self._children = dict(claim.children)
+        self._settings = settings
+        self._max_payload = settings.max_payload_bytes
+        self._inline_retry_max = timedelta(seconds=settings.inline_retry_max_seconds)
         self._signal_models = signal_models
         self._clock = clock
         self._rng = rng
-        self._max_payload = max_payload_bytes
-        self._inline_retry_max = inline_retry_max
-        self._children = dict(children or {})
-        self.depth = depth
-        self._max_depth = max_depth
-        self._max_children = max_children
-        self._max_label = max_label_chars
         self._invokes = 0
         self._progressed = False  # has this attempt checkpointed yet (renewed its lease)?
         self.interrupted: Interrupt | LeaseLost | None = None
@@ -160,7 +117,7 @@ class FlowContext:
     def _label(self, label: object, what: str) -> None:
         """Labels become cursor keys, stored as text: refuse what PostgreSQL would refuse."""
         try:
-            codec.check_text(label, what=what, max_chars=self._max_label)
+            codec.check_text(label, what=what, max_chars=self._settings.max_label_chars)
         except InputInvalid as exc:
             raise FlowDefinitionError(exc.message) from None
 
@@ -175,21 +132,28 @@ class FlowContext:
         except FlowError as err:
             self._raise(Drifted(err))
 
+    async def _write(self, write: Awaitable[T]) -> T:
+        """A fenced store write: a lost lease stops the attempt, an outage aborts it."""
+        try:
+            return await write
+        except LeaseLost as exc:
+            self._raise(exc)
+        except DatabaseUnavailable as exc:
+            self._raise(Aborted(exc))
+
     async def _checkpoint(
         self, rec: StepRecord, *, consume_signal: int | None = None, fire_timer: str | None = None
     ) -> None:
-        try:
-            await self._store.checkpoint(
+        """Write a memo (consuming a signal / firing a timer with it), fenced by the lease."""
+        await self._write(
+            self._store.checkpoint(
                 self._lease,
                 rec,
                 consume_signal=consume_signal,
                 fire_timer=fire_timer,
                 renew=not self._progressed,
             )
-        except LeaseLost as exc:
-            self._raise(exc)
-        except DatabaseUnavailable as exc:
-            self._raise(Aborted(exc))
+        )
         self._progressed = True
         self._cursor.record(rec)
 
@@ -256,102 +220,47 @@ class FlowContext:
         policy: RetryPolicy,
         timeout: timedelta | None,
     ) -> Any:
-        from iterflow.runtime.executor import execute
-
         self._check()
         out_type = codec.return_type(fn)
-        retry_key = f"retry:{call.cursor_key}"
-        fire_timer: str | None = None
-        done = 0
-        if memo is not None:
-            if memo.status is StepStatus.OK:
-                return codec.load(memo.output, out_type)
-            if memo.status is StepStatus.FAILED:
-                raise replay.memo_error(memo)
-            done = memo.attempts
-            timer = self._timers.get(retry_key)
-            if timer is not None:
-                if timer.fire_at > self._clock():
-                    self._raise(
-                        Suspended(
-                            SuspendPlan(
-                                status=RunStatus.RETRYING,
-                                reason="retry",
-                                cursor_key=call.cursor_key,
-                                wake_at=timer.fire_at,
-                                waiting_for=f"timer:{retry_key}",
-                                progress=False,
-                            )
-                        )
-                    )
-                fire_timer = retry_key
-        attempt = done + 1
+        if memo is not None and memo.status is not StepStatus.RETRYING:
+            return replay.memo_value(memo, lambda out: codec.load(out, out_type))
+        start = decisions.resume_step(call, memo, self._timers, self._clock())
+        if isinstance(start, decisions.StepWait):
+            self._raise(Suspended(start.plan))
+        attempt, fired = start.attempt, start.fire_timer
+        what = f"result of step {call.label!r}"
         while True:
-            started = self._clock()
+            record = functools.partial(call.memo, attempts=attempt, started_at=self._clock())
             STEP_ATTEMPT.set(attempt)  # copied into the thread of a sync step
             try:
                 value = await execute(fn, args, timeout)
-                data = codec.encode(
-                    value, out_type, what=f"result of step {call.label!r}", limit=self._max_payload
-                )
+                data = codec.encode(value, out_type, what=what, limit=self._max_payload)
             except Exception as exc:
-                # A result that cannot be stored is a programming error, not a transient one:
-                # the body ran once and is not run again for it.
-                retryable = not isinstance(exc, NonRetryable | PayloadTooLarge | PayloadInvalid)
-                decision = replay.decide_retry(
-                    call,
-                    policy,
-                    attempt,
-                    retryable,
-                    self._rng.random(),
-                    self._clock(),
-                    self._inline_retry_max,
+                failure = decisions.step_failure(call.label, attempt, exc)
+                rand, now = self._rng.random(), self._clock()
+                decision = decisions.decide_retry(
+                    call, policy, attempt, failure.retryable, rand, now, self._inline_retry_max
                 )
-                error = _step_error(call.label, attempt, exc)
-                failed = isinstance(decision, replay.Fail)
-                status = StepStatus.FAILED if failed else StepStatus.RETRYING
+                final = isinstance(decision, decisions.Fail)
+                status = StepStatus.FAILED if final else StepStatus.RETRYING
                 await self._checkpoint(
-                    self._memo(
-                        call,
-                        StepKind.STEP,
-                        status,
-                        error=error.to_dict(),
-                        attempts=attempt,
-                        started_at=started,
-                    ),
-                    fire_timer=fire_timer,
+                    record(status, error=failure.error.to_dict()), fire_timer=fired
                 )
-                fire_timer = None
-                if isinstance(decision, replay.Fail):
-                    raise error from None if error is exc else exc
-                if isinstance(decision, replay.RetryLater):
+                fired = None
+                if isinstance(decision, decisions.Fail):
+                    raise failure.error from None if failure.error is exc else exc
+                if isinstance(decision, decisions.RetryLater):
                     self._raise(Suspended(decision.plan))
                 await asyncio.sleep(decision.delay.total_seconds())
                 attempt += 1
                 continue
-            ok = self._memo(
-                call,
-                StepKind.STEP,
-                StepStatus.OK,
-                output=data,
-                attempts=attempt,
-                started_at=started,
-            )
             try:
-                await self._checkpoint(ok, fire_timer=fire_timer)
+                await self._checkpoint(record(StepStatus.OK, output=data), fire_timer=fired)
             except DataRejected as rejected:
                 # PostgreSQL refused what the codec let through: the step ran and must not run
                 # again, so its memo records the refusal and the body gets the error.
                 await self._checkpoint(
-                    self._memo(
-                        call,
-                        StepKind.STEP,
-                        StepStatus.FAILED,
-                        error=rejected.to_dict(),
-                        attempts=attempt,
-                        started_at=started,
-                    ),
-                    fire_timer=fire_timer,
+                    record(StepStatus.FAILED, error=rejected.to_dict()), fire_timer=fired
                 )
                 raise
             return codec.load(data, out_type)
@@ -380,17 +289,12 @@ class FlowContext:
             return
         now = self._clock()
         timer = self._timers.get(call.cursor_key)
-        decision = replay.decide_sleep(call, timer, due_at(duration, now), now)
-        if isinstance(decision, replay.SleepSuspend):
+        decision = decisions.decide_sleep(call, timer, due_at(duration, now), now)
+        if isinstance(decision, decisions.SleepSuspend):
             self._raise(Suspended(decision.plan))
         await self._checkpoint(
-            self._memo(
-                call,
-                StepKind.SLEEP,
-                StepStatus.OK,
-                output={"fire_at": (timer.fire_at if timer else now).isoformat()},
-            ),
-            fire_timer=call.cursor_key if timer is not None else None,
+            call.memo(StepStatus.OK, output={"fire_at": decision.fire_at.isoformat()}),
+            fire_timer=decision.fire_timer,
         )
 
     # -- signal -------------------------------------------------------------------------------
@@ -404,16 +308,9 @@ class FlowContext:
         With ``timeout``, raises :class:`~iterflow.core.errors.SignalTimeout`
         (``SIGNAL_TIMEOUT``) when nothing arrives in time; delivery and timeout never both win.
         """
-        declared = self._signal_models.get(name)
-        if declared is None:
-            raise SignalUnknown(
-                f"flow {self.flow_name!r} does not declare signal {name!r}; add it to "
-                f"signals={{{name!r}: {getattr(model, '__name__', model)}}} when defining the flow"
-            )
-        if declared is not model:
-            raise FlowDefinitionError(
-                f"signal {name!r} is declared with {declared!r} but awaited with {model!r}"
-            )
+        refused = decisions.check_signal_wait(self.flow_name, self._signal_models, name, model)
+        if refused is not None:
+            raise refused
         limit = parse_duration(timeout) if timeout is not None else None
         call, memo = self._next(StepKind.SIGNAL, name)
         return self._run_signal(call, memo, name, model, limit)
@@ -428,53 +325,32 @@ class FlowContext:
     ) -> M:
         self._check()
         if memo is not None:
-            if memo.status is StepStatus.OK:
-                return typing.cast(M, codec.load(memo.output, model))
-            raise replay.memo_error(memo)
-        now = self._clock()
+            return typing.cast(M, replay.memo_value(memo, functools.partial(codec.load, tp=model)))
         timer = self._timers.get(call.cursor_key)
-        decision = replay.decide_signal(
-            call, name, self._inbox, timer, now + timeout if timeout else None, now
+        decision = decisions.decide_signal(
+            call, name, model, self._inbox, timer, timeout, self._clock()
         )
-        if isinstance(decision, replay.SignalSuspend):
+        if isinstance(decision, decisions.SignalSuspend):
             self._raise(Suspended(decision.plan))
-        if isinstance(decision, replay.SignalTimeoutNow):
-            error = SignalTimeout(
-                f"signal {name!r} did not arrive within {timeout or 'its timeout'}"
-                f" (cursor {call.cursor_key})"
-            )
-            await self._checkpoint(
-                self._memo(call, StepKind.SIGNAL, StepStatus.FAILED, error=error.to_dict()),
-                fire_timer=call.cursor_key,
-            )
-            raise error
+        if isinstance(decision, decisions.SignalTimeoutNow):
+            failed = call.memo(StepStatus.FAILED, error=decision.error.to_dict())
+            await self._checkpoint(failed, fire_timer=decision.fire_timer)
+            raise decision.error
         sig = decision.signal
         self._inbox.remove(sig)
-        try:
-            value = codec.load(sig.payload, model)
-        except ValidationError as exc:
-            error2 = SignalPayloadInvalid(
-                f"buffered signal {name!r} no longer matches {model!r}: "
-                f"{codec.validation_message(exc)}"
-            )
-            await self._checkpoint(
-                self._memo(call, StepKind.SIGNAL, StepStatus.FAILED, error=error2.to_dict()),
-                consume_signal=sig.id,
-                fire_timer=call.cursor_key if timer else None,
-            )
-            raise error2 from exc
-        await self._checkpoint(
-            self._memo(call, StepKind.SIGNAL, StepStatus.OK, output=sig.payload),
-            consume_signal=sig.id,
-            fire_timer=call.cursor_key if timer else None,
-        )
-        return typing.cast(M, value)
+        if decision.error is not None:
+            failed = call.memo(StepStatus.FAILED, error=decision.error.to_dict())
+            await self._checkpoint(failed, consume_signal=sig.id, fire_timer=decision.fire_timer)
+            raise decision.error
+        ok = call.memo(StepStatus.OK, output=sig.payload)
+        await self._checkpoint(ok, consume_signal=sig.id, fire_timer=decision.fire_timer)
+        return typing.cast(M, decision.value)
 
     # -- child flows --------------------------------------------------------------------------
 
     def invoke(
         self,
-        flow: FlowDef[CI, CO] | _HasDefinition[CI, CO],
+        flow: FlowDef[CI, CO] | HasDefinition[CI, CO],
         input: CI | Mapping[str, Any],
         *,
         detached: bool = False,
@@ -501,78 +377,28 @@ class FlowContext:
     ) -> CO:
         self._check()
         if memo is not None:
-            if memo.status is StepStatus.OK:
-                return definition.decode_output(memo.output)
-            raise replay.memo_error(memo)
-        child = self._children.get(call.cursor_key)
-        if child is not None:
-            if child.status is RunStatus.DONE:
-                await self._checkpoint(
-                    self._memo(call, StepKind.INVOKE, StepStatus.OK, output=child.output)
-                )
-                return definition.decode_output(child.output)
-            error = child.error or {"code": "RUN_CANCELED", "message": "child canceled"}
-            await self._checkpoint(
-                self._memo(call, StepKind.INVOKE, StepStatus.FAILED, error=error)
-            )
-            raise FlowError.from_dict(error)
-        try:
-            if self.depth + 1 > self._max_depth:
-                raise InvokeDepthExceeded(
-                    f"invoking {definition.key} would nest {self.depth + 1} levels deep "
-                    f"(max {self._max_depth})"
-                )
-            if ordinal > self._max_children:
-                raise InvokeFanoutExceeded(
-                    f"run would start more than {self._max_children} child runs"
-                )
-            data = codec.encode(
-                definition.validate_input(input),
-                definition.input_type,
-                what=f"input of child {definition.key}",
-                limit=self._max_payload,
-            )
-        except (
-            InvokeDepthExceeded,
-            InvokeFanoutExceeded,
-            InputInvalid,
-            PayloadTooLarge,
-            PayloadInvalid,
-        ) as err:
-            await self._checkpoint(
-                self._memo(call, StepKind.INVOKE, StepStatus.FAILED, error=err.to_dict())
-            )
-            raise
-        child_id = _uuid.uuid5(self.run_id, call.cursor_key)
-        try:
-            created = await self._store.spawn_child(
-                self._lease,
-                NewRun(
-                    id=child_id,
-                    name=definition.name,
-                    version=definition.version,
-                    input=data,
-                    parent_run_id=self.run_id,
-                    parent_cursor_key=call.cursor_key,
-                    meta={"depth": self.depth + 1, "detached": detached},
-                ),
-            )
-        except LeaseLost as exc:
-            self._raise(exc)
-        except DatabaseUnavailable as exc:
-            self._raise(Aborted(exc))
-        self._raise(
-            Suspended(
-                SuspendPlan(
-                    status=RunStatus.AWAITING_CHILD,
-                    reason="child",
-                    cursor_key=call.cursor_key,
-                    wake_at=None,
-                    waiting_for=f"child:{child_id}",
-                    progress=created,
-                )
-            )
+            return replay.memo_value(memo, definition.decode_output)
+        decision = decisions.decide_invoke(
+            call,
+            definition,
+            input,
+            run_id=self.run_id,
+            child=self._children.get(call.cursor_key),
+            depth=self.depth,
+            ordinal=ordinal,
+            detached=detached,
+            settings=self._settings,
         )
+        if isinstance(decision, decisions.InvokeStart):
+            child = decision.child
+            created = await self._write(self._store.spawn_child(self._lease, child))
+            self._raise(Suspended(decisions.await_child(call, child.id, created=created)))
+        if isinstance(decision, decisions.InvokeRefused):
+            await self._checkpoint(call.memo(StepStatus.FAILED, error=decision.error.to_dict()))
+            raise decision.error
+        rec = call.memo(decision.status, output=decision.output, error=decision.error)
+        await self._checkpoint(rec)
+        return replay.memo_value(rec, definition.decode_output)
 
     # -- parallelism --------------------------------------------------------------------------
 
@@ -600,21 +426,11 @@ class FlowContext:
             results = await asyncio.gather(*aws, return_exceptions=True)
         finally:
             _IN_GATHER.reset(token)
-        plans: list[SuspendPlan] = []
-        for result in results:
-            if isinstance(result, Drifted | Aborted | LeaseLost):
-                self._raise(result)
-            if isinstance(result, Suspended):
-                plans.append(result.plan)
-            elif isinstance(result, BaseException) and not isinstance(result, Exception):
-                raise result
-        if plans:
-            merged = functools.reduce(SuspendPlan.merge, plans)
-            self.interrupted = None
-            self._raise(Suspended(merged))
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
+        raised = decisions.join_branches(results)
+        if isinstance(raised, Interrupt | LeaseLost):
+            self._raise(raised)
+        if raised is not None:
+            raise raised
         return tuple(results)
 
     # -- deterministic values -------------------------------------------------------------------
@@ -663,60 +479,18 @@ class FlowContext:
         if memo is not None:
             return typing.cast(T, codec.load(memo.output, tp))
         data = codec.encode(make(), tp, what=f"ctx.{call.kind.value}()", limit=self._max_payload)
-        await self._checkpoint(self._memo(call, call.kind, StepStatus.OK, output=data))
+        await self._checkpoint(call.memo(StepStatus.OK, output=data))
         return typing.cast(T, codec.load(data, tp))
 
-    def _memo(
-        self,
-        call: replay.Call,
-        kind: StepKind,
-        status: StepStatus,
-        *,
-        output: Any = None,
-        error: dict[str, Any] | None = None,
-        attempts: int = 1,
-        started_at: datetime | None = None,
-    ) -> StepRecord:
-        return StepRecord(
-            position=call.position,
-            cursor_key=call.cursor_key,
-            kind=kind,
-            label=call.label,
-            status=status,
-            output=output,
-            error=error,
-            attempts=attempts,
-            started_at=started_at,
-        )
 
-
-class _ReplayQuietLogger:
-    """``ctx.log``: a logger that stays silent while the body replays recorded calls."""
+class _ReplayQuietLogger(logging.LoggerAdapter[logging.Logger]):
+    """``ctx.log``: the ``iterflow.flow`` logger with the run's id and flow attached, silent while
+    the body replays recorded calls."""
 
     def __init__(self, ctx: FlowContext) -> None:
+        super().__init__(logger, {"run_id": str(ctx.run_id), "flow": ctx.flow_name})
         self._ctx = ctx
 
-    def _emit(self, level: int, msg: str, *args: Any) -> None:
-        if not self._ctx.is_replaying:
-            logger.log(
-                level,
-                msg,
-                *args,
-                extra={"run_id": str(self._ctx.run_id), "flow": self._ctx.flow_name},
-            )
-
-    def debug(self, msg: str, *args: Any) -> None:
-        """Log at DEBUG unless replaying."""
-        self._emit(logging.DEBUG, msg, *args)
-
-    def info(self, msg: str, *args: Any) -> None:
-        """Log at INFO unless replaying."""
-        self._emit(logging.INFO, msg, *args)
-
-    def warning(self, msg: str, *args: Any) -> None:
-        """Log at WARNING unless replaying."""
-        self._emit(logging.WARNING, msg, *args)
-
-    def error(self, msg: str, *args: Any) -> None:
-        """Log at ERROR unless replaying."""
-        self._emit(logging.ERROR, msg, *args)
+    def isEnabledFor(self, level: int) -> bool:
+        """False while replaying."""
+        return not self._ctx.is_replaying and super().isEnabledFor(level)

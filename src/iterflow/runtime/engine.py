@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from iterflow.core import codec
 from iterflow.core.definition import DriftPolicy, FlowDef, Registry
-from iterflow.core.durations import DurationLike, due_at, parse_duration
+from iterflow.core.durations import DurationLike, parse_duration
 from iterflow.core.errors import (
     ConfigInvalid,
     DatabaseUnavailable,
@@ -41,6 +41,7 @@ from iterflow.core.models import (
     RunRecord,
     RunStatus,
     SignalResult,
+    StartOptions,
     StartResult,
 )
 from iterflow.core.settings import CONNECTION_SETTINGS, Settings
@@ -99,15 +100,10 @@ class FlowHandle(Generic[In, Out]):
         run exists only if the caller commits. A repeated ``idempotency_key`` returns the
         existing run (``created=False``).
         """
-        return await self.engine._start(
-            self.definition,
-            input,
-            idempotency_key=idempotency_key,
-            tags=tags,
-            delay=delay,
-            priority=priority,
-            conn=conn,
+        options = StartOptions(
+            idempotency_key=idempotency_key, tags=tags, delay=delay, priority=priority
         )
+        return await self.engine._start(self.definition, input, options, conn=conn)
 
     async def result(self, run_id: uuid.UUID | str, *, timeout: float | None = None) -> Out:
         """Wait for the run to finish and return its output as the flow's output model.
@@ -148,7 +144,7 @@ class Engine:
         if database_url is not None:
             overrides["database_url"] = database_url
         try:
-            self.settings = (
+            self._settings = (
                 Settings.model_validate({**base.model_dump(), **overrides}) if overrides else base
             )
         except ValidationError as exc:
@@ -210,7 +206,20 @@ class Engine:
                 "`async with engine` (or `await engine.open()`), or close it, configure it and "
                 "open it again"
             )
-        self.settings = new
+        self._settings = new
+
+    @property
+    def settings(self) -> Settings:
+        """The engine's settings (frozen). Change them with :meth:`configure`, which validates;
+        assigning ``engine.settings = ...`` is refused so no path skips validation."""
+        return self._settings
+
+    @settings.setter
+    def settings(self, value: Settings) -> None:
+        raise ConfigInvalid(
+            "engine.settings cannot be assigned; use engine.configure(field=value, ...), which "
+            "validates every change"
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -325,13 +334,25 @@ class Engine:
         event = listener.subscribe(key)
         return event, lambda: listener.unsubscribe(key, event)
 
-    async def migrate(self) -> None:
-        """Install or upgrade iterflow's tables (what ``flowctl migrate`` does)."""
+    async def migrate(self, *, stamp: bool = False) -> None:
+        """Install or upgrade iterflow's tables (what ``flowctl migrate`` does).
+
+        ``stamp=True`` is ``flowctl migrate --stamp``: adopt tables created from
+        ``flowctl generate-schema`` by your own migrations (verified against this version's
+        tables; procrastinate's schema installed if missing) without running iterflow's DDL.
+        """
         if self._memory is not None:
             return
-        from iterflow.store.migrate import run_migrations
+        from iterflow.store import migrate
 
-        await asyncio.to_thread(run_migrations, self.database_url, schema=self.settings.db_schema)
+        if stamp:
+            await asyncio.to_thread(
+                migrate.stamp, self.database_url, schema=self.settings.db_schema
+            )
+        else:
+            await asyncio.to_thread(
+                migrate.run_migrations, self.database_url, schema=self.settings.db_schema
+            )
 
     @property
     def store(self) -> Store:
@@ -415,16 +436,12 @@ class Engine:
         return tuple(codec.check_text(tag, what="tag", max_chars=limit) for tag in tag_list)
 
     async def _start(
-        self,
-        flow: FlowDef[Any, Any],
-        input: Any,
-        *,
-        idempotency_key: str | None,
-        tags: Iterable[str],
-        delay: DurationLike | None,
-        priority: int,
-        conn: Any,
+        self, flow: FlowDef[Any, Any], input: Any, options: StartOptions, *, conn: Any
     ) -> StartResult:
+        """The start path of ``handle.start`` and ``engine.start``: validate the input and every
+        option (``INPUT_INVALID``, ``DURATION_INVALID``...), then one store write. A delay is
+        counted by the store from its own clock (the database's ``now()`` on PostgreSQL), so
+        every due time of a run comes from one clock."""
         value = flow.validate_input(input)
         data = codec.encode(
             value,
@@ -432,24 +449,24 @@ class Engine:
             what=f"input of flow {flow.key}",
             limit=self.settings.max_payload_bytes,
         )
-        self._check_key(idempotency_key)
-        tag_list = self._check_tags(tags)
+        self._check_key(options.idempotency_key)
+        tags = self._check_tags(options.tags)
+        priority = options.priority
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise InputInvalid(f"priority must be an integer, got {type(priority).__name__}")
         if not _INT4_MIN <= priority <= _INT4_MAX:
             raise InputInvalid(f"priority must be between {_INT4_MIN} and {_INT4_MAX}")
-        now = self._memory.clock() if self._memory is not None else datetime.now(UTC)
-        wake_at = due_at(parse_duration(delay), now) if delay is not None else None
+        delay = None if options.delay is None else parse_duration(options.delay)
         return await self.store.create_run(
             NewRun(
                 id=uuid.uuid4(),
                 name=flow.name,
                 version=flow.version,
                 input=data,
-                idempotency_key=idempotency_key,
-                tags=tag_list,
+                idempotency_key=options.idempotency_key,
+                tags=tags,
                 priority=priority,
-                wake_at=wake_at,
+                delay=delay,
             ),
             conn=conn,
         )
@@ -472,15 +489,10 @@ class Engine:
         flow = self.registry.latest(name)
         if flow is None:
             raise FlowUnknown(f"no flow named {codec.shown(name)} is registered in this process")
-        return await self._start(
-            flow,
-            input,
-            idempotency_key=idempotency_key,
-            tags=tags,
-            delay=delay,
-            priority=priority,
-            conn=conn,
+        options = StartOptions(
+            idempotency_key=idempotency_key, tags=tags, delay=delay, priority=priority
         )
+        return await self._start(flow, input, options, conn=conn)
 
     async def signal(
         self,

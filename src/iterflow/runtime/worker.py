@@ -1,6 +1,13 @@
 """The attempt loop: claim → replay from the top → checkpoint → suspend / finish / fail.
 
-Procrastinate runs it (``runtime/host.py``); this module knows nothing of the queue.
+Procrastinate runs it (``runtime/host.py``); this module knows nothing of the queue. How an
+attempt's body ended is classified by :func:`iterflow.core.decisions.classify_attempt`; this
+module performs the result (suspend, finish, park, abort) and reports an
+:class:`~iterflow.core.decisions.AttemptOutcome`.
+
+While the body runs, a renewer task renews the lease every lease/3; the attempt's first
+checkpoint renews it too, later checkpoints are only fenced by it. A refused renewal (another
+worker took the run) or the run's cancellation (terminal NOTIFY) cancels the body.
 """
 
 from __future__ import annotations
@@ -17,26 +24,26 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from iterflow.core import decisions
+from iterflow.core.decisions import AttemptOutcome
 from iterflow.core.definition import FlowDef, Registry
 from iterflow.core.errors import (
     Aborted,
     DataRejected,
     Drifted,
     FlowError,
-    FlowFailed,
     FlowUnknown,
     InputInvalid,
     LeaseLost,
     RunAttemptsExhausted,
     Suspended,
-    safe_text,
 )
-from iterflow.core.models import RunStatus, SuspendPlan
+from iterflow.core.models import RunStatus
 from iterflow.core.settings import Settings
 from iterflow.runtime.context import FlowContext
-from iterflow.store.base import Claim, Store
+from iterflow.store.base import Claim, Lease, Store
 
-__all__ = ["Worker", "default_owner"]
+__all__ = ["AttemptOutcome", "Worker", "default_owner"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +80,11 @@ class Worker:
         self._watch = watch
         self._clock = clock
 
-    async def advance(self, run_id: uuid.UUID) -> str:
+    async def advance(self, run_id: uuid.UUID) -> AttemptOutcome:
         """Make one attempt on ``run_id``; return what happened (for logs and tests)."""
         claim = await self.store.claim(run_id, self.owner, self.settings.lease_seconds)
         if claim is None:
-            return "skipped"
+            return AttemptOutcome.SKIPPED
         try:
             return await self._attempt(claim)
         except LeaseLost:
@@ -86,9 +93,9 @@ class Worker:
                 run_id,
                 extra={"run_id": str(run_id)},
             )
-            return "lease_lost"
+            return AttemptOutcome.LEASE_LOST
 
-    async def _attempt(self, claim: Claim) -> str:
+    async def _attempt(self, claim: Claim) -> AttemptOutcome:
         run = claim.run
         lease = claim.lease
         if run.stalled_claims > self.settings.max_stalled_claims:
@@ -97,7 +104,7 @@ class Worker:
                 f"{self.settings.max_stalled_claims}); fix the cause, then engine.retry(run_id)"
             )
             await self.store.fail_unclaimed(lease, err.to_dict())
-            return "failed"
+            return AttemptOutcome.FAILED
         flow = self.registry.get(run.name, run.version)
         if flow is None:
             latest = self.registry.latest(run.name)
@@ -109,34 +116,22 @@ class Worker:
             )
             if latest is not None and latest.drift_policy == "park":  # policy of the flow name
                 await self.store.park(lease, err2.to_dict())
-                return "parked"
+                return AttemptOutcome.PARKED
             await self.store.fail_unclaimed(lease, err2.to_dict())
-            return "failed"
+            return AttemptOutcome.FAILED
         try:
             value = flow.validate_input(run.input)
         except InputInvalid as exc:
             await self.store.fail_unclaimed(lease, exc.to_dict())
-            return "failed"
+            return AttemptOutcome.FAILED
 
         ctx = FlowContext(
-            run_id=run.id,
-            flow_name=run.name,
-            attempt=run.claims,
+            claim,
             store=self.store,
-            lease=lease,
-            history=claim.history,
-            timers=claim.timers,
-            inbox=claim.inbox,
+            settings=self.settings,
             signal_models=flow.signals,
-            clock=self._clock or _db_clock(claim.db_now),
+            clock=self._clock_for(claim),
             rng=self._rng,
-            max_payload_bytes=self.settings.max_payload_bytes,
-            inline_retry_max=timedelta(seconds=self.settings.inline_retry_max_seconds),
-            children=claim.children,
-            depth=int(run.meta.get("depth", 0)),
-            max_depth=self.settings.max_invoke_depth,
-            max_children=self.settings.max_children_per_run,
-            max_label_chars=self.settings.max_label_chars,
         )
         lost = asyncio.Event()
         renewer = asyncio.create_task(self._renew(claim, lost))
@@ -147,6 +142,9 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError, LeaseLost, FlowError):
                 await renewer
 
+    def _clock_for(self, claim: Claim) -> Callable[[], datetime]:
+        return self._clock or _db_clock(claim.db_now)
+
     async def _run_body(
         self,
         flow: FlowDef[Any, Any],
@@ -154,45 +152,49 @@ class Worker:
         value: Any,
         claim: Claim,
         lost: asyncio.Event,
-    ) -> str:
-        lease = claim.lease
+    ) -> AttemptOutcome:
+        """Run the body, classify how it ended, and write that end."""
+        result: Any = None
+        raised: Suspended | Drifted | Aborted | LeaseLost | Exception | None = None
+        canceled = False
         try:
             result = await self._body_unless_canceled(flow, ctx, value, claim, lost)
             ctx.check_complete()
         except _CanceledElsewhere:
-            return "canceled"
-        except Aborted as a:
-            return await self._abort(lease, a, claim)
-        except Suspended as s:
-            await self.store.suspend(lease, s.plan)
-            return "suspended"
-        except Drifted as d:
-            return await self._drifted(flow, lease, d.error)
-        except LeaseLost:
-            raise
-        except FlowError as exc:
-            if isinstance(ctx.interrupted, Suspended | Drifted | Aborted | LeaseLost):
-                return await self._interrupted(ctx, lease, claim)
-            await self.store.finish(lease, RunStatus.FAILED, None, exc.to_dict())
-            return "failed"
-        except Exception as exc:
-            if isinstance(ctx.interrupted, Suspended | Drifted | Aborted | LeaseLost):
-                return await self._interrupted(ctx, lease, claim)
-            err = FlowFailed(f"flow body raised {type(exc).__name__}: {safe_text(exc)}")
-            err.__cause__ = exc
-            await self.store.finish(lease, RunStatus.FAILED, None, err.to_dict())
-            return "failed"
+            canceled = True
+        except (Suspended, Drifted, Aborted, LeaseLost, Exception) as exc:
+            raised = exc
+        end = decisions.classify_attempt(
+            raised, ctx.interrupted, drift_policy=flow.drift_policy, canceled=canceled
+        )
+        lease = claim.lease
+        match end:
+            case decisions.EndReturned():
+                return await self._finish(flow, lease, result)
+            case decisions.EndSuspended(plan=plan):
+                await self.store.suspend(lease, plan)
+            case decisions.EndDrifted(error=error, park=True):
+                await self.store.park(lease, error.to_dict())
+            case decisions.EndDrifted(error=error) | decisions.EndFailed(error=error):
+                await self.store.finish(lease, RunStatus.FAILED, None, error.to_dict())
+            case decisions.EndAborted(error=error):
+                await self._abort(lease, error, claim)
+            case decisions.EndLeaseLost():
+                raise LeaseLost(lease.run_id)
+        return end.outcome
+
+    async def _finish(self, flow: FlowDef[Any, Any], lease: Lease, result: Any) -> AttemptOutcome:
         try:
             data = flow.encode_output(result, limit=self.settings.max_payload_bytes)
         except FlowError as exc:  # OUTPUT_INVALID, PAYLOAD_INVALID, PAYLOAD_TOO_LARGE
             await self.store.finish(lease, RunStatus.FAILED, None, exc.to_dict())
-            return "failed"
+            return AttemptOutcome.FAILED
         try:
             await self.store.finish(lease, RunStatus.DONE, data, None)
         except DataRejected as exc:  # refused by PostgreSQL itself: a failure, not an outage
             await self.store.finish(lease, RunStatus.FAILED, None, exc.to_dict())
-            return "failed"
-        return "done"
+            return AttemptOutcome.FAILED
+        return AttemptOutcome.DONE
 
     async def _body_unless_canceled(
         self,
@@ -238,46 +240,16 @@ class Worker:
             if not body.done():
                 await _stop(body)
 
-    async def _abort(self, lease: Any, aborted: Aborted, claim: Claim) -> str:
+    async def _abort(self, lease: Lease, error: FlowError, claim: Claim) -> None:
         """Release the run for a retry soon; if storage is still down, lease expiry recovers it."""
-        logger.warning("attempt on run %s aborted: %s", claim.run.id, aborted.error)
-        plan = SuspendPlan(
-            status=RunStatus.RETRYING,
-            reason="storage",
-            cursor_key="",
-            wake_at=(self._clock or _db_clock(claim.db_now))() + timedelta(seconds=2),
-            waiting_for="storage",
-            progress=False,
-        )
+        logger.warning("attempt on run %s aborted: %s", claim.run.id, error)
         with contextlib.suppress(FlowError, LeaseLost):
-            await self.store.suspend(lease, plan)
-        return "aborted"
-
-    async def _interrupted(self, ctx: FlowContext, lease: Any, claim: Claim) -> str:
-        """User code turned a swallowed interrupt into another exception: honour the interrupt."""
-        pending = ctx.interrupted
-        if isinstance(pending, Suspended):
-            await self.store.suspend(lease, pending.plan)
-            return "suspended"
-        if isinstance(pending, Drifted):
-            flow = self.registry.get(claim.run.name, claim.run.version)
-            return await self._drifted(flow, lease, pending.error)
-        if isinstance(pending, Aborted):
-            return await self._abort(lease, pending, claim)
-        raise LeaseLost(lease.run_id)
-
-    async def _drifted(self, flow: FlowDef[Any, Any] | None, lease: Any, error: FlowError) -> str:
-        """The history no longer matches the code: park the run (``park`` policy: it waits for
-        a compatible deploy, then ``engine.retry`` or a worker start) or fail it."""
-        if flow is not None and flow.drift_policy == "park":
-            await self.store.park(lease, error.to_dict())
-            return "parked"
-        await self.store.finish(lease, RunStatus.FAILED, None, error.to_dict())
-        return "failed"
+            await self.store.suspend(lease, decisions.outage_plan(self._clock_for(claim)()))
 
     async def _renew(self, claim: Claim, lost: asyncio.Event) -> None:
-        """Renew the lease every lease/3 while the attempt lasts (only its first checkpoint renews
-        it too)."""
+        """Renew the lease every lease/3 while the attempt lasts (the attempt's first checkpoint
+        renews it too; later checkpoints do not). A refused renewal sets ``lost``, which cancels
+        the body; a failed one (storage down) is retried at the next interval."""
         interval = max(claim.lease.seconds / 3, 0.05)
         while True:
             await asyncio.sleep(interval)

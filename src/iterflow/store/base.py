@@ -75,8 +75,10 @@ class Store(Protocol):
     async def create_run(self, run: NewRun, *, conn: Any = None) -> StartResult:
         """Insert the run, its ``started`` event and its wake-up in one transaction.
 
-        With ``conn``, join the caller's transaction. An existing idempotency key returns the
-        existing run with ``created=False`` and writes nothing.
+        ``run.delay`` counts from the store's own clock (PostgreSQL's ``now()`` in that
+        transaction), so the run's ``wake_at`` is exactly ``created_at + delay``. With ``conn``,
+        join the caller's transaction. An existing idempotency key returns the existing run with
+        ``created=False`` and writes nothing; an existing run id is ``DATA_REJECTED``.
         """
         ...
 
@@ -102,7 +104,14 @@ class Store(Protocol):
         With ``renew`` (an attempt's first checkpoint) the same transaction renews the lease and
         resets the run's no-progress count. Later checkpoints of the attempt pass False: the
         write must still be fenced by the lease, but need not renew it (the worker's renewer
-        keeps it alive), which spares PostgreSQL a new version of the run row per step.
+        keeps it alive), which spares PostgreSQL a new version of the run row per step. A
+        checkpoint that consumes a signal, fires a timer or records a retried step
+        (``attempts > 1``) renews and resets all the same.
+
+        A memo at a position already holding a ``retrying`` memo updates it (status, output,
+        error, attempts, finish time); at a position holding another memo, a renewing checkpoint
+        changes nothing (the first writer wins) and a plain one is ``DATA_REJECTED``, as is a
+        cursor key the run already recorded at another position.
         """
         ...
 
@@ -118,7 +127,10 @@ class Store(Protocol):
     async def finish(
         self, lease: Lease, status: RunStatus, output: Any, error: dict[str, Any] | None
     ) -> None:
-        """Terminal write: status, output or error, event and NOTIFY in one transaction."""
+        """Terminal write: status, output or error, event and NOTIFY in one transaction.
+
+        ``status`` is ``done`` or ``failed`` (``ValueError`` otherwise: a cancel is written by
+        :meth:`cancel`)."""
         ...
 
     async def fail_unclaimed(self, lease: Lease, error: dict[str, Any]) -> None:

@@ -2,8 +2,16 @@
 
 Every method runs without awaiting anything, so on one event loop each call is atomic, like one
 PostgreSQL transaction. Wake-ups live in an in-process queue that ``Engine.in_memory()`` drains;
-time comes from a clock the tests can move (:class:`iterflow.testing.FakeClock`). It passes the
-same contract suite as the PostgreSQL store (``tests/contract``).
+time comes from a clock the tests can move (:class:`iterflow.testing.FakeClock`): it plays the part
+of PostgreSQL's ``now()``. It passes the same contract suite as the PostgreSQL store
+(``tests/contract``), which asserts the rows, the event data and the side effects of every write.
+Each kind of row is numbered from its own counter, as each PostgreSQL table has its own sequence;
+PostgreSQL may leave gaps (a refused or conflicting insert consumes a number), which this store
+does not reproduce: ids are unique and increasing per table, nothing more is promised.
+
+At ~700 lines it is over the usual module size on purpose: it is the twin of ``postgres.py`` and
+``queries.py`` together (one method per Store operation, each the meaning of one statement), and
+reads best as one class beside them; the data checks at its end stand for PostgreSQL's.
 """
 
 from __future__ import annotations
@@ -13,13 +21,13 @@ import re
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
+from iterflow.core import keys
 from iterflow.core.codec import check_data
+from iterflow.core.decisions import retry_cut
 from iterflow.core.errors import ConfigInvalid, DataRejected, LeaseLost, PayloadInvalid
 from iterflow.core.models import (
-    RESUMABLE_STATUSES,
-    TERMINAL_STATUSES,
     CancelResult,
     ChildRecord,
     EventRecord,
@@ -35,6 +43,22 @@ from iterflow.core.models import (
     StepStatus,
     SuspendPlan,
     TimerRecord,
+)
+from iterflow.core.states import (
+    RESUMABLE_STATUSES,
+    TERMINAL_STATUSES,
+    TIMED_STATUSES,
+    Canceled,
+    EventPayload,
+    Parked,
+    Recovered,
+    Retried,
+    Rewoken,
+    SignalReceived,
+    Started,
+    Suspended,
+    Unparked,
+    finished_event,
 )
 from iterflow.store.base import Claim, Lease, WakeUp, signal_limit
 
@@ -121,24 +145,26 @@ class MemoryStore:
         self._doing: set[uuid.UUID] = set()
         self._children: dict[uuid.UUID, list[uuid.UUID]] = {}  # parent -> child run ids
         self._idempotent: dict[tuple[str, str], uuid.UUID] = {}  # (name, key) -> run id
-        self._seq = 0
-        self._ids = 0
+        self._seq = 0  # runs.seq
+        self._signal_ids = 0  # signals.id
+        self._event_ids = 0  # events.id
 
     # -- helpers ------------------------------------------------------------------------------
 
     def _children_of(self, parent: uuid.UUID) -> list[_Run]:
         return [self._runs[c] for c in self._children.get(parent, ())]
 
-    def _next_id(self) -> int:
-        self._ids += 1
-        return self._ids
-
     def _event(
         self, run_id: uuid.UUID, type_: str, data: Any = None, key: str | None = None
     ) -> None:
+        self._event_ids += 1
         self._events.setdefault(run_id, []).append(
-            EventRecord(id=self._next_id(), type=type_, cursor_key=key, data=data, at=self.clock())
+            EventRecord(id=self._event_ids, type=type_, cursor_key=key, data=data, at=self.clock())
         )
+
+    def _log(self, run_id: uuid.UUID, payload: EventPayload, key: str | None = None) -> None:
+        """Append a typed event to the run's timeline."""
+        self._event(run_id, payload.type.value, payload.to_data(), key)
 
     def _wake(self, run_id: uuid.UUID, at: datetime | None, priority: int) -> None:
         """Queue a wake-up; a second one merges, keeping the earliest due time."""
@@ -158,6 +184,7 @@ class MemoryStore:
         return run
 
     def _renewed(self, lease: Lease) -> _Run:
+        """The leased run with its lease renewed, as a write fenced by the lease does."""
         run = self._fenced(lease)
         now = self.clock()
         run.lease_expires_at = now + timedelta(seconds=lease.seconds)
@@ -214,12 +241,18 @@ class MemoryStore:
             if existing_id is not None:
                 existing = self._runs[existing_id]
                 return StartResult(existing.id, False, existing.status)
-        self._insert(run)
-        self._event(run.id, "started", {"version": run.version})
-        self._wake(run.id, run.wake_at, run.priority)
+        if run.id in self._runs:
+            raise _duplicate("run id", str(run.id))
+        now = self.clock()
+        wake_at = run.wake_at if run.delay is None else now + run.delay
+        self._insert(dataclasses.replace(run, wake_at=wake_at, delay=None), now)
+        # PostgreSQL's start statement spells the due time in UTC
+        delayed_until = None if wake_at is None else _utc(wake_at).isoformat()
+        self._log(run.id, Started(version=run.version, delayed_until=delayed_until))
+        self._wake(run.id, wake_at, run.priority)
         return StartResult(run.id, True, RunStatus.PENDING)
 
-    def _insert(self, run: NewRun) -> None:
+    def _insert(self, run: NewRun, now: datetime) -> None:
         self._seq += 1
         self._runs[run.id] = _Run(
             id=run.id,
@@ -227,7 +260,7 @@ class MemoryStore:
             name=run.name,
             version=run.version,
             input=run.input,
-            created_at=self.clock(),
+            created_at=now,
             idempotency_key=run.idempotency_key,
             parent_run_id=run.parent_run_id,
             parent_cursor_key=run.parent_cursor_key,
@@ -283,7 +316,8 @@ class MemoryStore:
         )
 
     async def renew(self, lease: Lease) -> None:
-        self._renewed(lease)
+        run = self._fenced(lease)  # the expiry only, like PostgreSQL's renew (not updated_at)
+        run.lease_expires_at = self.clock() + timedelta(seconds=lease.seconds)
 
     async def checkpoint(
         self,
@@ -295,16 +329,34 @@ class MemoryStore:
         renew: bool = True,
     ) -> None:
         _storable("step", record.output, record.error, texts=(record.cursor_key, record.label))
-        if renew:
-            run = self._renewed(lease)
-            run.stalled_claims = 0
-        else:
-            run = self._fenced(lease)
-        now = self.clock()
+        run = self._fenced(lease)
         steps = self._steps.setdefault(run.id, {})
         current = steps.get(record.position)
-        if current is None or current.status is StepStatus.RETRYING:
+        # As PostgreSQL's checkpoint statements: a checkpoint that marks a signal or a timer, or
+        # replaces a retried step's memo (attempts > 1), renews the lease and marks progress
+        # like an attempt's first one; any other later checkpoint only inserts a fresh memo.
+        renewing = renew or record.attempts > 1 or consume_signal is not None
+        renewing = renewing or fire_timer is not None
+        if current is None and any(s.cursor_key == record.cursor_key for s in steps.values()):
+            raise _duplicate("cursor key", record.cursor_key)
+        if current is not None and not renewing:
+            raise _duplicate("step position", str(record.position))
+        now = self.clock()
+        if renewing:
+            run.lease_expires_at = now + timedelta(seconds=lease.seconds)
+            run.stalled_claims = 0
+            run.updated_at = now
+        if current is None:
             steps[record.position] = dataclasses.replace(record, finished_at=now)
+        elif current.status is StepStatus.RETRYING:  # its identity and start time stay
+            steps[record.position] = dataclasses.replace(
+                current,
+                status=record.status,
+                output=record.output,
+                error=record.error,
+                attempts=record.attempts,
+                finished_at=now,
+            )
         if consume_signal is not None:
             inbox = self._signals.get(run.id, [])
             for i, sig in enumerate(inbox):
@@ -323,8 +375,12 @@ class MemoryStore:
         self._renewed(lease)
         if child.id in self._runs:
             return False
-        self._insert(child)
-        self._event(child.id, "started", {"version": child.version, "parent": str(lease.run_id)})
+        # A child is due at once, has no idempotency key and belongs to the leased run.
+        spawned = dataclasses.replace(
+            child, parent_run_id=lease.run_id, idempotency_key=None, wake_at=None, delay=None
+        )
+        self._insert(spawned, self.clock())
+        self._log(child.id, Started(version=child.version, parent=str(lease.run_id)))
         self._wake(child.id, None, child.priority)
         return True
 
@@ -340,12 +396,8 @@ class MemoryStore:
         timers = self._timers.setdefault(run.id, {})
         for timer in plan.new_timers:
             timers.setdefault(timer.cursor_key, timer)
-        self._event(
-            run.id,
-            "suspended",
-            {"reason": plan.reason, "wake_at": plan.wake_at.isoformat() if plan.wake_at else None},
-            plan.cursor_key,
-        )
+        wake_at = plan.wake_at.isoformat() if plan.wake_at else None
+        self._log(run.id, Suspended(reason=plan.reason, wake_at=wake_at), plan.cursor_key)
         if plan.wake_at is not None:
             self._wake(run.id, plan.wake_at, run.priority)
 
@@ -353,13 +405,10 @@ class MemoryStore:
         self, lease: Lease, status: RunStatus, output: Any, error: dict[str, Any] | None
     ) -> None:
         _storable("run result", output, error)
+        event = finished_event(status, error)
         run = self._fenced(lease)
         self._terminal(run, status, output, error)
-        self._event(
-            run.id,
-            "completed" if status is RunStatus.DONE else status.value,
-            {"code": error.get("code")} if error else None,
-        )
+        self._log(run.id, event)
         if run.parent_run_id is not None:
             self._wake(run.parent_run_id, None, 0)
 
@@ -371,19 +420,19 @@ class MemoryStore:
         run = self._fenced(lease)
         run.status = RunStatus.PARKED
         run.error = error
-        run.waiting_for = "deploy"
+        run.waiting_for = keys.WAITING_DEPLOY
         run.wake_at = None
         run.lease_token = run.lease_owner = run.lease_expires_at = None
         run.updated_at = self.clock()
-        self._event(run.id, "parked", {"code": error.get("code"), "message": error.get("message")})
+        self._log(run.id, Parked(code=error.get("code"), message=error.get("message")))
 
-    def _unpark(self, run: _Run, reason: str) -> None:
+    def _unpark(self, run: _Run, reason: Literal["retry", "worker_start"]) -> None:
         run.status = RunStatus.PENDING
         run.error = None
         run.waiting_for = run.wake_at = None
         run.stalled_claims = 0
         run.updated_at = self.clock()
-        self._event(run.id, "unparked", {"reason": reason})
+        self._log(run.id, Unparked(reason))
         self._wake(run.id, None, run.priority)
 
     async def requeue_parked(self, names: Sequence[str]) -> int:
@@ -416,21 +465,25 @@ class MemoryStore:
         if len(inbox) >= max_signals:
             raise signal_limit(run_id, max_signals)
         _storable("signal", payload, texts=(name, idempotency_key))
-        sig = SignalRecord(self._next_id(), name, payload, idempotency_key, self.clock())
+        self._signal_ids += 1
+        sig = SignalRecord(self._signal_ids, name, payload, idempotency_key, self.clock())
         inbox.append(sig)
-        waiting = run.status is RunStatus.AWAITING_SIGNAL and run.waiting_for == f"signal:{name}"
+        waiting = (
+            run.status is RunStatus.AWAITING_SIGNAL
+            and run.waiting_for == keys.waiting_for_signal(name)
+        )
         if waiting or run.status is RunStatus.RUNNING:
             self._wake(run_id, None, run.priority)
-        self._event(run_id, "signal_received", {"name": name, "signal_id": sig.id})
+        self._log(run_id, SignalReceived(name=name, signal_id=sig.id, waiting=waiting))
         return SignalResult("delivered" if waiting else "buffered", signal_id=sig.id)
 
     async def cancel(self, run_id: uuid.UUID, reason: str) -> CancelResult:
-        _storable("cancel reason", texts=(reason,))
         root = self._runs.get(run_id)
         if root is None:
             return CancelResult("not_found")
         if root.status in TERMINAL_STATUSES:
             return CancelResult("already_terminal", root.status)
+        _storable("cancel reason", texts=(reason,))  # refused when written, as in PostgreSQL
         tree = [root]
         frontier = [root.id]
         while frontier:
@@ -446,7 +499,7 @@ class MemoryStore:
             self._terminal(
                 run, RunStatus.CANCELED, None, {"code": "RUN_CANCELED", "message": reason}
             )
-            self._event(run.id, "canceled", {"reason": reason, "root": str(run_id)})
+            self._log(run.id, Canceled(reason=reason, root=str(run_id)))
             self._wakes.pop(run.id, None)
             if run.parent_run_id is not None and run.parent_run_id not in canceled:
                 self._wake(run.parent_run_id, None, 0)
@@ -462,28 +515,29 @@ class MemoryStore:
         if run.status is not RunStatus.FAILED:
             return RetryResult("not_failed", run.status)
         steps = self._steps.setdefault(run_id, {})
-        failed = [p for p, s in steps.items() if s.status is not StepStatus.OK]
-        cut = max(failed) if failed else 2**31 - 1
-        cut_keys = {s.cursor_key for p, s in steps.items() if p >= cut}
-        for child in self._children_of(run_id):
-            if child.status is RunStatus.FAILED and child.parent_cursor_key in cut_keys:
-                await self.retry(child.id)
         inbox = self._signals.get(run_id, [])
-        for i, sig in enumerate(inbox):
-            if sig.consumed_by in cut_keys:
-                inbox[i] = dataclasses.replace(sig, consumed_by=None, consumed_at=None)
         timers = self._timers.get(run_id, {})
-        for key in [k for k, t in timers.items() if k in cut_keys or t.fired_at is None]:
-            del timers[key]
-        for p in [p for p in steps if p >= cut]:
-            del steps[p]
+        children = [
+            ChildRecord(c.id, c.parent_cursor_key or "", c.status)
+            for c in self._children_of(run_id)
+        ]
+        cut = retry_cut(list(steps.values()), inbox, list(timers.values()), children)
+        for child_id in cut.child_ids:  # a failed child is retried with its parent
+            await self.retry(child_id)
+        for i, sig in enumerate(inbox):
+            if sig.id in cut.signal_ids:
+                inbox[i] = dataclasses.replace(sig, consumed_by=None, consumed_at=None)
+        for key in cut.timer_keys:
+            timers.pop(key, None)
+        for position in cut.positions:
+            steps.pop(position, None)
         run.status = RunStatus.PENDING
         run.error = run.output = run.finished_at = None
         run.stalled_claims = 0
         run.waiting_for = None
         run.wake_at = None
         run.updated_at = self.clock()
-        self._event(run_id, "retried", {"from": cut})
+        self._log(run_id, Retried(from_position=cut.position))
         self._wake(run_id, None, run.priority)
         return RetryResult("queued", RunStatus.PENDING)
 
@@ -504,10 +558,10 @@ class MemoryStore:
         for run in stale:
             run.status = RunStatus.RETRYING
             run.lease_token = run.lease_owner = run.lease_expires_at = None
-            run.waiting_for = "recovery"
+            run.waiting_for = keys.WAITING_RECOVERY
             run.updated_at = now
             self._doing.discard(run.id)
-            self._event(run.id, "recovered", {"reason": "lease_expired"})
+            self._log(run.id, Recovered())
             self._wake(run.id, None, run.priority)
         return len(stale)
 
@@ -525,7 +579,7 @@ class MemoryStore:
             and self._needs_wake(r, now)
         ][:limit]
         for run in stranded:
-            self._event(run.id, "rewoken", {"reason": "no pending wake-up"})
+            self._log(run.id, Rewoken())
             self._wake(run.id, None, run.priority)
         return len(stranded)
 
@@ -535,14 +589,10 @@ class MemoryStore:
             return run.wake_at is None or run.wake_at <= now
         if run.status is RunStatus.RETRYING and not any(t.fire_at > now for t in timers):
             return True
-        if run.status in (
-            RunStatus.SLEEPING,
-            RunStatus.RETRYING,
-            RunStatus.AWAITING_SIGNAL,
-        ) and any(t.fire_at <= now for t in timers):
+        if run.status in TIMED_STATUSES and any(t.fire_at <= now for t in timers):
             return True
         if run.status is RunStatus.AWAITING_SIGNAL and any(
-            s.consumed_at is None and f"signal:{s.name}" == run.waiting_for
+            s.consumed_at is None and keys.waiting_for_signal(s.name) == run.waiting_for
             for s in self._signals.get(run.id, [])
         ):
             return True
@@ -598,6 +648,19 @@ class MemoryStore:
 
 
 _INT4 = 2**31
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _duplicate(what: str, value: str) -> DataRejected:
+    """PostgreSQL's refusal of a second row with the same unique key (SQLSTATE 23505)."""
+    return DataRejected(
+        f"PostgreSQL would refuse the data (SQLSTATE 23505: duplicate {what} {value!r}); "
+        "nothing was written",
+        details={"sqlstate": "23505"},
+    )
 
 
 def _storable(

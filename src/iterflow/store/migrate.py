@@ -18,7 +18,6 @@ which database objects belong to iterflow.
 from __future__ import annotations
 
 import importlib.resources
-import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -33,10 +32,12 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
-from iterflow.core.errors import ConfigInvalid, DatabaseUnavailable, SchemaConflict, SchemaMissing
-from iterflow.store.schema import DEFAULT_SCHEMA
+from iterflow.core.errors import DatabaseUnavailable, SchemaConflict, SchemaMissing
+from iterflow.store.schema import DEFAULT_SCHEMA, VERSION_TABLE, validate_schema_name
 from iterflow.store.urls import psycopg_url
 
+# VERSION_TABLE and validate_schema_name live in schema.py (schemagen needs them too, and
+# migrate imports schemagen); re-exported here for migrations/ and existing callers.
 __all__ = [
     "CONNECTION_ATTRIBUTE",
     "DROP_PROCRASTINATE_ATTRIBUTE",
@@ -65,9 +66,6 @@ __all__ = [
 MIGRATION_LOCK_KEY = 0x1F10_F10E_0A1E_3B1C
 """Advisory lock serialising every migrate/stamp of every iterflow process on one database."""
 
-VERSION_TABLE = "iterflow_alembic_version"
-"""Name of alembic's version table; it lives in the iterflow schema itself."""
-
 SCHEMA_ATTRIBUTE = "iterflow_schema"
 """``Config.attributes`` key holding the schema that receives the iterflow tables."""
 
@@ -80,7 +78,6 @@ CONNECTION_ATTRIBUTE = "connection"
 DROP_PROCRASTINATE_ATTRIBUTE = "iterflow_drop_procrastinate"
 """``Config.attributes`` key: when true, downgrading to base also drops procrastinate's objects."""
 
-_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _INSUFFICIENT_PRIVILEGE = "42501"
 #: SQLSTATEs of "already exists": duplicate_table (also indexes, sequences), duplicate_object
@@ -99,16 +96,6 @@ IncludeObject = Callable[[Any, str | None, str, bool, Any], bool]
 IncludeName = Callable[[str | None, str, Mapping[str, str | None]], bool]
 
 
-def validate_schema_name(schema: str) -> str:
-    """Return ``schema`` if it is a lowercase SQL identifier, else raise ``ConfigInvalid``."""
-    if not _IDENT.match(schema):
-        raise ConfigInvalid(
-            f"schema name {schema!r} is not a lowercase SQL identifier "
-            "(letters, digits and underscores, at most 63 characters), e.g. 'iterflow'"
-        )
-    return schema
-
-
 def script_location() -> Path:
     """The directory holding ``env.py`` and ``versions/``.
 
@@ -118,9 +105,9 @@ def script_location() -> Path:
     packaged = importlib.resources.files("iterflow") / "_migrations"
     if isinstance(packaged, Path) and (packaged / "env.py").is_file():
         return packaged
-    import iterflow
-
-    checkout = Path(iterflow.__file__).resolve().parents[2] / "migrations"
+    # src/iterflow/store/migrate.py -> the checkout (not `import iterflow`: the root facade
+    # names the runtime, and the store must not depend on it)
+    checkout = Path(__file__).resolve().parents[3] / "migrations"
     if (checkout / "env.py").is_file():
         return checkout
     raise FileNotFoundError(

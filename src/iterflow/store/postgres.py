@@ -1,138 +1,80 @@
 """The PostgreSQL store: SQLAlchemy Core on asyncpg.
 
-Hot-path writes (start, claim, checkpoint, suspend, finish) are each **one statement**: a
-data-modifying CTE that is its own transaction, fenced by the run's lease token where one is held.
-Driver errors are mapped at this boundary: data PostgreSQL refuses (SQLSTATE class 22/23) to
-:class:`~iterflow.core.errors.DataRejected`, missing tables to
-:class:`~iterflow.core.errors.SchemaMissing`, everything else to
-:class:`~iterflow.core.errors.DatabaseUnavailable`.
+The hot-path writes (start, claim, checkpoint, spawn, suspend, finish, park) are each **one
+statement**, a data-modifying CTE run as its own transaction on a hot connection
+(:class:`~iterflow.store.connections.HotConnections`), fenced by the run's lease token where one
+is held. Signal delivery, cancel and retry are short transactions of several statements that
+lock the run row first. The statements are in :mod:`iterflow.store.queries`; the tables are
+declared once in the placeholder schema ``iterflow`` (:mod:`iterflow.store.schema`): the
+statements spell the configured schema as a quoted identifier, and the one SQLAlchemy-built query
+(``list_runs``) maps it with ``schema_translate_map``. Driver errors are mapped at this boundary
+(:func:`~iterflow.store.connections.map_error`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-import asyncpg
 import sqlalchemy as sa
-from sqlalchemy.exc import DBAPIError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection
-from sqlalchemy.util import greenlet_spawn
 
-from iterflow.core.errors import (
-    DatabaseUnavailable,
-    DataRejected,
-    FlowError,
-    LeaseLost,
-    SchemaMissing,
-)
+from iterflow.core.decisions import retry_cut
+from iterflow.core.errors import DatabaseUnavailable, LeaseLost
+from iterflow.core.keys import waiting_for_signal
 from iterflow.core.models import (
     TERMINAL_STATUSES,
     CancelResult,
     ChildRecord,
-    EventRecord,
     NewRun,
     RetryResult,
     RunDetail,
     RunRecord,
     RunStatus,
-    SignalRecord,
     SignalResult,
     StartResult,
-    StepKind,
     StepRecord,
-    StepStatus,
     SuspendPlan,
-    TimerRecord,
+)
+from iterflow.core.states import (
+    Canceled,
+    EventPayload,
+    Parked,
+    Retried,
+    SignalReceived,
+    Started,
+    Suspended,
+    finished_event,
 )
 from iterflow.store import schema as schema_tables
 from iterflow.store.base import Claim, Lease, WakeUp, signal_limit
+from iterflow.store.connections import HOT_IDLE, HotConnections, Row, execute_on, guarded
 from iterflow.store.outbox import TASK_NAME, reconcile_task_name
 from iterflow.store.queries import RUN_COLS, TERMINAL_CHANNEL, Statements
+from iterflow.store.rows import (
+    child_record,
+    event_record,
+    run_record,
+    signal_record,
+    step_record,
+    timer_record,
+)
 
 __all__ = ["HOT_IDLE", "TERMINAL_CHANNEL", "PostgresStore"]
-
-Row = Mapping[Any, Any]
 
 
 def _j(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
-def _ts(value: Any) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(str(value))
-
-
-def _run(row: Row) -> RunRecord:
-    return RunRecord(
-        id=row["id"],
-        seq=row["seq"],
-        name=row["name"],
-        version=row["version"],
-        status=RunStatus(row["status"]),
-        input=row["input"],
-        output=row["output"],
-        error=row["error"],
-        idempotency_key=row["idempotency_key"],
-        parent_run_id=row["parent_run_id"],
-        parent_cursor_key=row["parent_cursor_key"],
-        tags=tuple(row["tags"] or ()),
-        priority=row["priority"],
-        lease_owner=row["lease_owner"],
-        lease_expires_at=row["lease_expires_at"],
-        claims=row["claims"],
-        stalled_claims=row["stalled_claims"],
-        waiting_for=row["waiting_for"],
-        wake_at=row["wake_at"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        meta=dict(row["meta"] or {}),
-    )
-
-
-def _step(d: Row) -> StepRecord:
-    return StepRecord(
-        position=d["position"],
-        cursor_key=d["cursor_key"],
-        kind=StepKind(d["kind"]),
-        label=d["label"],
-        status=StepStatus(d["status"]),
-        output=d["output"],
-        error=d["error"],
-        attempts=d["attempts"],
-        started_at=_ts(d["started_at"]),
-        finished_at=_ts(d["finished_at"]),
-    )
-
-
-def _signal(d: Row) -> SignalRecord:
-    return SignalRecord(
-        id=d["id"],
-        name=d["name"],
-        payload=d["payload"],
-        idempotency_key=d["idempotency_key"],
-        received_at=cast(datetime, _ts(d["received_at"])),
-        consumed_by=d["consumed_by"],
-        consumed_at=_ts(d["consumed_at"]),
-    )
-
-
-def _timer(d: Row) -> TimerRecord:
-    return TimerRecord(
-        cursor_key=d["cursor_key"],
-        fire_at=cast(datetime, _ts(d["fire_at"])),
-        fired_at=_ts(d["fired_at"]),
-    )
+def _data(payload: EventPayload) -> str | None:
+    """An event's payload as the JSON text bound to ``events.data``."""
+    return _j(payload.to_data())
 
 
 class PostgresStore:
@@ -145,84 +87,34 @@ class PostgresStore:
         self._translate = schema_tables.translate_map(schema)
         self.schema = schema
         self._q = Statements(schema)
-        self._compiled: dict[int, tuple[str, tuple[str, ...]]] = {}
-        #: Idle hot-path connections kept checked out of SQLAlchemy's pool (see ``_one``).
-        self._hot: list[PoolProxiedConnection] = []
-        self._closed = False
+        self._conns = HotConnections(engine)
+
+    @property
+    def _hot(self) -> list[PoolProxiedConnection]:
+        """The idle hot-path connections (tests look at them)."""
+        return self._conns.idle
 
     async def close(self) -> None:
         """Give the idle hot-path connections back to the pool (before it is disposed)."""
-        self._closed = True
-        await self._drop_hot()
-
-    async def _drop_hot(self, exc: BaseException | None = None) -> None:
-        hot, self._hot = self._hot, []
-        for raw in hot:
-            if exc is not None:
-                raw.invalidate(exc)
-            with contextlib.suppress(Exception):
-                await greenlet_spawn(raw.close)
+        await self._conns.close()
 
     # -- plumbing ---------------------------------------------------------------------------
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
         """A transaction; failures leave as ``DatabaseUnavailable``/``SchemaMissing``."""
-        async with _guarded(self._engine.begin()) as conn:
+        async with guarded(self._engine.begin()) as conn:
             yield conn
 
     @asynccontextmanager
     async def _autocommit(self) -> AsyncIterator[AsyncConnection]:
         """A connection where each statement is its own transaction."""
-        async with _guarded(self._auto.connect()) as conn:
+        async with guarded(self._auto.connect()) as conn:
             yield conn
 
     async def _one(self, stmt: sa.TextClause, params: dict[str, Any]) -> Row | None:
-        """Run one statement in autocommit (it is its own transaction): the hot path.
-
-        It skips SQLAlchemy's per-execution machinery (Connection, autobegin, isolation switch,
-        result wrapping; ~0.3 ms a statement): the statement is compiled once for asyncpg and run
-        with ``fetchrow`` on a connection of the same pool, where asyncpg keeps it prepared.
-        SQLAlchemy's codecs on pooled connections still decode ``json``/``jsonb``.
-
-        A few connections stay checked out between statements (``HOT_IDLE``), so consecutive
-        statements skip the pool's checkout and check-in too (two greenlet switches and the
-        reset, ~0.05 ms a statement); each is used by one statement at a time.
-        """
-        compiled = self._compiled.get(id(stmt))
-        if compiled is None:
-            c = stmt.compile(dialect=self._engine.dialect)
-            compiled = self._compiled[id(stmt)] = (c.string, tuple(c.positiontup or ()))
-        sql, names = compiled
-        if self._hot:
-            raw = self._hot.pop()
-        else:
-            try:
-                raw = await self._engine.raw_connection()
-            except Exception as exc:  # the pool raises the driver's errors unwrapped
-                raise _map(exc) from exc
-        try:
-            row: Row | None = await raw.driver_connection.fetchrow(  # type: ignore[union-attr]
-                sql, *[params[n] for n in names]
-            )
-        except BaseException as exc:
-            # Only a plain statement error (bad data, constraint, missing table, serialization)
-            # leaves the session usable; anything else (terminated backend, lost socket,
-            # cancellation mid-protocol) may leave it broken: it must not go back to the pool,
-            # and the idle hot connections, opened before the same failure, are dropped too.
-            sqlstate = str(getattr(exc, "sqlstate", None) or "")
-            if not (isinstance(exc, asyncpg.PostgresError) and sqlstate[:2] in _SESSION_SAFE):
-                raw.invalidate(exc)
-                await self._drop_hot(exc)
-            await greenlet_spawn(raw.close)
-            if isinstance(exc, Exception):
-                raise _map(exc) from exc
-            raise
-        if self._closed or len(self._hot) >= HOT_IDLE:
-            await greenlet_spawn(raw.close)
-        else:
-            self._hot.append(raw)
-        return row
+        """One statement as its own transaction on a hot connection (the hot path)."""
+        return await self._conns.fetchrow(stmt, params)
 
     # -- start ------------------------------------------------------------------------------
 
@@ -236,14 +128,16 @@ class PostgresStore:
             "tags": list(run.tags),
             "priority": run.priority,
             "wake_at": run.wake_at,
+            "delay": run.delay,  # due at the database's now() + delay, in the same statement
             "parent_run_id": run.parent_run_id,
             "parent_cursor_key": run.parent_cursor_key,
             "meta": _j(run.meta),
-            "event": _j({"version": run.version, "delayed_until": _iso(run.wake_at)}),
+            # delayed_until is set by the statement from the run's wake_at
+            "event": _data(Started(version=run.version)),
             "queue": self._queue,
         }
         if conn is not None:
-            row = await _execute_on(conn, self._q.start, params)
+            row = await execute_on(conn, self._q.start, params)
         else:
             row = await self._one(self._q.start, params)
         if row is not None:
@@ -254,7 +148,7 @@ class PostgresStore:
     async def _existing(self, run: NewRun, conn: Any) -> Row:
         params = {"name": run.name, "idem": run.idempotency_key}
         row = (
-            await _execute_on(conn, self._q.existing, params)
+            await execute_on(conn, self._q.existing, params)
             if conn is not None
             else await self._one(self._q.existing, params)
         )
@@ -273,22 +167,13 @@ class PostgresStore:
         if row is None:
             return None
         return Claim(
-            run=_run(row),
+            run=run_record(row),
             lease=Lease(run_id=run_id, token=token, owner=owner, seconds=lease_seconds),
-            history=[_step(d) for d in row["history"]],
-            timers={t.cursor_key: t for t in map(_timer, row["timers"])},
-            inbox=[_signal(d) for d in row["inbox"]],
+            history=[step_record(d) for d in row["history"]],
+            timers={t.cursor_key: t for t in map(timer_record, row["timers"])},
+            inbox=[signal_record(d) for d in row["inbox"]],
             db_now=row["db_now"],
-            children={
-                d["cursor_key"]: ChildRecord(
-                    id=uuid.UUID(d["id"]),
-                    cursor_key=d["cursor_key"],
-                    status=RunStatus(d["status"]),
-                    output=d["output"],
-                    error=d["error"],
-                )
-                for d in row["children"]
-            },
+            children={c.cursor_key: c for c in map(child_record, row["children"])},
         )
 
     async def renew(self, lease: Lease) -> None:
@@ -346,7 +231,7 @@ class PostgresStore:
                 "priority": child.priority,
                 "parent_cursor_key": child.parent_cursor_key,
                 "meta": _j(child.meta),
-                "event": _j({"version": child.version, "parent": str(lease.run_id)}),
+                "event": _data(Started(version=child.version, parent=str(lease.run_id))),
                 "queue": self._queue,
             },
         )
@@ -367,7 +252,7 @@ class PostgresStore:
                 "timer_keys": [t.cursor_key for t in plan.new_timers],
                 "timer_ats": [t.fire_at for t in plan.new_timers],
                 "cursor_key": plan.cursor_key,
-                "event": _j({"reason": plan.reason, "wake_at": _iso(plan.wake_at)}),
+                "event": _data(Suspended(reason=plan.reason, wake_at=_iso(plan.wake_at))),
                 "queue": self._queue,
             },
         )
@@ -377,6 +262,7 @@ class PostgresStore:
     async def finish(
         self, lease: Lease, status: RunStatus, output: Any, error: dict[str, Any] | None
     ) -> None:
+        event = finished_event(status, error)
         row = await self._one(
             self._q.finish,
             {
@@ -385,8 +271,8 @@ class PostgresStore:
                 "status": status.value,
                 "output": _j(output),
                 "error": _j(error),
-                "event_type": "completed" if status is RunStatus.DONE else status.value,
-                "event": _j({"code": error.get("code")} if error else None),
+                "event_type": event.type.value,
+                "event": _data(event),
                 "queue": self._queue,
             },
         )
@@ -403,7 +289,7 @@ class PostgresStore:
                 "run_id": lease.run_id,
                 "token": lease.token,
                 "error": _j(error),
-                "event": _j({"code": error.get("code"), "message": error.get("message")}),
+                "event": _data(Parked(code=error.get("code"), message=error.get("message"))),
             },
         )
         if row is None or not row["leased"]:
@@ -452,7 +338,8 @@ class PostgresStore:
             ).first()
             if inserted is None:
                 return SignalResult("duplicate")
-            waiting = status is RunStatus.AWAITING_SIGNAL and row.waiting_for == f"signal:{name}"
+            awaited = waiting_for_signal(name)
+            waiting = status is RunStatus.AWAITING_SIGNAL and row.waiting_for == awaited
             if waiting or status is RunStatus.RUNNING:
                 # A running attempt may be about to wait for it: a queued wake-up (blocked by
                 # the run's job lock until the attempt ends) makes sure it is seen.
@@ -461,9 +348,9 @@ class PostgresStore:
                 self._q.event,
                 {
                     "run_id": run_id,
-                    "type": "signal_received",
+                    "type": SignalReceived.type.value,
                     "cursor_key": None,
-                    "data": _j({"name": name, "signal_id": inserted.id, "waiting": waiting}),
+                    "data": _data(SignalReceived(name, inserted.id, waiting)),
                 },
             )
             return SignalResult("delivered" if waiting else "buffered", signal_id=inserted.id)
@@ -481,7 +368,7 @@ class PostgresStore:
                 {
                     "run_id": run_id,
                     "error": _j({"code": "RUN_CANCELED", "message": reason}),
-                    "event": _j({"reason": reason, "root": str(run_id)}),
+                    "event": _data(Canceled(reason=reason, root=str(run_id))),
                     "queue": self._queue,
                 },
             )
@@ -510,22 +397,32 @@ class PostgresStore:
             return RetryResult("queued", RunStatus.PENDING)
         if row.status != RunStatus.FAILED.value:
             return RetryResult("not_failed", RunStatus(row.status))
-        cut = (await conn.execute(self._q.retry_cut, {"run_id": run_id})).scalar()
-        cut = 2147483647 if cut is None else cut
-        children = (
-            await conn.execute(self._q.retry_children, {"run_id": run_id, "cut": cut})
-        ).scalars()
-        for child_id in list(children):  # a failed child is retried with its parent
+        p = {"run_id": run_id}
+        cut = retry_cut(
+            [step_record(r) for r in (await conn.execute(self._q.retry_steps, p)).mappings()],
+            [signal_record(r) for r in (await conn.execute(self._q.retry_signals, p)).mappings()],
+            [timer_record(r) for r in (await conn.execute(self._q.retry_timers, p)).mappings()],
+            [
+                ChildRecord(r["id"], r["parent_cursor_key"], RunStatus(r["status"]))
+                for r in (await conn.execute(self._q.retry_children, p)).mappings()
+            ],
+        )
+        for child_id in cut.child_ids:  # a failed child is retried with its parent
             await self._retry_in(conn, child_id)
-        for stmt in self._q.retry_reset:
-            await conn.execute(stmt, {"run_id": run_id, "cut": cut})
+        if cut.signal_ids:
+            await conn.execute(self._q.retry_release_signals, {**p, "ids": list(cut.signal_ids)})
+        if cut.timer_keys:
+            await conn.execute(self._q.retry_drop_timers, {**p, "keys": list(cut.timer_keys)})
+        if cut.positions:
+            await conn.execute(self._q.retry_drop_steps, {**p, "positions": list(cut.positions)})
+        await conn.execute(self._q.retry_reset, p)
         await conn.execute(
             self._q.event,
             {
                 "run_id": run_id,
                 "type": "retried",
                 "cursor_key": None,
-                "data": _j({"from": cut}),
+                "data": _data(Retried(from_position=cut.position)),
             },
         )
         await conn.execute(self._q.wake, {"run_id": run_id, "queue": self._queue})
@@ -581,7 +478,7 @@ class PostgresStore:
                 stmt, execution_options={"schema_translate_map": self._translate}
             )
             rows = result.mappings().all()
-        return [_run(r) for r in rows]
+        return [run_record(r) for r in rows]
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -593,7 +490,7 @@ class PostgresStore:
 
     async def get_run(self, run_id: uuid.UUID) -> RunRecord | None:
         row = await self._one(self._q.get_run, {"run_id": run_id})
-        return None if row is None else _run(row)
+        return None if row is None else run_record(row)
 
     async def detail(self, run_id: uuid.UUID) -> RunDetail | None:
         async with self._autocommit() as conn:
@@ -606,121 +503,13 @@ class PostgresStore:
             timer_rows = (await conn.execute(self._q.detail_timers, p)).mappings().all()
             ev_rows = (await conn.execute(self._q.detail_events, p)).mappings().all()
         return RunDetail(
-            run=_run(run_row),
-            steps=tuple(_step(r) for r in step_rows),
-            signals=tuple(_signal(r) for r in sig_rows),
-            timers=tuple(_timer(r) for r in timer_rows),
-            events=tuple(
-                EventRecord(
-                    id=r["id"],
-                    type=r["type"],
-                    cursor_key=r["cursor_key"],
-                    data=r["data"],
-                    at=r["at"],
-                )
-                for r in ev_rows
-            ),
+            run=run_record(run_row),
+            steps=tuple(step_record(r) for r in step_rows),
+            signals=tuple(signal_record(r) for r in sig_rows),
+            timers=tuple(timer_record(r) for r in timer_rows),
+            events=tuple(event_record(r) for r in ev_rows),
         )
 
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
-
-
-async def _execute_on(conn: Any, stmt: sa.TextClause, params: dict[str, Any]) -> Row | None:
-    """Execute on a caller's SQLAlchemy ``AsyncConnection`` (their transaction)."""
-    if not isinstance(conn, AsyncConnection):
-        from iterflow.core.errors import ConfigInvalid
-
-        raise ConfigInvalid(
-            "conn= must be a sqlalchemy.ext.asyncio.AsyncConnection inside a transaction"
-        )
-    try:
-        result = await conn.execute(stmt, params)
-    except Exception as exc:
-        raise _map(exc) from exc
-    return result.mappings().first()
-
-
-#: SQLSTATE classes after which a connection is still usable: data exception, integrity
-#: violation, transaction rollback (serialization, deadlock), syntax error or access rule.
-_SESSION_SAFE = frozenset({"22", "23", "40", "42"})
-#: Idle hot-path connections a store keeps out of the pool (see ``PostgresStore._one``). The
-#: pool must have this much headroom beyond what everything else needs (``Engine`` adds it to
-#: ``max_overflow``): a statement waiting in the pool is never handed a hot connection.
-HOT_IDLE = 4
-
-
-def _sqlstate(exc: BaseException) -> str:
-    """The SQLSTATE of a driver error, raw or wrapped by SQLAlchemy ('' if none)."""
-    for candidate in (exc, getattr(exc, "orig", None), getattr(exc, "__cause__", None)):
-        state = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
-        if isinstance(state, str) and state:
-            return state
-    orig = getattr(exc, "orig", None)
-    cause = getattr(orig, "__cause__", None)
-    state = getattr(cause, "sqlstate", None)
-    return state if isinstance(state, str) else ""
-
-
-#: SQLSTATE classes meaning "PostgreSQL refused this data": a data exception (22: bad value,
-#: out of range, untranslatable character) or an integrity violation (23). Never an outage.
-_DATA_REFUSED = frozenset({"22", "23"})
-
-
-def _map(exc: Exception) -> Exception:
-    """The stable error for a driver/pool failure at the store boundary."""
-    state = _sqlstate(exc)
-    if state[:2] in _DATA_REFUSED:
-        text = str(getattr(exc, "orig", None) or exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
-        return DataRejected(
-            f"PostgreSQL refused the data (SQLSTATE {state}: {first}); nothing was written. "
-            "Retrying the same data fails the same way: fix the value",
-            details={"sqlstate": state},
-        )
-    if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.InvalidSchemaNameError):
-        return SchemaMissing(
-            f"iterflow tables are missing ({str(exc).strip().splitlines()[0]}); run "
-            "`flowctl migrate` or `await engine.migrate()`"
-        )
-    if isinstance(exc, asyncpg.PostgresError):
-        text = str(exc).strip()
-        return DatabaseUnavailable(
-            f"PostgreSQL error: {text.splitlines()[0] if text else type(exc).__name__}"
-        )
-    if isinstance(exc, DBAPIError):
-        text = str(exc.orig) if exc.orig is not None else str(exc)
-        if isinstance(exc, ProgrammingError) and "does not exist" in text:
-            return SchemaMissing(
-                f"iterflow tables are missing ({text.splitlines()[0]}); run `flowctl migrate` "
-                "or `await engine.migrate()`"
-            )
-        first = text.splitlines()[0] if text else type(exc).__name__
-        return DatabaseUnavailable(f"PostgreSQL error: {first}")
-    if isinstance(exc, OSError):
-        return DatabaseUnavailable(f"cannot reach PostgreSQL: {exc}")
-    return DatabaseUnavailable(f"PostgreSQL connection failed: {type(exc).__name__}: {exc}")
-
-
-@asynccontextmanager
-async def _guarded(opening: Any) -> AsyncIterator[AsyncConnection]:
-    """Enter ``opening`` (``engine.begin()`` or ``.connect()``) and map every failure that is not
-    ours to a stable error. A connection that failed with something other than a database error
-    (e.g. asyncpg's ``InternalClientError`` after the server killed the backend mid-statement)
-    is in an unknown state and is invalidated rather than returned to the pool; SQLAlchemy
-    invalidates disconnects itself."""
-    try:
-        async with opening as conn:
-            try:
-                yield conn
-            except (DBAPIError, FlowError):
-                raise
-            except Exception:
-                with contextlib.suppress(Exception):
-                    await conn.invalidate()
-                raise
-    except FlowError:
-        raise
-    except Exception as exc:
-        raise _map(exc) from exc

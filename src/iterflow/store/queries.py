@@ -1,16 +1,36 @@
 """Every SQL statement of the PostgreSQL store, built once per schema.
 
-The hot-path writes (start, claim, checkpoint, suspend, finish, spawn) are each **one statement**:
-a data-modifying CTE that is its own transaction, fenced by the run's lease token where one is
-held. Bind parameters are named; JSON goes in as text and is cast to ``jsonb``.
+The hot-path writes (start, claim, checkpoint, suspend, finish, spawn, park) are each **one
+statement** (a data-modifying CTE, run as its own transaction by ``PostgresStore``, fenced by the
+run's lease token where one is held). Signal delivery, cancel and retry are transactions of a few
+statements: a row lock first, then the writes. Bind parameters are named; JSON goes in as text and
+is cast to ``jsonb``. Statuses, event types and the fixed event payloads are spelled from
+:mod:`iterflow.core.states`, never by hand.
 """
 
 from __future__ import annotations
 
+import json
+from enum import StrEnum
+
 import sqlalchemy as sa
 
+from iterflow.core.keys import SIGNAL_WAIT_PREFIX, WaitKind
+from iterflow.core.states import (
+    LIVE_STATUSES,
+    RESUMABLE_STATUSES,
+    TERMINAL_STATUSES,
+    TIMED_STATUSES,
+    EventPayload,
+    EventType,
+    Recovered,
+    Rewoken,
+    RunStatus,
+    StepStatus,
+    Unparked,
+)
 from iterflow.store.outbox import wake_insert_sql
-from iterflow.store.schema import quote_identifier
+from iterflow.store.schema import quote_identifier, status_in
 
 __all__ = ["RUN_COLS", "TERMINAL_CHANNEL", "Statements"]
 
@@ -22,7 +42,34 @@ RUN_COLS = (
     "parent_cursor_key, tags, priority, lease_owner, lease_expires_at, claims, "
     "stalled_claims, waiting_for, wake_at, created_at, updated_at, started_at, finished_at, meta"
 )
-_RESUMABLE = "('pending', 'sleeping', 'awaiting_signal', 'awaiting_child', 'retrying')"
+
+
+def _v(member: StrEnum) -> str:
+    """A status or event type as an SQL string literal."""
+    return f"'{member.value}'"
+
+
+def _jsonb(payload: EventPayload) -> str:
+    """A fixed event payload as a ``jsonb`` literal."""
+    return "'" + json.dumps(payload.to_data()).replace("'", "''") + "'::jsonb"
+
+
+def _iso_utc(expr: str) -> str:
+    """``expr`` (a timestamptz) as text in Python's ``datetime.isoformat()`` form for UTC
+    (``2025-01-02T03:04:05.123456+00:00``, the fraction omitted when zero); NULL stays NULL."""
+    utc = f"({expr} AT TIME ZONE 'UTC')"
+    return (
+        f"CASE WHEN {expr} IS NULL THEN NULL ELSE "
+        f"to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS') || CASE WHEN to_char({utc}, 'US') = "
+        f"'000000' THEN '' ELSE to_char({utc}, '.US') END || '+00:00' END"
+    )
+
+
+_PENDING = _v(RunStatus.PENDING)
+_RUNNING = _v(RunStatus.RUNNING)
+_RETRYING = _v(RunStatus.RETRYING)
+_PARKED = _v(RunStatus.PARKED)
+_CANCELED = _v(RunStatus.CANCELED)
 
 
 class Statements:
@@ -38,29 +85,32 @@ class Statements:
             WITH ins AS (
                 INSERT INTO {s}.runs (id, name, version, status, input, idempotency_key, tags,
                     priority, wake_at, parent_run_id, parent_cursor_key, meta)
-                VALUES (:id, :name, :version, 'pending', CAST(:input AS jsonb), :idem,
-                    CAST(:tags AS text[]), :priority, CAST(:wake_at AS timestamptz),
+                VALUES (:id, :name, :version, {_PENDING}, CAST(:input AS jsonb), :idem,
+                    CAST(:tags AS text[]), :priority,
+                    coalesce(CAST(:wake_at AS timestamptz), now() + CAST(:delay AS interval)),
                     :parent_run_id, :parent_cursor_key, CAST(:meta AS jsonb))
                 ON CONFLICT (name, idempotency_key) WHERE idempotency_key IS NOT NULL
                 DO NOTHING
-                RETURNING id, status
+                RETURNING id, status, wake_at
             ), ev AS (
                 INSERT INTO {s}.events (run_id, type, data)
-                SELECT id, 'started', CAST(:event AS jsonb) FROM ins RETURNING 1
-            ), job AS ({wake_insert_sql("ins")})
+                SELECT id, {_v(EventType.STARTED)}, CAST(:event AS jsonb)
+                    || jsonb_build_object('delayed_until', {_iso_utc("wake_at")})
+                FROM ins RETURNING 1
+            ), job AS ({wake_insert_sql("ins", wake_at="ins.wake_at")})
             SELECT id, status, true AS created, (SELECT count(*) FROM job) AS jobs FROM ins""")
         self.existing = sa.text(
             f"SELECT id, status FROM {s}.runs WHERE name = :name AND idempotency_key = :idem"
         )
         self.claim = sa.text(f"""
             WITH claimed AS (
-                UPDATE {s}.runs SET status = 'running', lease_token = :token,
+                UPDATE {s}.runs SET status = {_RUNNING}, lease_token = :token,
                     lease_owner = :owner,
                     lease_expires_at = now() + make_interval(secs => :lease),
                     claims = claims + 1, stalled_claims = stalled_claims + 1,
                     started_at = coalesce(started_at, now()), updated_at = now()
-                WHERE id = :run_id AND (status IN {_RESUMABLE}
-                    OR (status = 'running' AND lease_expires_at < now()))
+                WHERE id = :run_id AND ({status_in(RESUMABLE_STATUSES)}
+                    OR (status = {_RUNNING} AND lease_expires_at < now()))
                 RETURNING {RUN_COLS}
             )
             SELECT claimed.*, now() AS db_now,
@@ -84,20 +134,20 @@ class Statements:
                     'id', c.id, 'cursor_key', c.parent_cursor_key, 'status', c.status,
                     'output', c.output, 'error', c.error)), '[]'::json)
                  FROM {s}.runs AS c
-                 WHERE c.parent_run_id = :run_id AND c.status IN ('done', 'failed', 'canceled')
+                 WHERE c.parent_run_id = :run_id AND {status_in(TERMINAL_STATUSES, "c.status")}
                    AND NOT EXISTS (SELECT 1 FROM {s}.steps AS m
                                    WHERE m.run_id = :run_id
                                      AND m.cursor_key = c.parent_cursor_key)) AS children
             FROM claimed""")
         self.renew = sa.text(f"""
             UPDATE {s}.runs SET lease_expires_at = now() + make_interval(secs => :lease)
-            WHERE id = :run_id AND lease_token = :token AND status = 'running'
+            WHERE id = :run_id AND lease_token = :token AND status = {_RUNNING}
             RETURNING id""")
         lease_and_memo = f"""
             WITH lease AS (
                 UPDATE {s}.runs SET lease_expires_at = now() + make_interval(secs => :lease),
                     stalled_claims = 0, updated_at = now()
-                WHERE id = :run_id AND lease_token = :token AND status = 'running'
+                WHERE id = :run_id AND lease_token = :token AND status = {_RUNNING}
                 RETURNING id
             ), memo AS (
                 INSERT INTO {s}.steps (run_id, position, cursor_key, kind, label, status,
@@ -109,7 +159,7 @@ class Statements:
                 ON CONFLICT (run_id, position) DO UPDATE SET status = EXCLUDED.status,
                     output = EXCLUDED.output, error = EXCLUDED.error,
                     attempts = EXCLUDED.attempts, finished_at = EXCLUDED.finished_at
-                WHERE {s}.steps.status = 'retrying'
+                WHERE {s}.steps.status = {_v(StepStatus.RETRYING)}
                 RETURNING 1
             )"""
         leased = "SELECT (SELECT count(*) FROM lease) AS leased"
@@ -127,7 +177,7 @@ class Statements:
             SELECT id, :position, :cursor_key, :kind, :label, :status, CAST(:output AS jsonb),
                 CAST(:error AS jsonb), :attempts, CAST(:started_at AS timestamptz), now()
             FROM {s}.runs
-            WHERE id = :run_id AND lease_token = :token AND status = 'running'
+            WHERE id = :run_id AND lease_token = :token AND status = {_RUNNING}
             FOR SHARE
             RETURNING 1 AS leased""")
         #: The same, also consuming a signal and/or firing a timer (signals, sleeps, retries).
@@ -149,7 +199,7 @@ class Statements:
                     wake_at = CAST(:wake_at AS timestamptz), lease_token = NULL,
                     lease_owner = NULL, lease_expires_at = NULL, updated_at = now(),
                     stalled_claims = CASE WHEN :progress THEN 0 ELSE stalled_claims END
-                WHERE id = :run_id AND lease_token = :token AND status = 'running'
+                WHERE id = :run_id AND lease_token = :token AND status = {_RUNNING}
                 RETURNING id, priority
             ), timer AS (
                 INSERT INTO {s}.timers (run_id, cursor_key, fire_at)
@@ -160,7 +210,7 @@ class Statements:
                 RETURNING 1
             ), ev AS (
                 INSERT INTO {s}.events (run_id, type, cursor_key, data)
-                SELECT id, 'suspended', :cursor_key, CAST(:event AS jsonb) FROM run
+                SELECT id, {_v(EventType.SUSPENDED)}, :cursor_key, CAST(:event AS jsonb) FROM run
                 RETURNING 1
             ), job AS (
                 {
@@ -176,7 +226,7 @@ class Statements:
                     error = CAST(:error AS jsonb), finished_at = now(), updated_at = now(),
                     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
                     waiting_for = NULL, wake_at = NULL
-                WHERE id = :run_id AND lease_token = :token AND status = 'running'
+                WHERE id = :run_id AND lease_token = :token AND status = {_RUNNING}
                 RETURNING id, parent_run_id
             ), ev AS (
                 INSERT INTO {s}.events (run_id, type, data)
@@ -213,36 +263,44 @@ class Statements:
         )
         self.get_run = sa.text(f"SELECT {RUN_COLS} FROM {s}.runs WHERE id = :run_id")
         self.retry_lock = sa.text(f"SELECT status FROM {s}.runs WHERE id = :run_id FOR UPDATE")
-        self.retry_cut = sa.text(
-            f"SELECT max(position) FROM {s}.steps WHERE run_id = :run_id AND status <> 'ok'"
+        # retry: the failed run's rows are read under the row lock above, the cut is decided
+        # in the core (iterflow.core.decisions.retry_cut) and applied by position and key.
+        self.retry_steps = sa.text(
+            f"SELECT * FROM {s}.steps WHERE run_id = :run_id ORDER BY position"
         )
-        self.retry_reset = [
-            sa.text(f"""
-                UPDATE {s}.signals SET consumed_by = NULL, consumed_at = NULL
-                WHERE run_id = :run_id AND consumed_by IN (
-                    SELECT cursor_key FROM {s}.steps WHERE run_id = :run_id
-                    AND position >= :cut)"""),
-            sa.text(f"""
-                DELETE FROM {s}.timers WHERE run_id = :run_id AND (cursor_key IN (
-                    SELECT cursor_key FROM {s}.steps WHERE run_id = :run_id
-                    AND position >= :cut) OR fired_at IS NULL)"""),
-            sa.text(f"DELETE FROM {s}.steps WHERE run_id = :run_id AND position >= :cut"),
-            sa.text(f"""
-                UPDATE {s}.runs SET status = 'pending', error = NULL, output = NULL,
-                    finished_at = NULL, stalled_claims = 0, waiting_for = NULL,
-                    wake_at = NULL, updated_at = now()
-                WHERE id = :run_id AND status = 'failed'"""),
-        ]
+        self.retry_signals = sa.text(
+            f"SELECT * FROM {s}.signals WHERE run_id = :run_id AND consumed_by IS NOT NULL "
+            "ORDER BY id"
+        )
+        self.retry_timers = sa.text(f"SELECT * FROM {s}.timers WHERE run_id = :run_id")
+        self.retry_children = sa.text(
+            f"SELECT id, parent_cursor_key, status FROM {s}.runs WHERE parent_run_id = :run_id "
+            "ORDER BY seq"
+        )
+        self.retry_release_signals = sa.text(f"""
+            UPDATE {s}.signals SET consumed_by = NULL, consumed_at = NULL
+            WHERE run_id = :run_id AND id = ANY(CAST(:ids AS bigint[]))""")
+        self.retry_drop_timers = sa.text(f"""
+            DELETE FROM {s}.timers
+            WHERE run_id = :run_id AND cursor_key = ANY(CAST(:keys AS text[]))""")
+        self.retry_drop_steps = sa.text(f"""
+            DELETE FROM {s}.steps
+            WHERE run_id = :run_id AND position = ANY(CAST(:positions AS integer[]))""")
+        self.retry_reset = sa.text(f"""
+            UPDATE {s}.runs SET status = {_PENDING}, error = NULL, output = NULL,
+                finished_at = NULL, stalled_claims = 0, waiting_for = NULL,
+                wake_at = NULL, updated_at = now()
+            WHERE id = :run_id AND status = {_v(RunStatus.FAILED)}""")
         self.recover_expired = sa.text(f"""
             WITH stale AS (
                 SELECT id FROM {s}.runs
-                WHERE status = 'running' AND lease_expires_at < now()
+                WHERE status = {_RUNNING} AND lease_expires_at < now()
                 ORDER BY lease_expires_at LIMIT :limit
                 FOR UPDATE SKIP LOCKED
             ), reset AS (
-                UPDATE {s}.runs AS r SET status = 'retrying', lease_token = NULL,
-                    lease_owner = NULL, lease_expires_at = NULL, waiting_for = 'recovery',
-                    updated_at = now()
+                UPDATE {s}.runs AS r SET status = {_RETRYING}, lease_token = NULL,
+                    lease_owner = NULL, lease_expires_at = NULL,
+                    waiting_for = {_v(WaitKind.RECOVERY)}, updated_at = now()
                 FROM stale WHERE r.id = stale.id
                 RETURNING r.id, r.priority
             ), stuck AS (
@@ -251,7 +309,7 @@ class Statements:
                 RETURNING 1
             ), ev AS (
                 INSERT INTO {s}.events (run_id, type, data)
-                SELECT id, 'recovered', '{{"reason": "lease_expired"}}'::jsonb FROM reset
+                SELECT id, {_v(EventType.RECOVERED)}, {_jsonb(Recovered())} FROM reset
                 RETURNING 1
             ), job AS ({wake_insert_sql("reset", wake_at="NULL", priority="reset.priority")})
             SELECT (SELECT count(*) FROM reset) AS recovered,
@@ -260,12 +318,12 @@ class Statements:
             WITH lease AS (
                 UPDATE {s}.runs SET lease_expires_at = now() + make_interval(secs => :lease),
                     updated_at = now()
-                WHERE id = :parent AND lease_token = :token AND status = 'running'
+                WHERE id = :parent AND lease_token = :token AND status = {_RUNNING}
                 RETURNING id
             ), ins AS (
                 INSERT INTO {s}.runs (id, name, version, status, input, tags, priority,
                     parent_run_id, parent_cursor_key, meta)
-                SELECT :id, :name, :version, 'pending', CAST(:input AS jsonb),
+                SELECT :id, :name, :version, {_PENDING}, CAST(:input AS jsonb),
                     CAST(:tags AS text[]), :priority, lease.id, :parent_cursor_key,
                     CAST(:meta AS jsonb)
                 FROM lease
@@ -273,7 +331,7 @@ class Statements:
                 RETURNING id
             ), ev AS (
                 INSERT INTO {s}.events (run_id, type, data)
-                SELECT id, 'started', CAST(:event AS jsonb) FROM ins RETURNING 1
+                SELECT id, {_v(EventType.STARTED)}, CAST(:event AS jsonb) FROM ins RETURNING 1
             ), job AS ({wake_insert_sql("ins", wake_at="NULL")})
             SELECT (SELECT count(*) FROM lease) AS leased, (SELECT count(*) FROM ins) AS created,
                    (SELECT count(*) FROM job) AS jobs""")
@@ -287,10 +345,10 @@ class Statements:
             ), target AS (
                 SELECT id FROM {s}.runs
                 WHERE id IN (SELECT id FROM tree)
-                  AND status NOT IN ('done', 'failed', 'canceled')
+                  AND {status_in(LIVE_STATUSES)}
                 FOR UPDATE
             ), upd AS (
-                UPDATE {s}.runs AS r SET status = 'canceled', error = CAST(:error AS jsonb),
+                UPDATE {s}.runs AS r SET status = {_CANCELED}, error = CAST(:error AS jsonb),
                     finished_at = now(), updated_at = now(), lease_token = NULL,
                     lease_owner = NULL, lease_expires_at = NULL, waiting_for = NULL,
                     wake_at = NULL
@@ -298,7 +356,7 @@ class Statements:
                 RETURNING r.id, r.parent_run_id
             ), ev AS (
                 INSERT INTO {s}.events (run_id, type, data)
-                SELECT id, 'canceled', CAST(:event AS jsonb) FROM upd RETURNING 1
+                SELECT id, {_v(EventType.CANCELED)}, CAST(:event AS jsonb) FROM upd RETURNING 1
             ), dropped AS (
                 DELETE FROM procrastinate_jobs
                 WHERE status = 'todo' AND queueing_lock IN (SELECT id::text FROM upd)
@@ -318,10 +376,6 @@ class Statements:
             SELECT (SELECT count(*) FROM upd) AS canceled,
                    (SELECT count(*) FROM notified) AS notified,
                    (SELECT count(*) FROM dropped) AS dropped""")
-        self.retry_children = sa.text(f"""
-            SELECT id FROM {s}.runs WHERE parent_run_id = :run_id AND status = 'failed'
-              AND parent_cursor_key IN (SELECT cursor_key FROM {s}.steps
-                                        WHERE run_id = :run_id AND position >= :cut)""")
         # A wake-up left ``doing`` holds its run's job lock, so the run's next wake-up can never
         # be fetched. It is orphaned when no lease owns its run and either its worker stopped
         # heartbeating, or it has been ``doing`` longer than the stale window: a live worker
@@ -335,7 +389,7 @@ class Statements:
               AND (j.task_name = :reconcile_task
                    OR (j.task_name = :task AND NOT EXISTS (
                         SELECT 1 FROM {s}.runs AS r
-                        WHERE r.id::text = j.lock AND r.status = 'running'
+                        WHERE r.id::text = j.lock AND r.status = {_RUNNING}
                           AND r.lease_expires_at >= now())))
               AND (j.worker_id IS NULL
                    OR j.worker_id IN (
@@ -351,27 +405,27 @@ class Statements:
         self.rewake = sa.text(f"""
             WITH stranded AS (
                 SELECT r.id, r.priority FROM {s}.runs AS r
-                WHERE r.status IN {_RESUMABLE}
+                WHERE {status_in(RESUMABLE_STATUSES, "r.status")}
                   AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs AS j
                                   WHERE j.lock = r.id::text AND j.status IN ('todo', 'doing'))
                   AND (
-                    (r.status = 'pending' AND (r.wake_at IS NULL OR r.wake_at <= now()))
-                    OR (r.status = 'retrying'
+                    (r.status = {_PENDING} AND (r.wake_at IS NULL OR r.wake_at <= now()))
+                    OR (r.status = {_RETRYING}
                         AND NOT EXISTS (SELECT 1 FROM {s}.timers AS t
                                         WHERE t.run_id = r.id AND t.fired_at IS NULL
                                           AND t.fire_at > now()))
-                    OR (r.status IN ('sleeping', 'retrying', 'awaiting_signal')
+                    OR ({status_in(TIMED_STATUSES, "r.status")}
                         AND EXISTS (SELECT 1 FROM {s}.timers AS t
                                     WHERE t.run_id = r.id AND t.fired_at IS NULL
                                       AND t.fire_at <= now()))
-                    OR (r.status = 'awaiting_signal'
+                    OR (r.status = {_v(RunStatus.AWAITING_SIGNAL)}
                         AND EXISTS (SELECT 1 FROM {s}.signals AS g
                                     WHERE g.run_id = r.id AND g.consumed_at IS NULL
-                                      AND 'signal:' || g.name = r.waiting_for))
-                    OR (r.status = 'awaiting_child'
+                                      AND '{SIGNAL_WAIT_PREFIX}' || g.name = r.waiting_for))
+                    OR (r.status = {_v(RunStatus.AWAITING_CHILD)}
                         AND EXISTS (SELECT 1 FROM {s}.runs AS c
                                     WHERE c.parent_run_id = r.id
-                                      AND c.status IN ('done', 'failed', 'canceled')
+                                      AND {status_in(TERMINAL_STATUSES, "c.status")}
                                       AND NOT EXISTS (
                                         SELECT 1 FROM {s}.steps AS m
                                         WHERE m.run_id = r.id
@@ -382,7 +436,7 @@ class Statements:
                 FOR UPDATE OF r SKIP LOCKED
             ), ev AS (
                 INSERT INTO {s}.events (run_id, type, data)
-                SELECT id, 'rewoken', '{{"reason": "no pending wake-up"}}'::jsonb FROM stranded
+                SELECT id, {_v(EventType.REWOKEN)}, {_jsonb(Rewoken())} FROM stranded
                 RETURNING 1
             ), job AS ({wake_insert_sql("stranded", wake_at="NULL", priority="stranded.priority")})
             SELECT (SELECT count(*) FROM stranded) AS rewoken""")
@@ -402,27 +456,27 @@ class Statements:
         self.detail_events = sa.text(f"SELECT * FROM {s}.events WHERE run_id = :run_id ORDER BY id")
         self.park = sa.text(f"""
             WITH run AS (
-                UPDATE {s}.runs SET status = 'parked', error = CAST(:error AS jsonb),
-                    waiting_for = 'deploy', wake_at = NULL, lease_token = NULL,
+                UPDATE {s}.runs SET status = {_PARKED}, error = CAST(:error AS jsonb),
+                    waiting_for = {_v(WaitKind.DEPLOY)}, wake_at = NULL, lease_token = NULL,
                     lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-                WHERE id = :run_id AND lease_token = :token AND status = 'running'
+                WHERE id = :run_id AND lease_token = :token AND status = {_RUNNING}
                 RETURNING id
             ), ev AS (
                 INSERT INTO {s}.events (run_id, type, data)
-                SELECT id, 'parked', CAST(:event AS jsonb) FROM run RETURNING 1
+                SELECT id, {_v(EventType.PARKED)}, CAST(:event AS jsonb) FROM run RETURNING 1
             )
             SELECT (SELECT count(*) FROM run) AS leased""")
         _unpark_set = (
-            "status = 'pending', error = NULL, waiting_for = NULL, wake_at = NULL, "
+            f"status = {_PENDING}, error = NULL, waiting_for = NULL, wake_at = NULL, "
             "stalled_claims = 0, updated_at = now()"
         )
         self.unpark = sa.text(
-            f"UPDATE {s}.runs SET {_unpark_set} WHERE id = :run_id AND status = 'parked'"
+            f"UPDATE {s}.runs SET {_unpark_set} WHERE id = :run_id AND status = {_PARKED}"
         )
         self.requeue_parked = sa.text(f"""
             WITH parked AS (
                 SELECT id FROM {s}.runs
-                WHERE status = 'parked' AND name = ANY(CAST(:names AS text[]))
+                WHERE status = {_PARKED} AND name = ANY(CAST(:names AS text[]))
                 FOR UPDATE SKIP LOCKED
             ), upd AS (
                 UPDATE {s}.runs AS r SET {_unpark_set}
@@ -430,7 +484,7 @@ class Statements:
                 RETURNING r.id, r.priority
             ), ev AS (
                 INSERT INTO {s}.events (run_id, type, data)
-                SELECT id, 'unparked', '{{"reason": "worker_start"}}'::jsonb FROM upd
+                SELECT id, {_v(EventType.UNPARKED)}, {_jsonb(Unparked("worker_start"))} FROM upd
                 RETURNING 1
             ), job AS ({wake_insert_sql("upd", wake_at="NULL", priority="upd.priority")})
             SELECT (SELECT count(*) FROM upd) AS requeued""")

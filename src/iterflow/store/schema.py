@@ -3,30 +3,44 @@
 This module is the single source of truth for the schema: alembic revisions are checked against
 it (``tests/integration/test_migrations.py``) and ``flowctl generate-schema`` renders it. Tables
 are declared in the placeholder schema ``iterflow``; the engine maps it to the configured schema
-with ``schema_translate_map``.
+with ``schema_translate_map``. Status lists (CHECK constraints, the live-run index) are generated
+from :mod:`iterflow.core.states`.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from enum import StrEnum
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from iterflow.core.errors import ConfigInvalid
+from iterflow.core.states import LIVE_STATUSES, RunStatus, StepStatus, ordered
 
 __all__ = [
     "DEFAULT_SCHEMA",
     "LIVE_STATUS_SQL",
+    "VERSION_TABLE",
     "events",
     "metadata",
     "quote_identifier",
     "runs",
     "signals",
+    "status_in",
     "steps",
     "timers",
     "translate_map",
+    "validate_schema_name",
 ]
 
 DEFAULT_SCHEMA = "iterflow"
+
+VERSION_TABLE = "iterflow_alembic_version"
+"""Name of alembic's version table; it lives in the iterflow schema itself."""
+
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 metadata = sa.MetaData(
     schema=DEFAULT_SCHEMA,
@@ -39,22 +53,19 @@ metadata = sa.MetaData(
     },
 )
 
-_RUN_STATUSES = (
-    "pending",
-    "running",
-    "sleeping",
-    "awaiting_signal",
-    "awaiting_child",
-    "retrying",
-    "parked",
-    "done",
-    "failed",
-    "canceled",
-)
-LIVE_STATUS_SQL = (
-    "status IN ('pending', 'running', 'sleeping', 'awaiting_signal', 'awaiting_child', "
-    "'retrying', 'parked')"
-)
+
+def status_in(members: Iterable[StrEnum], column: str = "status") -> str:
+    """``status IN ('a', 'b')`` for these statuses, in their declaration order.
+
+    Every status list in the store's SQL (CHECK constraints, partial indexes, statements) is
+    generated here from :mod:`iterflow.core.states`, so no status is spelled twice.
+    """
+    values = ", ".join(f"'{m.value}'" for m in ordered(members))
+    return f"{column} IN ({values})"
+
+
+#: The predicate of the live-run index: every status that is not terminal.
+LIVE_STATUS_SQL = status_in(LIVE_STATUSES)
 
 _now = sa.text("now()")
 
@@ -87,9 +98,7 @@ runs = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
     sa.Column("started_at", sa.DateTime(timezone=True)),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
-    sa.CheckConstraint(
-        "status IN (" + ", ".join(f"'{s}'" for s in _RUN_STATUSES) + ")", name="status"
-    ),
+    sa.CheckConstraint(status_in(RunStatus), name="status"),
     sa.Index(
         "ix_runs_name_idempotency_key",
         "name",
@@ -129,7 +138,7 @@ steps = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="1"),
     sa.Column("started_at", sa.DateTime(timezone=True)),
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
-    sa.CheckConstraint("status IN ('ok', 'failed', 'retrying')", name="status"),
+    sa.CheckConstraint(status_in(StepStatus), name="status"),
     sa.UniqueConstraint("run_id", "cursor_key", name="uq_steps_run_id_cursor_key"),
 )
 
@@ -190,6 +199,16 @@ events = sa.Table(
     sa.Column("at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
     sa.Index("ix_events_run_id_id", "run_id", "id"),
 )
+
+
+def validate_schema_name(schema: str) -> str:
+    """Return ``schema`` if it is a lowercase SQL identifier, else raise ``ConfigInvalid``."""
+    if not _IDENT.match(schema):
+        raise ConfigInvalid(
+            f"schema name {schema!r} is not a lowercase SQL identifier "
+            "(letters, digits and underscores, at most 63 characters), e.g. 'iterflow'"
+        )
+    return schema
 
 
 def quote_identifier(name: str) -> str:

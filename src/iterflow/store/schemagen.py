@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from iterflow.store import schema as schema_module
-from iterflow.store.migrate import VERSION_TABLE, validate_schema_name
+from iterflow.store.schema import VERSION_TABLE, validate_schema_name
 
 __all__ = ["metadata_for", "render_module", "render_sql", "write_schema"]
 

@@ -1,0 +1,682 @@
+"""Pure decisions: what a ``ctx`` call, the end of an attempt or a retry means.
+
+Each function is given the recorded history (memo rows, timers, inbox, children), the inputs and
+the time, and returns a small frozen value saying what to do; the runtime performs it (return a
+memo, run new work and checkpoint it, suspend, write the run's end) and the stores apply it
+(:func:`retry_cut`). Nothing here does I/O or reads a clock or randomness: the caller passes
+``now`` and any random number.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from iterflow.core import codec, keys
+from iterflow.core.definition import FlowDef
+from iterflow.core.errors import (
+    Aborted,
+    Drifted,
+    FlowDefinitionError,
+    FlowError,
+    FlowFailed,
+    InputInvalid,
+    Interrupt,
+    InvokeDepthExceeded,
+    InvokeFanoutExceeded,
+    LeaseLost,
+    NonRetryable,
+    PayloadInvalid,
+    PayloadTooLarge,
+    SignalPayloadInvalid,
+    SignalTimeout,
+    SignalUnknown,
+    StepFailed,
+    Suspended,
+    safe_text,
+)
+from iterflow.core.models import (
+    ChildRecord,
+    NewRun,
+    RunStatus,
+    SignalRecord,
+    StepRecord,
+    StepStatus,
+    SuspendPlan,
+    TimerRecord,
+)
+from iterflow.core.replay import Call
+from iterflow.core.retry import RetryPolicy
+from iterflow.core.settings import Settings
+
+__all__ = [
+    "NO_CUT",
+    "AttemptEnd",
+    "AttemptOutcome",
+    "EndAborted",
+    "EndCanceled",
+    "EndDrifted",
+    "EndFailed",
+    "EndLeaseLost",
+    "EndReturned",
+    "EndSuspended",
+    "Fail",
+    "InvokeRecord",
+    "InvokeRefused",
+    "InvokeStart",
+    "RetryCut",
+    "RetryInline",
+    "RetryLater",
+    "SignalConsume",
+    "SignalSuspend",
+    "SignalTimeoutNow",
+    "SleepFire",
+    "SleepSuspend",
+    "StepFailure",
+    "StepRun",
+    "StepWait",
+    "await_child",
+    "check_signal_wait",
+    "child_run_id",
+    "classify_attempt",
+    "cut_at",
+    "decide_invoke",
+    "decide_retry",
+    "decide_signal",
+    "decide_sleep",
+    "join_branches",
+    "outage_plan",
+    "resume_step",
+    "retry_cut",
+    "step_failure",
+]
+
+
+# --- sleep ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SleepFire:
+    """The sleep is due: record it (its memo is progress) and continue. The memo records
+    ``fire_at``; its checkpoint fires ``fire_timer`` (the pinned timer, if any)."""
+
+    fire_at: datetime
+    fire_timer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SleepSuspend:
+    """The sleep is not due: end the attempt until ``plan.wake_at``."""
+
+    plan: SuspendPlan
+
+
+def decide_sleep(
+    call: Call, timer: TimerRecord | None, fire_at: datetime, now: datetime
+) -> SleepFire | SleepSuspend:
+    """Decide a ``ctx.sleep`` with no memo. ``fire_at`` is used only when no timer is pinned."""
+    due = timer.fire_at if timer is not None else fire_at
+    if due <= now:
+        if timer is None:
+            return SleepFire(now)
+        return SleepFire(timer.fire_at, fire_timer=call.cursor_key)
+    return SleepSuspend(
+        SuspendPlan(
+            status=RunStatus.SLEEPING,
+            reason="sleep",
+            cursor_key=call.cursor_key,
+            wake_at=due,
+            waiting_for=keys.waiting_for_timer(call.cursor_key),
+            new_timers=() if timer is not None else (TimerRecord(call.cursor_key, due),),
+            progress=timer is None,
+        )
+    )
+
+
+# --- signals ----------------------------------------------------------------------------------
+
+
+def check_signal_wait(
+    flow_name: str, declared: Mapping[str, Any], name: str, model: Any
+) -> FlowError | None:
+    """Why ``ctx.signal(name, model)`` is not allowed in this flow (undeclared name, or a model
+    other than the declared one), or None."""
+    if name not in declared:
+        return SignalUnknown(
+            f"flow {flow_name!r} does not declare signal {name!r}; add it to "
+            f"signals={{{name!r}: {getattr(model, '__name__', model)}}} when defining the flow"
+        )
+    if declared[name] is not model:
+        return FlowDefinitionError(
+            f"signal {name!r} is declared with {declared[name]!r} but awaited with {model!r}"
+        )
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SignalConsume:
+    """Consume the oldest buffered signal of this name: record ``ok`` with its payload, or, when
+    the payload no longer matches the model, ``failed`` with ``error``. The checkpoint fires
+    ``fire_timer`` (the wait's timeout timer, if one is pinned)."""
+
+    signal: SignalRecord
+    value: Any = None
+    fire_timer: str | None = None
+    error: FlowError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SignalTimeoutNow:
+    """The wait's timer is due and nothing arrived: record ``error`` (``SIGNAL_TIMEOUT``),
+    firing ``fire_timer``."""
+
+    fire_timer: str
+    error: FlowError
+
+
+@dataclass(frozen=True, slots=True)
+class SignalSuspend:
+    """Nothing to consume yet: end the attempt and wait for a delivery (or the timeout)."""
+
+    plan: SuspendPlan
+
+
+def decide_signal(
+    call: Call,
+    name: str,
+    model: Any,
+    inbox: Sequence[SignalRecord],
+    timer: TimerRecord | None,
+    timeout: timedelta | None,
+    now: datetime,
+) -> SignalConsume | SignalTimeoutNow | SignalSuspend:
+    """Decide a ``ctx.signal`` with no memo. A buffered signal always wins over a due timeout;
+    the timeout counts from ``now`` unless a timer is pinned already."""
+    fire_timer = call.cursor_key if timer is not None else None
+    for sig in inbox:  # inbox is ordered by arrival
+        if sig.name == name and sig.consumed_at is None:
+            try:
+                value = codec.load(sig.payload, model)
+            except ValidationError as exc:
+                invalid = SignalPayloadInvalid(
+                    f"buffered signal {name!r} no longer matches {model!r}: "
+                    f"{codec.validation_message(exc)}"
+                )
+                invalid.__cause__ = exc
+                return SignalConsume(sig, fire_timer=fire_timer, error=invalid)
+            return SignalConsume(sig, value, fire_timer)
+    due = timer.fire_at if timer is not None else now + timeout if timeout else None
+    if due is not None and due <= now:
+        error = SignalTimeout(
+            f"signal {name!r} did not arrive within {timeout or 'its timeout'}"
+            f" (cursor {call.cursor_key})"
+        )
+        return SignalTimeoutNow(call.cursor_key, error)
+    return SignalSuspend(
+        SuspendPlan(
+            status=RunStatus.AWAITING_SIGNAL,
+            reason="signal",
+            cursor_key=call.cursor_key,
+            wake_at=due,
+            waiting_for=keys.waiting_for_signal(name),
+            new_timers=(TimerRecord(call.cursor_key, due),) if timer is None and due else (),
+            progress=timer is None,
+        )
+    )
+
+
+# --- steps and their retries ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StepRun:
+    """Run attempt ``attempt`` of the step now; its checkpoint fires ``fire_timer`` (the due
+    backoff timer of a step resumed after a long retry wait)."""
+
+    attempt: int
+    fire_timer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepWait:
+    """The step's backoff timer is not due yet (an early wake-up): wait for it again."""
+
+    plan: SuspendPlan
+
+
+def resume_step(
+    call: Call, memo: StepRecord | None, timers: Mapping[str, TimerRecord], now: datetime
+) -> StepRun | StepWait:
+    """Where a step without a final memo starts: attempt 1, or after a ``retrying`` memo (a
+    long backoff ended the attempt that failed) the next attempt once its ``retry:<key>`` timer
+    is due."""
+    if memo is None or memo.status is not StepStatus.RETRYING:
+        return StepRun(1)
+    retry_key = keys.retry_timer_key(call.cursor_key)
+    timer = timers.get(retry_key)
+    if timer is None:  # already fired (or never pinned): go on
+        return StepRun(memo.attempts + 1)
+    if timer.fire_at > now:
+        return StepWait(
+            SuspendPlan(
+                status=RunStatus.RETRYING,
+                reason="retry",
+                cursor_key=call.cursor_key,
+                wake_at=timer.fire_at,
+                waiting_for=keys.waiting_for_timer(retry_key),
+                progress=False,
+            )
+        )
+    return StepRun(memo.attempts + 1, fire_timer=retry_key)
+
+
+@dataclass(frozen=True, slots=True)
+class StepFailure:
+    """A failed step attempt: the error its memo records and whether another attempt may fix
+    it."""
+
+    error: FlowError
+    retryable: bool
+
+
+def step_failure(label: str, attempt: int, exc: Exception) -> StepFailure:
+    """Classify what a step attempt raised. A ``FlowError`` is kept as is; anything else becomes
+    ``STEP_FAILED`` (with ``exc`` as its cause). ``NonRetryable`` and a result that cannot be
+    stored (a programming error: the body ran once and is not run again for it) are final."""
+    retryable = not isinstance(exc, NonRetryable | PayloadTooLarge | PayloadInvalid)
+    if isinstance(exc, FlowError):
+        return StepFailure(exc, retryable)
+    err = StepFailed(
+        f"step {label!r} failed after {attempt} attempt(s): {type(exc).__name__}: {safe_text(exc)}"
+    )
+    err.__cause__ = exc
+    return StepFailure(err, retryable)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryInline:
+    """Wait ``delay`` in process, then try again."""
+
+    delay: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class RetryLater:
+    """End the attempt; a wake-up at ``plan.wake_at`` tries again."""
+
+    plan: SuspendPlan
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """No attempts left (or not retryable): the step fails for good."""
+
+
+def decide_retry(
+    call: Call,
+    policy: RetryPolicy,
+    attempt: int,
+    retryable: bool,
+    rand: float,
+    now: datetime,
+    inline_max: timedelta,
+) -> RetryInline | RetryLater | Fail:
+    """After failed attempt ``attempt`` (1-based), decide what happens next."""
+    if not retryable or attempt >= policy.max_attempts:
+        return Fail()
+    delay = policy.delay(attempt, rand)
+    if delay <= inline_max:
+        return RetryInline(delay)
+    wake = now + delay
+    key = keys.retry_timer_key(call.cursor_key)
+    return RetryLater(
+        SuspendPlan(
+            status=RunStatus.RETRYING,
+            reason="retry",
+            cursor_key=call.cursor_key,
+            wake_at=wake,
+            waiting_for=keys.waiting_for_timer(key),
+            new_timers=(TimerRecord(key, wake),),
+        )
+    )
+
+
+# --- child runs -------------------------------------------------------------------------------
+
+
+def child_run_id(run_id: uuid.UUID, cursor_key: str) -> uuid.UUID:
+    """The id of the child started by the ``ctx.invoke`` at ``cursor_key``: derived, so a replay
+    (or a crash between starting the child and suspending) finds the same child."""
+    return uuid.uuid5(run_id, cursor_key)
+
+
+@dataclass(frozen=True, slots=True)
+class InvokeRecord:
+    """The child is terminal: record its outcome (``ok`` with its output, or ``failed`` with its
+    error) and return or raise it in the parent."""
+
+    status: StepStatus
+    output: Any = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InvokeRefused:
+    """The child may not start (nesting depth, fan-out, invalid or unstorable input): the call
+    fails for good with ``error``."""
+
+    error: FlowError
+
+
+@dataclass(frozen=True, slots=True)
+class InvokeStart:
+    """Start (or find again) the child ``child``, then wait for it."""
+
+    child: NewRun
+
+
+def decide_invoke(
+    call: Call,
+    definition: FlowDef[Any, Any],
+    input: Any,
+    *,
+    run_id: uuid.UUID,
+    child: ChildRecord | None,
+    depth: int,
+    ordinal: int,
+    detached: bool,
+    settings: Settings,
+) -> InvokeRecord | InvokeRefused | InvokeStart:
+    """Decide a ``ctx.invoke`` of ``definition`` with no memo: ``child`` is the terminal child
+    at this cursor key (if any), ``depth`` the parent's nesting and ``ordinal`` how many invokes
+    this attempt has made so far, this one included."""
+    if child is not None:
+        if child.status is RunStatus.DONE:
+            return InvokeRecord(StepStatus.OK, output=child.output)
+        error = child.error or {"code": "RUN_CANCELED", "message": "child canceled"}
+        return InvokeRecord(StepStatus.FAILED, error=dict(error))
+    if depth + 1 > settings.max_invoke_depth:
+        return InvokeRefused(
+            InvokeDepthExceeded(
+                f"invoking {definition.key} would nest {depth + 1} levels deep "
+                f"(max {settings.max_invoke_depth})"
+            )
+        )
+    if ordinal > settings.max_children_per_run:
+        return InvokeRefused(
+            InvokeFanoutExceeded(
+                f"run would start more than {settings.max_children_per_run} child runs"
+            )
+        )
+    try:
+        data = codec.encode(
+            definition.validate_input(input),
+            definition.input_type,
+            what=f"input of child {definition.key}",
+            limit=settings.max_payload_bytes,
+        )
+    except (InputInvalid, PayloadTooLarge, PayloadInvalid) as err:
+        return InvokeRefused(err)
+    return InvokeStart(
+        NewRun(
+            id=child_run_id(run_id, call.cursor_key),
+            name=definition.name,
+            version=definition.version,
+            input=data,
+            parent_run_id=run_id,
+            parent_cursor_key=call.cursor_key,
+            meta={"depth": depth + 1, "detached": detached},
+        )
+    )
+
+
+def await_child(call: Call, child_id: uuid.UUID, *, created: bool) -> SuspendPlan:
+    """Wait for the child; starting it (``created``) is progress, finding it again is not."""
+    return SuspendPlan(
+        status=RunStatus.AWAITING_CHILD,
+        reason="child",
+        cursor_key=call.cursor_key,
+        wake_at=None,
+        waiting_for=keys.waiting_for_child(child_id),
+        progress=created,
+    )
+
+
+# --- the end of an attempt --------------------------------------------------------------------
+
+
+class AttemptOutcome(Enum):
+    """What one attempt on a run did (``Worker.advance``'s result)."""
+
+    SKIPPED = "skipped"  #: not claimable: terminal, or another worker's live lease
+    DONE = "done"
+    FAILED = "failed"
+    SUSPENDED = "suspended"  #: sleeping, awaiting a signal or child, or retrying later
+    PARKED = "parked"  #: drifted (or unknown flow) under the ``park`` policy
+    ABORTED = "aborted"  #: storage failed mid-attempt; retried shortly
+    CANCELED = "canceled"  #: canceled by someone else during the attempt
+    LEASE_LOST = "lease_lost"  #: another worker owns the run now; nothing more was written
+
+
+@dataclass(frozen=True, slots=True)
+class EndReturned:
+    """The body returned and matched the whole history: store its output and finish."""
+
+    @property
+    def outcome(self) -> AttemptOutcome:
+        """``done``, unless the output cannot be stored (then the runtime fails the run)."""
+        return AttemptOutcome.DONE
+
+
+@dataclass(frozen=True, slots=True)
+class EndSuspended:
+    """The run waits: write ``plan``."""
+
+    plan: SuspendPlan
+
+    @property
+    def outcome(self) -> AttemptOutcome:
+        """``suspended``."""
+        return AttemptOutcome.SUSPENDED
+
+
+@dataclass(frozen=True, slots=True)
+class EndDrifted:
+    """The body no longer matches the history: park the run (``park`` policy) or fail it."""
+
+    error: FlowError
+    park: bool
+
+    @property
+    def outcome(self) -> AttemptOutcome:
+        """``parked`` or ``failed``."""
+        return AttemptOutcome.PARKED if self.park else AttemptOutcome.FAILED
+
+
+@dataclass(frozen=True, slots=True)
+class EndAborted:
+    """Storage failed mid-attempt: release the run for a retry soon (:func:`outage_plan`)."""
+
+    error: FlowError
+
+    @property
+    def outcome(self) -> AttemptOutcome:
+        """``aborted``."""
+        return AttemptOutcome.ABORTED
+
+
+@dataclass(frozen=True, slots=True)
+class EndFailed:
+    """The body raised: the run fails with ``error``."""
+
+    error: FlowError
+
+    @property
+    def outcome(self) -> AttemptOutcome:
+        """``failed``."""
+        return AttemptOutcome.FAILED
+
+
+@dataclass(frozen=True, slots=True)
+class EndLeaseLost:
+    """Another worker owns the run: stop without writing."""
+
+    @property
+    def outcome(self) -> AttemptOutcome:
+        """``lease_lost``."""
+        return AttemptOutcome.LEASE_LOST
+
+
+@dataclass(frozen=True, slots=True)
+class EndCanceled:
+    """The run was canceled during the attempt: nothing more to write."""
+
+    @property
+    def outcome(self) -> AttemptOutcome:
+        """``canceled``."""
+        return AttemptOutcome.CANCELED
+
+
+#: How an attempt's body ended, before anything is written.
+AttemptEnd = (
+    EndReturned | EndSuspended | EndDrifted | EndAborted | EndFailed | EndLeaseLost | EndCanceled
+)
+
+
+def classify_attempt(
+    raised: Suspended | Drifted | Aborted | LeaseLost | Exception | None,
+    interrupted: Interrupt | LeaseLost | None,
+    *,
+    drift_policy: Literal["fail", "park"] = "fail",
+    canceled: bool = False,
+) -> AttemptEnd:
+    """Classify the end of a body: ``raised`` is what the body (or the end-of-body check)
+    raised, None when it returned; ``interrupted`` is the interrupt the context raised last.
+
+    A suspension, drift or storage abort the body swallowed and turned into another exception
+    (``except BaseException: raise ValueError``) still wins over that exception.
+    """
+    if canceled:
+        return EndCanceled()
+    if isinstance(raised, Exception) and isinstance(
+        interrupted, Suspended | Drifted | Aborted | LeaseLost
+    ):
+        raised = interrupted
+    match raised:
+        case None:
+            return EndReturned()
+        case Suspended():
+            return EndSuspended(raised.plan)
+        case Drifted():
+            return EndDrifted(raised.error, park=drift_policy == "park")
+        case Aborted():
+            return EndAborted(raised.error)
+        case LeaseLost():
+            return EndLeaseLost()
+        case FlowError():
+            return EndFailed(raised)
+    err = FlowFailed(f"flow body raised {type(raised).__name__}: {safe_text(raised)}")
+    err.__cause__ = raised
+    return EndFailed(err)
+
+
+def join_branches(results: Sequence[object]) -> BaseException | None:
+    """What a ``ctx.gather`` raises once every branch has finished (``results`` in argument
+    order, exceptions included), or None to return the results. A drift, storage abort or lost
+    lease stops the run at once; waiting branches suspend it together, at the earliest due
+    time, before any branch's failure is raised."""
+    plans: list[SuspendPlan] = []
+    for result in results:
+        if isinstance(result, Drifted | Aborted | LeaseLost):
+            return result
+        if isinstance(result, Suspended):
+            plans.append(result.plan)
+        elif isinstance(result, BaseException) and not isinstance(result, Exception):
+            return result
+    if plans:
+        return Suspended(functools.reduce(SuspendPlan.merge, plans))
+    return next((r for r in results if isinstance(r, Exception)), None)
+
+
+#: How long an attempt aborted by a storage outage waits before its run is tried again.
+OUTAGE_RETRY = timedelta(seconds=2)
+
+
+def outage_plan(now: datetime) -> SuspendPlan:
+    """Release a run whose attempt storage aborted: ``retrying`` shortly (if even this write
+    fails, lease expiry recovers the run)."""
+    return SuspendPlan(
+        status=RunStatus.RETRYING,
+        reason="storage",
+        cursor_key="",
+        wake_at=now + OUTAGE_RETRY,
+        waiting_for=keys.WAITING_STORAGE,
+        progress=False,
+    )
+
+
+# --- the retry cut ----------------------------------------------------------------------------
+
+#: ``RetryCut.position`` when no memo failed: nothing is cut (the value the ``retried`` event
+#: records then).
+NO_CUT = 2**31 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class RetryCut:
+    """What ``retry`` resets in a failed run: the memo rows from ``position`` on, the signals
+    they consumed (back to the inbox), their timers and every unfired one, and their failed
+    children (retried first, each with its own cut)."""
+
+    position: int
+    positions: tuple[int, ...] = ()
+    cursor_keys: frozenset[str] = frozenset()
+    signal_ids: tuple[int, ...] = ()
+    timer_keys: tuple[str, ...] = ()
+    child_ids: tuple[uuid.UUID, ...] = ()
+
+
+def retry_cut(
+    steps: Sequence[StepRecord],
+    signals: Sequence[SignalRecord],
+    timers: Sequence[TimerRecord],
+    children: Sequence[ChildRecord],
+) -> RetryCut:
+    """The cut of ``retry``: from the last memo that is not ``ok`` (the failure that ended the
+    run; earlier failures were caught by the body) to the end of the history."""
+    failed = [s.position for s in steps if s.status is not StepStatus.OK]
+    return cut_at(max(failed) if failed else NO_CUT, steps, signals, timers, children)
+
+
+def cut_at(
+    position: int,
+    steps: Sequence[StepRecord],
+    signals: Sequence[SignalRecord],
+    timers: Sequence[TimerRecord],
+    children: Sequence[ChildRecord],
+) -> RetryCut:
+    """Everything a replay from ``position`` must redo. ``children`` are the run's child runs
+    (``cursor_key`` = the invoke that started them); failed ones in the cut are listed."""
+    cut = sorted((s for s in steps if s.position >= position), key=lambda s: s.position)
+    owned = frozenset(s.cursor_key for s in cut)
+    return RetryCut(
+        position=position,
+        positions=tuple(s.position for s in cut),
+        cursor_keys=owned,
+        signal_ids=tuple(g.id for g in signals if g.consumed_by in owned),
+        timer_keys=tuple(
+            t.cursor_key
+            for t in timers
+            if t.fired_at is None or keys.parse_timer_key(t.cursor_key).owner in owned
+        ),
+        child_ids=tuple(
+            c.id for c in children if c.status is RunStatus.FAILED and c.cursor_key in owned
+        ),
+    )
