@@ -12,6 +12,9 @@ body walks the nodes with the very same ``ctx.step``/``ctx.sleep``/``ctx.signal`
 as a raw body, so replay, drift detection and history rows are identical; it also carries the static
 :class:`~iterflow.core.graph.FlowGraph`. Definition mistakes (duplicate labels, one signal name with
 two models, a bad version) raise :class:`~iterflow.core.errors.FlowDefinitionError` while building.
+
+Over 500 lines because it is the builder's whole typed public surface (overloads per method so
+the value channel's type flows through the chain); the nodes it builds are in ``core/nodes.py``.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ the time, and returns a small frozen value saying what to do; the runtime perfor
 memo, run new work and checkpoint it, suspend, write the run's end) and the stores apply it
 (:func:`retry_cut`). Nothing here does I/O or reads a clock or randomness: the caller passes
 ``now`` and any random number.
+
+One module (~700 lines) on purpose: every decision the runtime and the stores act on is found
+here, next to the small result types it returns; splitting it per ``ctx`` call would scatter the
+shared pieces (suspend plans, retry policy, the cut) across files that import each other.
 """
 
 from __future__ import annotations

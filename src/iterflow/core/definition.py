@@ -10,7 +10,13 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import ValidationError
 
 from iterflow.core import codec
-from iterflow.core.errors import FlowDefinitionError, InputInvalid, OutputInvalid
+from iterflow.core.errors import (
+    FlowDefinitionError,
+    InputInvalid,
+    OutputInvalid,
+    SignalPayloadInvalid,
+    SignalUnknown,
+)
 
 __all__ = ["DriftPolicy", "FlowDef", "Registry"]
 
@@ -90,9 +96,36 @@ class FlowDef(Generic[In, Out]):
         )
 
     def decode_output(self, data: Any) -> Out:
-        """Decode stored output into the output model."""
-        value: Out = codec.load(data, self.output_type)
+        """Decode stored output into the output model (``OUTPUT_INVALID`` if it no longer
+        matches, e.g. a run of an older version read with a newer model)."""
+        try:
+            value: Out = codec.load(data, self.output_type)
+        except ValidationError as exc:
+            raise OutputInvalid(
+                f"the stored output does not match {self.key}'s output model: "
+                f"{codec.validation_message(exc)}"
+            ) from exc
         return value
+
+    def validate_signal(self, name: str, payload: Any) -> tuple[Any, Any]:
+        """The model declared for signal ``name`` and ``payload`` validated against it
+        (``SIGNAL_UNKNOWN``, ``SIGNAL_PAYLOAD_INVALID``): what a webhook checks before storing."""
+        model = self.signals.get(name)
+        if model is None:
+            known = ", ".join(sorted(self.signals)) or "none"
+            raise SignalUnknown(f"flow {self.key} declares no signal {name!r} (declared: {known})")
+        try:
+            return model, codec.load(payload, model)
+        except (ValidationError, RecursionError) as exc:
+            message = (
+                codec.validation_message(exc)
+                if isinstance(exc, ValidationError)
+                else "nested too deep"
+            )
+            raise SignalPayloadInvalid(
+                f"payload for signal {name!r} is invalid: {message}",
+                details={"where": f"signal {name!r}"},
+            ) from exc
 
 
 class Registry:

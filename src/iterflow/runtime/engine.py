@@ -1,36 +1,32 @@
-"""The engine facade: register flows, start runs, deliver signals, retry, inspect, wait."""
+"""The engine facade: register flows, start runs, deliver signals, retry, inspect, wait.
+
+The public API, one method per operation, so it stays one module (~600 lines, most of it
+docstrings): each method checks its arguments (``core/inputs.py``, the codec, the flow's
+definition) and delegates to the store or the worker. Opening the database lives in
+``runtime/backend.py``, waiting for a result in ``runtime/results.py``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-import math
-import sys
-import typing
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from iterflow.core import codec
+from iterflow.core import codec, inputs
 from iterflow.core.definition import DriftPolicy, FlowDef, Registry
 from iterflow.core.durations import DurationLike, parse_duration
 from iterflow.core.errors import (
     ConfigInvalid,
-    DatabaseUnavailable,
-    FlowError,
     FlowUnknown,
     InputInvalid,
-    OutputInvalid,
-    ResultTimeout,
     RunNotFound,
-    SignalPayloadInvalid,
-    SignalUnknown,
 )
 from iterflow.core.models import (
     CancelResult,
@@ -45,18 +41,17 @@ from iterflow.core.models import (
     StartResult,
 )
 from iterflow.core.settings import CONNECTION_SETTINGS, Settings
+from iterflow.runtime.backend import Backend, open_backend
 from iterflow.runtime.host import run_procrastinate, stale_worker_seconds
 from iterflow.runtime.notify import LocalNotifier, TerminalListener
 from iterflow.runtime.reconciler import Reconciler, ReconcileReport
+from iterflow.runtime.results import Notifier, wait_for_end
 from iterflow.runtime.worker import Worker
 from iterflow.store.base import Store
 from iterflow.store.memory import MemoryStore
-from iterflow.store.postgres import HOT_IDLE, TERMINAL_CHANNEL, PostgresStore
-from iterflow.store.urls import asyncpg_url, libpq_url, redacted, resolve_database_url_source
 
 if TYPE_CHECKING:
     from iterflow.runtime.context import FlowContext
-    from iterflow.store.embedded import EmbeddedPostgres
 
 __all__ = ["Engine", "FlowHandle"]
 
@@ -111,8 +106,8 @@ class FlowHandle(Generic[In, Out]):
         Raises the run's :class:`FlowError` (code preserved) if it failed or was canceled, and
         ``RESULT_TIMEOUT`` if ``timeout`` seconds pass first.
         """
-        rid = _run_id(run_id)
-        _check_timeout(timeout)
+        rid = inputs.run_id(run_id)
+        inputs.check_timeout(timeout)
         known = await self.engine.store.get_run(rid)
         if known is not None and known.name != self.definition.name:
             raise InputInvalid(
@@ -120,7 +115,7 @@ class FlowHandle(Generic[In, Out]):
                 f"{self.definition.key}; use that flow's handle or engine.result(run_id)"
             )
         run = await self.engine.wait(rid, timeout=timeout)
-        return _decode(self.definition, run)
+        return self.definition.decode_output(run.output)
 
 
 class Engine:
@@ -153,15 +148,14 @@ class Engine:
             ) from exc
         self.registry = Registry()
         self._url: str | None = None
-        self._sa: AsyncEngine | None = None
+        self._backend: Backend | None = None
         self._store: Store | None = None
         self._worker: Worker | None = None
         self._listener: TerminalListener | None = None
-        self._embedded: EmbeddedPostgres | None = None
         self._worker_tasks: list[asyncio.Task[None]] = []
         self._reconciler: Reconciler | None = None
         self._memory: MemoryStore | None = None
-        self._notifier: _Notifier | None = None
+        self._notifier: Notifier | None = None
         self._local: LocalNotifier | None = None
 
     @classmethod
@@ -254,49 +248,10 @@ class Engine:
             )
             self._reconciler = Reconciler(self._store, batch=self.settings.reconcile_batch)
             return
-        # One rule for the library and flowctl: argument, $ITERFLOW_DATABASE_URL, $DATABASE_URL.
-        url, source = resolve_database_url_source(self.settings.database_url)
-        if url is None:
-            from iterflow.store.embedded import EmbeddedPostgres
-
-            data_dir = (self.settings.data_dir / "pgdata").expanduser().resolve()
-            logger.info(
-                "no database URL given and $ITERFLOW_DATABASE_URL / $DATABASE_URL unset: "
-                "using embedded PostgreSQL, data directory %s",
-                data_dir,
-            )
-            self._embedded = EmbeddedPostgres(data_dir)
-            url = await asyncio.to_thread(self._embedded.start)
-        else:
-            try:
-                asyncpg_url(url)
-            except ConfigInvalid as exc:
-                if source == "argument":
-                    raise
-                raise ConfigInvalid(
-                    f"{exc.message} (the URL comes from {source}; pass database_url= or set "
-                    "$ITERFLOW_DATABASE_URL, which takes precedence over $DATABASE_URL)"
-                ) from exc
-            logger.debug("database %s (from %s)", redacted(url), source)
-        self._url = url
-        self._sa = create_async_engine(
-            asyncpg_url(url),
-            pool_size=self.settings.pool_size,
-            # headroom for the store's idle hot-path connections, so they never starve others
-            max_overflow=self.settings.pool_size + HOT_IDLE,
-            pool_pre_ping=False,
-        )
-        self._store = PostgresStore(
-            self._sa, schema=self.settings.db_schema, queue=self.settings.queue_name
-        )
-
-        async def connect() -> Any:
-            import asyncpg
-
-            return await asyncpg.connect(libpq_url(url))
-
-        self._listener = TerminalListener(connect, TERMINAL_CHANNEL)
-        self._notifier = self._listener
+        backend = self._backend = await open_backend(self.settings)
+        self._url = backend.url
+        self._store = backend.store
+        self._listener = self._notifier = backend.listener
         self._worker = Worker(self._store, self.registry, self.settings, watch=self._watch_run)
         self._reconciler = Reconciler(
             self._store,
@@ -312,19 +267,11 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._worker_tasks.clear()
-        if self._listener is not None:
-            await self._listener.close()
-            self._listener = None
-        self._notifier = None
-        if isinstance(self._store, PostgresStore):
-            await self._store.close()
+        self._listener = self._notifier = None
         self._store = None
-        if self._sa is not None:
-            await self._sa.dispose()
-            self._sa = None
-        if self._embedded is not None:
-            await asyncio.to_thread(self._embedded.stop)
-            self._embedded = None
+        if self._backend is not None:
+            await self._backend.close()
+            self._backend = None
 
     def _watch_run(self, run_id: uuid.UUID) -> tuple[asyncio.Event, Callable[[], None]]:
         listener = self._notifier
@@ -364,9 +311,9 @@ class Engine:
     @property
     def sqlalchemy_engine(self) -> AsyncEngine:
         """The SQLAlchemy engine, e.g. to open a connection for ``start(..., conn=)``."""
-        if self._sa is None:
+        if self._backend is None:
             raise ConfigInvalid("the engine is not open; use `async with Engine(...)`")
-        return self._sa
+        return self._backend.sa
 
     @property
     def worker(self) -> Worker:
@@ -416,25 +363,6 @@ class Engine:
 
     # -- runs ---------------------------------------------------------------------------------
 
-    def _check_key(self, key: object) -> None:
-        if key is not None:
-            codec.check_text(key, what="idempotency_key", max_chars=self.settings.max_key_chars)
-
-    def _check_tags(self, tags: object) -> tuple[str, ...]:
-        if tags is None:
-            return ()
-        if isinstance(tags, str | bytes | bytearray | Mapping) or not isinstance(tags, Iterable):
-            raise InputInvalid(
-                f"tags must be a list of strings, got {type(tags).__name__}; "
-                "e.g. tags=['customer:42']"
-            )
-        cap = self.settings.max_tags_per_run
-        tag_list = _listed(tags, "tags", cap)
-        if len(tag_list) > cap:
-            raise InputInvalid(f"a run may carry at most {cap} tags (Settings.max_tags_per_run)")
-        limit = self.settings.max_tag_chars
-        return tuple(codec.check_text(tag, what="tag", max_chars=limit) for tag in tag_list)
-
     async def _start(
         self, flow: FlowDef[Any, Any], input: Any, options: StartOptions, *, conn: Any
     ) -> StartResult:
@@ -449,13 +377,12 @@ class Engine:
             what=f"input of flow {flow.key}",
             limit=self.settings.max_payload_bytes,
         )
-        self._check_key(options.idempotency_key)
-        tags = self._check_tags(options.tags)
-        priority = options.priority
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise InputInvalid(f"priority must be an integer, got {type(priority).__name__}")
-        if not _INT4_MIN <= priority <= _INT4_MAX:
-            raise InputInvalid(f"priority must be between {_INT4_MIN} and {_INT4_MAX}")
+        settings = self.settings
+        key = inputs.check_key(options.idempotency_key, max_chars=settings.max_key_chars)
+        tags = inputs.check_tags(
+            options.tags, cap=settings.max_tags_per_run, max_chars=settings.max_tag_chars
+        )
+        priority = inputs.check_priority(options.priority)
         delay = None if options.delay is None else parse_duration(options.delay)
         return await self.store.create_run(
             NewRun(
@@ -463,7 +390,7 @@ class Engine:
                 name=flow.name,
                 version=flow.version,
                 input=data,
-                idempotency_key=options.idempotency_key,
+                idempotency_key=key,
                 tags=tags,
                 priority=priority,
                 delay=delay,
@@ -508,9 +435,9 @@ class Engine:
         anything is stored. Returns ``delivered``, ``buffered``, ``duplicate``, ``not_found`` or
         ``closed``; invalid input raises a :class:`FlowError` and writes nothing.
         """
-        rid = _run_id(run_id)
+        rid = inputs.run_id(run_id)
         codec.check_text(name, what="signal name", max_chars=200)
-        self._check_key(idempotency_key)
+        key = inputs.check_key(idempotency_key, max_chars=self.settings.max_key_chars)
         run = await self.store.get_run(rid)
         if run is None:
             return SignalResult("not_found")
@@ -520,27 +447,12 @@ class Engine:
                 f"flow {run.name}@{run.version} of run {rid} is not registered in this process; "
                 "register it to validate its signals"
             )
-        model = flow.signals.get(name)
-        if model is None:
-            known = ", ".join(sorted(flow.signals)) or "none"
-            raise SignalUnknown(f"flow {flow.key} declares no signal {name!r} (declared: {known})")
-        try:
-            value = codec.load(payload, model)
-        except (ValidationError, RecursionError) as exc:
-            message = (
-                codec.validation_message(exc)
-                if isinstance(exc, ValidationError)
-                else "nested too deep"
-            )
-            raise SignalPayloadInvalid(
-                f"payload for signal {name!r} is invalid: {message}",
-                details={"where": f"signal {name!r}"},
-            ) from exc
+        model, value = flow.validate_signal(name, payload)
         data = codec.encode(
             value, model, what=f"signal {name!r} payload", limit=self.settings.max_payload_bytes
         )
         return await self.store.deliver_signal(
-            rid, name, data, idempotency_key, max_signals=self.settings.max_signals_per_run
+            rid, name, data, key, max_signals=self.settings.max_signals_per_run
         )
 
     async def cancel(self, run_id: uuid.UUID | str, *, reason: str | None = None) -> CancelResult:
@@ -551,7 +463,7 @@ class Engine:
         next checkpoint at the latest, and writes nothing more; ``result`` raises
         ``RUN_CANCELED``.
         """
-        rid = _run_id(run_id)
+        rid = inputs.run_id(run_id)
         text = "canceled" if reason is None else reason
         codec.check_text(text, what="cancel reason", max_chars=1000)
         return await self.store.cancel(rid, text)
@@ -561,11 +473,11 @@ class Engine:
 
         A ``parked`` run is woken as it is, to be re-checked against the code deployed now.
         """
-        return await self.store.retry(_run_id(run_id))
+        return await self.store.retry(inputs.run_id(run_id))
 
     async def status(self, run_id: uuid.UUID | str) -> RunDetail:
         """The run row with its steps, signals, timers and events (``RUN_NOT_FOUND`` if none)."""
-        rid = _run_id(run_id)
+        rid = inputs.run_id(run_id)
         detail = await self.store.detail(rid)
         if detail is None:
             raise RunNotFound(f"no run {rid}")
@@ -581,77 +493,41 @@ class Engine:
         cursor: int | None = None,
     ) -> RunPage:
         """Runs newest first, filtered by flow name, status(es) and tag; keyset-paginated."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
-            raise InputInvalid("limit must be an integer between 1 and 1000")
+        limit = inputs.check_limit(limit)
         if name is not None:
             codec.check_text(name, what="flow name filter", max_chars=200)
         if tag is not None:
             codec.check_text(tag, what="tag filter", max_chars=self.settings.max_tag_chars)
-        if cursor is not None and (
-            isinstance(cursor, bool) or not isinstance(cursor, int) or not 0 <= cursor < 2**63
-        ):
-            raise InputInvalid(
-                "cursor must be the integer next_cursor of a previous page, got "
-                f"{codec.shown(cursor)}"
-            )
-        statuses = _statuses(status)
         runs = await self.store.list_runs(
-            name=name, statuses=statuses, tag=tag, limit=limit, before_seq=cursor
+            name=name,
+            statuses=inputs.statuses(status),
+            tag=tag,
+            limit=limit,
+            before_seq=inputs.check_cursor(cursor),
         )
         next_cursor = runs[-1].seq if len(runs) == limit else None
         return RunPage(runs=tuple(runs), next_cursor=next_cursor)
 
     async def wait(self, run_id: uuid.UUID | str, *, timeout: float | None = None) -> RunRecord:
         """Wait until the run is terminal; return it, or raise its error if not ``done``."""
-        rid = _run_id(run_id)
-        _check_timeout(timeout)
+        rid = inputs.run_id(run_id)
+        seconds = inputs.check_timeout(timeout)
         notifier = self._notifier
         if notifier is None:
             raise ConfigInvalid("the engine is not open; use `async with Engine(...)`")
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        event = notifier.subscribe(str(rid))
-        delay = 0.02
-        try:
-            while True:
-                try:
-                    run = await self.store.get_run(rid)
-                except DatabaseUnavailable:
-                    # A dropped pooled connection or a restarting server: the polling floor
-                    # keeps going until the deadline (pools reconnect on the next checkout).
-                    left = None if deadline is None else deadline - loop.time()
-                    if left is not None and left <= 0:
-                        raise
-                    pause = min(delay, self.settings.result_poll_max_seconds)
-                    await asyncio.sleep(pause if left is None else min(pause, left))
-                    delay *= 2
-                    continue
-                if run is None:
-                    raise RunNotFound(f"no run {rid}")
-                if run.is_terminal:
-                    break
-                wait_for = self.settings.result_poll_max_seconds
-                wait_for = min(delay, wait_for)
-                if deadline is not None:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        raise ResultTimeout(_still_running(run, timeout))
-                    wait_for = min(wait_for, remaining)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), wait_for)
-                event.clear()
-                delay *= 2
-        finally:
-            notifier.unsubscribe(str(rid), event)
-        if run.status is RunStatus.DONE:
-            return run
-        raise FlowError.from_dict(run.error or {"code": "RUN_CANCELED", "message": "canceled"})
+        return await wait_for_end(
+            self.store,
+            notifier,
+            rid,
+            timeout=seconds,
+            poll_max=self.settings.result_poll_max_seconds,
+        )
 
     async def result(self, run_id: uuid.UUID | str, *, timeout: float | None = None) -> Any:
         """The run's output decoded with its flow's output model (untyped; prefer the handle)."""
         run = await self.wait(run_id, timeout=timeout)
         flow = self.registry.get(run.name, run.version)
-        return run.output if flow is None else _decode(flow, run)
+        return run.output if flow is None else flow.decode_output(run.output)
 
     async def reconcile(self) -> ReconcileReport:
         """Run one reconciler sweep now (workers also run it periodically)."""
@@ -714,110 +590,9 @@ class Engine:
         )
 
 
-class _Notifier(typing.Protocol):
-    def subscribe(self, run_id: str) -> asyncio.Event: ...
-
-    def unsubscribe(self, run_id: str, event: asyncio.Event) -> None: ...
-
-
-_INT4_MIN, _INT4_MAX = -(2**31), 2**31 - 1
-_MAX_FLOAT = sys.float_info.max
-
-
-def _statuses(status: object) -> list[RunStatus]:
-    """A status filter: one status (str or RunStatus), an iterable of them, or None."""
-    if status is None:
-        return []
-    known = ", ".join(s.value for s in RunStatus)
-    if isinstance(status, str | RunStatus):
-        raw: list[object] = [status]
-    elif isinstance(status, bytes | bytearray | Mapping) or not isinstance(status, Iterable):
-        raise InputInvalid(
-            f"status must be a status or a list of them ({known}), got {type(status).__name__}"
-        )
-    else:
-        raw = _listed(status, "status", _MAX_STATUSES)
-        if len(raw) > _MAX_STATUSES:
-            raise InputInvalid(f"status lists at most {_MAX_STATUSES} statuses ({known})")
-    out: list[RunStatus] = []
-    for item in raw:
-        if not isinstance(item, str) or item not in _STATUS_VALUES:
-            raise InputInvalid(f"unknown status {codec.shown(item)}; use one of: {known}")
-        out.append(RunStatus(item))
-    return out
-
-
-_STATUS_VALUES = frozenset(s.value for s in RunStatus)
-_MAX_STATUSES = 100
-
-
-def _listed(values: Iterable[object], what: str, cap: int) -> list[object]:
-    """At most ``cap + 1`` items of a caller's iterable; one that fails to iterate is invalid
-    input (``INPUT_INVALID`` with the failure as its cause), not a crash."""
-    try:
-        return list(itertools.islice(values, cap + 1))
-    except Exception as exc:
-        raise InputInvalid(
-            f"{what} could not be iterated: {type(exc).__name__}; pass a list"
-        ) from exc
-
-
-def _check_timeout(timeout: object) -> None:
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise InputInvalid(f"timeout must be a number of seconds, got {type(timeout).__name__}")
-    # the deadline is float arithmetic: an int too large for a float is not a usable timeout
-    if not -_MAX_FLOAT <= timeout <= _MAX_FLOAT or not math.isfinite(timeout) or timeout < 0:
-        raise InputInvalid(
-            f"timeout must be a finite number of seconds >= 0, got {codec.shown(timeout)}"
-        )
-
-
-def _still_running(run: RunRecord, timeout: float | None) -> str:
-    """RESULT_TIMEOUT's message: what the run is doing, and a hint when nothing runs it."""
-    waited = f"after {timeout}s"
-    if run.status is RunStatus.PENDING and run.claims == 0:
-        if run.wake_at is not None and run.wake_at > datetime.now(UTC):
-            return (
-                f"run {run.id} is pending {waited}: its start is delayed until "
-                f"{run.wake_at.isoformat()}"
-            )
-        return (
-            f"run {run.id} is still pending {waited}: no worker has claimed it; is a worker "
-            f"running for flow {run.name}@{run.version} (engine.listen() or flowctl worker)?"
-        )
-    waiting = f" (waiting for {run.waiting_for})" if run.waiting_for else ""
-    return (
-        f"run {run.id} is still {run.status.value}{waiting} {waited}; it goes on running, "
-        "call result() again to keep waiting"
-    )
-
-
-def _decode(flow: FlowDef[Any, Out], run: RunRecord) -> Out:
-    try:
-        return flow.decode_output(run.output)
-    except ValidationError as exc:
-        raise OutputInvalid(
-            f"the stored output of run {run.id} ({run.name}@{run.version}) does not match "
-            f"{flow.key}'s output model: {codec.validation_message(exc)}"
-        ) from exc
-
-
 def _log_worker_death(task: asyncio.Task[None]) -> None:
     if task.cancelled():
         return
     exc = task.exception()
     if exc is not None:
         logger.error("the in-process iterflow worker stopped: %s", exc, exc_info=exc)
-
-
-def _run_id(value: uuid.UUID | str) -> uuid.UUID:
-    if isinstance(value, uuid.UUID):
-        return value
-    if not isinstance(value, str):
-        raise InputInvalid(f"run id must be a UUID or its text, got {type(value).__name__}")
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise InputInvalid(f"run id {value[:100]!r} is not a UUID") from None

@@ -8,7 +8,8 @@ lock the run row first. The statements are in :mod:`iterflow.store.queries`; the
 declared once in the placeholder schema ``iterflow`` (:mod:`iterflow.store.schema`): the
 statements spell the configured schema as a quoted identifier, and the one SQLAlchemy-built query
 (``list_runs``) maps it with ``schema_translate_map``. Driver errors are mapped at this boundary
-(:func:`~iterflow.store.connections.map_error`).
+(:func:`~iterflow.store.connections.map_error`). About 500 lines: one method per Protocol
+operation; plumbing is in ``store/connections.py``, row decoding in ``store/rows.py``.
 """
 
 from __future__ import annotations

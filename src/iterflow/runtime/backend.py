@@ -1,0 +1,90 @@
+"""Opening and closing what an engine runs on: the database URL, the embedded server if no URL
+is given, the connection pool, the PostgreSQL store and the terminal-notification listener."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from iterflow.core.errors import ConfigInvalid
+from iterflow.core.settings import Settings
+from iterflow.runtime.notify import TerminalListener
+from iterflow.store.postgres import HOT_IDLE, TERMINAL_CHANNEL, PostgresStore
+from iterflow.store.urls import asyncpg_url, libpq_url, redacted, resolve_database_url_source
+
+if TYPE_CHECKING:
+    from iterflow.store.embedded import EmbeddedPostgres
+
+__all__ = ["Backend", "open_backend"]
+
+logger = logging.getLogger("iterflow.runtime.engine")
+
+
+@dataclass
+class Backend:
+    """An open PostgreSQL backend; :meth:`close` releases everything it holds."""
+
+    url: str
+    sa: AsyncEngine
+    store: PostgresStore
+    listener: TerminalListener
+    embedded: EmbeddedPostgres | None = None
+
+    async def close(self) -> None:
+        """Close the listener, give back the hot connections, dispose the pool, stop the
+        embedded server (in that order)."""
+        await self.listener.close()
+        await self.store.close()
+        await self.sa.dispose()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+
+
+async def open_backend(settings: Settings) -> Backend:
+    """Resolve the URL (argument, ``$ITERFLOW_DATABASE_URL``, ``$DATABASE_URL``, else the
+    embedded server in ``settings.data_dir``: one rule for the library and ``flowctl``) and
+    open the pool, the store and the listener on it."""
+    url, source = resolve_database_url_source(settings.database_url)
+    embedded: EmbeddedPostgres | None = None
+    if url is None:
+        from iterflow.store.embedded import EmbeddedPostgres
+
+        data_dir = (settings.data_dir / "pgdata").expanduser().resolve()
+        logger.info(
+            "no database URL given and $ITERFLOW_DATABASE_URL / $DATABASE_URL unset: "
+            "using embedded PostgreSQL, data directory %s",
+            data_dir,
+        )
+        embedded = EmbeddedPostgres(data_dir)
+        url = await asyncio.to_thread(embedded.start)
+    else:
+        try:
+            asyncpg_url(url)
+        except ConfigInvalid as exc:
+            if source == "argument":
+                raise
+            raise ConfigInvalid(
+                f"{exc.message} (the URL comes from {source}; pass database_url= or set "
+                "$ITERFLOW_DATABASE_URL, which takes precedence over $DATABASE_URL)"
+            ) from exc
+        logger.debug("database %s (from %s)", redacted(url), source)
+    sa = create_async_engine(
+        asyncpg_url(url),
+        pool_size=settings.pool_size,
+        # headroom for the store's idle hot-path connections, so they never starve others
+        max_overflow=settings.pool_size + HOT_IDLE,
+        pool_pre_ping=False,
+    )
+    store = PostgresStore(sa, schema=settings.db_schema, queue=settings.queue_name)
+    dsn = libpq_url(url)
+
+    async def connect() -> Any:
+        import asyncpg
+
+        return await asyncpg.connect(dsn)
+
+    return Backend(url, sa, store, TerminalListener(connect, TERMINAL_CHANNEL), embedded)
