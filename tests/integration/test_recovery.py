@@ -388,3 +388,41 @@ async def test_a_reconciler_sweep_left_doing_by_a_dead_worker_is_released(
     assert (await engine.reconcile()).orphaned_jobs == 1
     status = dict(sql(database_url, "SELECT id, status FROM procrastinate_jobs"))
     assert status == {running: "doing", killed: "failed"}
+
+
+async def test_a_storage_abort_wakes_the_run_after_the_attempt_not_after_its_claim(
+    engine: Engine,
+) -> None:
+    """The outage backoff counts from when the attempt gave up: a long attempt that aborts is
+    not woken at once (its wake time used to be computed from the claim time)."""
+    import asyncio
+
+    from iterflow.core.errors import DatabaseUnavailable
+    from iterflow.core.models import StepRecord
+
+    store = engine.store
+    real = store.checkpoint
+    failures = [DatabaseUnavailable("PostgreSQL error: the server is restarting")]
+
+    async def once_down(lease: object, record: StepRecord, **kw: object) -> None:
+        if failures:
+            raise failures.pop()
+        await real(lease, record, **kw)  # type: ignore[arg-type]
+
+    store.checkpoint = once_down  # type: ignore[method-assign]
+
+    @engine.flow("slow-abort", input=Num, output=int)
+    async def body(ctx: FlowContext, num: Num) -> int:
+        async def slow() -> int:
+            await asyncio.sleep(1.0)
+            return num.n
+
+        return await ctx.step("slow", slow)
+
+    run = await body.start(Num(n=1))
+    assert await engine.worker.advance(run.run_id) is AttemptOutcome.ABORTED
+    detail = await engine.status(run.run_id)
+    assert detail.run.status is RunStatus.RETRYING and detail.run.waiting_for == "storage"
+    assert detail.run.wake_at is not None and detail.run.started_at is not None
+    # claimed at started_at, ran ~1 s, then the 2 s outage backoff
+    assert (detail.run.wake_at - detail.run.started_at).total_seconds() >= 2.9

@@ -125,18 +125,19 @@ class Worker:
             await self.store.fail_unclaimed(lease, exc.to_dict())
             return AttemptOutcome.FAILED
 
+        clock = self._clock_for(claim)  # one clock per attempt: it runs on from the claim
         ctx = FlowContext(
             claim,
             store=self.store,
             settings=self.settings,
             signal_models=flow.signals,
-            clock=self._clock_for(claim),
+            clock=clock,
             rng=self._rng,
         )
         lost = asyncio.Event()
         renewer = asyncio.create_task(self._renew(claim, lost))
         try:
-            return await self._run_body(flow, ctx, value, claim, lost)
+            return await self._run_body(flow, ctx, value, claim, lost, clock)
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError, LeaseLost, FlowError):
@@ -152,6 +153,7 @@ class Worker:
         value: Any,
         claim: Claim,
         lost: asyncio.Event,
+        clock: Callable[[], datetime],
     ) -> AttemptOutcome:
         """Run the body, classify how it ended, and write that end."""
         result: Any = None
@@ -178,7 +180,7 @@ class Worker:
             case decisions.EndDrifted(error=error) | decisions.EndFailed(error=error):
                 await self.store.finish(lease, RunStatus.FAILED, None, error.to_dict())
             case decisions.EndAborted(error=error):
-                await self._abort(lease, error, claim)
+                await self._abort(lease, error, claim, clock())
             case decisions.EndLeaseLost():
                 raise LeaseLost(lease.run_id)
         return end.outcome
@@ -240,11 +242,12 @@ class Worker:
             if not body.done():
                 await _stop(body)
 
-    async def _abort(self, lease: Lease, error: FlowError, claim: Claim) -> None:
-        """Release the run for a retry soon; if storage is still down, lease expiry recovers it."""
+    async def _abort(self, lease: Lease, error: FlowError, claim: Claim, now: datetime) -> None:
+        """Release the run for a retry soon after ``now`` (the end of the attempt, not its
+        claim); if storage is still down, lease expiry recovers it."""
         logger.warning("attempt on run %s aborted: %s", claim.run.id, error)
         with contextlib.suppress(FlowError, LeaseLost):
-            await self.store.suspend(lease, decisions.outage_plan(self._clock_for(claim)()))
+            await self.store.suspend(lease, decisions.outage_plan(now))
 
     async def _renew(self, claim: Claim, lost: asyncio.Event) -> None:
         """Renew the lease every lease/3 while the attempt lasts (the attempt's first checkpoint
