@@ -204,7 +204,7 @@ def test_unexpected_exceptions_keep_their_traceback(
     async def bug(*args: object) -> None:
         raise RuntimeError("a bug in flowctl")
 
-    monkeypatch.setattr("iterflow.cli._list", bug)
+    monkeypatch.setattr("iterflow.cli.runs._list", bug)
     assert main(["--database-url", NOWHERE, "list"]) == 70
     err = capsys.readouterr().err
     assert "Traceback" in err and "RuntimeError: a bug in flowctl" in err

@@ -1,53 +1,70 @@
 """``flowctl demo``: an order flow on embedded PostgreSQL, with a signal sent over HTTP the way a
-payment provider's webhook would send it."""
+payment provider's webhook would send it.
+
+flowctl imports this module to build its parser, so the demo's own imports (pydantic, the
+engine, asyncio, urllib) happen inside the functions that run it.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import argparse
 import contextlib
 import json
 import time
-import urllib.request
 import uuid
-from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+from iterflow.cli.common import Subparsers, database_url
 
-from iterflow.core.models import RunStatus
-from iterflow.core.timeline import render_timeline
-from iterflow.runtime.context import FlowContext
-from iterflow.runtime.engine import Engine, FlowHandle
+if TYPE_CHECKING:
+    import asyncio
 
-__all__ = ["run_demo"]
+    from iterflow.runtime.context import FlowContext
+    from iterflow.runtime.engine import Engine, FlowHandle
 
-
-class OrderIn(BaseModel):
-    """The demo order."""
-
-    order_id: str
-    amount_cents: int
+__all__ = ["build_engine", "register", "run_demo"]
 
 
-class PaymentConfirmed(BaseModel):
-    """What the (simulated) payment provider posts to the webhook."""
-
-    payment_id: str
-    status: str
-
-
-class Receipt(BaseModel):
-    """The demo's output."""
-
-    order_id: str
-    reserved: bool
-    payment_id: str
-    shipped: bool
+def register(subparsers: Subparsers) -> None:
+    """Add ``demo``."""
+    demo = subparsers.add_parser("demo", help="run the order demo on embedded PostgreSQL")
+    demo.add_argument("--sleep", type=float, default=2.0, help="durable sleep in seconds")
+    demo.set_defaults(func=_demo)
 
 
-def build_engine(
-    url: str | None, sleep_seconds: float
-) -> tuple[Engine, FlowHandle[OrderIn, Receipt]]:
-    """The demo engine and its order flow handle."""
+async def _demo(args: argparse.Namespace) -> None:
+    await run_demo(database_url(args), sleep_seconds=args.sleep)
+
+
+def build_engine(url: str | None, sleep_seconds: float) -> tuple[Engine, FlowHandle[Any, Any]]:
+    """The demo engine and its order flow handle: input ``{"order_id", "amount_cents"}``, output
+    a ``Receipt``."""
+    from datetime import timedelta
+
+    from pydantic import BaseModel
+
+    from iterflow.runtime.engine import Engine
+
+    class OrderIn(BaseModel):
+        """The demo order."""
+
+        order_id: str
+        amount_cents: int
+
+    class PaymentConfirmed(BaseModel):
+        """What the (simulated) payment provider posts to the webhook."""
+
+        payment_id: str
+        status: str
+
+    class Receipt(BaseModel):
+        """The demo's output."""
+
+        order_id: str
+        reserved: bool
+        payment_id: str
+        shipped: bool
+
     engine = Engine(url)
 
     @engine.flow(
@@ -77,6 +94,7 @@ def build_engine(
 
 async def _webhook_server(engine: Engine) -> tuple[asyncio.Server, int]:
     """A tiny HTTP endpoint: POST /runs/<id>/signals/<name> with a JSON body."""
+    import asyncio
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -111,6 +129,8 @@ async def _webhook_server(engine: Engine) -> tuple[asyncio.Server, int]:
 
 
 def _post(url: str, data: dict[str, str], key: str) -> str:
+    import urllib.request
+
     request = urllib.request.Request(
         url,
         data=json.dumps(data).encode(),
@@ -123,6 +143,11 @@ def _post(url: str, data: dict[str, str], key: str) -> str:
 
 async def run_demo(url: str | None, *, sleep_seconds: float = 2.0) -> None:
     """Migrate, run one order end to end, print its timeline, and shut everything down."""
+    import asyncio
+
+    from iterflow.core.models import RunStatus
+    from iterflow.core.timeline import render_timeline
+
     t0 = time.monotonic()
     engine, handle = build_engine(url, sleep_seconds)
     async with engine:
@@ -131,8 +156,8 @@ async def run_demo(url: str | None, *, sleep_seconds: float = 2.0) -> None:
         await engine.listen(concurrency=2)
         server, port = await _webhook_server(engine)
         try:
-            order = OrderIn(order_id=f"A-{uuid.uuid4().hex[:6]}", amount_cents=4200)
-            key = f"order-{order.order_id}"
+            order = {"order_id": f"A-{uuid.uuid4().hex[:6]}", "amount_cents": 4200}
+            key = f"order-{order['order_id']}"
             started = await handle.start(order, idempotency_key=key)
             again_start = await handle.start(order, idempotency_key=key)
             run_id = started.run_id

@@ -1,0 +1,61 @@
+"""``flowctl graph``: a flow's step graph, or a run's progress over it."""
+
+from __future__ import annotations
+
+import argparse
+
+from iterflow.cli.common import Subparsers, load_engine, open_engine, parse_json, schema_option
+from iterflow.core.errors import ConfigInvalid, InputInvalid
+
+__all__ = ["register"]
+
+
+def register(subparsers: Subparsers) -> None:
+    """Add ``graph``."""
+    graph = subparsers.add_parser(
+        "graph",
+        parents=[schema_option()],
+        help="print a flow's step graph, or a run's progress on it",
+    )
+    graph.add_argument(
+        "target", nargs="?", help="module:engine:flow_name (module:engine with --run)"
+    )
+    graph.add_argument("--version", type=int, default=None, help="flow version (default: newest)")
+    graph.add_argument("--format", choices=["mermaid", "json"], default="mermaid")
+    graph.add_argument("--input", default=None, help="sample input (JSON) for a raw body's dry run")
+    graph.add_argument(
+        "--run", default=None, help="overlay this run's progress (done/waiting/failed)"
+    )
+    graph.set_defaults(func=_graph)
+
+
+async def _graph(args: argparse.Namespace) -> None:
+    from iterflow.core.describe import graph_of
+    from iterflow.core.graph import render
+    from iterflow.core.progress import graph_from_history, overlay
+
+    sample = parse_json(args.input, "--input", InputInvalid) if args.input else None
+    module, _, rest = (args.target or "").partition(":")
+    attr, _, flow_name = rest.partition(":")
+    # module:engine:flow_name loads the application's engine (its --database-url overriding the
+    # URL set in code); with only --run, a bare engine on the resolved URL reads the run.
+    if args.target:
+        engine = load_engine(f"{module}:{attr}", args.database_url)
+    else:
+        engine = open_engine(args)
+    if args.run is None:  # the flow's graph: static for built flows, else a dry run
+        if not flow_name:
+            raise ConfigInvalid("expected module:engine:flow_name, or --run RUN_ID")
+        registry = engine.registry
+        flow = registry.get(flow_name, args.version) if args.version else registry.latest(flow_name)
+        if flow is None:
+            known = ", ".join(f.key for f in engine.registry.all()) or "none"
+            raise ConfigInvalid(f"flow {flow_name!r} is not registered (registered: {known})")
+        print(render(await graph_of(flow, sample), args.format), end="")
+        return
+    async with engine:  # a run's progress over its flow's graph (or the graph it walked)
+        detail = await engine.status(args.run)
+        flow = engine.registry.get(detail.run.name, detail.run.version)
+        static = getattr(flow, "graph", None)
+        graph = static if static is not None else graph_from_history(detail)
+        print(render(graph, args.format, overlay(graph, detail)), end="")
