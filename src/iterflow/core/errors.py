@@ -44,6 +44,7 @@ __all__ = [
     "RunAttemptsExhausted",
     "RunCanceled",
     "RunNotFound",
+    "ScheduleInvalid",
     "SchemaConflict",
     "SchemaMissing",
     "SignalLimitExceeded",
@@ -288,6 +289,13 @@ class DataRejected(FlowError):
     nothing; retrying the same data fails the same way. Not an outage."""
 
     code = "DATA_REJECTED"
+
+
+class ScheduleInvalid(FlowError):
+    """A cron expression, time zone, window, catch-up, jitter or overlap policy is invalid;
+    nothing was written."""
+
+    code = "SCHEDULE_INVALID"
 
 
 class SignalLimitExceeded(FlowError):
