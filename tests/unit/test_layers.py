@@ -152,3 +152,19 @@ def test_no_import_cycles() -> None:
     """grimp counts ``if TYPE_CHECKING:`` imports: a type-only import is still a dependency."""
     cycles = _cycles()
     assert cycles == [], "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_only_the_outbox_spells_procrastinates_tables() -> None:
+    """procrastinate's tables are spelled in store/outbox.py only (the store builds every other
+    queue statement from its fragments), so a procrastinate upgrade touches one file."""
+    import re
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[2] / "src" / "iterflow"
+    table = re.compile(r"procrastinate_(jobs|workers|events|periodic_defers)\b")
+    spelled = sorted(
+        path.relative_to(package).as_posix()
+        for path in package.rglob("*.py")
+        if table.search(path.read_text())
+    )
+    assert spelled == ["store/outbox.py"]

@@ -33,6 +33,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
 from iterflow.core.errors import DatabaseUnavailable, SchemaConflict, SchemaMissing
+from iterflow.store import outbox
 from iterflow.store.schema import DEFAULT_SCHEMA, VERSION_TABLE, validate_schema_name
 from iterflow.store.urls import psycopg_url
 
@@ -396,19 +397,14 @@ def install_procrastinate(connection: Connection) -> bool:
     connection's default schema, plus the index the wake-up fetch needs. Returns whether it
     installed anything. A later revision that upgrades procrastinate must update this too.
     """
-    if connection.execute(sa.text("SELECT to_regclass('procrastinate_jobs')")).scalar():
+    if connection.execute(sa.text(outbox.INSTALLED_SQL)).scalar():
         return False
     from procrastinate.schema import SchemaManager
 
     # sa.text() on psycopg: SQLAlchemy doubles the % of the RAISE messages and psycopg turns
     # them back into single ones (exec_driver_sql would send them raw and fail).
     connection.execute(sa.text(SchemaManager.get_schema()))
-    connection.execute(
-        sa.text(
-            "CREATE INDEX IF NOT EXISTS procrastinate_jobs_lock_priority_idx "
-            "ON procrastinate_jobs (lock, priority, id) WHERE status IN ('todo', 'doing')"
-        )
-    )
+    connection.execute(sa.text(outbox.LOCK_INDEX_SQL))
     return True
 
 
@@ -473,7 +469,7 @@ def include_name_for(schema: str) -> IncludeName:
     def include_name(name: str | None, type_: str, parent_names: Mapping[str, str | None]) -> bool:
         if type_ == "schema":
             return name == schema
-        return not (name or "").startswith("procrastinate_")
+        return not (name or "").startswith(outbox.TABLE_PREFIX)
 
     return include_name
 
@@ -488,7 +484,7 @@ def include_object_for(schema: str) -> IncludeObject:
     def include_object(
         obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
     ) -> bool:
-        if name is not None and (name.startswith("procrastinate_") or name == VERSION_TABLE):
+        if name is not None and (name.startswith(outbox.TABLE_PREFIX) or name == VERSION_TABLE):
             return False
         if type_ == "table":
             return bool(getattr(obj, "schema", None) == schema)

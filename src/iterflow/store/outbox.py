@@ -6,11 +6,43 @@ into the queued one and keeps the **earliest** due time; it never aborts the tra
 that makes the job due now sends procrastinate's ``job_inserted`` notification itself (its trigger
 only fires on INSERT), so e.g. a signal is picked up at once rather than at the next poll. The
 engine owns retries and timers, so procrastinate's own retry is never used for this task.
+
+The only module that spells procrastinate's tables: every other statement that touches the
+queue (the store's statements, the migrations' install step, the schema filters) builds it from
+the fragments here.
 """
 
 from __future__ import annotations
 
-__all__ = ["TASK_NAME", "reconcile_task_name", "wake_insert_sql"]
+__all__ = [
+    "INSTALLED_SQL",
+    "LOCK_INDEX_SQL",
+    "PENDING_WAKE_SQL",
+    "TABLE_PREFIX",
+    "TASK_NAME",
+    "drop_queued_wakes_sql",
+    "has_live_job_sql",
+    "orphaned_jobs_sql",
+    "reconcile_task_name",
+    "release_doing_sql",
+    "wake_insert_sql",
+]
+
+#: Every procrastinate table, type and function name starts with this (iterflow's migrations and
+#: schema comparisons leave them to procrastinate).
+TABLE_PREFIX = "procrastinate_"
+#: Non-NULL when procrastinate's schema is installed in the connection's search path.
+INSTALLED_SQL = "SELECT to_regclass('procrastinate_jobs')"
+#: The fetch query filters todo/doing jobs by lock; this keeps it fast on big tables.
+LOCK_INDEX_SQL = (
+    "CREATE INDEX IF NOT EXISTS procrastinate_jobs_lock_priority_idx "
+    "ON procrastinate_jobs (lock, priority, id) WHERE status IN ('todo', 'doing')"
+)
+#: The queued (``todo``) wake-up of a run: bind ``:lock`` (the run id as text).
+PENDING_WAKE_SQL = (
+    "SELECT scheduled_at, priority FROM procrastinate_jobs "
+    "WHERE queueing_lock = :lock AND status = 'todo'"
+)
 
 #: The procrastinate task every wake-up job runs.
 TASK_NAME = "iterflow.advance"
@@ -59,3 +91,59 @@ def wake_insert_sql(
                 ELSE procrastinate_jobs.args
             END
         RETURNING id"""
+
+
+def release_doing_sql(source: str) -> str:
+    """End (as ``failed``) the wake-up left ``doing`` for each run id of ``source`` (a CTE
+    with an ``id`` column): it holds the run's job lock. ``RETURNING 1`` per job released."""
+    return f"""
+        UPDATE procrastinate_jobs SET status = 'failed', attempts = attempts + 1
+        WHERE status = 'doing' AND lock IN (SELECT id::text FROM {source})
+        RETURNING 1"""
+
+
+def drop_queued_wakes_sql(source: str) -> str:
+    """Delete the queued wake-up of each run id of ``source`` (a CTE with an ``id`` column).
+    ``RETURNING 1`` per job deleted."""
+    return f"""
+        DELETE FROM procrastinate_jobs
+        WHERE status = 'todo' AND queueing_lock IN (SELECT id::text FROM {source})
+        RETURNING 1"""
+
+
+def has_live_job_sql(run_id_expr: str) -> str:
+    """True when the run ``run_id_expr`` has a wake-up queued or running."""
+    return (
+        "EXISTS (SELECT 1 FROM procrastinate_jobs AS j "
+        f"WHERE j.lock = ({run_id_expr})::text AND j.status IN ('todo', 'doing'))"
+    )
+
+
+def orphaned_jobs_sql(run_is_leased: str) -> str:
+    """End (as ``failed``) the jobs of queue ``:queue`` left ``doing`` by a dead worker.
+
+    A wake-up (task ``:task``) left ``doing`` holds its run's job lock, so the run's next wake-up
+    can never be fetched. It is orphaned when no lease owns its run (``run_is_leased``, an SQL
+    condition on ``j.lock``, the run id as text, is false) and either its worker stopped
+    heartbeating, or it has been ``doing`` longer than the stale window (``:stale`` seconds): a
+    live worker whose ``finish_job`` was lost. A periodic task (``:reconcile_task``) left
+    ``doing`` by a killed worker holds no lock, but nothing else would ever end it: the same
+    rule, without the lease, releases it. Returns one row, ``released``.
+    """
+    return f"""
+        WITH released AS (
+        UPDATE procrastinate_jobs AS j SET status = 'failed', attempts = attempts + 1
+        WHERE j.status = 'doing' AND j.queue_name = :queue
+          AND (j.task_name = :reconcile_task
+               OR (j.task_name = :task AND NOT ({run_is_leased})))
+          AND (j.worker_id IS NULL
+               OR j.worker_id IN (
+                    SELECT id FROM procrastinate_workers
+                    WHERE last_heartbeat < now() - make_interval(secs => :stale))
+               OR NOT EXISTS (
+                    SELECT 1 FROM procrastinate_events AS e
+                    WHERE e.job_id = j.id AND e.type = 'started'
+                      AND e.at >= now() - make_interval(secs => :stale)))
+        RETURNING 1
+        )
+        SELECT count(*) AS released FROM released"""

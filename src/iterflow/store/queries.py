@@ -29,7 +29,14 @@ from iterflow.core.states import (
     StepStatus,
     Unparked,
 )
-from iterflow.store.outbox import wake_insert_sql
+from iterflow.store.outbox import (
+    PENDING_WAKE_SQL,
+    drop_queued_wakes_sql,
+    has_live_job_sql,
+    orphaned_jobs_sql,
+    release_doing_sql,
+    wake_insert_sql,
+)
 from iterflow.store.schema import quote_identifier, status_in
 
 __all__ = ["RUN_COLS", "TERMINAL_CHANNEL", "Statements"]
@@ -303,10 +310,7 @@ class Statements:
                     waiting_for = {_v(WaitKind.RECOVERY)}, updated_at = now()
                 FROM stale WHERE r.id = stale.id
                 RETURNING r.id, r.priority
-            ), stuck AS (
-                UPDATE procrastinate_jobs SET status = 'failed', attempts = attempts + 1
-                WHERE status = 'doing' AND lock IN (SELECT id::text FROM reset)
-                RETURNING 1
+            ), stuck AS ({release_doing_sql("reset")}
             ), ev AS (
                 INSERT INTO {s}.events (run_id, type, data)
                 SELECT id, {_v(EventType.RECOVERED)}, {_jsonb(Recovered())} FROM reset
@@ -357,10 +361,7 @@ class Statements:
             ), ev AS (
                 INSERT INTO {s}.events (run_id, type, data)
                 SELECT id, {_v(EventType.CANCELED)}, CAST(:event AS jsonb) FROM upd RETURNING 1
-            ), dropped AS (
-                DELETE FROM procrastinate_jobs
-                WHERE status = 'todo' AND queueing_lock IN (SELECT id::text FROM upd)
-                RETURNING 1
+            ), dropped AS ({drop_queued_wakes_sql("upd")}
             ), parents AS (
                 {
             wake_insert_sql(
@@ -376,38 +377,18 @@ class Statements:
             SELECT (SELECT count(*) FROM upd) AS canceled,
                    (SELECT count(*) FROM notified) AS notified,
                    (SELECT count(*) FROM dropped) AS dropped""")
-        # A wake-up left ``doing`` holds its run's job lock, so the run's next wake-up can never
-        # be fetched. It is orphaned when no lease owns its run and either its worker stopped
-        # heartbeating, or it has been ``doing`` longer than the stale window: a live worker
-        # whose ``finish_job`` was lost (its connection died after the attempt committed).
-        # A reconciler sweep left ``doing`` by a killed worker holds no lock, but nothing else
-        # would ever end it: the same rule, without the lease, releases it.
-        self.release_orphans = sa.text(f"""
-            WITH released AS (
-            UPDATE procrastinate_jobs AS j SET status = 'failed', attempts = attempts + 1
-            WHERE j.status = 'doing' AND j.queue_name = :queue
-              AND (j.task_name = :reconcile_task
-                   OR (j.task_name = :task AND NOT EXISTS (
-                        SELECT 1 FROM {s}.runs AS r
-                        WHERE r.id::text = j.lock AND r.status = {_RUNNING}
-                          AND r.lease_expires_at >= now())))
-              AND (j.worker_id IS NULL
-                   OR j.worker_id IN (
-                        SELECT id FROM procrastinate_workers
-                        WHERE last_heartbeat < now() - make_interval(secs => :stale))
-                   OR NOT EXISTS (
-                        SELECT 1 FROM procrastinate_events AS e
-                        WHERE e.job_id = j.id AND e.type = 'started'
-                          AND e.at >= now() - make_interval(secs => :stale)))
-            RETURNING 1
+        # A wake-up or periodic sweep left ``doing`` by a dead worker (see orphaned_jobs_sql).
+        self.release_orphans = sa.text(
+            orphaned_jobs_sql(
+                f"EXISTS (SELECT 1 FROM {s}.runs AS r WHERE r.id::text = j.lock "
+                f"AND r.status = {_RUNNING} AND r.lease_expires_at >= now())"
             )
-            SELECT count(*) AS released FROM released""")
+        )
         self.rewake = sa.text(f"""
             WITH stranded AS (
                 SELECT r.id, r.priority FROM {s}.runs AS r
                 WHERE {status_in(RESUMABLE_STATUSES, "r.status")}
-                  AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs AS j
-                                  WHERE j.lock = r.id::text AND j.status IN ('todo', 'doing'))
+                  AND NOT {has_live_job_sql("r.id")}
                   AND (
                     (r.status = {_PENDING} AND (r.wake_at IS NULL OR r.wake_at <= now()))
                     OR (r.status = {_RETRYING}
@@ -440,10 +421,7 @@ class Statements:
                 RETURNING 1
             ), job AS ({wake_insert_sql("stranded", wake_at="NULL", priority="stranded.priority")})
             SELECT (SELECT count(*) FROM stranded) AS rewoken""")
-        self.pending_wake = sa.text(
-            "SELECT scheduled_at, priority FROM procrastinate_jobs "
-            "WHERE queueing_lock = :lock AND status = 'todo'"
-        )
+        self.pending_wake = sa.text(PENDING_WAKE_SQL)
         self.detail_steps = sa.text(
             f"SELECT * FROM {s}.steps WHERE run_id = :run_id ORDER BY position"
         )

@@ -17,6 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from iterflow.core.errors import ConfigInvalid
+from iterflow.core.schedule import OVERLAP_POLICIES
+from iterflow.core.scheduling import SCHEDULE_SOURCES
 from iterflow.core.states import LIVE_STATUSES, RunStatus, StepStatus, ordered
 
 __all__ = [
@@ -27,6 +29,8 @@ __all__ = [
     "metadata",
     "quote_identifier",
     "runs",
+    "schedule_events",
+    "schedules",
     "signals",
     "status_in",
     "steps",
@@ -198,6 +202,62 @@ events = sa.Table(
     sa.Column("data", pg.JSONB),
     sa.Column("at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
     sa.Index("ix_events_run_id_id", "run_id", "id"),
+)
+
+
+#: The overlap policies and sources a schedule may hold (CHECK constraints).
+OVERLAP_SQL = "overlap IN (" + ", ".join(f"'{p}'" for p in OVERLAP_POLICIES) + ")"
+SOURCE_SQL = "source IN (" + ", ".join(f"'{p}'" for p in SCHEDULE_SOURCES) + ")"
+
+schedules = sa.Table(
+    "schedules",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("flow", sa.Text, nullable=False),
+    sa.Column("version", sa.Integer),
+    sa.Column("cron", sa.Text, nullable=False),
+    sa.Column("tz", sa.Text, nullable=False),
+    sa.Column("input", pg.JSONB),
+    sa.Column("overlap", sa.Text, nullable=False, server_default="skip"),
+    sa.Column("catchup_seconds", sa.Integer),
+    sa.Column("jitter_seconds", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("start_at", sa.DateTime(timezone=True)),
+    sa.Column("end_at", sa.DateTime(timezone=True)),
+    sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("next_tick", sa.DateTime(timezone=True)),
+    sa.Column("last_tick", sa.DateTime(timezone=True)),
+    sa.Column("buffered_tick", sa.DateTime(timezone=True)),
+    sa.Column("last_run_id", pg.UUID(as_uuid=True)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.CheckConstraint(OVERLAP_SQL, name="overlap"),
+    sa.CheckConstraint(SOURCE_SQL, name="source"),
+    # The sweep's two ways in: due ticks, and buffered ticks waiting for their previous run.
+    sa.Index("ix_schedules_next_tick", "next_tick", postgresql_where=sa.text("NOT paused")),
+    sa.Index(
+        "ix_schedules_buffered_tick",
+        "buffered_tick",
+        postgresql_where=sa.text("buffered_tick IS NOT NULL AND NOT paused"),
+    ),
+)
+
+schedule_events = sa.Table(
+    "schedule_events",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column(
+        "schedule_id",
+        sa.Text,
+        sa.ForeignKey("schedules.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("tick", sa.DateTime(timezone=True)),
+    sa.Column("run_id", pg.UUID(as_uuid=True)),
+    sa.Column("data", pg.JSONB),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Index("ix_schedule_events_schedule_id_id", "schedule_id", "id"),
 )
 
 

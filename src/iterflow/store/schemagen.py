@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from iterflow.store import schema as schema_module
+from iterflow.store.outbox import TABLE_PREFIX
 from iterflow.store.schema import VERSION_TABLE, validate_schema_name
 
 __all__ = ["metadata_for", "render_module", "render_sql", "write_schema"]
@@ -244,7 +245,7 @@ def render_module(schema: str = schema_module.DEFAULT_SCHEMA) -> str:
 # so that autogenerate neither drops nor re-creates them and your revisions can create them
 # (with include_schemas=True; add `op.execute("CREATE SCHEMA IF NOT EXISTS {schema}")` before
 # them, autogenerate does not create schemas). Give alembic an `include_object` that skips names
-# starting with "procrastinate_" and iterflow's own version table "{VERSION_TABLE}".
+# starting with "{TABLE_PREFIX}" and iterflow's own version table "{VERSION_TABLE}".
 #
 # Not included: procrastinate's job-queue tables, functions and types. Once your migrations
 # have created these tables, run `flowctl migrate --stamp{_schema_flag(schema)}`: it checks them
