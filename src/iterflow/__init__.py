@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     )
     from iterflow.core.progress import graph_from_history, overlay
     from iterflow.core.retry import RetryPolicy
+    from iterflow.core.scheduling import ScheduleEvent, ScheduleRecord, Tick
     from iterflow.core.settings import Settings
     from iterflow.runtime.context import FlowContext
     from iterflow.runtime.engine import Engine, FlowHandle
@@ -92,6 +93,10 @@ _EXPORTS: dict[str, str] = {
     "StepKind": "iterflow.core.models",
     "StepRecord": "iterflow.core.models",
     "StepStatus": "iterflow.core.models",
+    # schedules
+    "Tick": "iterflow.core.scheduling",
+    "ScheduleRecord": "iterflow.core.scheduling",
+    "ScheduleEvent": "iterflow.core.scheduling",
     # graphs
     "describe": "iterflow.core.describe",
     "graph_of": "iterflow.core.describe",
@@ -131,6 +136,8 @@ __all__ = [
     "RunPage",
     "RunRecord",
     "RunStatus",
+    "ScheduleEvent",
+    "ScheduleRecord",
     "Settings",
     "SignalResult",
     "SignalTimeout",
@@ -141,6 +148,7 @@ __all__ = [
     "StepRecord",
     "StepStatus",
     "StepTimeout",
+    "Tick",
     "describe",
     "flow",
     "graph_from_history",

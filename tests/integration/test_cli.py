@@ -54,6 +54,8 @@ def test_migrate_installs_the_tables(empty_database_url: str) -> None:
         "events",
         "iterflow_alembic_version",
         "runs",
+        "schedule_events",
+        "schedules",
         "signals",
         "steps",
         "timers",
@@ -272,3 +274,45 @@ def test_stamp_refuses_tables_that_differ(
         (None,)
     ]
     assert sql(empty_database_url, "SELECT to_regclass('procrastinate_jobs')") == [(None,)]
+
+
+def test_schedules_commands(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+    import json
+    from datetime import UTC, datetime
+
+    from iterflow import Engine
+
+    async def create() -> None:
+        async with Engine(database_url) as engine:
+            from iterflow import FlowContext, Tick
+
+            @engine.flow("nightly", input=Tick, output=Tick)
+            async def nightly(ctx: FlowContext, tick: Tick) -> Tick:
+                return tick
+
+            await engine.schedule(
+                nightly,
+                cron="0 2 * * *",
+                tz="Europe/Paris",
+                id="nightly",
+                start_at=datetime(2040, 1, 1, tzinfo=UTC),
+            )
+
+    asyncio.run(create())
+    url = ["--database-url", database_url]
+    assert main([*url, "schedules", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "nightly" in out and "2040-01-01 02:00 CET (2040-01-01 01:00 UTC)" in out
+    assert main([*url, "schedules", "show", "nightly", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["next_tick"] == "2040-01-01T01:00:00+00:00"
+    assert shown["next_tick_local"] == "2040-01-01T02:00:00+01:00"
+    assert [e["type"] for e in shown["events"]] == ["created"]
+    assert main([*url, "schedules", "pause", "nightly", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["paused"] is True
+    assert main([*url, "schedules", "resume", "nightly"]) == 0
+    assert capsys.readouterr().out == "resumed nightly\n"
+    assert main([*url, "schedules", "delete", "nightly"]) == 0
+    assert main([*url, "schedules", "show", "nightly"]) != 0
+    assert "SCHEDULE_NOT_FOUND" in capsys.readouterr().err

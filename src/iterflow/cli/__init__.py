@@ -9,8 +9,9 @@ of :data:`EXIT_CODES` (``-v`` adds the traceback). Anything else is a bug and ke
 
 This module is the top-level parser, its global options and the exit statuses. Each command group
 is a module (:mod:`~iterflow.cli.schema`, :mod:`~iterflow.cli.worker`, :mod:`~iterflow.cli.runs`,
-:mod:`~iterflow.cli.graph`, :mod:`~iterflow.cli.demo`) whose ``register(subparsers)`` adds its
-subcommands with ``set_defaults(func=...)``; :func:`main` calls ``args.func(args)``.
+:mod:`~iterflow.cli.schedules`, :mod:`~iterflow.cli.graph`, :mod:`~iterflow.cli.demo`) whose
+``register(subparsers)`` adds its subcommands with ``set_defaults(func=...)``; :func:`main` calls
+``args.func(args)``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import textwrap
 import traceback
 from collections.abc import Sequence
 
-from iterflow.cli import demo, graph, runs, schema, worker
+from iterflow.cli import demo, graph, runs, schedules, schema, worker
 from iterflow.cli.common import Command
 from iterflow.core.errors import (
     ConfigInvalid,
@@ -120,7 +121,7 @@ def _epilog() -> str:
 # Only the pure core at import time: each command imports the store and the runtime
 # (SQLAlchemy, asyncpg, procrastinate), and asyncio, when it runs, so `flowctl --help` and usage
 # errors stay fast. The groups add their subcommands in this order (the order of --help).
-_COMMAND_GROUPS = (schema, worker, runs, graph, demo)
+_COMMAND_GROUPS = (schema, worker, runs, schedules, graph, demo)
 
 
 def _parser() -> argparse.ArgumentParser:

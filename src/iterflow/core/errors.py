@@ -44,7 +44,9 @@ __all__ = [
     "RunAttemptsExhausted",
     "RunCanceled",
     "RunNotFound",
+    "ScheduleConflict",
     "ScheduleInvalid",
+    "ScheduleNotFound",
     "SchemaConflict",
     "SchemaMissing",
     "SignalLimitExceeded",
@@ -296,6 +298,19 @@ class ScheduleInvalid(FlowError):
     nothing was written."""
 
     code = "SCHEDULE_INVALID"
+
+
+class ScheduleConflict(FlowError):
+    """A schedule with this id exists with another definition (or from another source); nothing
+    was written. Delete it first, or pick another id."""
+
+    code = "SCHEDULE_CONFLICT"
+
+
+class ScheduleNotFound(FlowError):
+    """No schedule has this id."""
+
+    code = "SCHEDULE_NOT_FOUND"
 
 
 class SignalLimitExceeded(FlowError):

@@ -40,14 +40,17 @@ from iterflow.core.models import (
     StartOptions,
     StartResult,
 )
+from iterflow.core.scheduling import ScheduleEvent, ScheduleRecord
 from iterflow.core.settings import CONNECTION_SETTINGS, Settings
 from iterflow.runtime.backend import Backend, open_backend
 from iterflow.runtime.host import run_procrastinate, stale_worker_seconds
 from iterflow.runtime.notify import LocalNotifier, TerminalListener
 from iterflow.runtime.reconciler import Reconciler, ReconcileReport
 from iterflow.runtime.results import Notifier, wait_for_end
+from iterflow.runtime.scheduler import Scheduler, SweepReport
+from iterflow.runtime.schedules import Schedules
 from iterflow.runtime.worker import Worker
-from iterflow.store.base import Store
+from iterflow.store.base import ScheduleStore, Store
 from iterflow.store.memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -157,6 +160,9 @@ class Engine:
         self._memory: MemoryStore | None = None
         self._notifier: Notifier | None = None
         self._local: LocalNotifier | None = None
+        self._scheduler: Scheduler | None = None
+        self._schedules = Schedules(self.registry, lambda: self.settings)
+        self._synced = False
 
     @classmethod
     def in_memory(cls, *, clock: Callable[[], datetime] | None = None, **overrides: Any) -> Engine:
@@ -247,6 +253,7 @@ class Engine:
                 clock=self._memory.clock,
             )
             self._reconciler = Reconciler(self._store, batch=self.settings.reconcile_batch)
+            self._scheduler = Scheduler(self._memory, self.registry, self.settings)
             return
         backend = self._backend = await open_backend(self.settings)
         self._url = backend.url
@@ -258,6 +265,7 @@ class Engine:
             batch=self.settings.reconcile_batch,
             stale_worker_seconds=stale_worker_seconds(self.settings),
         )
+        self._scheduler = Scheduler(backend.store, self.registry, self.settings)
 
     async def close(self) -> None:
         """Stop workers and the listener, dispose the pool, release the embedded server."""
@@ -333,6 +341,8 @@ class Engine:
         output: type[Out],
         signals: Mapping[str, type[Any]] | None = None,
         drift_policy: DriftPolicy = "fail",
+        schedule: str | None = None,
+        tz: str = "UTC",
     ) -> Callable[[Callable[[FlowContext, In], Awaitable[Out]]], FlowHandle[In, Out]]:
         """Register ``async def body(ctx, input) -> output`` as flow ``name`` at ``version``.
 
@@ -340,6 +350,8 @@ class Engine:
         ``engine.signal`` can validate payloads before storing them. ``drift_policy="park"``
         parks runs whose history no longer matches the body (or whose version is gone) instead
         of failing them; ``engine.retry`` or a worker start re-checks them.
+        ``schedule="0 9 * * MON-FRI"`` (with ``tz=``) starts it on that cron (its input must be
+        :class:`iterflow.Tick`); see :meth:`register`.
         """
 
         def register(body: Callable[[FlowContext, In], Awaitable[Out]]) -> FlowHandle[In, Out]:
@@ -352,12 +364,20 @@ class Engine:
                 signals=dict(signals or {}),
                 drift_policy=drift_policy,
             )
-            return self.register(definition)
+            return self.register(definition, schedule=schedule, tz=tz)
 
         return register
 
-    def register(self, definition: FlowDef[In, Out]) -> FlowHandle[In, Out]:
-        """Register a flow definition and return its typed handle."""
+    def register(
+        self, definition: FlowDef[In, Out], *, schedule: str | None = None, tz: str = "UTC"
+    ) -> FlowHandle[In, Out]:
+        """Register a flow definition and return its typed handle.
+
+        With ``schedule`` (a 5-field cron, in IANA zone ``tz``) the flow, whose input must be
+        :class:`iterflow.Tick`, is started on every tick by a schedule whose id is the flow's
+        name, written when a worker starts (``SCHEDULE_INVALID`` here for a bad expression)."""
+        if schedule is not None:
+            self._schedules.declare(definition, schedule, tz)
         self.registry.add(definition)
         return FlowHandle(self, definition)
 
@@ -535,6 +555,97 @@ class Engine:
             raise ConfigInvalid("the engine is not open; use `async with Engine(...)`")
         return await self._reconciler.sweep()
 
+    # -- schedules (runtime/schedules.py; semantics in docs/schedules.md) ----------------------
+
+    @property
+    def _schedule_store(self) -> ScheduleStore:
+        return cast(ScheduleStore, self.store)
+
+    async def schedule(
+        self,
+        flow: FlowHandle[Any, Any],
+        *,
+        cron: str,
+        tz: str = "UTC",
+        input: Any = None,
+        id: str | None = None,
+        overlap: str = "skip",
+        catchup: DurationLike | None = None,
+        jitter: DurationLike = 0,
+        start_at: datetime | None = None,
+        end_at: datetime | None = None,
+        pin_version: bool = False,
+    ) -> ScheduleRecord:
+        """Start ``flow`` on every tick of ``cron`` in zone ``tz``; returns the schedule.
+
+        Without ``input`` runs get a :class:`iterflow.Tick`. Everything is checked before any
+        write (``SCHEDULE_INVALID``, ``INPUT_INVALID``); an ``id`` that exists with another
+        definition is ``SCHEDULE_CONFLICT``, with the same one the existing schedule returns.
+        """
+        return await self._schedules.create(
+            self._schedule_store,
+            flow.definition,
+            cron=cron,
+            tz=tz,
+            input=input,
+            id=id,
+            overlap=overlap,
+            catchup=catchup,
+            jitter=jitter,
+            start_at=start_at,
+            end_at=end_at,
+            pin_version=pin_version,
+        )
+
+    async def get_schedule(self, schedule_id: str) -> ScheduleRecord:
+        """One schedule (``SCHEDULE_NOT_FOUND`` if none)."""
+        return await self._schedules.get(self._schedule_store, schedule_id)
+
+    async def list_schedules(self) -> list[ScheduleRecord]:
+        """Every schedule, by id."""
+        return await self._schedule_store.list_schedules()
+
+    async def schedule_events(self, schedule_id: str, *, limit: int = 50) -> list[ScheduleEvent]:
+        """A schedule's newest decisions (started, skipped, buffered, paused...), newest first."""
+        await self.get_schedule(schedule_id)
+        return await self._schedule_store.schedule_events(
+            schedule_id, limit=inputs.check_limit(limit)
+        )
+
+    async def pause(self, schedule_id: str) -> ScheduleRecord:
+        """Stop starting runs for the schedule (its runs go on)."""
+        return await self._schedules.pause(self._schedule_store, schedule_id)
+
+    async def resume(self, schedule_id: str) -> ScheduleRecord:
+        """Start again from the next tick; ticks missed while paused are not caught up."""
+        return await self._schedules.resume(self._schedule_store, schedule_id)
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        """Delete the schedule and its events; its runs stay."""
+        await self._schedules.delete(self._schedule_store, schedule_id)
+
+    async def trigger(self, schedule_id: str) -> StartResult:
+        """Start one run of the schedule now, as if a tick fell now."""
+        return await self._schedules.trigger(self._schedule_store, schedule_id)
+
+    async def backfill(self, schedule_id: str, start: datetime, end: datetime) -> list[StartResult]:
+        """Start the ticks in ``[start, end]``; ticks that already have a run start nothing."""
+        return await self._schedules.backfill(self._schedule_store, schedule_id, start, end)
+
+    async def sync_schedules(self) -> None:
+        """Write the schedules declared in code (a worker start does it)."""
+        await self._schedules.sync(self._schedule_store)
+        self._synced = True
+
+    async def sweep_schedules(self, *, now: datetime | None = None) -> SweepReport:
+        """Run one schedule sweep now (workers run it every second); ``now`` replaces the
+        database's clock (tests)."""
+        if self._scheduler is None:
+            raise ConfigInvalid("the engine is not open; use `async with Engine(...)`")
+        if self._memory is not None and not self._synced:
+            await self.sync_schedules()
+        return await self._scheduler.sweep(now=now)
+
     # -- workers ------------------------------------------------------------------------------
 
     async def listen(self, *, concurrency: int = 4) -> None:
@@ -559,19 +670,23 @@ class Engine:
         memory = self._memory
         if memory is None:
             raise ConfigInvalid("drain() is for Engine.in_memory(); use workers on PostgreSQL")
-        attempts = 0
-        while (run_id := memory.take_due_wake()) is not None:
-            try:
-                await self.worker.advance(run_id)
-            finally:
-                memory.wake_done(run_id)
-            attempts += 1
+        attempts, busy = 0, True
+        while busy:
+            busy = bool((await self.sweep_schedules()).schedules)  # due ticks fire here
+            while (run_id := memory.take_due_wake()) is not None:
+                try:
+                    await self.worker.advance(run_id)
+                finally:
+                    memory.wake_done(run_id)
+                attempts += 1
+                busy = True
         return attempts
 
     async def run_worker(self, *, concurrency: int = 4) -> None:
         """Run a procrastinate worker executing wake-ups until cancelled."""
         if concurrency < 1:
             raise ConfigInvalid("concurrency must be at least 1")
+        await self.sync_schedules()
         names = sorted({f.name for f in self.registry.all()})
         if requeued := await self.store.requeue_parked(names):  # re-check them on this code
             logger.info("re-checking %d parked run(s) on the flows of this worker", requeued)
@@ -586,6 +701,7 @@ class Engine:
             self.settings,
             self.database_url,
             reconcile=self.reconcile,
+            sweep_schedules=self.sweep_schedules,
             concurrency=concurrency,
         )
 

@@ -18,10 +18,13 @@ from typing import Any
 from iterflow.core.errors import FlowError
 from iterflow.core.settings import Settings
 from iterflow.runtime.worker import Worker
-from iterflow.store.outbox import TASK_NAME, reconcile_task_name
+from iterflow.store.outbox import TASK_NAME, reconcile_task_name, schedule_task_name
 from iterflow.store.urls import libpq_url
 
-__all__ = ["reconcile_cron", "run_procrastinate", "stale_worker_seconds"]
+__all__ = ["SCHEDULE_SWEEP_SECONDS", "reconcile_cron", "run_procrastinate", "stale_worker_seconds"]
+
+#: The schedule sweep's period: ticks start within about a second of their time.
+SCHEDULE_SWEEP_SECONDS = 1
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +35,7 @@ async def run_procrastinate(
     database_url: str,
     *,
     reconcile: Callable[[], Awaitable[object]],
+    sweep_schedules: Callable[[], Awaitable[object]] | None = None,
     concurrency: int,
 ) -> None:
     """Run procrastinate's worker on this engine's queue until cancelled.
@@ -40,7 +44,9 @@ async def run_procrastinate(
     LISTEN connection loses the database, e.g. during a PostgreSQL restart (procrastinate issue
     #1116); runs are safe in PostgreSQL, so the loop is started again with backoff.
     """
-    app = _procrastinate_app(worker, settings, database_url, reconcile, concurrency)
+    app = _procrastinate_app(
+        worker, settings, database_url, reconcile, concurrency, sweep_schedules
+    )
     failures = 0
     while True:
         started = time.monotonic()
@@ -89,9 +95,10 @@ def _procrastinate_app(
     database_url: str,
     reconcile: Callable[[], Awaitable[object]],
     concurrency: int,
+    sweep_schedules: Callable[[], Awaitable[object]] | None = None,
 ) -> Any:
-    """The procrastinate app: the wake-up task and the periodic reconciler (no retry strategy:
-    the engine owns retries and timers)."""
+    """The procrastinate app: the wake-up task, the periodic reconciler and the periodic
+    schedule sweep (no retry strategy: the engine owns retries and timers)."""
     import procrastinate
 
     app = procrastinate.App(
@@ -121,6 +128,18 @@ def _procrastinate_app(
             await reconcile()
         except FlowError as exc:
             logger.warning("reconciler sweep failed: %s", exc)
+
+    if sweep_schedules is not None:
+        sweep = sweep_schedules
+        name = schedule_task_name(settings.db_schema)
+
+        @app.periodic(cron=reconcile_cron(SCHEDULE_SWEEP_SECONDS), periodic_id=settings.queue_name)
+        @app.task(name=name, queue=settings.queue_name, queueing_lock=name, pass_context=False)
+        async def schedule_task(timestamp: int) -> None:
+            try:
+                await sweep()
+            except FlowError as exc:
+                logger.warning("schedule sweep failed: %s", exc)
 
     return app
 

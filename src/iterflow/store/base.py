@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -24,8 +25,20 @@ from iterflow.core.models import (
     SuspendPlan,
     TimerRecord,
 )
+from iterflow.core.scheduling import ScheduleEvent, ScheduleRecord, ScheduleSpec
 
-__all__ = ["Claim", "Lease", "Store", "WakeUp", "signal_limit"]
+__all__ = [
+    "Claim",
+    "DueSchedule",
+    "Lease",
+    "ScheduleBatch",
+    "ScheduleStore",
+    "ScheduleWrite",
+    "ScheduledStart",
+    "Store",
+    "WakeUp",
+    "signal_limit",
+]
 
 
 def signal_limit(run_id: uuid.UUID, cap: int) -> SignalLimitExceeded:
@@ -209,4 +222,128 @@ class Store(Protocol):
 
     async def detail(self, run_id: uuid.UUID) -> RunDetail | None:
         """A run with its steps, signals, timers and events."""
+        ...
+
+
+# -- schedules ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DueSchedule:
+    """A due schedule, locked for this sweep, with the live state of its last run."""
+
+    record: ScheduleRecord
+    previous_live: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledStart:
+    """A run to start for a tick (its idempotency key, tags, meta and due time are set)."""
+
+    tick: datetime
+    run: NewRun
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleWrite:
+    """What :meth:`ScheduleBatch.apply` writes for one schedule, in the sweep's transaction:
+    ``cancel_previous`` (the schedule's last run, with its live descendants), the runs of
+    ``starts`` (each with its ``started`` run event and wake-up job, plus a ``started``
+    schedule event), the new state and ``events``."""
+
+    starts: tuple[ScheduledStart, ...]
+    cancel_previous: bool
+    last_tick: datetime | None
+    next_tick: datetime | None
+    buffered_tick: datetime | None
+    events: tuple[ScheduleEvent, ...] = ()
+
+
+class ScheduleBatch(Protocol):
+    """The due schedules of one sweep, locked until the sweep's transaction ends.
+
+    ``now`` is the store's clock (PostgreSQL's ``now()`` of the transaction) unless the sweep
+    was given one. The caller computes each schedule's write from ``due`` (the pure core) and
+    calls :meth:`apply` once per schedule; leaving the ``async with`` commits everything
+    applied, an exception rolls it all back.
+    """
+
+    now: datetime
+    due: Sequence[DueSchedule]
+
+    async def apply(self, schedule_id: str, write: ScheduleWrite) -> list[StartResult]:
+        """Write one schedule's plan; returns the start results, in ``write.starts`` order (an
+        existing idempotency key returns the existing run, ``created=False``)."""
+        ...
+
+
+class ScheduleStore(Protocol):
+    """Schedules and their decisions. A tick's run is started with the idempotency key
+    ``tick_idempotency_key(id, tick)``, so racing sweeps or backfills never start it twice."""
+
+    async def schedule_now(self) -> datetime:
+        """The store's clock (PostgreSQL's ``now()``)."""
+        ...
+
+    async def create_schedule(
+        self, spec: ScheduleSpec, *, last_tick: datetime | None, next_tick: datetime | None
+    ) -> bool:
+        """Insert the schedule (and a ``created`` event) unless its id exists; True if created."""
+        ...
+
+    async def update_schedule(
+        self,
+        spec: ScheduleSpec,
+        *,
+        last_tick: datetime | None,
+        next_tick: datetime | None,
+        paused: bool,
+    ) -> bool:
+        """Replace a schedule's definition and state (an ``updated`` event); False if absent.
+        A buffered tick is dropped."""
+        ...
+
+    async def set_schedule_paused(
+        self,
+        schedule_id: str,
+        paused: bool,
+        *,
+        event: ScheduleEvent,
+        last_tick: datetime | None = None,
+        next_tick: datetime | None = None,
+    ) -> bool:
+        """Pause or resume (resuming sets ``last_tick``/``next_tick``), recording ``event``;
+        False if absent."""
+        ...
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        """Delete a schedule and its events (its runs stay); False if absent."""
+        ...
+
+    async def get_schedule(self, schedule_id: str) -> ScheduleRecord | None:
+        """One schedule."""
+        ...
+
+    async def list_schedules(self) -> list[ScheduleRecord]:
+        """Every schedule, by id."""
+        ...
+
+    async def schedule_events(self, schedule_id: str, *, limit: int) -> list[ScheduleEvent]:
+        """A schedule's newest ``limit`` events, newest first."""
+        ...
+
+    def sweep_schedules(
+        self, *, limit: int, now: datetime | None = None
+    ) -> AbstractAsyncContextManager[ScheduleBatch]:
+        """Lock up to ``limit`` due schedules (``FOR UPDATE SKIP LOCKED``: concurrent sweeps
+        take disjoint rows), oldest ``next_tick`` first, in one transaction. Due: not paused and
+        ``next_tick <= now``, or a buffered tick whose previous run is no longer live."""
+        ...
+
+    async def start_scheduled(
+        self, schedule_id: str, starts: Sequence[ScheduledStart], *, event: str
+    ) -> list[StartResult]:
+        """Start runs of a schedule outside the sweep (``triggered``, ``backfilled``) in one
+        transaction, recording one ``event`` per run; a ``triggered`` run becomes the
+        schedule's last run."""
         ...

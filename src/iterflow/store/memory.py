@@ -16,10 +16,11 @@ reads best as one class beside them; the data checks at its end stand for Postgr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -44,6 +45,7 @@ from iterflow.core.models import (
     SuspendPlan,
     TimerRecord,
 )
+from iterflow.core.scheduling import ScheduleEvent, ScheduleRecord, ScheduleSpec
 from iterflow.core.states import (
     RESUMABLE_STATUSES,
     TERMINAL_STATUSES,
@@ -60,7 +62,15 @@ from iterflow.core.states import (
     Unparked,
     finished_event,
 )
-from iterflow.store.base import Claim, Lease, WakeUp, signal_limit
+from iterflow.store.base import (
+    Claim,
+    DueSchedule,
+    Lease,
+    ScheduledStart,
+    ScheduleWrite,
+    WakeUp,
+    signal_limit,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -148,6 +158,10 @@ class MemoryStore:
         self._seq = 0  # runs.seq
         self._signal_ids = 0  # signals.id
         self._event_ids = 0  # events.id
+        self._schedule_event_ids = 0  # schedule_events.id
+        self._schedules: dict[str, ScheduleRecord] = {}
+        self._schedule_events: dict[str, list[ScheduleEvent]] = {}
+        self._swept: set[str] = set()  # schedules locked by a sweep in progress
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -645,6 +659,177 @@ class MemoryStore:
             timers=tuple(sorted(self._timers.get(run_id, {}).values(), key=lambda t: t.fire_at)),
             events=tuple(self._events.get(run_id, [])),
         )
+
+    # -- schedules ----------------------------------------------------------------------------
+
+    async def schedule_now(self) -> datetime:
+        return self.clock()
+
+    def _schedule_event(self, schedule_id: str, event: ScheduleEvent) -> None:
+        self._schedule_event_ids += 1
+        at = self.clock()
+        self._schedule_events.setdefault(schedule_id, []).append(
+            dataclasses.replace(event, id=self._schedule_event_ids, at=at)
+        )
+
+    async def create_schedule(
+        self, spec: ScheduleSpec, *, last_tick: datetime | None, next_tick: datetime | None
+    ) -> bool:
+        if spec.id in self._schedules:
+            return False
+        _storable("schedule", spec.input, texts=(spec.id, spec.flow, spec.cron, spec.tz))
+        now = self.clock()
+        self._schedules[spec.id] = ScheduleRecord(
+            spec, False, next_tick, last_tick, None, None, now, now
+        )
+        data = {"cron": spec.cron, "tz": spec.tz, "source": spec.source}
+        self._schedule_event(spec.id, ScheduleEvent("created", data=data))
+        return True
+
+    async def update_schedule(
+        self,
+        spec: ScheduleSpec,
+        *,
+        last_tick: datetime | None,
+        next_tick: datetime | None,
+        paused: bool,
+    ) -> bool:
+        current = self._schedules.get(spec.id)
+        if current is None:
+            return False
+        _storable("schedule", spec.input, texts=(spec.id, spec.flow, spec.cron, spec.tz))
+        self._schedules[spec.id] = dataclasses.replace(
+            current,
+            spec=spec,
+            last_tick=last_tick,
+            next_tick=next_tick,
+            paused=paused,
+            buffered_tick=None,
+            updated_at=self.clock(),
+        )
+        data = {"cron": spec.cron, "tz": spec.tz, "source": spec.source}
+        self._schedule_event(spec.id, ScheduleEvent("updated", data=data))
+        return True
+
+    async def set_schedule_paused(
+        self,
+        schedule_id: str,
+        paused: bool,
+        *,
+        event: ScheduleEvent,
+        last_tick: datetime | None = None,
+        next_tick: datetime | None = None,
+    ) -> bool:
+        current = self._schedules.get(schedule_id)
+        if current is None:
+            return False
+        self._schedules[schedule_id] = dataclasses.replace(
+            current,
+            paused=paused,
+            last_tick=current.last_tick if last_tick is None else last_tick,
+            next_tick=current.next_tick if paused else next_tick,
+            updated_at=self.clock(),
+        )
+        self._schedule_event(schedule_id, event)
+        return True
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        self._schedule_events.pop(schedule_id, None)
+        return self._schedules.pop(schedule_id, None) is not None
+
+    async def get_schedule(self, schedule_id: str) -> ScheduleRecord | None:
+        return self._schedules.get(schedule_id)
+
+    async def list_schedules(self) -> list[ScheduleRecord]:
+        return [self._schedules[k] for k in sorted(self._schedules)]
+
+    async def schedule_events(self, schedule_id: str, *, limit: int) -> list[ScheduleEvent]:
+        return list(reversed(self._schedule_events.get(schedule_id, [])))[:limit]
+
+    def _previous_live(self, record: ScheduleRecord) -> bool:
+        run = None if record.last_run_id is None else self._runs.get(record.last_run_id)
+        return run is not None and run.status not in TERMINAL_STATUSES
+
+    @contextlib.asynccontextmanager
+    async def sweep_schedules(
+        self, *, limit: int, now: datetime | None = None
+    ) -> AsyncIterator[_MemoryBatch]:
+        at = self.clock() if now is None else now
+        due = [
+            DueSchedule(r, self._previous_live(r))
+            for r in sorted(
+                self._schedules.values(), key=lambda r: (r.next_tick is None, r.next_tick or at)
+            )
+            if not r.paused
+            and r.id not in self._swept
+            and (
+                (r.next_tick is not None and r.next_tick <= at)
+                or (r.buffered_tick is not None and not self._previous_live(r))
+            )
+        ][:limit]
+        ids = {d.record.id for d in due}
+        self._swept |= ids  # FOR UPDATE SKIP LOCKED: a concurrent sweep skips them
+        saved = (dict(self._schedules), {k: list(v) for k, v in self._schedule_events.items()})
+        try:
+            yield _MemoryBatch(self, at, due)
+        except BaseException:  # a failed sweep writes nothing of its schedules' state
+            self._schedules, self._schedule_events = saved
+            raise
+        finally:
+            self._swept -= ids
+
+    async def _start_scheduled(
+        self, schedule_id: str, start: ScheduledStart, event: str
+    ) -> StartResult:
+        result = await self.create_run(start.run)
+        wake_at = None if start.run.wake_at is None else start.run.wake_at.isoformat()
+        data = {"created": result.created, "wake_at": wake_at}
+        self._schedule_event(schedule_id, ScheduleEvent(event, start.tick, result.run_id, data))
+        return result
+
+    async def start_scheduled(
+        self, schedule_id: str, starts: Sequence[ScheduledStart], *, event: str
+    ) -> list[StartResult]:
+        record = self._schedules.get(schedule_id)
+        if record is None:
+            return []
+        results = [await self._start_scheduled(schedule_id, s, event) for s in starts]
+        if event == "triggered" and results:
+            self._schedules[schedule_id] = dataclasses.replace(
+                record, last_run_id=results[-1].run_id, updated_at=self.clock()
+            )
+        return results
+
+
+@dataclasses.dataclass
+class _MemoryBatch:
+    """:class:`~iterflow.store.base.ScheduleBatch` of the in-memory store."""
+
+    store: MemoryStore
+    now: datetime
+    due: Sequence[DueSchedule]
+
+    async def apply(self, schedule_id: str, write: ScheduleWrite) -> list[StartResult]:
+        store = self.store
+        record = next((d.record for d in self.due if d.record.id == schedule_id), None)
+        if record is None:
+            raise ValueError(f"schedule {schedule_id!r} is not in this sweep")
+        if write.cancel_previous and record.last_run_id is not None:
+            reason = f"canceled by schedule {schedule_id}: a new tick started (cancel_previous)"
+            await store.cancel(record.last_run_id, reason)
+        results = [await store._start_scheduled(schedule_id, s, "started") for s in write.starts]
+        for event in write.events:
+            store._schedule_event(schedule_id, event)
+        current = store._schedules[schedule_id]
+        store._schedules[schedule_id] = dataclasses.replace(
+            current,
+            last_tick=write.last_tick,
+            next_tick=write.next_tick,
+            buffered_tick=write.buffered_tick,
+            last_run_id=results[-1].run_id if results else current.last_run_id,
+            updated_at=store.clock(),
+        )
+        return results
 
 
 _INT4 = 2**31

@@ -25,6 +25,7 @@ __all__ = [
     "orphaned_jobs_sql",
     "reconcile_task_name",
     "release_doing_sql",
+    "schedule_task_name",
     "wake_insert_sql",
 ]
 
@@ -51,6 +52,11 @@ TASK_NAME = "iterflow.advance"
 def reconcile_task_name(schema: str) -> str:
     """The procrastinate task of the periodic reconciler for the tables in ``schema``."""
     return f"iterflow.reconcile.{schema}"
+
+
+def schedule_task_name(schema: str) -> str:
+    """The procrastinate task of the periodic schedule sweep for the tables in ``schema``."""
+    return f"iterflow.schedule.{schema}"
 
 
 def wake_insert_sql(
@@ -126,7 +132,8 @@ def orphaned_jobs_sql(run_is_leased: str) -> str:
     can never be fetched. It is orphaned when no lease owns its run (``run_is_leased``, an SQL
     condition on ``j.lock``, the run id as text, is false) and either its worker stopped
     heartbeating, or it has been ``doing`` longer than the stale window (``:stale`` seconds): a
-    live worker whose ``finish_job`` was lost. A periodic task (``:reconcile_task``) left
+    live worker whose ``finish_job`` was lost. A periodic task (``:reconcile_task`` or
+    ``:schedule_task``) left
     ``doing`` by a killed worker holds no lock, but nothing else would ever end it: the same
     rule, without the lease, releases it. Returns one row, ``released``.
     """
@@ -134,7 +141,7 @@ def orphaned_jobs_sql(run_is_leased: str) -> str:
         WITH released AS (
         UPDATE procrastinate_jobs AS j SET status = 'failed', attempts = attempts + 1
         WHERE j.status = 'doing' AND j.queue_name = :queue
-          AND (j.task_name = :reconcile_task
+          AND (j.task_name IN (:reconcile_task, :schedule_task)
                OR (j.task_name = :task AND NOT ({run_is_leased})))
           AND (j.worker_id IS NULL
                OR j.worker_id IN (

@@ -55,7 +55,8 @@ from iterflow.core.states import (
 from iterflow.store import schema as schema_tables
 from iterflow.store.base import Claim, Lease, WakeUp, signal_limit
 from iterflow.store.connections import HOT_IDLE, HotConnections, Row, execute_on, guarded
-from iterflow.store.outbox import TASK_NAME, reconcile_task_name
+from iterflow.store.outbox import TASK_NAME, reconcile_task_name, schedule_task_name
+from iterflow.store.pg_schedules import PostgresSchedules
 from iterflow.store.queries import RUN_COLS, TERMINAL_CHANNEL, Statements
 from iterflow.store.rows import (
     child_record,
@@ -78,8 +79,9 @@ def _data(payload: EventPayload) -> str | None:
     return _j(payload.to_data())
 
 
-class PostgresStore:
-    """The :class:`~iterflow.store.base.Store` on PostgreSQL."""
+class PostgresStore(PostgresSchedules):
+    """The :class:`~iterflow.store.base.Store` on PostgreSQL (and its
+    :class:`~iterflow.store.base.ScheduleStore`, from :mod:`iterflow.store.pg_schedules`)."""
 
     def __init__(self, engine: AsyncEngine, *, schema: str, queue: str) -> None:
         self._engine = engine
@@ -444,6 +446,7 @@ class PostgresStore:
                 "queue": self._queue,
                 "task": TASK_NAME,
                 "reconcile_task": reconcile_task_name(self.schema),
+                "schedule_task": schedule_task_name(self.schema),
                 "stale": stale_seconds,
             },
         )
