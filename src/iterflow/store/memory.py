@@ -9,9 +9,11 @@ Each kind of row is numbered from its own counter, as each PostgreSQL table has 
 PostgreSQL may leave gaps (a refused or conflicting insert consumes a number), which this store
 does not reproduce: ids are unique and increasing per table, nothing more is promised.
 
-At ~700 lines it is over the usual module size on purpose: it is the twin of ``postgres.py`` and
-``queries.py`` together (one method per Store operation, each the meaning of one statement), and
-reads best as one class beside them; the data checks at its end stand for PostgreSQL's.
+At ~880 lines it is over the usual module size on purpose: it is the twin of ``postgres.py``,
+``pg_schedules.py`` and their statements together (one method per Store and ScheduleStore
+operation, each the meaning of one statement), and reads best as one class beside them; the data
+checks at its end stand for PostgreSQL's. (A split into run and schedule halves, like the
+PostgreSQL store's mixin, is the next step if it grows.)
 """
 
 from __future__ import annotations
