@@ -289,3 +289,21 @@ async def test_in_memory_schedules_fire_through_drain() -> None:
         outputs = sorted(r.output["at"] for r in runs)
         assert outputs == ["2030-01-01T09:00:00+00:00", "2030-01-01T11:00:00+00:00"]
         assert schedule_spec(id="tick", flow="tick", cron="0 * * * *").cron == "0 * * * *"
+
+
+async def test_a_scheduled_run_shows_its_schedule_and_tick(engine: Engine) -> None:
+    """Each run records its schedule and tick (meta and a ``schedule:<id>`` tag), and the
+    timeline that ``flowctl show`` prints names them."""
+    from iterflow.core.timeline import render_timeline
+
+    report = _register(engine)
+    await engine.schedule(report, cron="0 * * * *", id="hourly")
+    t0 = datetime(2040, 1, 1, tzinfo=UTC)
+    await _set_state(engine, "hourly", t0, t0 + timedelta(hours=1))
+    assert (await engine.sweep_schedules(now=t0 + timedelta(hours=1, minutes=1))).started == 1
+    (run,) = await _runs(engine)
+    tick = (t0 + timedelta(hours=1)).isoformat()
+    assert run.meta["schedule_id"] == "hourly" and run.meta["scheduled_at"] == tick
+    assert "schedule:hourly" in run.tags
+    text = render_timeline(await engine.status(run.id))
+    assert f"schedule: hourly tick {tick}" in text and "tags: schedule:hourly" in text

@@ -22,6 +22,10 @@ def render_timeline(detail: RunDetail) -> str:
     lines = [
         f"run {run.id}  {run.name}@{run.version}  status={run.status.value}  claims={run.claims}",
     ]
+    if run.tags:
+        lines.append(f"  tags: {', '.join(run.tags)}")
+    if "schedule_id" in run.meta:
+        lines.append(f"  schedule: {run.meta['schedule_id']} tick {run.meta.get('scheduled_at')}")
     if run.error:
         lines.append(f"  error: [{run.error.get('code')}] {run.error.get('message')}")
     if run.output is not None:
