@@ -1,9 +1,9 @@
 """The engine facade: register flows, start runs, deliver signals, retry, inspect, wait.
 
 The public API, one method per operation, so it stays one module (~700 lines, most of it
-docstrings; schedules delegate to ``runtime/schedules.py``): each method checks its arguments (``core/inputs.py``, the codec, the flow's
-definition) and delegates to the store or the worker. Opening the database lives in
-``runtime/backend.py``, waiting for a result in ``runtime/results.py``.
+docstrings): each method checks its arguments (``core/inputs.py``, the codec, the flow's
+definition) and delegates to the store, the worker or ``runtime/schedules.py``. Opening the
+database lives in ``runtime/backend.py``, waiting for a result in ``runtime/results.py``.
 """
 
 from __future__ import annotations
