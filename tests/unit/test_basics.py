@@ -106,3 +106,43 @@ def test_return_type_cache_does_not_keep_step_closures_alive() -> None:
     gc.collect()
     assert all(ref() is None for ref in refs)
     assert codec.return_type(lambda: 1) is Any
+
+
+def test_not_json_native_names_what_plain_json_would_not_give_back() -> None:
+    import dataclasses
+    import uuid
+    from decimal import Decimal
+
+    @dataclasses.dataclass
+    class P:
+        x: int
+
+    assert codec.not_json_native({"a": [1, 2.5, None, True, "x", {"b": []}]}) is None
+    assert codec.not_json_native(Decimal(1)) == "a Decimal value"
+    assert codec.not_json_native(uuid.UUID(int=0)) == "a UUID value"
+    assert codec.not_json_native(P(1)) == "a P value"
+    assert codec.not_json_native((1, 2)) == "a tuple value"
+    assert codec.not_json_native({"a": [0, {1, 2}]}) == "a set value at ['a'][1]"
+    assert codec.not_json_native({"a": {1: "x"}}) == "a dict key 1 of type int at ['a']"
+    assert codec.not_json_native(b"x") == "a bytes value"
+
+
+def test_has_return_annotation_sees_functions_partials_classes_and_callables() -> None:
+    import functools
+
+    def typed(a: int) -> int:
+        return a
+
+    def untyped(a):  # type: ignore[no-untyped-def]
+        return a
+
+    class Callable_:
+        def __call__(self) -> str:
+            return ""
+
+    assert codec.has_return_annotation(typed)
+    assert codec.has_return_annotation(functools.partial(typed, 1))
+    assert not codec.has_return_annotation(untyped)
+    assert not codec.has_return_annotation(lambda: 1)
+    assert codec.has_return_annotation(Item) and codec.return_type(Item) is Item
+    assert codec.return_type(Callable_()) is str

@@ -287,8 +287,12 @@ async def test_a_failing_step_fails_the_run_with_its_code() -> None:
         assert info.value.error_code == "REFUSED"
 
 
+def square(v: N) -> N:
+    return N(n=v.n * v.n)
+
+
 async def test_invoke_runs_the_child_on_the_value() -> None:
-    child = flow("child").input(N).step("sq", lambda v: N(n=v.n * v.n)).build()
+    child = flow("child").input(N).step("sq", square).build()
     engine = Engine.in_memory(clock=FakeClock())
     child_handle = engine.register(child)
     parent = flow("parent").input(N).step("inc", inc).invoke(child_handle).build()
@@ -297,6 +301,6 @@ async def test_invoke_runs_the_child_on_the_value() -> None:
     async with engine:
         run = await handle.start(N(n=2))
         await engine.drain()
-        assert await handle.result(run.run_id, timeout=1) == {"n": 9}  # lambda: plain JSON
+        assert await handle.result(run.run_id, timeout=1) == N(n=9)
         detail = await engine.status(run.run_id)
         assert [s.cursor_key for s in detail.steps] == ["inc", "invoke:child@1"]

@@ -33,7 +33,9 @@ __all__ = [
     "check_text",
     "dump",
     "encode",
+    "has_return_annotation",
     "load",
+    "not_json_native",
     "return_type",
     "shown",
 ]
@@ -181,11 +183,14 @@ def validation_message(exc: ValidationError) -> str:
     return "; ".join(parts) + more
 
 
-_RETURN_TYPES: weakref.WeakKeyDictionary[Callable[..., Any], Any] = weakref.WeakKeyDictionary()
+_RETURN_TYPES: weakref.WeakKeyDictionary[Callable[..., Any], tuple[Any, bool]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def return_type(fn: Callable[..., Any]) -> Any:
-    """The return annotation of ``fn`` (``Any`` if none), cached without keeping ``fn`` alive.
+def _return_hint(fn: Callable[..., Any]) -> tuple[Any, bool]:
+    """``fn``'s return annotation (``Any`` if none) and whether it has one, cached without
+    keeping ``fn`` alive.
 
     Step functions are often closures created anew on every attempt; a strong cache keyed by
     them would pin each closure and everything it references (a ``FlowContext``, payloads).
@@ -194,11 +199,61 @@ def return_type(fn: Callable[..., Any]) -> Any:
         return _RETURN_TYPES[fn]
     except (KeyError, TypeError):
         pass
-    target = fn.func if isinstance(fn, functools.partial) else fn
-    try:
-        tp: Any = typing.get_type_hints(target).get("return", Any)
-    except Exception:
-        tp = Any
+    target: Any = fn.func if isinstance(fn, functools.partial) else fn
+    hint: tuple[Any, bool]
+    if isinstance(target, type):  # a class called as a step function returns an instance
+        hint = (target, True)
+    else:
+        if not hasattr(target, "__code__"):  # a callable object: its __call__
+            call = next(
+                (vars(k)["__call__"] for k in type(target).__mro__ if "__call__" in vars(k)), None
+            )
+            if hasattr(call, "__code__"):
+                target = call
+        try:
+            hints = typing.get_type_hints(target)
+            hint = (hints["return"], True) if "return" in hints else (Any, False)
+        except Exception:
+            hint = (Any, False)
     with contextlib.suppress(TypeError):  # not weakly referenceable: just don't cache
-        _RETURN_TYPES[fn] = tp
-    return tp
+        _RETURN_TYPES[fn] = hint
+    return hint
+
+
+def return_type(fn: Callable[..., Any]) -> Any:
+    """The return annotation of ``fn`` (``Any`` if none)."""
+    return _return_hint(fn)[0]
+
+
+def has_return_annotation(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` (or the function of a ``functools.partial``) declares its return type."""
+    return _return_hint(fn)[1]
+
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def not_json_native(value: Any) -> str | None:
+    """``None`` when ``value`` is made of JSON's own types only (``dict`` with ``str`` keys,
+    ``list``, ``str``, ``int``, ``float``, ``bool``, ``None``), so that decoding its JSON without
+    a type gives it back equal and of the same types; otherwise what is not, and where (e.g.
+    ``"a Decimal value at ['total']"``)."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, where = stack.pop()
+        kind = type(item)
+        if kind in _JSON_SCALARS:
+            continue
+        if kind is list:
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+            continue
+        if kind is dict:
+            for k, v in item.items():
+                if type(k) is not str:
+                    return f"a dict key {shown(k, 40)} of type {type(k).__name__}" + (
+                        f" at {where}" if where else ""
+                    )
+                stack.append((v, f"{where}[{k!r}]"))
+            continue
+        return f"a {kind.__name__} value" + (f" at {where}" if where else "")
+    return None

@@ -15,7 +15,7 @@ import contextvars
 import uuid as _uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import datetime
-from typing import Any, Protocol, TypeVar, overload
+from typing import Any, Protocol, TypeVar, TypeVarTuple, overload
 
 from iterflow.core.definition import FlowDef
 from iterflow.core.durations import DurationLike, WhenLike
@@ -30,6 +30,7 @@ T2 = TypeVar("T2")
 T3 = TypeVar("T3")
 CI = TypeVar("CI")
 CO = TypeVar("CO")
+Ts = TypeVarTuple("Ts")
 
 #: The 1-based attempt of the step body running now (set by the runtime before each attempt;
 #: copied into the thread of a sync step).
@@ -64,9 +65,14 @@ class Ctx(Protocol):
     """The durable API of a flow body (``async def body(ctx, input)``).
 
     Each call takes its position in the run's history when it is made (the methods return
-    awaitables), so a replay makes the same calls in the same order and gets the recorded
+    coroutines), so a replay makes the same calls in the same order and gets the recorded
     results; ``now``/``uuid``/``random`` are recorded too, which is how a body stays
     deterministic without reading the clock or randomness itself.
+
+    Every call must be awaited (directly or through ``ctx.gather``): the methods are typed as
+    returning ``Coroutine`` so that type checkers flag a forgotten ``await`` (mypy's
+    ``unused-coroutine``, pyright's ``reportUnusedCoroutine``), and the runtime fails the attempt
+    with ``CTX_NOT_AWAITED``. ``ctx.step`` checks ``args`` against ``fn``'s parameters.
     """
 
     @property
@@ -103,31 +109,31 @@ class Ctx(Protocol):
     def step(
         self,
         label: str,
-        fn: Callable[..., Coroutine[Any, Any, T]],
-        *args: Any,
+        fn: Callable[[*Ts], Coroutine[Any, Any, T]],
+        *args: *Ts,
         retries: int = 0,
         backoff: DurationLike | RetryPolicy | None = None,
         timeout: DurationLike | None = None,
-    ) -> Awaitable[T]: ...
+    ) -> Coroutine[None, None, T]: ...
 
     @overload
     def step(
         self,
         label: str,
-        fn: Callable[..., T],
-        *args: Any,
+        fn: Callable[[*Ts], T],
+        *args: *Ts,
         retries: int = 0,
         backoff: DurationLike | RetryPolicy | None = None,
         timeout: DurationLike | None = None,
-    ) -> Awaitable[T]: ...
+    ) -> Coroutine[None, None, T]: ...
 
-    def sleep(self, duration: WhenLike, label: str | None = None) -> Awaitable[None]:
+    def sleep(self, duration: WhenLike, label: str | None = None) -> Coroutine[None, None, None]:
         """Durably wait ``duration`` or until a datetime."""
         ...
 
     def signal(
         self, name: str, model: type[M], *, timeout: DurationLike | None = None
-    ) -> Awaitable[M]:
+    ) -> Coroutine[None, None, M]:
         """Wait for the signal ``name``; its payload as ``model``."""
         ...
 
@@ -137,33 +143,35 @@ class Ctx(Protocol):
         input: CI | Mapping[str, Any],
         *,
         detached: bool = False,
-    ) -> Awaitable[CO]:
+    ) -> Coroutine[None, None, CO]:
         """Run ``flow`` as a child run and return its output."""
         ...
 
     @overload
-    async def gather(self, a: Awaitable[T1], b: Awaitable[T2], /) -> tuple[T1, T2]: ...
+    def gather(
+        self, a: Awaitable[T1], b: Awaitable[T2], /
+    ) -> Coroutine[None, None, tuple[T1, T2]]: ...
 
     @overload
-    async def gather(
+    def gather(
         self, a: Awaitable[T1], b: Awaitable[T2], c: Awaitable[T3], /
-    ) -> tuple[T1, T2, T3]: ...
+    ) -> Coroutine[None, None, tuple[T1, T2, T3]]: ...
 
     @overload
-    async def gather(self, *aws: Awaitable[T]) -> tuple[T, ...]: ...
+    def gather(self, *aws: Awaitable[T]) -> Coroutine[None, None, tuple[T, ...]]: ...
 
-    def now(self) -> Awaitable[datetime]:
+    def now(self) -> Coroutine[None, None, datetime]:
         """The current time, recorded."""
         ...
 
-    def uuid(self) -> Awaitable[_uuid.UUID]:
+    def uuid(self) -> Coroutine[None, None, _uuid.UUID]:
         """A random UUID, recorded."""
         ...
 
-    def random(self) -> Awaitable[float]:
+    def random(self) -> Coroutine[None, None, float]:
         """A float in [0, 1), recorded."""
         ...
 
-    def patched(self, change_id: str) -> Awaitable[bool]:
+    def patched(self, change_id: str) -> Coroutine[None, None, bool]:
         """True on runs that reach this point under the new code."""
         ...

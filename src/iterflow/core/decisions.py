@@ -27,6 +27,7 @@ from iterflow.core import codec, keys
 from iterflow.core.definition import FlowDef
 from iterflow.core.errors import (
     Aborted,
+    CtxNested,
     Drifted,
     FlowDefinitionError,
     FlowError,
@@ -43,6 +44,7 @@ from iterflow.core.errors import (
     SignalTimeout,
     SignalUnknown,
     StepFailed,
+    StepResultUntyped,
     Suspended,
     safe_text,
 )
@@ -292,9 +294,12 @@ class StepFailure:
 
 def step_failure(label: str, attempt: int, exc: Exception) -> StepFailure:
     """Classify what a step attempt raised. A ``FlowError`` is kept as is; anything else becomes
-    ``STEP_FAILED`` (with ``exc`` as its cause). ``NonRetryable`` and a result that cannot be
-    stored (a programming error: the body ran once and is not run again for it) are final."""
-    retryable = not isinstance(exc, NonRetryable | PayloadTooLarge | PayloadInvalid)
+    ``STEP_FAILED`` (with ``exc`` as its cause). ``NonRetryable``, a result that cannot be
+    stored or decoded as itself, and a ``ctx`` call made inside the step (programming errors: the
+    body ran once and is not run again for them) are final."""
+    retryable = not isinstance(
+        exc, NonRetryable | PayloadTooLarge | PayloadInvalid | StepResultUntyped | CtxNested
+    )
     if isinstance(exc, FlowError):
         return StepFailure(exc, retryable)
     err = StepFailed(

@@ -25,10 +25,10 @@ import enum
 import types
 import typing
 import uuid as _uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, TypeVar, TypeVarTuple
 
 from pydantic import BaseModel
 
@@ -42,6 +42,7 @@ from iterflow.core.retry import RetryPolicy
 __all__ = ["Placeholder", "describe", "graph_of", "sample"]
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 #: The fixed clock and ids of a dry run.
 SAMPLE_NOW = datetime(2000, 1, 1, tzinfo=UTC)
@@ -181,32 +182,34 @@ class DryRunContext:
     def step(
         self,
         label: str,
-        fn: Callable[..., Any],
-        *args: Any,
+        fn: Callable[[*Ts], Any],
+        *args: *Ts,
         retries: int = 0,
         backoff: DurationLike | RetryPolicy | None = None,
         timeout: DurationLike | None = None,
-    ) -> Awaitable[Any]:
+    ) -> Coroutine[None, None, Any]:
         """Record the step; answer with a sample of its return annotation."""
         parts = [f"retries={retries}" if retries else ""]
         parts.append(f"timeout={timeout}" if timeout is not None else "")
         self._record(StepKind.STEP, label, ", ".join(p for p in parts if p))
         return self._value(sample(codec.return_type(fn), f"step {label!r}"))
 
-    def sleep(self, duration: WhenLike, label: str | None = None) -> Awaitable[None]:
+    def sleep(self, duration: WhenLike, label: str | None = None) -> Coroutine[None, None, None]:
         """Record the sleep; return at once."""
         self._record(StepKind.SLEEP, label or "", str(duration))
         return self._value(None)
 
     def signal(
         self, name: str, model: type[T], *, timeout: DurationLike | None = None
-    ) -> Awaitable[T]:
+    ) -> Coroutine[None, None, T]:
         """Record the wait; answer with a sample payload."""
         detail = getattr(model, "__name__", str(model))
         self._record(StepKind.SIGNAL, name, detail + (f", timeout={timeout}" if timeout else ""))
         return self._value(typing.cast(T, sample(model, f"signal {name!r}")))
 
-    def invoke(self, flow: Any, input: Any, *, detached: bool = False) -> Awaitable[Any]:
+    def invoke(
+        self, flow: Any, input: Any, *, detached: bool = False
+    ) -> Coroutine[None, None, Any]:
         """Record the child call; answer with a sample of the child's output."""
         definition: FlowDef[Any, Any] = flow if isinstance(flow, FlowDef) else flow.definition
         self._record(StepKind.INVOKE, definition.key, "detached" if detached else "")
@@ -216,22 +219,22 @@ class DryRunContext:
         """Await the (already recorded) calls in order."""
         return tuple([await aw for aw in aws])
 
-    def now(self) -> Awaitable[datetime]:
+    def now(self) -> Coroutine[None, None, datetime]:
         """A fixed time."""
         self._record(StepKind.NOW, "")
         return self._value(SAMPLE_NOW)
 
-    def uuid(self) -> Awaitable[_uuid.UUID]:
+    def uuid(self) -> Coroutine[None, None, _uuid.UUID]:
         """A fixed id."""
         self._record(StepKind.UUID, "")
         return self._value(SAMPLE_UUID)
 
-    def random(self) -> Awaitable[float]:
+    def random(self) -> Coroutine[None, None, float]:
         """A fixed number."""
         self._record(StepKind.RANDOM, "")
         return self._value(0.0)
 
-    def patched(self, change_id: str) -> Awaitable[bool]:
+    def patched(self, change_id: str) -> Coroutine[None, None, bool]:
         """The new code path."""
         self._record(StepKind.PATCH, change_id)
         return self._value(True)

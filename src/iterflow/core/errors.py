@@ -22,6 +22,8 @@ _BY_CODE: dict[str, type[FlowError]] = {}
 __all__ = [
     "Aborted",
     "ConfigInvalid",
+    "CtxNested",
+    "CtxNotAwaited",
     "DataRejected",
     "DatabaseUnavailable",
     "Drifted",
@@ -54,6 +56,7 @@ __all__ = [
     "SignalTimeout",
     "SignalUnknown",
     "StepFailed",
+    "StepResultUntyped",
     "StepTimeout",
     "Suspended",
     "json_safe",
@@ -284,6 +287,31 @@ class PayloadInvalid(FlowError):
     written; from a step, the step fails at once (its body ran once, it is not retried)."""
 
     code = "PAYLOAD_INVALID"
+
+
+class CtxNotAwaited(FlowError):
+    """A ``ctx`` call was made but never awaited (``ctx.step(...)`` without ``await``): it took
+    its place in the run's history and would have been skipped silently. Raised into the body at
+    its next ``ctx`` call, or when the body returns; the run fails (a programming error)."""
+
+    code = "CTX_NOT_AWAITED"
+
+
+class CtxNested(FlowError):
+    """A ``ctx`` call was made from inside a step function. ``ctx`` calls belong in the flow
+    body: a step's body runs once and is not replayed, so a call made there would take a history
+    position on the first run only. Refused at the call; the step fails without retries."""
+
+    code = "CTX_NESTED"
+
+
+class StepResultUntyped(FlowError):
+    """A step function without a return annotation returned a value that JSON cannot give back
+    as it is (a pydantic model, ``Decimal``, ``UUID``, ``datetime``, a dataclass, an enum,
+    ``bytes``, a set, a dict with non-string keys): it would come back as a dict, a string or a
+    list. Annotate the step function's return type. The step fails without retries."""
+
+    code = "STEP_RESULT_UNTYPED"
 
 
 class DataRejected(FlowError):

@@ -1,16 +1,22 @@
 """``FlowContext``: the ``ctx`` a flow body receives — a thin interpreter of core decisions.
 
-Each call takes its position and cursor key **synchronously, at the call site** (the methods are
-plain functions returning awaitables) from the :class:`~iterflow.core.replay.Cursor`, asks
+Each call takes its position and cursor key **synchronously, at the call site** from the
+:class:`~iterflow.core.replay.Cursor` (the methods return coroutines), asks
 :mod:`iterflow.core.decisions` what the call means given the history and the time, and performs
 it: return the memo, run new work and checkpoint it, or suspend. Suspension and drift are
 ``BaseException``\\ s; if user code swallows one anyway (a bare ``except:``), the next ``ctx``
 call and the end of the body re-raise it.
 
+Misuse (a call never awaited, a call from inside a step function) is refused by the
+:class:`~iterflow.runtime.calls.CallWatch` every call goes through.
+
 Checkpoints are fenced by the attempt's lease. The attempt's first one also renews the lease (and
 resets the run's no-progress count), as does one that consumes a signal, fires a timer or replaces
 a ``retrying`` memo; any other later one is fenced by a share lock on the run row without renewing
 it. Meanwhile the worker's renewer task renews the lease every lease/3.
+
+About 510 lines: the typed overloads of the public ``ctx`` API take ~60 of them; decisions live
+in the core, call watching in ``runtime/calls.py``.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import typing
 import uuid as _uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import datetime, timedelta
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, TypeVarTuple, overload
 
 from iterflow.core import codec, decisions, replay
 from iterflow.core.ctx import STEP_ATTEMPT, HasDefinition, step_attempt
@@ -35,9 +41,7 @@ from iterflow.core.errors import (
     DatabaseUnavailable,
     DataRejected,
     Drifted,
-    FlowDefinitionError,
     FlowError,
-    InputInvalid,
     Interrupt,
     LeaseLost,
     Suspended,
@@ -45,11 +49,17 @@ from iterflow.core.errors import (
 from iterflow.core.models import StepKind, StepRecord, StepStatus
 from iterflow.core.retry import RetryPolicy
 from iterflow.core.settings import Settings
+from iterflow.runtime.calls import (
+    CallWatch,
+    ReplayQuietLogger,
+    check_label,
+    check_untyped,
+    inside_step,
+)
 from iterflow.runtime.executor import execute
 from iterflow.store.base import Claim, Store
 
 __all__ = ["FlowContext", "step_attempt"]
-
 
 T = TypeVar("T")
 M = TypeVar("M")
@@ -58,10 +68,11 @@ T2 = TypeVar("T2")
 T3 = TypeVar("T3")
 CI = TypeVar("CI")
 CO = TypeVar("CO")
+Ts = TypeVarTuple("Ts")
+
 
 #: True inside the branches of a ``ctx.gather``: a sibling's suspension must not stop them.
 _IN_GATHER: contextvars.ContextVar[bool] = contextvars.ContextVar("iterflow_gather", default=False)
-
 logger = logging.getLogger("iterflow.flow")
 
 
@@ -99,7 +110,8 @@ class FlowContext:
         self._invokes = 0
         self._progressed = False  # has this attempt checkpointed yet (renewed its lease)?
         self.interrupted: Interrupt | LeaseLost | None = None
-        self.log = _ReplayQuietLogger(self)
+        self._calls = CallWatch(self)
+        self.log = ReplayQuietLogger(logger, self)
 
     # -- guards -------------------------------------------------------------------------------
 
@@ -115,11 +127,7 @@ class FlowContext:
         raise pending
 
     def _label(self, label: object, what: str) -> None:
-        """Labels become cursor keys, stored as text: refuse what PostgreSQL would refuse."""
-        try:
-            codec.check_text(label, what=what, max_chars=self._settings.max_label_chars)
-        except InputInvalid as exc:
-            raise FlowDefinitionError(exc.message) from None
+        check_label(label, what, max_chars=self._settings.max_label_chars)
 
     def _raise(self, exc: Interrupt | LeaseLost) -> typing.NoReturn:
         self.interrupted = exc
@@ -158,8 +166,10 @@ class FlowContext:
         self._cursor.record(rec)
 
     def check_complete(self) -> None:
-        """Called by the worker when the body returns: pending interrupts and leftover history."""
+        """Called by the worker when the body returns: pending interrupts, calls never awaited
+        (or refused misuse the body swallowed) and leftover history."""
         self._check()
+        self._calls.check(at_end=True)
         try:
             self._cursor.check_complete()
         except FlowError as err:
@@ -171,45 +181,51 @@ class FlowContext:
     def step(
         self,
         label: str,
-        fn: Callable[..., Coroutine[Any, Any, T]],
-        *args: Any,
+        fn: Callable[[*Ts], Coroutine[Any, Any, T]],
+        *args: *Ts,
         retries: int = 0,
         backoff: DurationLike | RetryPolicy | None = None,
         timeout: DurationLike | None = None,
-    ) -> Awaitable[T]: ...
+    ) -> Coroutine[None, None, T]: ...
 
     @overload
     def step(
         self,
         label: str,
-        fn: Callable[..., T],
-        *args: Any,
+        fn: Callable[[*Ts], T],
+        *args: *Ts,
         retries: int = 0,
         backoff: DurationLike | RetryPolicy | None = None,
         timeout: DurationLike | None = None,
-    ) -> Awaitable[T]: ...
+    ) -> Coroutine[None, None, T]: ...
 
     def step(
         self,
         label: str,
-        fn: Callable[..., Any],
-        *args: Any,
+        fn: Callable[[*Ts], Any],
+        *args: *Ts,
         retries: int = 0,
         backoff: DurationLike | RetryPolicy | None = None,
         timeout: DurationLike | None = None,
-    ) -> Awaitable[Any]:
+    ) -> Coroutine[None, None, Any]:
         """Run ``fn(*args)`` once, durably; on replay return the recorded result.
 
         The result is stored as JSON (pydantic-encoded, typed by ``fn``'s return annotation) and
         decoded the same way on the first run and on replays. ``retries`` extra attempts are made
         with exponential backoff and jitter (``backoff`` is the first wait or a
         :class:`RetryPolicy`); every attempt is recorded, so a crash never resets the count.
+        A function without a return annotation must return JSON data (``STEP_RESULT_UNTYPED``).
         """
+        self._calls.enter(f"ctx.step({label!r})")
         self._label(label, "ctx.step label")
         policy = RetryPolicy.of(retries, backoff)
         limit = parse_duration(timeout) if timeout is not None else None
         call, memo = self._next(StepKind.STEP, label)
-        return self._run_step(call, memo, fn, args, policy, limit)
+        return self._calls.issue(
+            f"ctx.step({label!r})",
+            call.position,
+            lambda: self._run_step(call, memo, fn, args, policy, limit),
+        )
 
     async def _run_step(
         self,
@@ -233,8 +249,11 @@ class FlowContext:
             record = functools.partial(call.memo, attempts=attempt, started_at=self._clock())
             STEP_ATTEMPT.set(attempt)  # copied into the thread of a sync step
             try:
-                value = await execute(fn, args, timeout)
+                with inside_step(self):
+                    value = await execute(fn, args, timeout)
                 data = codec.encode(value, out_type, what=what, limit=self._max_payload)
+                if not codec.has_return_annotation(fn):
+                    check_untyped(value, call.label)
             except Exception as exc:
                 failure = decisions.step_failure(call.label, attempt, exc)
                 rand, now = self._rng.random(), self._clock()
@@ -267,11 +286,12 @@ class FlowContext:
 
     # -- sleep --------------------------------------------------------------------------------
 
-    def sleep(self, duration: WhenLike, label: str | None = None) -> Awaitable[None]:
+    def sleep(self, duration: WhenLike, label: str | None = None) -> Coroutine[None, None, None]:
         """Durably wait ``duration`` (``"3d"``, ``timedelta``, seconds) or until a datetime.
 
         The run leaves memory; a wake-up job scheduled at the due time resumes it.
         """
+        self._calls.enter("ctx.sleep()" if not label else f"ctx.sleep(label={label!r})")
         if isinstance(duration, datetime):
             due_at(duration, duration)  # validates tz-awareness now, at the call site
         else:
@@ -279,7 +299,8 @@ class FlowContext:
         if label:
             self._label(label, "ctx.sleep label")
         call, memo = self._next(StepKind.SLEEP, label or "")
-        return self._run_sleep(call, memo, duration)
+        what = "ctx.sleep()" if not label else f"ctx.sleep(label={label!r})"
+        return self._calls.issue(what, call.position, lambda: self._run_sleep(call, memo, duration))
 
     async def _run_sleep(
         self, call: replay.Call, memo: StepRecord | None, duration: WhenLike
@@ -301,27 +322,24 @@ class FlowContext:
 
     def signal(
         self, name: str, model: type[M], *, timeout: DurationLike | None = None
-    ) -> Awaitable[M]:
+    ) -> Coroutine[None, None, M]:
         """Wait for the signal ``name`` and return its payload as ``model``.
 
         Signals are consumed FIFO from the run's inbox, so one sent before the wait is not lost.
         With ``timeout``, raises :class:`~iterflow.core.errors.SignalTimeout`
         (``SIGNAL_TIMEOUT``) when nothing arrives in time; delivery and timeout never both win.
         """
+        self._calls.enter(f"ctx.signal({name!r})")
         refused = decisions.check_signal_wait(self.flow_name, self._signal_models, name, model)
         if refused is not None:
             raise refused
         limit = parse_duration(timeout) if timeout is not None else None
         call, memo = self._next(StepKind.SIGNAL, name)
-        return self._run_signal(call, memo, name, model, limit)
+        run = functools.partial(self._run_signal, call, memo, name, model, limit)
+        return self._calls.issue(f"ctx.signal({name!r})", call.position, run)
 
     async def _run_signal(
-        self,
-        call: replay.Call,
-        memo: StepRecord | None,
-        name: str,
-        model: type[M],
-        timeout: timedelta | None,
+        self, call: replay.Call, memo: StepRecord | None, name: str, model: type[M], timeout: Any
     ) -> M:
         self._check()
         if memo is not None:
@@ -354,7 +372,7 @@ class FlowContext:
         input: CI | Mapping[str, Any],
         *,
         detached: bool = False,
-    ) -> Awaitable[CO]:
+    ) -> Coroutine[None, None, CO]:
         """Start ``flow`` as a child run (own id and history) and return its output.
 
         The parent leaves memory in ``awaiting_child``; the child's terminal transaction wakes
@@ -362,9 +380,13 @@ class FlowContext:
         the parent cancels the child unless ``detached=True``.
         """
         definition = flow if isinstance(flow, FlowDef) else flow.definition
+        self._calls.enter(f"ctx.invoke({definition.key!r})")
         call, memo = self._next(StepKind.INVOKE, definition.key)
         self._invokes += 1
-        return self._run_invoke(call, memo, definition, input, detached, self._invokes)
+        run = functools.partial(
+            self._run_invoke, call, memo, definition, input, detached, self._invokes
+        )
+        return self._calls.issue(f"ctx.invoke({definition.key!r})", call.position, run)
 
     async def _run_invoke(
         self,
@@ -403,23 +425,29 @@ class FlowContext:
     # -- parallelism --------------------------------------------------------------------------
 
     @overload
-    async def gather(self, a: Awaitable[T1], b: Awaitable[T2], /) -> tuple[T1, T2]: ...
+    def gather(
+        self, a: Awaitable[T1], b: Awaitable[T2], /
+    ) -> Coroutine[None, None, tuple[T1, T2]]: ...
 
     @overload
-    async def gather(
+    def gather(
         self, a: Awaitable[T1], b: Awaitable[T2], c: Awaitable[T3], /
-    ) -> tuple[T1, T2, T3]: ...
+    ) -> Coroutine[None, None, tuple[T1, T2, T3]]: ...
 
     @overload
-    async def gather(self, *aws: Awaitable[T]) -> tuple[T, ...]: ...
+    def gather(self, *aws: Awaitable[T]) -> Coroutine[None, None, tuple[T, ...]]: ...
 
-    async def gather(self, *aws: Awaitable[Any]) -> tuple[Any, ...]:
+    def gather(self, *aws: Awaitable[Any]) -> Coroutine[None, None, tuple[Any, ...]]:
         """Run ``ctx`` calls concurrently; results in argument order.
 
         Keys are taken when each call is made (argument order), so replay is identical whatever
         order they finish in. Branches that must wait suspend the run once, together, after the
         others have finished; the first failure (in argument order) is raised.
         """
+        self._calls.enter("ctx.gather()")
+        return self._calls.issue("ctx.gather()", None, lambda: self._run_gather(aws))
+
+    async def _run_gather(self, aws: tuple[Awaitable[Any], ...]) -> tuple[Any, ...]:
         self._check()
         token = _IN_GATHER.set(True)
         try:
@@ -435,34 +463,42 @@ class FlowContext:
 
     # -- deterministic values -------------------------------------------------------------------
 
-    def now(self) -> Awaitable[datetime]:
+    def now(self) -> Coroutine[None, None, datetime]:
         """The current time, recorded on first run and replayed unchanged."""
-        call, memo = self._next(StepKind.NOW, "")
-        return self._value(call, memo, lambda: self._clock(), datetime)
+        return self._recorded_value(StepKind.NOW, "ctx.now()", lambda: self._clock(), datetime)
 
-    def uuid(self) -> Awaitable[_uuid.UUID]:
+    def uuid(self) -> Coroutine[None, None, _uuid.UUID]:
         """A random UUID, recorded on first run and replayed unchanged."""
-        call, memo = self._next(StepKind.UUID, "")
-        return self._value(call, memo, _uuid.uuid4, _uuid.UUID)
+        return self._recorded_value(StepKind.UUID, "ctx.uuid()", _uuid.uuid4, _uuid.UUID)
 
-    def random(self) -> Awaitable[float]:
+    def random(self) -> Coroutine[None, None, float]:
         """A float in [0, 1), recorded on first run and replayed unchanged."""
-        call, memo = self._next(StepKind.RANDOM, "")
-        return self._value(call, memo, self._rng.random, float)
+        return self._recorded_value(StepKind.RANDOM, "ctx.random()", self._rng.random, float)
 
-    def patched(self, change_id: str) -> Awaitable[bool]:
+    def _recorded_value(
+        self, kind: StepKind, what: str, make: Callable[[], T], tp: type[T]
+    ) -> Coroutine[None, None, T]:
+        self._calls.enter(what)
+        call, memo = self._next(kind, "")
+        return self._calls.issue(what, call.position, lambda: self._value(call, memo, make, tp))
+
+    def patched(self, change_id: str) -> Coroutine[None, None, bool]:
         """Branch safely on a code change: ``if await ctx.patched("fraud-check"): ...``.
 
         True for runs that reach this point under the new code (recorded, so their replays
         agree); False, without taking a position or writing anything, for runs whose history
         shows they passed this point before the change.
         """
+        what = f"ctx.patched({change_id!r})"
+        self._calls.enter(what)
         self._label(change_id, "ctx.patched change id")
         self._check()
         if not self._cursor.takes_patch(change_id):
-            return self._unpatched()
+            return self._calls.issue(what, None, self._unpatched)
         call, memo = self._next(StepKind.PATCH, change_id)
-        return self._value(call, memo, lambda: True, bool)
+        return self._calls.issue(
+            what, call.position, lambda: self._value(call, memo, lambda: True, bool)
+        )
 
     async def _unpatched(self) -> bool:
         self._check()
@@ -481,16 +517,3 @@ class FlowContext:
         data = codec.encode(make(), tp, what=f"ctx.{call.kind.value}()", limit=self._max_payload)
         await self._checkpoint(call.memo(StepStatus.OK, output=data))
         return typing.cast(T, codec.load(data, tp))
-
-
-class _ReplayQuietLogger(logging.LoggerAdapter[logging.Logger]):
-    """``ctx.log``: the ``iterflow.flow`` logger with the run's id and flow attached, silent while
-    the body replays recorded calls."""
-
-    def __init__(self, ctx: FlowContext) -> None:
-        super().__init__(logger, {"run_id": str(ctx.run_id), "flow": ctx.flow_name})
-        self._ctx = ctx
-
-    def isEnabledFor(self, level: int) -> bool:
-        """False while replaying."""
-        return not self._ctx.is_replaying and super().isEnabledFor(level)
