@@ -5,7 +5,7 @@ Starts an embedded PostgreSQL in a temporary directory with default durability s
 server (the role needs CREATEDB: each measurement runs in a fresh database). Prints a table of
 every figure with its target and PASS/MISS margin, and writes the same as JSON.
 
-    python -m bench                  # everything (about 10 minutes on 2 cores)
+    python -m bench                  # everything (about 13 minutes on 2 cores)
     python -m bench --quick          # small sizes, under a minute: a smoke test
     python -m bench --only latency   # one section (repeatable)
     python -m bench --profile        # also profile the sequential hot path
@@ -24,12 +24,12 @@ from pathlib import Path
 
 from iterflow.core.settings import Settings
 
-from . import concurrency, latency, limits, profiling, steps, waiting
+from . import concurrency, latency, limits, profiling, schedules, steps, waiting
 from .config import Context, Sizes
 from .report import Report, Section
 from .server import BenchServer
 
-SECTIONS = ("limits", "steps", "latency", "concurrency", "waiting")
+SECTIONS = ("limits", "steps", "latency", "concurrency", "waiting", "schedules")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -110,6 +110,8 @@ async def _run(args: argparse.Namespace) -> Report:
                 produced = [await concurrency.run(ctx)]
             elif name == "waiting":
                 produced = [await waiting.run(ctx)]
+            elif name == "schedules":
+                produced = [await schedules.run(ctx)]
             else:
                 produced = [await profiling.run(ctx)]
             elapsed = time.perf_counter() - t0

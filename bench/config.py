@@ -31,6 +31,11 @@ class Sizes:
     waiting_runs: int = 10_000
     waiting_min_delay: float = 10.0
     idle_sample_seconds: float = 3.0
+    #: The schedules section: the fleet, real minute boundaries measured (``--quick``: one
+    #: simulated), and the schedules made due at once for the sweep's cost.
+    schedules: int = 10_000
+    schedule_boundaries: int = 2
+    sweep_due: int = 1_000
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -50,6 +55,9 @@ class Sizes:
             waiting_runs=200,
             waiting_min_delay=2.0,
             idle_sample_seconds=1.2,
+            schedules=600,
+            schedule_boundaries=1,
+            sweep_due=100,
         )
 
 

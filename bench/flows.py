@@ -26,7 +26,7 @@ from typing import Any
 import psutil  # type: ignore[import-untyped,unused-ignore]
 from pydantic import BaseModel
 
-from iterflow import Engine, FlowContext
+from iterflow import Engine, FlowContext, Tick
 from iterflow.runtime.engine import FlowHandle
 
 __all__ = ["BenchEngine", "BenchFlows", "engine", "flows", "register"]
@@ -81,6 +81,7 @@ class BenchFlows:
     latency: FlowHandle[Stamps, Stamps]
     timer: FlowHandle[Due, float]
     park: FlowHandle[Park, int]
+    tick: FlowHandle[Tick, float]
 
 
 def register(target: Engine) -> BenchFlows:
@@ -120,7 +121,11 @@ def register(target: Engine) -> BenchFlows:
             await ctx.signal("go", Go)
         return await ctx.step("after", after)
 
-    return BenchFlows(steps=steps, latency=latency, timer=timer, park=park)
+    @target.flow("bench.tick", input=Tick, output=float)
+    async def tick(ctx: FlowContext, inp: Tick) -> float:
+        return await ctx.step("ran", stamp)  # started by a schedule (the schedules section)
+
+    return BenchFlows(steps=steps, latency=latency, timer=timer, park=park, tick=tick)
 
 
 class BenchEngine(Engine):

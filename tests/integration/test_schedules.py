@@ -5,6 +5,7 @@ code-declared schedules and the API's refusals. Time is controlled: each sweep i
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -13,8 +14,12 @@ from pydantic import BaseModel
 
 from iterflow import Engine, FakeClock, FlowContext, Tick
 from iterflow.core.errors import FlowError
+from iterflow.core.schedule import tick_idempotency_key
 from iterflow.core.scheduling import schedule_spec
+from iterflow.core.settings import Settings
 from iterflow.store.base import ScheduleStore
+from iterflow.store.outbox import schedule_task_name
+from tests.integration.flows import eventually, sql
 
 
 class Report(BaseModel):
@@ -307,3 +312,82 @@ async def test_a_scheduled_run_shows_its_schedule_and_tick(engine: Engine) -> No
     assert "schedule:hourly" in run.tags
     text = render_timeline(await engine.status(run.id))
     assert f"schedule: hourly tick {tick}" in text and "tags: schedule:hourly" in text
+
+
+async def test_a_live_worker_starts_a_due_tick_within_seconds(
+    engine: Engine, database_url: str
+) -> None:
+    """No direct sweep: the periodic task (every second) of a worker at the default settings
+    starts the run of a tick that has just become due, within a few seconds."""
+    defaults, settings = Settings(), engine.settings
+    for name in ("worker_poll_interval", "lease_seconds", "reconcile_every_seconds"):
+        assert getattr(settings, name) == getattr(defaults, name), name
+    report = _register(engine)
+    await engine.schedule(report, cron="* * * * *", id="live")
+    await engine.listen(concurrency=2)
+    task = schedule_task_name(engine.settings.db_schema)
+
+    async def deferring() -> bool:
+        rows = sql(
+            database_url,
+            "SELECT count(*) FROM procrastinate_periodic_defers WHERE task_name = %s",
+            task,
+        )
+        return bool(rows[0][0])
+
+    await eventually(deferring, timeout=30, what="the worker's periodic sweep")
+    # The current minute's tick becomes due now (as if the schedule was created a minute ago).
+    ((tick,),) = sql(
+        database_url,
+        "UPDATE iterflow.schedules SET last_tick = date_trunc('minute', now()) - interval '1m', "
+        "next_tick = date_trunc('minute', now()) WHERE id = 'live' RETURNING next_tick",
+    )
+    due_at = time.monotonic()  # committed: due from now on
+    key = tick_idempotency_key("live", tick)
+
+    async def started() -> bool:
+        return bool(
+            sql(database_url, "SELECT 1 FROM iterflow.runs WHERE idempotency_key = %s", key)
+        )
+
+    await eventually(started, timeout=15, what="the due tick's run")
+    lateness = time.monotonic() - due_at  # an upper bound: polled every 20 ms
+    ((run_id,),) = sql(database_url, "SELECT id FROM iterflow.runs WHERE idempotency_key = %s", key)
+    assert lateness < 5.0, f"the run started {lateness:.1f} s after its tick became due"
+    assert await report.result(run_id, timeout=15) == Report(at=tick.isoformat())
+    record = await engine.get_schedule("live")
+    assert record.last_tick is not None and record.last_tick >= tick
+    assert [e.type for e in await engine.schedule_events("live", limit=1)] == ["started"]
+    print(f"\ndue -> run seen started by the periodic sweep: {lateness:.2f} s")
+
+
+async def test_an_idle_sweep_reads_no_schedule_row_even_on_a_generic_plan(
+    database_url: str,
+) -> None:
+    """Regression: the due query's bound ``now`` let PostgreSQL's plan cache switch to a generic
+    plan (after sweeps with many due rows made the custom plans look expensive), an ordered scan
+    of the whole ``next_tick`` index that read every schedule on every idle sweep (10,000 rows a
+    second for 10,000 schedules in ``python -m bench --only schedules``). The sweep forces a
+    custom plan for its transaction; the database here defaults to generic plans."""
+    name = sql(database_url, "SELECT current_database()")[0][0]
+    sql(database_url, f"ALTER DATABASE {name} SET plan_cache_mode = force_generic_plan")
+    sql(
+        database_url,
+        "INSERT INTO iterflow.schedules (id, flow, cron, tz, source, last_tick, next_tick) "
+        "SELECT 'idle' || i, 'report', '0 * * * *', 'UTC', 'api', now(), now() + interval '1h' "
+        "FROM generate_series(1, 2000) AS i",
+    )
+    sql(database_url, "ANALYZE iterflow.schedules")
+    async with Engine(database_url, pool_size=1) as engine:
+        _register(engine)
+        for _ in range(10):
+            assert (await engine.sweep_schedules()).schedules == 0
+    query = (
+        "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) "
+        "FROM pg_stat_user_tables WHERE schemaname = 'iterflow' AND relname = 'schedules'"
+    )
+    read = [sql(database_url, query)[0][0]]
+    for _ in range(20):  # the engine's backends flush their counters as they exit
+        await asyncio.sleep(0.1)
+        read.append(sql(database_url, query)[0][0])
+    assert read[-1] < 100, f"10 idle sweeps read {read[-1]} schedule rows"

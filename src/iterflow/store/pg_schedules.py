@@ -197,7 +197,7 @@ class PostgresSchedules:
     ) -> AsyncIterator[_Batch]:
         try:
             async with self._schedule_tx() as conn:
-                clock = (await conn.execute(self._sq.now, {"now": now})).scalar_one()
+                clock = (await conn.execute(self._sq.sweep_now, {"now": now})).one().now
                 rows = await conn.execute(self._sq.due, {"now": clock, "limit": limit})
                 due = [
                     DueSchedule(schedule_record(r), bool(r["previous_live"]))

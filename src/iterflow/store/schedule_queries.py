@@ -33,6 +33,16 @@ class ScheduleStatements:
         s = quote_identifier(schema)
         live = status_in(LIVE_STATUSES, "r.status")
         self.now = sa.text("SELECT coalesce(CAST(:now AS timestamptz), now()) AS now")
+        #: The sweep's first statement: its clock, and custom plans for the rest of its
+        #: transaction. ``due`` binds ``now``; once sweeps with many due rows have made the
+        #: custom plans look costly, PostgreSQL's plan cache switches the prepared statement to
+        #: a generic plan (``next_tick <= $1`` estimated at a third of the table), an ordered
+        #: scan of the whole ``next_tick`` index that reads every schedule on every idle sweep.
+        #: A custom plan reads the due rows only (a bitmap scan of the two partial indexes).
+        self.sweep_now = sa.text(
+            "SELECT set_config('plan_cache_mode', 'force_custom_plan', true) AS plan_cache_mode, "
+            "coalesce(CAST(:now AS timestamptz), now()) AS now"
+        )
         #: The sweep's read: due rows locked, disjoint between concurrent sweeps. Two ways in,
         #: each served by its partial index: a due tick, or a buffered tick whose previous run
         #: is no longer live.
