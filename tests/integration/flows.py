@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
 from pydantic import BaseModel
 
+from iterflow import Engine, RunDetail
 from iterflow.store.urls import libpq_url
 
 TABLES = (
@@ -82,3 +84,15 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def settle(engine: Engine, run_id: uuid.UUID) -> RunDetail:
+    """Drive the run to a terminal state (in memory: drain; PostgreSQL: the worker does it)."""
+    if engine.database_url == "memory://":
+        await engine.drain()
+
+    async def terminal() -> bool:
+        return (await engine.status(run_id)).run.is_terminal
+
+    await eventually(terminal, timeout=30, what=f"run {run_id} to end")
+    return await engine.status(run_id)

@@ -14,7 +14,7 @@ import dataclasses
 import enum
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from iterflow import Engine, FlowContext, FlowError
 from iterflow.core.errors import CtxNested, CtxNotAwaited
 from iterflow.core.models import RunDetail, RunStatus, StepStatus
-from tests.integration.flows import eventually
+from tests.integration.flows import eventually, settle
 
 
 class In(BaseModel):
@@ -43,31 +43,6 @@ class Point:
 
 class Color(enum.Enum):
     RED = "red"
-
-
-@pytest.fixture(params=["postgres", "memory"])
-async def eng(request: pytest.FixtureRequest) -> AsyncIterator[Engine]:
-    """An open engine on PostgreSQL (per-test database) or on the in-memory store."""
-    if request.param == "memory":
-        async with Engine.in_memory() as memory:
-            yield memory
-        return
-    url = request.getfixturevalue("database_url")
-    async with Engine(url, pool_size=4) as pg:
-        await pg.listen(concurrency=2)
-        yield pg
-
-
-async def settle(engine: Engine, run_id: uuid.UUID) -> RunDetail:
-    """Drive the run to a terminal state (in memory: drain; PostgreSQL: the worker does it)."""
-    if engine.database_url == "memory://":
-        await engine.drain()
-
-    async def terminal() -> bool:
-        return (await engine.status(run_id)).run.is_terminal
-
-    await eventually(terminal, timeout=30, what=f"run {run_id} to end")
-    return await engine.status(run_id)
 
 
 def error_of(detail: RunDetail) -> dict[str, Any]:

@@ -7,9 +7,8 @@ asserted, not assumed.
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,37 +17,12 @@ from pydantic import BaseModel
 
 from iterflow import Engine, FlowContext, FlowError
 from iterflow.core.errors import DataRejected
-from iterflow.core.models import RunDetail, RunStatus, StepRecord, StepStatus
-from tests.integration.flows import eventually
+from iterflow.core.models import RunStatus, StepRecord, StepStatus
+from tests.integration.flows import settle
 
 
 class In(BaseModel):
     n: int = 0
-
-
-@pytest.fixture(params=["postgres", "memory"])
-async def eng(request: pytest.FixtureRequest) -> AsyncIterator[Engine]:
-    """An open engine on PostgreSQL (per-test database) or on the in-memory store."""
-    if request.param == "memory":
-        async with Engine.in_memory() as memory:
-            yield memory
-        return
-    url = request.getfixturevalue("database_url")
-    async with Engine(url, pool_size=4) as pg:
-        await pg.listen(concurrency=2)
-        yield pg
-
-
-async def settle(engine: Engine, run_id: uuid.UUID) -> RunDetail:
-    """Drive the run to a terminal state (in memory: drain; PostgreSQL: the worker does it)."""
-    if engine.database_url == "memory://":
-        await engine.drain()
-
-    async def terminal() -> bool:
-        return (await engine.status(run_id)).run.is_terminal
-
-    await eventually(terminal, timeout=30, what=f"run {run_id} to end")
-    return await engine.status(run_id)
 
 
 HOSTILE_RESULTS: dict[str, Callable[[], Any]] = {

@@ -11,7 +11,6 @@ All of it commits at once, or none of it.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -24,17 +23,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from iterflow.core.models import NewRun, RunStatus, StartResult
 from iterflow.core.scheduling import ScheduleEvent, ScheduleRecord, ScheduleSpec
-from iterflow.core.states import LIVE_STATUSES, Canceled, Started
+from iterflow.core.states import LIVE_STATUSES, Canceled
 from iterflow.store.base import DueSchedule, ScheduledStart, ScheduleWrite
 from iterflow.store.connections import Row, guarded
-from iterflow.store.queries import Statements
+from iterflow.store.queries import Statements, json_param, start_params
 from iterflow.store.schedule_queries import ScheduleStatements
 
 __all__ = ["PostgresSchedules", "schedule_record"]
 
 
-def _j(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
+_j = json_param
 
 
 def schedule_record(row: Row) -> ScheduleRecord:
@@ -229,22 +227,7 @@ class PostgresSchedules:
         self, conn: AsyncConnection, schedule_id: str, start: ScheduledStart, event: str
     ) -> StartResult:
         run: NewRun = start.run
-        params = {
-            "id": run.id,
-            "name": run.name,
-            "version": run.version,
-            "input": _j(run.input),
-            "idem": run.idempotency_key,
-            "tags": list(run.tags),
-            "priority": run.priority,
-            "wake_at": run.wake_at,
-            "delay": run.delay,
-            "parent_run_id": None,
-            "parent_cursor_key": None,
-            "meta": _j(run.meta),
-            "event": _j(Started(version=run.version).to_data()),
-            "queue": self._queue,
-        }
+        params = start_params(run, self._queue)
         row = (await conn.execute(self._q.start, params)).mappings().first()
         if row is not None:
             result = StartResult(row["id"], True, RunStatus(row["status"]))

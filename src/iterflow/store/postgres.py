@@ -14,7 +14,6 @@ operation; plumbing is in ``store/connections.py``, row decoding in ``store/rows
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -57,7 +56,7 @@ from iterflow.store.base import Claim, Lease, WakeUp, signal_limit
 from iterflow.store.connections import HOT_IDLE, HotConnections, Row, execute_on, guarded
 from iterflow.store.outbox import TASK_NAME, reconcile_task_name, schedule_task_name
 from iterflow.store.pg_schedules import PostgresSchedules
-from iterflow.store.queries import RUN_COLS, TERMINAL_CHANNEL, Statements
+from iterflow.store.queries import RUN_COLS, TERMINAL_CHANNEL, Statements, json_param, start_params
 from iterflow.store.rows import (
     child_record,
     event_record,
@@ -70,8 +69,7 @@ from iterflow.store.rows import (
 __all__ = ["HOT_IDLE", "TERMINAL_CHANNEL", "PostgresStore"]
 
 
-def _j(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
+_j = json_param
 
 
 def _data(payload: EventPayload) -> str | None:
@@ -122,23 +120,7 @@ class PostgresStore(PostgresSchedules):
     # -- start ------------------------------------------------------------------------------
 
     async def create_run(self, run: NewRun, *, conn: Any = None) -> StartResult:
-        params = {
-            "id": run.id,
-            "name": run.name,
-            "version": run.version,
-            "input": _j(run.input),
-            "idem": run.idempotency_key,
-            "tags": list(run.tags),
-            "priority": run.priority,
-            "wake_at": run.wake_at,
-            "delay": run.delay,  # due at the database's now() + delay, in the same statement
-            "parent_run_id": run.parent_run_id,
-            "parent_cursor_key": run.parent_cursor_key,
-            "meta": _j(run.meta),
-            # delayed_until is set by the statement from the run's wake_at
-            "event": _data(Started(version=run.version)),
-            "queue": self._queue,
-        }
+        params = start_params(run, self._queue)
         if conn is not None:
             row = await execute_on(conn, self._q.start, params)
         else:

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
+from typing import Any
 
 import sqlalchemy as sa
 
 from iterflow.core.keys import SIGNAL_WAIT_PREFIX, WaitKind
+from iterflow.core.models import NewRun
 from iterflow.core.states import (
     LIVE_STATUSES,
     RESUMABLE_STATUSES,
@@ -26,6 +28,7 @@ from iterflow.core.states import (
     Recovered,
     Rewoken,
     RunStatus,
+    Started,
     StepStatus,
     Unparked,
 )
@@ -39,7 +42,7 @@ from iterflow.store.outbox import (
 )
 from iterflow.store.schema import quote_identifier, status_in
 
-__all__ = ["RUN_COLS", "TERMINAL_CHANNEL", "Statements"]
+__all__ = ["RUN_COLS", "TERMINAL_CHANNEL", "Statements", "json_param", "start_params"]
 
 #: NOTIFY channel carrying the id of every run that reached a terminal status.
 TERMINAL_CHANNEL = "iterflow_terminal"
@@ -54,6 +57,33 @@ RUN_COLS = (
 def _v(member: StrEnum) -> str:
     """A status or event type as an SQL string literal."""
     return f"'{member.value}'"
+
+
+def json_param(value: Any) -> str | None:
+    """A JSON value as the text bound to a ``CAST(:x AS jsonb)`` parameter (NULL for None)."""
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def start_params(run: NewRun, queue: str) -> dict[str, Any]:
+    """The parameters of :attr:`Statements.start` for ``run`` (one statement writes the run,
+    its ``started`` event and its wake-up job; ``delayed_until`` is set by the statement from
+    the run's due time, ``now() + delay`` on the database's clock)."""
+    return {
+        "id": run.id,
+        "name": run.name,
+        "version": run.version,
+        "input": json_param(run.input),
+        "idem": run.idempotency_key,
+        "tags": list(run.tags),
+        "priority": run.priority,
+        "wake_at": run.wake_at,
+        "delay": run.delay,
+        "parent_run_id": run.parent_run_id,
+        "parent_cursor_key": run.parent_cursor_key,
+        "meta": json_param(run.meta),
+        "event": json_param(Started(version=run.version).to_data()),
+        "queue": queue,
+    }
 
 
 def _jsonb(payload: EventPayload) -> str:
