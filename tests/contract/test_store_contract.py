@@ -359,3 +359,27 @@ async def test_a_taken_run_id_is_refused_and_a_cancel_reason_is_checked_when_wri
     assert (await store.get_run(run.id)).status is RunStatus.PENDING  # type: ignore[union-attr]
     assert (await store.cancel(run.id, "stop")).kind == "canceled"
     assert (await store.cancel(run.id, bad)).kind == "already_terminal"
+
+
+async def test_list_runs_finds_a_run_by_its_idempotency_key(store: Store) -> None:
+    first = new_run(idempotency_key="order-1", tags=("customer:7",))
+    await store.create_run(first)
+    await store.create_run(new_run(idempotency_key="order-2"))
+    await store.create_run(new_run(name="other", idempotency_key="order-1"))
+
+    def query(**kw: object) -> dict[str, object]:
+        base: dict[str, object] = {
+            "name": "f",
+            "statuses": (),
+            "tag": None,
+            "limit": 10,
+            "before_seq": None,
+        }
+        return {**base, **kw}
+
+    found = await store.list_runs(**query(idempotency_key="order-1"))  # type: ignore[arg-type]
+    assert [r.id for r in found] == [first.id]
+    both = await store.list_runs(**query(name=None, idempotency_key="order-1"))  # type: ignore[arg-type]
+    assert len(both) == 2
+    none = await store.list_runs(**query(idempotency_key="order-9"))  # type: ignore[arg-type]
+    assert none == []

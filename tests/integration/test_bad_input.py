@@ -211,3 +211,25 @@ async def test_signal_flood_is_capped_with_a_typed_error(database_url: str) -> N
         assert counts(database_url) == before
         again = await capped.signal(run.run_id, "approve", {"approved": True}, idempotency_key="e1")
         assert again.kind == "duplicate"
+
+
+async def test_find_run_by_idempotency_key_or_tag(eng: Engine) -> None:
+    """A webhook finds the run its provider's identifiers point at, on both stores."""
+    handle = order_flow(eng, Counter())
+    run = await handle.start(
+        OrderIn(order_id="A-7", amount=1), idempotency_key="order-A-7", tags=["customer:7"]
+    )
+    await handle.start(OrderIn(order_id="A-8", amount=1), idempotency_key="order-A-8")
+    found = await eng.find_run(handle, idempotency_key="order-A-7")
+    assert found is not None and found.id == run.run_id
+    by_tag = await eng.find_run("order", tag="customer:7")
+    assert by_tag is not None and by_tag.id == run.run_id
+    assert await eng.find_run("order", idempotency_key="order-nope") is None
+    page = await eng.list_runs(idempotency_key="order-A-8")
+    assert [r.idempotency_key for r in page.runs] == ["order-A-8"]
+    with pytest.raises(FlowError) as info:
+        await eng.find_run("order")
+    assert info.value.error_code == "INPUT_INVALID"
+    with pytest.raises(FlowError) as bad:
+        await eng.find_run("order", idempotency_key="k\x00")
+    assert bad.value.error_code == "INPUT_INVALID"

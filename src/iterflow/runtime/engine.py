@@ -509,10 +509,12 @@ class Engine:
         name: str | None = None,
         status: RunStatus | str | Iterable[RunStatus | str] | None = None,
         tag: str | None = None,
+        idempotency_key: str | None = None,
         limit: int = 50,
         cursor: int | None = None,
     ) -> RunPage:
-        """Runs newest first, filtered by flow name, status(es) and tag; keyset-paginated."""
+        """Runs newest first, filtered by flow name, status(es), tag and idempotency key;
+        keyset-paginated."""
         limit = inputs.check_limit(limit)
         if name is not None:
             codec.check_text(name, what="flow name filter", max_chars=200)
@@ -524,9 +526,28 @@ class Engine:
             tag=tag,
             limit=limit,
             before_seq=inputs.check_cursor(cursor),
+            idempotency_key=inputs.check_key(
+                idempotency_key, max_chars=self.settings.max_key_chars
+            ),
         )
         next_cursor = runs[-1].seq if len(runs) == limit else None
         return RunPage(runs=tuple(runs), next_cursor=next_cursor)
+
+    async def find_run(
+        self,
+        flow: str | FlowHandle[Any, Any],
+        *,
+        idempotency_key: str | None = None,
+        tag: str | None = None,
+    ) -> RunRecord | None:
+        """The newest run of ``flow`` (a name or a handle) started with ``idempotency_key``
+        and/or carrying ``tag``, or None: find a run from a provider's identifiers (an order id
+        used as the start's key) without keeping an order → run table."""
+        name = flow.name if isinstance(flow, FlowHandle) else flow
+        if idempotency_key is None and tag is None:
+            raise InputInvalid("find_run needs an idempotency_key or a tag to look for")
+        page = await self.list_runs(name=name, idempotency_key=idempotency_key, tag=tag, limit=1)
+        return page.runs[0] if page.runs else None
 
     async def wait(self, run_id: uuid.UUID | str, *, timeout: float | None = None) -> RunRecord:
         """Wait until the run is terminal; return it, or raise its error if not ``done``."""

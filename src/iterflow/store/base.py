@@ -208,8 +208,10 @@ class Store(Protocol):
         tag: str | None,
         limit: int,
         before_seq: int | None,
+        idempotency_key: str | None = None,
     ) -> list[RunRecord]:
-        """Runs newest first, keyset-paginated on ``seq``."""
+        """Runs newest first, keyset-paginated on ``seq``; ``idempotency_key`` finds the run a
+        caller started with that key (one per flow name)."""
         ...
 
     async def pending_wake(self, run_id: uuid.UUID) -> WakeUp | None:

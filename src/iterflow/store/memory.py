@@ -630,6 +630,7 @@ class MemoryStore:
         tag: str | None,
         limit: int,
         before_seq: int | None,
+        idempotency_key: str | None = None,
     ) -> list[RunRecord]:
         runs = [
             r
@@ -638,6 +639,7 @@ class MemoryStore:
             and (not statuses or r.status in statuses)
             and (tag is None or tag in r.tags)
             and (before_seq is None or r.seq < before_seq)
+            and (idempotency_key is None or r.idempotency_key == idempotency_key)
         ]
         runs.sort(key=lambda r: r.seq, reverse=True)
         return [r.record() for r in runs[:limit]]

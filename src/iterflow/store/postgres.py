@@ -446,6 +446,7 @@ class PostgresStore(PostgresSchedules):
         tag: str | None,
         limit: int,
         before_seq: int | None,
+        idempotency_key: str | None = None,
     ) -> list[RunRecord]:
         """Newest first, keyset-paginated on ``seq`` (never skips rows sharing a timestamp)."""
         runs = schema_tables.runs
@@ -456,6 +457,8 @@ class PostgresStore(PostgresSchedules):
             stmt = stmt.where(runs.c.status.in_([s.value for s in statuses]))
         if tag is not None:
             stmt = stmt.where(runs.c.tags.contains([tag]))
+        if idempotency_key is not None:  # the unique (name, idempotency_key) index
+            stmt = stmt.where(runs.c.idempotency_key == idempotency_key)
         if before_seq is not None:
             stmt = stmt.where(runs.c.seq < before_seq)
         stmt = stmt.order_by(runs.c.seq.desc()).limit(limit)
