@@ -12,8 +12,8 @@ All of it commits at once, or none of it.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -25,7 +25,7 @@ from iterflow.core.models import NewRun, RunStatus, StartResult
 from iterflow.core.scheduling import ScheduleEvent, ScheduleRecord, ScheduleSpec
 from iterflow.core.states import LIVE_STATUSES, Canceled
 from iterflow.store.base import DueSchedule, ScheduledStart, ScheduleWrite
-from iterflow.store.connections import Row, guarded
+from iterflow.store.connections import Row
 from iterflow.store.queries import Statements, json_param, start_params
 from iterflow.store.schedule_queries import ScheduleStatements
 
@@ -91,22 +91,12 @@ class PostgresSchedules:
     _engine: AsyncEngine
     _queue: str
     _q: Statements
+    _sq: ScheduleStatements
+    _tx: Callable[[], AbstractAsyncContextManager[AsyncConnection]]
     schema: str
 
-    @property
-    def _sq(self) -> ScheduleStatements:
-        cached: ScheduleStatements | None = self.__dict__.get("_schedule_statements")
-        if cached is None:
-            cached = self.__dict__["_schedule_statements"] = ScheduleStatements(self.schema)
-        return cached
-
-    @asynccontextmanager
-    async def _schedule_tx(self) -> AsyncIterator[AsyncConnection]:
-        async with guarded(self._engine.begin()) as conn:
-            yield conn
-
     async def _schedule_one(self, stmt: sa.TextClause, params: dict[str, Any]) -> Row | None:
-        async with self._schedule_tx() as conn:
+        async with self._tx() as conn:
             return (await conn.execute(stmt, params)).mappings().first()
 
     async def schedule_now(self) -> datetime:
@@ -175,12 +165,12 @@ class PostgresSchedules:
         return None if row is None else schedule_record(row)
 
     async def list_schedules(self) -> list[ScheduleRecord]:
-        async with self._schedule_tx() as conn:
+        async with self._tx() as conn:
             rows = (await conn.execute(self._sq.list)).mappings().all()
         return [schedule_record(r) for r in rows]
 
     async def schedule_events(self, schedule_id: str, *, limit: int) -> list[ScheduleEvent]:
-        async with self._schedule_tx() as conn:
+        async with self._tx() as conn:
             rows = (
                 await conn.execute(self._sq.events, {"id": schedule_id, "limit": limit})
             ).mappings()
@@ -194,7 +184,7 @@ class PostgresSchedules:
         self, *, limit: int, now: datetime | None = None
     ) -> AsyncIterator[_Batch]:
         try:
-            async with self._schedule_tx() as conn:
+            async with self._tx() as conn:
                 clock = (await conn.execute(self._sq.sweep_now, {"now": now})).one().now
                 rows = await conn.execute(self._sq.due, {"now": clock, "limit": limit})
                 due = [
@@ -211,7 +201,7 @@ class PostgresSchedules:
     async def start_scheduled(
         self, schedule_id: str, starts: Sequence[ScheduledStart], *, event: str
     ) -> list[StartResult]:
-        async with self._schedule_tx() as conn:
+        async with self._tx() as conn:
             if (await conn.execute(self._sq.lock, {"id": schedule_id})).first() is None:
                 return []
             results = [await self._start_on(conn, schedule_id, s, event) for s in starts]

@@ -65,6 +65,7 @@ from iterflow.store.rows import (
     step_record,
     timer_record,
 )
+from iterflow.store.schedule_queries import ScheduleStatements
 
 __all__ = ["HOT_IDLE", "TERMINAL_CHANNEL", "PostgresStore"]
 
@@ -88,6 +89,7 @@ class PostgresStore(PostgresSchedules):
         self._translate = schema_tables.translate_map(schema)
         self.schema = schema
         self._q = Statements(schema)
+        self._sq = ScheduleStatements(schema)
         self._conns = HotConnections(engine)
 
     @property
