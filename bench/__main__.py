@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -24,12 +25,33 @@ from pathlib import Path
 
 from iterflow.core.settings import Settings
 
-from . import concurrency, latency, limits, profiling, schedules, steps, waiting
+from . import (
+    concurrency,
+    hooks,
+    latency,
+    limits,
+    profiling,
+    retention,
+    schedules,
+    steps,
+    waiting,
+    web,
+)
 from .config import Context, Sizes
 from .report import Report, Section
 from .server import BenchServer
 
-SECTIONS = ("limits", "steps", "latency", "concurrency", "waiting", "schedules")
+SECTIONS = (
+    "limits",
+    "steps",
+    "latency",
+    "concurrency",
+    "waiting",
+    "schedules",
+    "web",
+    "hooks",
+    "retention",
+)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -62,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--keep-data", action="store_true", help="keep the embedded server's data directory"
     )
+    parser.add_argument(
+        "--retention-runs",
+        type=int,
+        default=None,
+        help="finished runs the retention section purges (default 1,000,000; --quick 20,000)",
+    )
     return parser
 
 
@@ -70,6 +98,8 @@ async def _run(args: argparse.Namespace) -> Report:
     if args.profile and "profile" not in selected:
         selected.append("profile")
     sizes = Sizes.quick() if args.quick else Sizes()
+    if args.retention_runs is not None:
+        sizes = dataclasses.replace(sizes, retention_runs=args.retention_runs)
     server = BenchServer(url=args.database_url, keep_data=args.keep_data)
     await asyncio.to_thread(server.start)
     try:
@@ -112,6 +142,12 @@ async def _run(args: argparse.Namespace) -> Report:
                 produced = [await waiting.run(ctx)]
             elif name == "schedules":
                 produced = [await schedules.run(ctx)]
+            elif name == "web":
+                produced = [await web.run(ctx)]
+            elif name == "hooks":
+                produced = [await hooks.run(ctx)]
+            elif name == "retention":
+                produced = [await retention.run(ctx)]
             else:
                 produced = [await profiling.run(ctx)]
             elapsed = time.perf_counter() - t0

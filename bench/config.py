@@ -36,6 +36,15 @@ class Sizes:
     schedules: int = 10_000
     schedule_boundaries: int = 2
     sweep_due: int = 1_000
+    #: The dashboard section: runs loaded, then requests timed per page.
+    web_runs: int = 100_000
+    web_samples: int = 30
+    #: The hooks section: interleaved rounds, and 10-step runs per round (PostgreSQL, memory).
+    hook_rounds: int = 7
+    hook_runs: int = 40
+    hook_memory_runs: int = 300
+    #: The retention section: finished runs purged under a workload (``--retention-runs``).
+    retention_runs: int = 1_000_000
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -58,6 +67,12 @@ class Sizes:
             schedules=600,
             schedule_boundaries=1,
             sweep_due=100,
+            web_runs=2_000,
+            web_samples=5,
+            hook_rounds=2,
+            hook_runs=8,
+            hook_memory_runs=40,
+            retention_runs=20_000,
         )
 
 

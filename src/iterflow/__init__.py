@@ -30,7 +30,9 @@ if TYPE_CHECKING:
         StepTimeout,
     )
     from iterflow.core.graph import FlowGraph, RunOverlay, render
+    from iterflow.core.hooks import Hook
     from iterflow.core.models import (
+        BulkResult,
         CancelResult,
         EventRecord,
         RetryResult,
@@ -43,11 +45,13 @@ if TYPE_CHECKING:
         StepKind,
         StepRecord,
         StepStatus,
+        WorkerRecord,
     )
     from iterflow.core.progress import graph_from_history, overlay
     from iterflow.core.retry import RetryPolicy
     from iterflow.core.scheduling import ScheduleEvent, ScheduleRecord, Tick
     from iterflow.core.settings import Settings
+    from iterflow.core.signals import Signal
     from iterflow.runtime.context import FlowContext
     from iterflow.runtime.engine import Engine, FlowHandle
     from iterflow.testing import FakeClock
@@ -66,10 +70,12 @@ _EXPORTS: dict[str, str] = {
     "step_attempt": "iterflow.core.ctx",
     "RetryPolicy": "iterflow.core.retry",
     "Settings": "iterflow.core.settings",
+    "Signal": "iterflow.core.signals",
     # running them
     "Engine": "iterflow.runtime.engine",
     "FlowHandle": "iterflow.runtime.engine",
     "FlowContext": "iterflow.runtime.context",
+    "Hook": "iterflow.core.hooks",
     # errors
     "FlowError": "iterflow.core.errors",
     "NonRetryable": "iterflow.core.errors",
@@ -81,6 +87,7 @@ _EXPORTS: dict[str, str] = {
     "RunNotFound": "iterflow.core.errors",
     "ResultTimeout": "iterflow.core.errors",
     # results and records
+    "BulkResult": "iterflow.core.models",
     "CancelResult": "iterflow.core.models",
     "EventRecord": "iterflow.core.models",
     "RetryResult": "iterflow.core.models",
@@ -93,6 +100,7 @@ _EXPORTS: dict[str, str] = {
     "StepKind": "iterflow.core.models",
     "StepRecord": "iterflow.core.models",
     "StepStatus": "iterflow.core.models",
+    "WorkerRecord": "iterflow.core.models",
     # schedules
     "Tick": "iterflow.core.scheduling",
     "ScheduleRecord": "iterflow.core.scheduling",
@@ -111,6 +119,7 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "BuiltFlow",
+    "BulkResult",
     "CancelResult",
     "Ctx",
     "DriftPolicy",
@@ -125,6 +134,7 @@ __all__ = [
     "FlowGraph",
     "FlowHandle",
     "FlowLogger",
+    "Hook",
     "NonRetryable",
     "ResultTimeout",
     "RetryPolicy",
@@ -139,6 +149,7 @@ __all__ = [
     "ScheduleEvent",
     "ScheduleRecord",
     "Settings",
+    "Signal",
     "SignalResult",
     "SignalTimeout",
     "StartResult",
@@ -149,6 +160,7 @@ __all__ = [
     "StepStatus",
     "StepTimeout",
     "Tick",
+    "WorkerRecord",
     "describe",
     "flow",
     "graph_from_history",

@@ -59,6 +59,7 @@ def test_migrate_installs_the_tables(empty_database_url: str) -> None:
         "signals",
         "steps",
         "timers",
+        "workers",
     ]
 
 
@@ -78,9 +79,9 @@ def test_list_show_cancel_retry_and_signal(
     url = ["--database-url", database_url]
     assert main([*url, "list", "--tag", "cli"]) == 0
     assert run_id in capsys.readouterr().out
-    assert main([*url, "show", run_id]) == 0
+    assert main([*url, "show", run_id, "--events"]) == 0
     shown = capsys.readouterr().out
-    assert "status=pending" in shown and "event  started" in shown
+    assert "status=pending" in shown and "  started  " in shown
 
     app = tmp_path / "cli_app.py"
     app.write_text(
@@ -97,10 +98,12 @@ def test_list_show_cancel_retry_and_signal(
     assert main([*url, "signal", "cli_app:engine", run_id, "approve", "{}"]) == 2
     assert "SIGNAL_PAYLOAD_INVALID" in capsys.readouterr().err
 
-    assert main([*url, "retry", run_id]) == 0
+    assert main([*url, "retry", run_id]) == 5  # not_failed: nothing changed
     assert capsys.readouterr().out.strip() == "not_failed"
     assert main([*url, "cancel", run_id, "--reason", "ops"]) == 0
     assert capsys.readouterr().out.strip() == "canceled"
+    assert main([*url, "cancel", run_id]) == 6
+    assert capsys.readouterr().out.strip() == "already_terminal"
     assert main([*url, "list", "--status", "canceled"]) == 0
     assert run_id in capsys.readouterr().out
     assert main([*url, "list", "--status", "nope"]) == 2
@@ -195,9 +198,21 @@ def test_database_errors_exit_3(
     assert "flowctl migrate" in line
 
 
-def test_an_engine_error_exits_1(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--database-url", database_url, "show", RUN_ID]) == 1
+def test_a_missing_run_exits_4_and_an_engine_error_exits_1(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--database-url", database_url, "show", RUN_ID]) == 4
     _one_error_line(capsys.readouterr().err, "RUN_NOT_FOUND")
+
+    async def start() -> str:
+        async with Engine(database_url) as engine:
+            handle = order_flow(engine, Counter())
+            return str((await handle.start(OrderIn(order_id="e1", amount=1))).run_id)
+
+    run_id = asyncio.run(start())
+    argv = ["--database-url", database_url, "fork", run_id, "--from-step", "nope"]
+    assert main(argv) == 1
+    _one_error_line(capsys.readouterr().err, "FORK_STEP_UNKNOWN")
 
 
 def test_unexpected_exceptions_keep_their_traceback(

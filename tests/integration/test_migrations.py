@@ -42,7 +42,16 @@ from iterflow.store.schemagen import metadata_for, render_sql
 from iterflow.store.urls import libpq_url, psycopg_url
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TABLES = {"runs", "steps", "signals", "timers", "events", "schedules", "schedule_events"}
+TABLES = {
+    "runs",
+    "steps",
+    "signals",
+    "timers",
+    "events",
+    "schedules",
+    "schedule_events",
+    "workers",
+}
 PROCRASTINATE_TABLES = {
     "procrastinate_jobs",
     "procrastinate_workers",

@@ -18,8 +18,10 @@ from iterflow.core.states import (
     EventPayload,
     EventType,
     Failed,
+    Forked,
     Parked,
     Recovered,
+    Resumed,
     Retried,
     Rewoken,
     RunStatus,
@@ -79,6 +81,8 @@ PAYLOADS: list[tuple[EventPayload, object]] = [
     (Recovered(), {"reason": "lease_expired"}),
     (Rewoken(), {"reason": "no pending wake-up"}),
     (SignalReceived("go", 7, True), {"name": "go", "signal_id": 7, "waiting": True}),
+    (Resumed(2), {"children": 2}),
+    (Forked("r", "pay", 3), {"source": "r", "from_step": "pay", "from": 3}),
 ]
 
 

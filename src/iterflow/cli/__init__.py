@@ -1,17 +1,21 @@
 """``flowctl``: the synchronous, operator-facing surface.
 
 The database URL resolves as in the library (:func:`iterflow.store.urls.resolve_database_url`):
-``--database-url``, else ``$ITERFLOW_DATABASE_URL``, else ``$DATABASE_URL``, else embedded.
+``--database-url``, else ``$ITERFLOW_DATABASE_URL``, else ``$DATABASE_URL``, else embedded (in
+``--data-dir``; commands other than ``migrate`` never create an empty embedded cluster).
 
 Bad input never prints a traceback: every :class:`~iterflow.core.errors.FlowError` reaching
 :func:`main` becomes one line on stderr, ``flowctl: error [CODE]: message``, and the exit status
-of :data:`EXIT_CODES` (``-v`` adds the traceback). Anything else is a bug and keeps its traceback.
+of :data:`EXIT_CODES` (``-v`` adds the traceback; with ``--json`` stdout also gets
+``{"error": {"code", "message"}, "exit": N}``). A result that changed nothing (``not_found``,
+``not_failed``, ``already_terminal``) has its own exit status too. Anything else is a bug and
+keeps its traceback.
 
 This module is the top-level parser, its global options and the exit statuses. Each command group
 is a module (:mod:`~iterflow.cli.schema`, :mod:`~iterflow.cli.worker`, :mod:`~iterflow.cli.runs`,
-:mod:`~iterflow.cli.schedules`, :mod:`~iterflow.cli.graph`, :mod:`~iterflow.cli.demo`) whose
-``register(subparsers)`` adds its subcommands with ``set_defaults(func=...)``; :func:`main` calls
-``args.func(args)``.
+:mod:`~iterflow.cli.show`, :mod:`~iterflow.cli.schedules`, :mod:`~iterflow.cli.graph`,
+:mod:`~iterflow.cli.demo`) whose ``register(subparsers)`` adds its subcommands with
+``set_defaults(func=...)``; :func:`main` calls ``args.func(args)``.
 """
 
 from __future__ import annotations
@@ -22,9 +26,15 @@ import sys
 import textwrap
 import traceback
 from collections.abc import Sequence
+from typing import Any
 
-from iterflow.cli import demo, graph, runs, schedules, schema, worker
-from iterflow.cli.common import Command
+from iterflow.cli import demo, export, gc, graph, runs, schedules, schema, show, ui, worker
+from iterflow.cli.common import (
+    EXIT_ALREADY_TERMINAL,
+    EXIT_NOT_FAILED,
+    EXIT_NOT_FOUND,
+    Command,
+)
 from iterflow.core.errors import (
     ConfigInvalid,
     DatabaseUnavailable,
@@ -34,6 +44,8 @@ from iterflow.core.errors import (
     InputInvalid,
     PayloadInvalid,
     PayloadTooLarge,
+    RunNotFound,
+    ScheduleNotFound,
     SchemaConflict,
     SchemaMissing,
     SignalPayloadInvalid,
@@ -41,11 +53,14 @@ from iterflow.core.errors import (
 )
 
 __all__ = [
+    "EXIT_ALREADY_TERMINAL",
     "EXIT_CODES",
     "EXIT_DATABASE",
     "EXIT_ERROR",
     "EXIT_INTERNAL",
     "EXIT_INTERRUPTED",
+    "EXIT_NOT_FAILED",
+    "EXIT_NOT_FOUND",
     "EXIT_OK",
     "EXIT_USAGE",
     "exit_code",
@@ -61,7 +76,9 @@ EXIT_INTERRUPTED = 130
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
-    EXIT_ERROR: "the command failed with an iterflow error (e.g. RUN_NOT_FOUND, DATA_REJECTED)",
+    EXIT_ERROR: (
+        "the command failed with an iterflow error (e.g. FORK_STEP_UNKNOWN, DATA_REJECTED)"
+    ),
     EXIT_USAGE: (
         "invalid arguments or input: a usage error, invalid JSON, an unknown or unimportable "
         "module:engine, invalid settings, an unknown flow or signal, an invalid payload "
@@ -69,7 +86,19 @@ EXIT_CODES: dict[int, str] = {
     ),
     EXIT_DATABASE: (
         "the database is unavailable or not ready "
-        "(DATABASE_UNAVAILABLE, SCHEMA_MISSING, SCHEMA_CONFLICT)"
+        "(DATABASE_UNAVAILABLE, SCHEMA_MISSING, SCHEMA_CONFLICT; no embedded database in "
+        "--data-dir)"
+    ),
+    EXIT_NOT_FOUND: (
+        "not_found: no such run or schedule (RUN_NOT_FOUND, SCHEDULE_NOT_FOUND, or the "
+        "not_found result of retry, cancel, signal, fork)"
+    ),
+    EXIT_NOT_FAILED: (
+        "not_failed: retry of a run that is not failed or parked (nor canceled, with --resume); "
+        "nothing changed"
+    ),
+    EXIT_ALREADY_TERMINAL: (
+        "already_terminal: cancel of a finished run, or a signal to one (closed); nothing changed"
     ),
     EXIT_INTERNAL: "internal error: an unexpected exception (a bug); its traceback is printed",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
@@ -87,6 +116,7 @@ _USAGE_ERRORS: tuple[type[FlowError], ...] = (
     SignalUnknown,
 )
 _DATABASE_ERRORS: tuple[type[FlowError], ...] = (DatabaseUnavailable, SchemaConflict, SchemaMissing)
+_NOT_FOUND_ERRORS: tuple[type[FlowError], ...] = (RunNotFound, ScheduleNotFound)
 
 
 def exit_code(error: FlowError) -> int:
@@ -95,6 +125,8 @@ def exit_code(error: FlowError) -> int:
         return EXIT_DATABASE
     if isinstance(error, _USAGE_ERRORS):
         return EXIT_USAGE
+    if isinstance(error, _NOT_FOUND_ERRORS):
+        return EXIT_NOT_FOUND
     return EXIT_ERROR
 
 
@@ -110,7 +142,11 @@ def _epilog() -> str:
         "errors are one line on stderr: flowctl: error [CODE]: message (-v adds the traceback)",
         "",
         "database: --database-url, else $ITERFLOW_DATABASE_URL, else $DATABASE_URL, else an",
-        "embedded PostgreSQL in ./.iterflow; Engine() resolves it the same way.",
+        "embedded PostgreSQL in --data-dir (./.iterflow); Engine() resolves it the same way.",
+        "Only migrate creates an embedded cluster; other commands say where they looked.",
+        "",
+        "--json (before or after the command) prints one JSON document; shapes are in",
+        "docs/operations.md.",
     ]
     return "\n".join(lines)
 
@@ -121,7 +157,7 @@ def _epilog() -> str:
 # Only the pure core at import time: each command imports the store and the runtime
 # (SQLAlchemy, asyncpg, procrastinate), and asyncio, when it runs, so `flowctl --help` and usage
 # errors stay fast. The groups add their subcommands in this order (the order of --help).
-_COMMAND_GROUPS = (schema, worker, runs, schedules, graph, demo)
+_COMMAND_GROUPS = (schema, worker, runs, show, export, gc, schedules, graph, ui, demo)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -139,6 +175,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--schema", default="iterflow", help="schema of the iterflow tables")
     parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="directory of the embedded PostgreSQL when no URL is set (default: ./.iterflow)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print JSON (also accepted after the command)"
+    )
+    parser.add_argument("--version", action=_VersionAction, help="print flowctl's version and exit")
+    parser.add_argument(
         "-v", "--verbose", action="store_true", help="log at DEBUG and print errors' tracebacks"
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -147,13 +192,52 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: argparse.Namespace) -> None:
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("iterflow")
+    except PackageNotFoundError:  # pragma: no cover - a source tree that is not installed
+        return "unknown"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the package's version, read only when asked (it costs an import)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        print(f"flowctl {_version()}")
+        parser.exit()
+
+
+def _run(args: argparse.Namespace) -> int | None:
     command: Command = args.func
     pending = command(args)
-    if pending is not None:  # an async command: its coroutine, run to completion
-        import asyncio
+    if pending is None or isinstance(pending, int):
+        return pending
+    import asyncio  # an async command: its coroutine, run to completion
 
-        asyncio.run(pending)
+    return asyncio.run(pending)
+
+
+class _JsonLogFormatter(logging.Formatter):
+    """A log record as ``{"at", "level", "logger", "message"}`` (+ ``"traceback"``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+        from datetime import UTC, datetime
+
+        data = {
+            "at": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            data["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False, default=str)
 
 
 def _one_line(text: str) -> str:
@@ -167,19 +251,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
         return exc.code if isinstance(exc.code, int) else EXIT_OK
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    if args.json:  # one JSON object per log line (flowctl --json worker ...)
+        handler.setFormatter(_JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     if not args.verbose:
         for noisy in ("procrastinate", "alembic", "pgserver"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        _run(args)
+        status = _run(args)
     except FlowError as exc:
         if args.verbose:
             traceback.print_exception(exc)
-        print(f"flowctl: error [{exc.error_code}]: {_one_line(exc.message)}", file=sys.stderr)
+        message = _one_line(exc.message)
+        print(f"flowctl: error [{exc.error_code}]: {message}", file=sys.stderr)
+        if getattr(args, "json", False):
+            import json
+
+            error = {"code": exc.error_code, "message": message}
+            print(json.dumps({"error": error, "exit": exit_code(exc)}, indent=2))
         return exit_code(exc)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -191,4 +283,4 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERNAL
-    return EXIT_OK
+    return EXIT_OK if status is None else status

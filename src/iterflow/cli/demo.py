@@ -1,8 +1,10 @@
 """``flowctl demo``: an order flow on embedded PostgreSQL, with a signal sent over HTTP the way a
-payment provider's webhook would send it.
+payment provider's webhook would send it: a signed event posted to iterflow's
+:func:`~iterflow.contrib.starlette.signal_webhook` endpoint, served by uvicorn (both come with
+``iterflow[web]``).
 
 flowctl imports this module to build its parser, so the demo's own imports (pydantic, the
-engine, asyncio, urllib) happen inside the functions that run it.
+engine, asyncio, starlette, uvicorn, urllib) happen inside the functions that run it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from iterflow.cli.common import Subparsers, database_url
 
 if TYPE_CHECKING:
     import asyncio
+
+    import uvicorn
 
     from iterflow.runtime.context import FlowContext
     from iterflow.runtime.engine import Engine, FlowHandle
@@ -92,49 +96,65 @@ def build_engine(url: str | None, sleep_seconds: float) -> tuple[Engine, FlowHan
     return engine, order
 
 
-async def _webhook_server(engine: Engine) -> tuple[asyncio.Server, int]:
-    """A tiny HTTP endpoint: POST /runs/<id>/signals/<name> with a JSON body."""
+#: The demo's webhook secret (a real app reads its provider's secret from the environment).
+DEMO_SECRET = "whsec_demo"
+
+
+async def _webhook_server(engine: Engine) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+    """The payment provider's webhook endpoint, ``POST /webhooks/payments``: iterflow's
+    :func:`~iterflow.contrib.starlette.signal_webhook` (Stripe-style signature, the event id as
+    the idempotency key) served by uvicorn on 127.0.0.1 (a random port)."""
     import asyncio
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            request_line, *header_lines = head.decode().split("\r\n")
-            _, path, _ = request_line.split(" ", 2)
-            headers = {
-                k.strip().lower(): v.strip()
-                for k, v in (h.split(":", 1) for h in header_lines if ":" in h)
-            }
-            body = await reader.readexactly(int(headers.get("content-length", "0")))
-            _, _, run_id, _, name = path.split("/")
-            result = await engine.signal(
-                run_id, name, json.loads(body), idempotency_key=headers.get("idempotency-key")
-            )
-            payload = json.dumps({"result": result.kind}).encode()
-            status = "202 Accepted"
-        except Exception as exc:
-            payload = json.dumps({"error": str(exc)}).encode()
-            status = "400 Bad Request"
-        writer.write(
-            f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
-            + payload
-        )
-        await writer.drain()
-        writer.close()
+    try:
+        import uvicorn
+        from starlette.applications import Starlette
+        from starlette.routing import Route
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    return server, port
+        from iterflow.contrib.starlette import WebhookSignal, signal_webhook
+    except ImportError as exc:
+        raise SystemExit(
+            f"flowctl demo serves its webhook with iterflow[web] ({exc}): "
+            "pip install 'iterflow[web]'"
+        ) from exc
+
+    def resolve(event: dict[str, Any]) -> WebhookSignal | None:
+        if event.get("type") != "payment.succeeded":
+            return None
+        return WebhookSignal(event["run_id"], "payment", event["data"], event["id"])
+
+    endpoint = signal_webhook(engine, secret=DEMO_SECRET, resolve=resolve, scheme="stripe")
+    app = Starlette(routes=[Route("/webhooks/payments", endpoint, methods=["POST"])])
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, lifespan="off", log_config=None, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(), name="demo-webhook")
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("the demo's webhook server stopped before it started")
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return server, task, port
 
 
-def _post(url: str, data: dict[str, str], key: str) -> str:
+def _post(url: str, event: dict[str, Any]) -> str:
+    """POST ``event`` signed as the provider would (``Stripe-Signature: t=...,v1=<HMAC>``)."""
+    import hashlib
+    import hmac
     import urllib.request
 
+    body = json.dumps(event).encode()
+    stamp = str(int(time.time()))
+    digest = hmac.new(DEMO_SECRET.encode(), f"{stamp}.".encode() + body, hashlib.sha256)
     request = urllib.request.Request(
         url,
-        data=json.dumps(data).encode(),
-        headers={"Content-Type": "application/json", "Idempotency-Key": key},
+        data=body,
+        headers={
+            "Content-Type": "application/json",
+            "Stripe-Signature": f"t={stamp},v1={digest.hexdigest()}",
+        },
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -154,7 +174,7 @@ async def run_demo(url: str | None, *, sleep_seconds: float = 2.0) -> None:
         print(f"database ready ({time.monotonic() - t0:.1f}s); migrating…")
         await engine.migrate()
         await engine.listen(concurrency=2)
-        server, port = await _webhook_server(engine)
+        server, serving, port = await _webhook_server(engine)
         try:
             order = {"order_id": f"A-{uuid.uuid4().hex[:6]}", "amount_cents": 4200}
             key = f"order-{order['order_id']}"
@@ -171,16 +191,21 @@ async def run_demo(url: str | None, *, sleep_seconds: float = 2.0) -> None:
                     raise TimeoutError("the demo run never reached its payment wait")
                 await asyncio.sleep(0.1)
             print("run is waiting for the payment webhook; posting it…")
-            hook = f"http://127.0.0.1:{port}/runs/{run_id}/signals/payment"
-            body = {"payment_id": "pay_123", "status": "paid"}
-            first = await asyncio.to_thread(_post, hook, body, "evt_1")
-            again = await asyncio.to_thread(_post, hook, body, "evt_1")
+            hook = f"http://127.0.0.1:{port}/webhooks/payments"
+            event = {
+                "id": "evt_1",
+                "type": "payment.succeeded",
+                "run_id": str(run_id),
+                "data": {"payment_id": "pay_123", "status": "paid"},
+            }
+            first = await asyncio.to_thread(_post, hook, event)
+            again = await asyncio.to_thread(_post, hook, event)  # a provider's redelivery
             print(f"webhook answered {first!r}; its retry answered {again!r}")
             receipt = await handle.result(run_id, timeout=30)
             print(f"result: {receipt!r}")
             print(render_timeline(await engine.status(run_id)))
         finally:
-            server.close()
+            server.should_exit = True
             with contextlib.suppress(Exception):
-                await server.wait_closed()
+                await serving
     print(f"demo finished in {time.monotonic() - t0:.1f}s; embedded PostgreSQL stopped")

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from iterflow.cli.common import Subparsers, load_engine, open_engine, parse_json, schema_option
+from iterflow.cli.common import (
+    Subparsers,
+    load_engine,
+    open_engine,
+    parse_json,
+    schema_option,
+    wants_json,
+)
 from iterflow.core.errors import ConfigInvalid, InputInvalid
 
 __all__ = ["register"]
@@ -51,11 +58,16 @@ async def _graph(args: argparse.Namespace) -> None:
         if flow is None:
             known = ", ".join(f.key for f in engine.registry.all()) or "none"
             raise ConfigInvalid(f"flow {flow_name!r} is not registered (registered: {known})")
-        print(render(await graph_of(flow, sample), args.format), end="")
+        print(render(await graph_of(flow, sample), _format(args)), end="")
         return
     async with engine:  # a run's progress over its flow's graph (or the graph it walked)
         detail = await engine.status(args.run)
         flow = engine.registry.get(detail.run.name, detail.run.version)
         static = getattr(flow, "graph", None)
         graph = static if static is not None else graph_from_history(detail)
-        print(render(graph, args.format, overlay(graph, detail)), end="")
+        print(render(graph, _format(args), overlay(graph, detail)), end="")
+
+
+def _format(args: argparse.Namespace) -> str:
+    """``--format``, or ``json`` with ``--json``."""
+    return "json" if wants_json(args) else str(args.format)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from iterflow.cli.common import Subparsers, load_engine, open_engine, schema_option
+from iterflow.cli.common import Subparsers, json_option, load_engine, open_engine, schema_option
 from iterflow.core.errors import ConfigInvalid
 
 if TYPE_CHECKING:
@@ -28,8 +28,7 @@ def register(subparsers: Subparsers) -> None:
     group = subparsers.add_parser("schedules", help="list and act on cron schedules")
     commands = group.add_subparsers(dest="schedules_command", required=True, metavar="COMMAND")
     schema_opt = schema_option()
-    json_opt = argparse.ArgumentParser(add_help=False)
-    json_opt.add_argument("--json", action="store_true", help="print JSON")
+    json_opt = json_option()  # also `flowctl --json schedules ...`
 
     commands.add_parser(
         "list", parents=[schema_opt, json_opt], help="every schedule with its next tick"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from iterflow.cli.common import Subparsers, open_engine, schema_option
+from iterflow.cli.common import Subparsers, open_engine, print_json, schema_option, wants_json
 from iterflow.core.errors import ConfigInvalid
 
 __all__ = ["register"]
@@ -44,15 +44,30 @@ async def _migrate(args: argparse.Namespace) -> None:
     from iterflow.store.urls import redacted
 
     schema = args.schema
-    async with open_engine(args) as engine:
+    async with open_engine(args, create_embedded=True) as engine:
         where = redacted(engine.database_url)
         if not args.stamp:
             await engine.migrate()
-            print(f"migrated schema {schema!r} on {where}")
+            if wants_json(args):
+                print_json({"schema": schema, "database": where, "stamped": False})
+            else:
+                print(f"migrated schema {schema!r} on {where}")
             return
         result = await asyncio.to_thread(stamp, engine.database_url, schema=schema)
         before = result.previous or "none"
         extra = "; installed procrastinate's schema" if result.installed_procrastinate else ""
+        if wants_json(args):
+            print_json(
+                {
+                    "schema": schema,
+                    "database": where,
+                    "stamped": True,
+                    "revision": result.revision,
+                    "previous": result.previous,
+                    "installed_procrastinate": result.installed_procrastinate,
+                }
+            )
+            return
         print(
             f"stamped schema {schema!r} on {where} at revision {result.revision} "
             f"(was {before}); tables verified{extra}"
@@ -68,5 +83,7 @@ def _generate_schema(args: argparse.Namespace) -> None:
         raise ConfigInvalid(str(exc)) from exc
     except OSError as exc:
         raise ConfigInvalid(f"cannot write {args.out}: {exc.strerror or exc}") from exc
-    if written is not None:
+    if wants_json(args):
+        print_json({"written": None if written is None else str(written)})
+    elif written is not None:
         print(f"wrote {written}")

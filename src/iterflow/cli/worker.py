@@ -1,4 +1,5 @@
-"""``flowctl worker``: run a worker for the engine at ``module:attribute``."""
+"""``flowctl worker``: run a worker for the engine at ``module:attribute``; ``flowctl workers``:
+the workers registered now (what they run, their last heartbeat)."""
 
 from __future__ import annotations
 
@@ -7,23 +8,39 @@ import contextlib
 import logging
 import signal
 
-from iterflow.cli.common import Subparsers, load_engine
+from iterflow.cli.common import (
+    Subparsers,
+    iso,
+    json_option,
+    load_app_engine,
+    open_engine,
+    print_json,
+    schema_option,
+    wants_json,
+)
 
 __all__ = ["register"]
 
 
 def register(subparsers: Subparsers) -> None:
-    """Add ``worker``."""
+    """Add ``worker`` and ``workers``."""
     wrk = subparsers.add_parser("worker", help="run a worker for the engine at module:attribute")
     wrk.add_argument("engine", help="import path of an Engine, e.g. myapp.flows:engine")
     wrk.add_argument("--concurrency", type=int, default=4)
     wrk.set_defaults(func=_worker)
 
+    workers = subparsers.add_parser(
+        "workers",
+        parents=[schema_option(), json_option()],
+        help="list registered workers: host, pid, flows they run, last heartbeat",
+    )
+    workers.set_defaults(func=_workers)
+
 
 async def _worker(args: argparse.Namespace) -> None:
     import asyncio
 
-    engine = load_engine(args.engine, args.database_url)
+    engine = load_app_engine(args)
     # SIGTERM (docker stop, systemd, Kubernetes) stops the worker gracefully, like Ctrl-C:
     # procrastinate stops fetching, lets running attempts finish (up to its graceful timeout)
     # and unregisters the worker. Python's default for SIGTERM would kill it on the spot.
@@ -38,3 +55,37 @@ async def _worker(args: argparse.Namespace) -> None:
             await engine.run_worker(concurrency=args.concurrency)
         except asyncio.CancelledError:
             logging.getLogger("iterflow").info("worker stopped")
+
+
+async def _workers(args: argparse.Namespace) -> None:
+    async with open_engine(args) as engine:
+        workers = await engine.workers()
+    if wants_json(args):
+        print_json(
+            {
+                "workers": [
+                    {
+                        "id": w.id,
+                        "host": w.host,
+                        "pid": w.pid,
+                        "flows": list(w.flows),
+                        "queues": list(w.queues),
+                        "started_at": iso(w.started_at),
+                        "heartbeat_at": iso(w.heartbeat_at),
+                        "stale": w.stale,
+                    }
+                    for w in workers
+                ]
+            }
+        )
+        return
+    if not workers:
+        print("no worker is registered")
+        return
+    for w in workers:
+        state = "STALE" if w.stale else "live"
+        print(
+            f"{w.id}  {state}  pid {w.pid} on {w.host}  heartbeat {iso(w.heartbeat_at)}  "
+            f"started {iso(w.started_at)}"
+        )
+        print(f"  flows: {', '.join(w.flows) or 'none'}  queues: {', '.join(w.queues)}")

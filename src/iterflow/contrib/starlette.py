@@ -147,6 +147,7 @@ STATUS_BY_CODE: Mapping[str, int] = MappingProxyType(
         "PAYLOAD_TOO_LARGE": 413,
         "SIGNAL_LIMIT_EXCEEDED": 409,
         "SCHEDULE_CONFLICT": 409,
+        "IDEMPOTENCY_CONFLICT": 409,
         "RUN_NOT_FOUND": 404,
         "SCHEDULE_NOT_FOUND": 404,
         # our side: the same request can succeed later

@@ -44,6 +44,7 @@ from iterflow.core.nodes import (
     make_body,
 )
 from iterflow.core.retry import RetryPolicy
+from iterflow.core.signals import Signal, resolve
 
 __all__ = ["BuiltFlow", "FlowBuilder", "OutputBuilder", "StepContext", "flow"]
 
@@ -287,6 +288,21 @@ class FlowBuilder(Generic[In, V]):
 
     @overload
     def signal(
+        self, name: Signal[M], /, *, timeout: DurationLike | None = None
+    ) -> FlowBuilder[In, M]: ...
+
+    @overload
+    def signal(
+        self,
+        name: Signal[M],
+        /,
+        *,
+        timeout: DurationLike | None = None,
+        merge: Callable[[V, M], N],
+    ) -> FlowBuilder[In, N]: ...
+
+    @overload
+    def signal(
         self, name: str, model: type[M], *, timeout: DurationLike | None = None
     ) -> FlowBuilder[In, M]: ...
 
@@ -302,18 +318,23 @@ class FlowBuilder(Generic[In, V]):
 
     def signal(
         self,
-        name: str,
-        model: type[Any],
+        name: str | Signal[Any],
+        model: type[Any] | None = None,
         *,
         timeout: DurationLike | None = None,
         merge: Callable[[Any, Any], Any] | None = None,
     ) -> FlowBuilder[In, Any]:
-        """Wait for signal ``name``; the value becomes its payload, or ``merge(value, payload)``.
+        """Wait for a signal (a :class:`~iterflow.core.signals.Signal` descriptor, or a name and
+        its ``model``); the value becomes its payload, or ``merge(value, payload)``.
 
-        The signal is declared on the flow with ``model``, so ``engine.signal`` validates
+        The signal is declared on the flow with its model, so ``engine.signal`` validates
         payloads before storing them. ``merge`` must be pure (it runs again on every replay).
         """
         s = self._s
+        try:
+            name, model = resolve(name, model)
+        except FlowDefinitionError as exc:
+            raise s.fail(exc.message) from None
         if not isinstance(name, str) or not _NAME.match(name):
             raise s.fail(f"invalid signal name {name!r}: use 1-200 letters, digits or _ . : -")
         if timeout is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import re
 import typing
@@ -31,6 +32,7 @@ __all__ = [
     "adapter",
     "check_data",
     "check_text",
+    "digest",
     "dump",
     "encode",
     "has_return_annotation",
@@ -90,6 +92,13 @@ def encode(value: Any, tp: Any = Any, *, what: str, limit: int) -> Any:
         ) from exc
     check_data(data, what=what, limit=limit)
     return data
+
+
+def digest(data: Any) -> str:
+    """sha256 (hex) of ``data``'s canonical JSON (keys sorted, no spaces): equal for equal
+    JSON values whatever their key order (a start's input hash, for idempotency conflicts)."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def check_data(data: Any, *, what: str, limit: int) -> int:

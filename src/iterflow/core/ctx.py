@@ -3,7 +3,8 @@
 :class:`Ctx` is the Protocol of the object a flow body receives. The core (builder nodes, the
 dry-run describer) is written against it; the runtime's
 :class:`~iterflow.runtime.context.FlowContext` and :class:`iterflow.core.describe.DryRunContext`
-implement it (checked statically by ``tests/typing/ctx_conformance.py``).
+implement it (checked statically by ``tests/typing/pass/ctx_conformance.py``, under mypy and
+pyright).
 
 The runtime's :class:`~iterflow.runtime.context.FlowContext` sets the step attempt before each
 attempt of a step body; builder nodes and user code read it with :func:`step_attempt`.
@@ -20,6 +21,7 @@ from typing import Any, Protocol, TypeVar, TypeVarTuple, overload
 from iterflow.core.definition import FlowDef
 from iterflow.core.durations import DurationLike, WhenLike
 from iterflow.core.retry import RetryPolicy
+from iterflow.core.signals import Signal
 
 __all__ = ["STEP_ATTEMPT", "Ctx", "FlowLogger", "HasDefinition", "step_attempt"]
 
@@ -73,6 +75,9 @@ class Ctx(Protocol):
     returning ``Coroutine`` so that type checkers flag a forgotten ``await`` (mypy's
     ``unused-coroutine``, pyright's ``reportUnusedCoroutine``), and the runtime fails the attempt
     with ``CTX_NOT_AWAITED``. ``ctx.step`` checks ``args`` against ``fn``'s parameters.
+    ``ctx.signal`` waits for a signal named by a :class:`~iterflow.core.signals.Signal`
+    descriptor (``await ctx.signal(approve)``) or by its name and payload model
+    (``await ctx.signal("approve", Approval)``), either with ``timeout=``.
     """
 
     @property
@@ -131,11 +136,15 @@ class Ctx(Protocol):
         """Durably wait ``duration`` or until a datetime."""
         ...
 
+    @overload
+    def signal(
+        self, name: Signal[M], /, *, timeout: DurationLike | None = None
+    ) -> Coroutine[None, None, M]: ...
+
+    @overload
     def signal(
         self, name: str, model: type[M], *, timeout: DurationLike | None = None
-    ) -> Coroutine[None, None, M]:
-        """Wait for the signal ``name``; its payload as ``model``."""
-        ...
+    ) -> Coroutine[None, None, M]: ...
 
     def invoke(
         self,

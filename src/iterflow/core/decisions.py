@@ -32,6 +32,7 @@ from iterflow.core.errors import (
     FlowDefinitionError,
     FlowError,
     FlowFailed,
+    ForkStepUnknown,
     InputInvalid,
     Interrupt,
     InvokeDepthExceeded,
@@ -51,6 +52,7 @@ from iterflow.core.errors import (
 from iterflow.core.models import (
     ChildRecord,
     NewRun,
+    RunRecord,
     RunStatus,
     SignalRecord,
     StepRecord,
@@ -74,6 +76,7 @@ __all__ = [
     "EndReturned",
     "EndSuspended",
     "Fail",
+    "ForkCut",
     "InvokeRecord",
     "InvokeRefused",
     "InvokeStart",
@@ -97,8 +100,11 @@ __all__ = [
     "decide_retry",
     "decide_signal",
     "decide_sleep",
+    "fork_cut",
+    "forked_run",
     "join_branches",
     "outage_plan",
+    "resume_children",
     "resume_step",
     "retry_cut",
     "step_failure",
@@ -161,7 +167,9 @@ def check_signal_wait(
         )
     if declared[name] is not model:
         return FlowDefinitionError(
-            f"signal {name!r} is declared with {declared[name]!r} but awaited with {model!r}"
+            f"signal {name!r} is declared with {declared[name]!r} but awaited with {model!r}; "
+            "await it with the model the flow declares (share one Signal descriptor between "
+            "the flow's signals= and ctx.signal)"
         )
     return None
 
@@ -212,8 +220,11 @@ def decide_signal(
                 value = codec.load(sig.payload, model)
             except ValidationError as exc:
                 invalid = SignalPayloadInvalid(
-                    f"buffered signal {name!r} no longer matches {model!r}: "
-                    f"{codec.validation_message(exc)}"
+                    f"signal {name!r} payload does not match "
+                    f"{getattr(model, '__name__', None) or model!r}, the model this run's flow "
+                    f"declares (it was sent by a process that does not register this version, "
+                    f"or stored before the model changed): {codec.validation_message(exc)}",
+                    details={"where": f"signal {name!r}"},
                 )
                 invalid.__cause__ = exc
                 return SignalConsume(sig, fire_timer=fire_timer, error=invalid)
@@ -442,6 +453,7 @@ def decide_invoke(
             parent_run_id=run_id,
             parent_cursor_key=call.cursor_key,
             meta={"depth": depth + 1, "detached": detached},
+            deadline=definition.deadline,
         )
     )
 
@@ -688,4 +700,67 @@ def cut_at(
         child_ids=tuple(
             c.id for c in children if c.status is RunStatus.FAILED and c.cursor_key in owned
         ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ForkCut:
+    """What ``fork`` copies into the new run: the memo rows at ``kept`` positions (those before
+    the cut), nothing else; ``cut`` is the same cut ``retry`` would apply from that point."""
+
+    cut: RetryCut
+    kept: tuple[int, ...]
+    from_step: str | None
+
+
+def fork_cut(
+    steps: Sequence[StepRecord],
+    signals: Sequence[SignalRecord],
+    timers: Sequence[TimerRecord],
+    children: Sequence[ChildRecord],
+    from_step: str | None,
+) -> ForkCut:
+    """The cut of ``fork``: from the memo row of cursor key ``from_step`` (``FORK_STEP_UNKNOWN``
+    if the run never recorded it), or, with None, the cut :func:`retry_cut` computes. The new
+    run keeps a copy of every memo row before the cut (their outputs make the replay return the
+    same values without running the steps again: signals, timers and children they used are not
+    needed) and redoes everything from it."""
+    if from_step is None:
+        cut = retry_cut(steps, signals, timers, children)
+    else:
+        position = next((s.position for s in steps if s.cursor_key == from_step), None)
+        if position is None:
+            recorded = ", ".join(s.cursor_key for s in sorted(steps, key=lambda s: s.position))
+            raise ForkStepUnknown(
+                f"the run has no memo row with cursor key {codec.shown(from_step)}; its recorded "
+                f"keys, in order: {recorded or 'none'}"
+            )
+        cut = cut_at(position, steps, signals, timers, children)
+    kept = tuple(sorted(s.position for s in steps if s.position < cut.position))
+    return ForkCut(cut, kept, from_step)
+
+
+def forked_run(source: RunRecord, new_id: uuid.UUID, fork: ForkCut) -> NewRun:
+    """The run ``fork`` creates: the source's flow, version, input, tags and priority, top-level
+    (no parent, no idempotency key), linked to the source in ``meta``."""
+    return NewRun(
+        id=new_id,
+        name=source.name,
+        version=source.version,
+        input=source.input,
+        tags=source.tags,
+        priority=source.priority,
+        meta={"forked_from": str(source.id), "fork_step": fork.from_step},
+    )
+
+
+def resume_children(
+    steps: Sequence[StepRecord], children: Sequence[ChildRecord]
+) -> tuple[uuid.UUID, ...]:
+    """The children to resume with a canceled run (``retry(resume=True)``): those canceled whose
+    invoke has no memo row yet (the cancel reached them through the run), so the replayed
+    invoke waits for them again instead of recording their cancellation."""
+    recorded = {s.cursor_key for s in steps}
+    return tuple(
+        c.id for c in children if c.status is RunStatus.CANCELED and c.cursor_key not in recorded
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import ValidationError
@@ -18,7 +19,7 @@ from iterflow.core.errors import (
     SignalUnknown,
 )
 
-__all__ = ["DriftPolicy", "FlowDef", "Registry"]
+__all__ = ["DriftPolicy", "FlowDef", "Registry", "validate_signal_payload"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -47,6 +48,9 @@ class FlowDef(Generic[In, Out]):
     body: Callable[[Any, Any], Awaitable[Any]]
     signals: Mapping[str, Any] = field(default_factory=dict)
     drift_policy: DriftPolicy = "fail"
+    #: Every run of this flow started without its own ``deadline=`` fails with
+    #: ``RUN_DEADLINE_EXCEEDED`` if still live this long after its start.
+    deadline: timedelta | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -60,6 +64,12 @@ class FlowDef(Generic[In, Out]):
         for sig in self.signals:
             if not isinstance(sig, str) or not _NAME.match(sig):
                 raise FlowDefinitionError(f"flow {self.name!r}: invalid signal name {sig!r}")
+        if self.deadline is not None and (
+            not isinstance(self.deadline, timedelta) or self.deadline <= timedelta(0)
+        ):
+            raise FlowDefinitionError(
+                f"flow {self.name!r}: deadline must be a positive timedelta, got {self.deadline!r}"
+            )
         if self.drift_policy not in ("fail", "park"):
             raise FlowDefinitionError(
                 f"flow {self.name!r}: drift_policy must be 'fail' or 'park', "
@@ -110,22 +120,30 @@ class FlowDef(Generic[In, Out]):
     def validate_signal(self, name: str, payload: Any) -> tuple[Any, Any]:
         """The model declared for signal ``name`` and ``payload`` validated against it
         (``SIGNAL_UNKNOWN``, ``SIGNAL_PAYLOAD_INVALID``): what a webhook checks before storing."""
+        model = self.signal_model(name)
+        return model, validate_signal_payload(name, model, payload)
+
+    def signal_model(self, name: str) -> Any:
+        """The model declared for signal ``name`` (``SIGNAL_UNKNOWN`` if none)."""
         model = self.signals.get(name)
         if model is None:
             known = ", ".join(sorted(self.signals)) or "none"
             raise SignalUnknown(f"flow {self.key} declares no signal {name!r} (declared: {known})")
-        try:
-            return model, codec.load(payload, model)
-        except (ValidationError, RecursionError) as exc:
-            message = (
-                codec.validation_message(exc)
-                if isinstance(exc, ValidationError)
-                else "nested too deep"
-            )
-            raise SignalPayloadInvalid(
-                f"payload for signal {name!r} is invalid: {message}",
-                details={"where": f"signal {name!r}"},
-            ) from exc
+        return model
+
+
+def validate_signal_payload(name: str, model: Any, payload: Any) -> Any:
+    """``payload`` of signal ``name`` validated against ``model`` (``SIGNAL_PAYLOAD_INVALID``)."""
+    try:
+        return codec.load(payload, model)
+    except (ValidationError, RecursionError) as exc:
+        message = (
+            codec.validation_message(exc) if isinstance(exc, ValidationError) else "nested too deep"
+        )
+        raise SignalPayloadInvalid(
+            f"payload for signal {name!r} is invalid: {message}",
+            details={"where": f"signal {name!r}"},
+        ) from exc
 
 
 class Registry:

@@ -38,6 +38,7 @@ from iterflow.core.durations import DurationLike, WhenLike
 from iterflow.core.graph import CallTrace, FlowGraph, graph_from_calls
 from iterflow.core.models import StepKind
 from iterflow.core.retry import RetryPolicy
+from iterflow.core.signals import Signal, model_name, resolve
 
 __all__ = ["Placeholder", "describe", "graph_of", "sample"]
 
@@ -179,6 +180,28 @@ class DryRunContext:
     async def _value(value: T) -> T:
         return value
 
+    @typing.overload
+    def step(
+        self,
+        label: str,
+        fn: Callable[[*Ts], Coroutine[Any, Any, T]],
+        *args: *Ts,
+        retries: int = 0,
+        backoff: DurationLike | RetryPolicy | None = None,
+        timeout: DurationLike | None = None,
+    ) -> Coroutine[None, None, T]: ...
+
+    @typing.overload
+    def step(
+        self,
+        label: str,
+        fn: Callable[[*Ts], T],
+        *args: *Ts,
+        retries: int = 0,
+        backoff: DurationLike | RetryPolicy | None = None,
+        timeout: DurationLike | None = None,
+    ) -> Coroutine[None, None, T]: ...
+
     def step(
         self,
         label: str,
@@ -199,13 +222,28 @@ class DryRunContext:
         self._record(StepKind.SLEEP, label or "", str(duration))
         return self._value(None)
 
+    @typing.overload
+    def signal(
+        self, name: Signal[T], /, *, timeout: DurationLike | None = None
+    ) -> Coroutine[None, None, T]: ...
+
+    @typing.overload
     def signal(
         self, name: str, model: type[T], *, timeout: DurationLike | None = None
+    ) -> Coroutine[None, None, T]: ...
+
+    def signal(
+        self,
+        name: str | Signal[T],
+        model: type[T] | None = None,
+        *,
+        timeout: DurationLike | None = None,
     ) -> Coroutine[None, None, T]:
-        """Record the wait; answer with a sample payload."""
-        detail = getattr(model, "__name__", str(model))
-        self._record(StepKind.SIGNAL, name, detail + (f", timeout={timeout}" if timeout else ""))
-        return self._value(typing.cast(T, sample(model, f"signal {name!r}")))
+        """Record the wait (a descriptor, or a name and model); answer with a sample payload."""
+        label, tp = resolve(name, model)
+        detail = model_name(tp) + (f", timeout={timeout}" if timeout else "")
+        self._record(StepKind.SIGNAL, label, detail)
+        return self._value(typing.cast(T, sample(tp, f"signal {label!r}")))
 
     def invoke(
         self, flow: Any, input: Any, *, detached: bool = False

@@ -32,6 +32,9 @@ __all__ = [
     "FlowError",
     "FlowFailed",
     "FlowUnknown",
+    "ForkStepUnknown",
+    "HistoryInvalid",
+    "IdempotencyConflict",
     "InputInvalid",
     "Interrupt",
     "InvokeDepthExceeded",
@@ -45,6 +48,7 @@ __all__ = [
     "ResultTimeout",
     "RunAttemptsExhausted",
     "RunCanceled",
+    "RunDeadlineExceeded",
     "RunNotFound",
     "ScheduleConflict",
     "ScheduleInvalid",
@@ -73,6 +77,9 @@ class FlowError(Exception):
     """
 
     code: ClassVar[str] = "FLOW_ERROR"
+    #: The (truncated) traceback of the user code that raised it, stored as ``traceback`` in
+    #: the error's JSON: set by the runtime for errors raised by steps and flow bodies.
+    traceback: str | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -120,6 +127,8 @@ class FlowError(Exception):
                 "type": safe_text(type(cause).__qualname__, MAX_CODE_CHARS),
                 "message": safe_text(_text_of(cause), MAX_MESSAGE_CHARS),
             }
+        if self.traceback:
+            data["traceback"] = safe_text(self.traceback, MAX_TRACEBACK_CHARS)
         return data
 
     @staticmethod
@@ -139,6 +148,9 @@ class FlowError(Exception):
         cause = data.get("cause")
         if isinstance(cause, dict):
             err.details.setdefault("cause", cause)
+        tb = data.get("traceback")
+        if isinstance(tb, str):
+            err.traceback = tb
         return err
 
 
@@ -230,6 +242,36 @@ class RunNotFound(FlowError):
     """No run with that id exists."""
 
     code = "RUN_NOT_FOUND"
+
+
+class RunDeadlineExceeded(FlowError):
+    """The run was still live at its deadline (``start(..., deadline=)`` or the flow's
+    ``deadline=``): it failed, and its live children that are not detached were canceled.
+    ``engine.retry(run_id)`` replays it without a deadline."""
+
+    code = "RUN_DEADLINE_EXCEEDED"
+
+
+class IdempotencyConflict(FlowError):
+    """A start reused an idempotency key with a different input; nothing was written. Use a new
+    key for a new request, or the same input to get the existing run back."""
+
+    code = "IDEMPOTENCY_CONFLICT"
+
+
+class ForkStepUnknown(FlowError):
+    """``engine.fork(run_id, from_step=KEY)`` names a cursor key the run never recorded; nothing
+    was written. The message lists the run's recorded keys."""
+
+    code = "FORK_STEP_UNKNOWN"
+
+
+class HistoryInvalid(FlowError):
+    """A run export (``flowctl export``, read by ``iterflow.testing.replay``) is not a valid
+    document of a format this version reads, or holds a value PostgreSQL could not have stored.
+    Nothing was replayed."""
+
+    code = "HISTORY_INVALID"
 
 
 class ResultTimeout(FlowError):
@@ -355,6 +397,7 @@ def registered_codes() -> dict[str, type[FlowError]]:
 #: Caps on the text of stored errors (characters).
 MAX_CODE_CHARS = 200
 MAX_MESSAGE_CHARS = 8_000
+MAX_TRACEBACK_CHARS = 4_000
 _MAX_DETAIL_DEPTH = 32
 _MAX_DETAIL_ITEMS = 1_000
 _UNSAFE_TEXT = re.compile("[\x00\ud800-\udfff]")

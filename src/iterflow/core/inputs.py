@@ -13,28 +13,40 @@ import math
 import sys
 import uuid
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
 
 from iterflow.core import codec
+from iterflow.core.durations import parse_duration
 from iterflow.core.errors import InputInvalid
-from iterflow.core.states import RunStatus
+from iterflow.core.states import TERMINAL_STATUSES, RunStatus, ordered
 
 __all__ = [
+    "DURATION_TYPES",
     "INT4_MAX",
     "INT4_MIN",
     "check_cursor",
+    "check_deadline",
+    "check_id_prefix",
     "check_key",
     "check_limit",
     "check_priority",
     "check_tags",
+    "check_time",
     "check_timeout",
+    "check_version",
     "run_id",
     "statuses",
+    "terminal_statuses",
 ]
 
 INT4_MIN, INT4_MAX = -(2**31), 2**31 - 1
 _MAX_FLOAT = sys.float_info.max
 _STATUS_VALUES = frozenset(s.value for s in RunStatus)
 _MAX_STATUSES = 100
+
+
+#: What a duration argument may be (``iterflow.core.durations.DurationLike``).
+DURATION_TYPES = (str, timedelta, int, float)
 
 
 def run_id(value: object) -> uuid.UUID:
@@ -132,6 +144,74 @@ def statuses(status: object) -> list[RunStatus]:
             raise InputInvalid(f"unknown status {codec.shown(item)}; use one of: {known}")
         out.append(RunStatus(item))
     return out
+
+
+def terminal_statuses(status: object) -> list[RunStatus]:
+    """A purge's status filter: like :func:`statuses`, terminal statuses only (None: all)."""
+    chosen = statuses(status) or list(ordered(TERMINAL_STATUSES))
+    live = [s.value for s in chosen if s not in TERMINAL_STATUSES]
+    if live:
+        raise InputInvalid(
+            f"only finished runs can be purged; {', '.join(live)} is not a terminal status "
+            "(use done, failed or canceled)"
+        )
+    return list(dict.fromkeys(chosen))
+
+
+def check_deadline(value: object) -> timedelta:
+    """A run deadline: a positive duration (``"2d"``, a ``timedelta``, seconds)."""
+    if value is None or isinstance(value, bool) or not isinstance(value, DURATION_TYPES):
+        raise InputInvalid(
+            f"deadline must be a duration like '2d', a timedelta or seconds, got "
+            f"{type(value).__name__}"
+        )
+    deadline = parse_duration(value)
+    if deadline <= timedelta(0):
+        raise InputInvalid(f"deadline must be longer than zero, got {codec.shown(value)}")
+    return deadline
+
+
+def check_version(version: object) -> int | None:
+    """A flow version filter: ``None`` or an ``int`` in PostgreSQL's ``integer`` range."""
+    if version is None:
+        return None
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise InputInvalid(f"version must be an integer, got {type(version).__name__}")
+    if not INT4_MIN <= version <= INT4_MAX:
+        raise InputInvalid(f"version must be between {INT4_MIN} and {INT4_MAX}")
+    return version
+
+
+def check_time(value: object, *, what: str) -> datetime | None:
+    """A time bound: ``None`` or a timezone-aware ``datetime`` (a naive one is ambiguous)."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise InputInvalid(f"{what} must be a datetime, got {type(value).__name__}")
+    if value.utcoffset() is None:
+        raise InputInvalid(
+            f"{what} must be timezone-aware, e.g. datetime(2026, 1, 1, tzinfo=timezone.utc)"
+        )
+    return value
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def check_id_prefix(prefix: object) -> str | None:
+    """A run id prefix: ``None`` or 1..36 characters of a run id's text (dashes ignored,
+    any case); returned as lowercase hex without dashes."""
+    if prefix is None:
+        return None
+    if not isinstance(prefix, str):
+        raise InputInvalid(f"id_prefix must be text, got {type(prefix).__name__}")
+    digits = prefix.strip().replace("-", "").lower()
+    if not 1 <= len(digits) <= 32 or not _HEX.issuperset(digits) or len(prefix) > 40:
+        raise InputInvalid(
+            f"id_prefix {codec.shown(prefix)} is not the start of a run id (hex digits, e.g. "
+            "'3fa85f64')"
+        )
+    return digits
 
 
 def _listed(values: Iterable[object], what: str, cap: int) -> list[object]:

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 # Re-exported (listed in __all__) for code written before core.states existed.
 from iterflow.core.states import (
@@ -24,12 +24,16 @@ from iterflow.core.states import (
 __all__ = [
     "RESUMABLE_STATUSES",
     "TERMINAL_STATUSES",
+    "BulkResult",
     "CancelResult",
     "ChildRecord",
     "EventRecord",
+    "PurgeReport",
     "RetryResult",
     "RunDetail",
+    "RunFilter",
     "RunPage",
+    "RunQuery",
     "RunRecord",
     "RunStatus",
     "SignalRecord",
@@ -41,6 +45,8 @@ __all__ = [
     "StepStatus",
     "SuspendPlan",
     "TimerRecord",
+    "WorkerInfo",
+    "WorkerRecord",
 ]
 
 
@@ -74,6 +80,8 @@ class RunRecord:
     finished_at: datetime | None
     seq: int
     meta: dict[str, Any] = field(default_factory=dict)
+    #: A live run still live at this time fails with ``RUN_DEADLINE_EXCEEDED``.
+    deadline_at: datetime | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -161,6 +169,83 @@ class RunPage:
 
 
 @dataclass(frozen=True, slots=True)
+class RunFilter:
+    """Which runs ``engine.list_runs`` / ``engine.count_runs`` select (every field narrows).
+
+    Built by the engine after validation. Time windows are ``[after, before)``; a ``finished_*``
+    bound leaves out unfinished runs. ``tags`` must all be present. ``schedule_id`` selects the
+    runs a schedule started (``meta["schedule_id"]``). ``id_prefix`` is lowercase hex without
+    dashes (1 to 32 digits). :meth:`matches` is the semantics; the PostgreSQL store spells the
+    same predicate in SQL (the contract tests hold both stores to it).
+    """
+
+    name: str | None = None
+    version: int | None = None
+    statuses: tuple[RunStatus, ...] = ()
+    tags: tuple[str, ...] = ()
+    idempotency_key: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    finished_after: datetime | None = None
+    finished_before: datetime | None = None
+    parent_run_id: uuid.UUID | None = None
+    schedule_id: str | None = None
+    id_prefix: str | None = None
+
+    def narrowed(
+        self,
+        *,
+        name: str | None = None,
+        statuses: Iterable[RunStatus] = (),
+        tag: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> RunFilter:
+        """This filter with the store's older keyword filters added (those given)."""
+        return RunFilter(
+            name=self.name if name is None else name,
+            version=self.version,
+            statuses=self.statuses or tuple(statuses),
+            tags=self.tags if tag is None else (*self.tags, tag),
+            idempotency_key=self.idempotency_key if idempotency_key is None else idempotency_key,
+            created_after=self.created_after,
+            created_before=self.created_before,
+            finished_after=self.finished_after,
+            finished_before=self.finished_before,
+            parent_run_id=self.parent_run_id,
+            schedule_id=self.schedule_id,
+            id_prefix=self.id_prefix,
+        )
+
+    def id_bounds(self) -> tuple[uuid.UUID, uuid.UUID] | None:
+        """The smallest and largest run id with :attr:`id_prefix` (an index range scan)."""
+        if self.id_prefix is None:
+            return None
+        low = self.id_prefix.ljust(32, "0")
+        high = self.id_prefix.ljust(32, "f")
+        return uuid.UUID(hex=low), uuid.UUID(hex=high)
+
+    def matches(self, run: RunRecord) -> bool:
+        """Whether ``run`` is selected."""
+        checks = (
+            self.name is None or run.name == self.name,
+            self.version is None or run.version == self.version,
+            not self.statuses or run.status in self.statuses,
+            all(t in run.tags for t in self.tags),
+            self.idempotency_key is None or run.idempotency_key == self.idempotency_key,
+            self.created_after is None or run.created_at >= self.created_after,
+            self.created_before is None or run.created_at < self.created_before,
+            self.finished_after is None
+            or (run.finished_at is not None and run.finished_at >= self.finished_after),
+            self.finished_before is None
+            or (run.finished_at is not None and run.finished_at < self.finished_before),
+            self.parent_run_id is None or run.parent_run_id == self.parent_run_id,
+            self.schedule_id is None or run.meta.get("schedule_id") == self.schedule_id,
+            self.id_prefix is None or run.id.hex.startswith(self.id_prefix),
+        )
+        return all(checks)
+
+
+@dataclass(frozen=True, slots=True)
 class StartResult:
     """What ``handle.start`` returns. ``created`` is False when an idempotency key matched."""
 
@@ -219,6 +304,12 @@ class NewRun:
     #: Due this long after the store's "now" (PostgreSQL's ``now()`` in the start transaction,
     #: the in-memory store's clock); the run's ``wake_at`` and its job's ``scheduled_at``.
     delay: timedelta | None = None
+    #: The run fails with ``RUN_DEADLINE_EXCEEDED`` if still live this long after the store's
+    #: "now" at creation (``runs.deadline_at``).
+    deadline: timedelta | None = None
+    #: :func:`iterflow.core.codec.digest` of ``input``: the same idempotency key with another
+    #: input is ``IDEMPOTENCY_CONFLICT`` (None: not checked).
+    input_hash: str | None = None
 
     def __post_init__(self) -> None:
         if self.wake_at is not None and self.delay is not None:
@@ -240,6 +331,25 @@ class StartOptions:
     #: which imports this module): ``"90s"``, a ``timedelta`` or seconds.
     delay: str | timedelta | int | float | None = None
     priority: int = 0
+    #: A duration like ``delay``: the run fails with ``RUN_DEADLINE_EXCEEDED`` if still live
+    #: this long after it was started (None: the flow's own ``deadline=``, if any).
+    deadline: str | timedelta | int | float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeReport:
+    """What ``engine.purge`` (or one retention sweep) deleted, or with ``dry_run`` would delete:
+    ``runs`` counts every run row, children included (their steps, signals, timers and events
+    go with them); ``by_status`` counts the top-level runs by their status."""
+
+    runs: int = 0
+    by_status: dict[RunStatus, int] = field(default_factory=dict)
+    dry_run: bool = False
+
+    @property
+    def top_level(self) -> int:
+        """How many top-level runs (the rest of ``runs`` are their children)."""
+        return sum(self.by_status.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,3 +376,69 @@ class SuspendPlan:
             new_timers=self.new_timers + other.new_timers,
             progress=self.progress or other.progress,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """What a worker registers when it starts (``flowctl workers``, ``explain``): ``flows`` are
+    the ``name@version`` it can run."""
+
+    id: str
+    host: str
+    pid: int
+    flows: tuple[str, ...]
+    queues: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    """A registered worker. ``stale``: no heartbeat for longer than the store was told (the
+    worker was killed, or its host lost the database); a clean stop removes the row."""
+
+    id: str
+    host: str
+    pid: int
+    flows: tuple[str, ...]
+    queues: tuple[str, ...]
+    started_at: datetime
+    heartbeat_at: datetime
+    stale: bool = False
+
+
+class RunQuery(TypedDict, total=False):
+    """The filter keywords of ``Engine.list_runs`` / ``count_runs``, as taken by
+    ``Engine.bulk``."""
+
+    name: str | None
+    status: RunStatus | str | Iterable[RunStatus | str] | None
+    tag: str | None
+    idempotency_key: str | None
+    version: int | None
+    tags: Iterable[str]
+    created_after: datetime | None
+    created_before: datetime | None
+    finished_after: datetime | None
+    finished_before: datetime | None
+    parent: uuid.UUID | str | None
+    schedule: str | None
+    id_prefix: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BulkResult:
+    """What ``engine.bulk`` did (or, with ``dry_run``, would do) to the runs a filter selects.
+
+    ``matched``: runs the filter selected; ``acted``: those the action applied to (would apply
+    to); ``outcomes``: how many ended with each result kind (``queued``, ``not_failed``,
+    ``canceled``, ``already_terminal``...; with ``dry_run``: ``would_retry``, ``would_resume``,
+    ``would_cancel`` and ``skipped``); ``run_ids``: the runs acted on, in list order;
+    ``more``: the call stopped at its ``limit`` with runs left (call again for the rest).
+    """
+
+    action: Literal["retry", "cancel"]
+    dry_run: bool
+    matched: int
+    acted: int
+    outcomes: dict[str, int]
+    run_ids: tuple[uuid.UUID, ...]
+    more: bool = False

@@ -11,20 +11,112 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from iterflow.core.codec import validation_message
-from iterflow.core.errors import ConfigInvalid
+from iterflow.core.codec import check_text, validation_message
+from iterflow.core.durations import parse_duration
+from iterflow.core.errors import ConfigInvalid, DurationInvalid, FlowError
+from iterflow.core.states import RunStatus
 
-__all__ = ["CONNECTION_SETTINGS", "Settings"]
+__all__ = ["CONNECTION_SETTINGS", "Retention", "RetentionPolicy", "RetentionRule", "Settings"]
 
 CONNECTION_SETTINGS = frozenset({"database_url", "db_schema", "data_dir", "pool_size"})
 """Settings that take effect when an engine opens its connections (see ``Engine.configure``)."""
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionRule:
+    """One purge a retention sweep makes: top-level runs finished with ``status`` more than
+    ``older_than`` ago, of flow ``flow`` (None: of every flow not in ``exclude``)."""
+
+    status: RunStatus
+    older_than: timedelta
+    flow: str | None = None
+    exclude: tuple[str, ...] = ()
+
+
+class RetentionPolicy(BaseModel):
+    """How long finished runs are kept, per terminal status: a duration (``"30d"``, ``"12h"``,
+    a ``timedelta`` or seconds) counted from the run's end; None keeps them forever."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    done: timedelta | None = Field(default=None, description="Keep ``done`` runs this long.")
+    failed: timedelta | None = Field(default=None, description="Keep ``failed`` runs this long.")
+    canceled: timedelta | None = Field(
+        default=None, description="Keep ``canceled`` runs this long."
+    )
+
+    @field_validator("done", "failed", "canceled", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> timedelta | None:
+        if value is None:
+            return None
+        try:
+            return parse_duration(value)
+        except DurationInvalid as exc:
+            raise ValueError(exc.message) from None
+
+    def ages(self) -> dict[RunStatus, timedelta]:
+        """The statuses this policy purges, with their age."""
+        ages = {RunStatus.DONE: self.done, RunStatus.FAILED: self.failed}
+        ages[RunStatus.CANCELED] = self.canceled
+        return {status: age for status, age in ages.items() if age is not None}
+
+
+class Retention(RetentionPolicy):
+    """``Settings(retention=...)``: finished runs older than their status's age are deleted by
+    a periodic task on the workers, in small batches, with their children, steps, signals,
+    timers and events. ``flows`` gives some flows their own policy, which replaces this one
+    for them (an unset status there is kept forever)."""
+
+    flows: dict[str, RetentionPolicy] = Field(
+        default_factory=dict, description="Per-flow policies, by flow name."
+    )
+    batch: int = Field(
+        default=500, ge=1, le=10_000, description="Top-level runs deleted per transaction."
+    )
+    every_seconds: int = Field(
+        default=30, ge=1, le=59, description="How often the workers' periodic sweep runs."
+    )
+    pace: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description=(
+            "Share of its time a sweep spends deleting: after a batch that took t seconds it "
+            "pauses t * (1 / pace - 1), so a big backlog never crowds out the workload "
+            "(1: flat out)."
+        ),
+    )
+
+    @field_validator("flows")
+    @classmethod
+    def _flow_names(cls, flows: dict[str, RetentionPolicy]) -> dict[str, RetentionPolicy]:
+        for name in flows:
+            try:
+                check_text(name, what="retention flow name", max_chars=200)
+            except FlowError as exc:
+                raise ValueError(exc.message) from None
+        return flows
+
+    def rules(self) -> list[RetentionRule]:
+        """The purges of one sweep: each flow's own policy, then this one for the others."""
+        rules = [
+            RetentionRule(status, age, flow=name)
+            for name, policy in sorted(self.flows.items())
+            for status, age in policy.ages().items()
+        ]
+        others = tuple(sorted(self.flows))
+        rules += [RetentionRule(s, age, exclude=others) for s, age in self.ages().items()]
+        return rules
 
 
 class Settings(BaseModel):
@@ -103,6 +195,13 @@ class Settings(BaseModel):
     )
     result_poll_max_seconds: float = Field(
         default=1.0, gt=0, description="Upper bound of handle.result's polling floor."
+    )
+    retention: Retention | None = Field(
+        default=None,
+        description=(
+            "Delete finished runs after an age per status (and per flow): see Retention. "
+            "None keeps every run."
+        ),
     )
 
     @field_validator("db_schema")

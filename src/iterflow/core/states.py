@@ -25,8 +25,10 @@ __all__ = [
     "EventPayload",
     "EventType",
     "Failed",
+    "Forked",
     "Parked",
     "Recovered",
+    "Resumed",
     "Retried",
     "Rewoken",
     "RunStatus",
@@ -122,6 +124,8 @@ class EventType(StrEnum):
     RECOVERED = "recovered"
     REWOKEN = "rewoken"
     SIGNAL_RECEIVED = "signal_received"
+    RESUMED = "resumed"
+    FORKED = "forked"
 
 
 class EventPayload:
@@ -269,6 +273,33 @@ class SignalReceived(EventPayload):
         return {"name": self.name, "signal_id": self.signal_id, "waiting": self.waiting}
 
 
+@dataclass(frozen=True, slots=True)
+class Resumed(EventPayload):
+    """A canceled run was set pending again (``engine.retry(run_id, resume=True)``), with its
+    whole history kept: ``{"children"}``, how many canceled children were resumed with it."""
+
+    type: ClassVar[EventType] = EventType.RESUMED
+    children: int
+
+    def to_data(self) -> dict[str, Any]:
+        return {"children": self.children}
+
+
+@dataclass(frozen=True, slots=True)
+class Forked(EventPayload):
+    """The run was created by ``engine.fork``, the first event after ``started``:
+    ``{"source", "from_step", "from"}`` — the source run's id, the cursor key the fork replays
+    from (null: the source's retry cut) and its position; the memo rows before it were copied."""
+
+    type: ClassVar[EventType] = EventType.FORKED
+    source: str
+    from_step: str | None
+    from_position: int
+
+    def to_data(self) -> dict[str, Any]:
+        return {"source": self.source, "from_step": self.from_step, "from": self.from_position}
+
+
 def finished_event(status: RunStatus, error: Mapping[str, Any] | None) -> Completed | Failed:
     """The event of a run's terminal write by its attempt (``done`` or ``failed``; a cancel is
     written by ``cancel``, with its own payload)."""
@@ -307,5 +338,9 @@ def payload_of(type_: str, data: Any) -> EventPayload | None:
                 return Rewoken(d["reason"])
             case EventType.SIGNAL_RECEIVED:
                 return SignalReceived(d["name"], d["signal_id"], d["waiting"])
+            case EventType.RESUMED:
+                return Resumed(d["children"])
+            case EventType.FORKED:
+                return Forked(d["source"], d["from_step"], d["from"])
     except (KeyError, ValueError):
         return None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import functools
 import logging
 import random as _random
@@ -46,9 +47,11 @@ from iterflow.core.errors import (
     LeaseLost,
     Suspended,
 )
+from iterflow.core.hooks import TRACE_META_KEY, Hooks, StartInfo, StepEndInfo, StepInfo
 from iterflow.core.models import StepKind, StepRecord, StepStatus
 from iterflow.core.retry import RetryPolicy
 from iterflow.core.settings import Settings
+from iterflow.core.signals import Signal, resolve
 from iterflow.runtime.calls import (
     CallWatch,
     ReplayQuietLogger,
@@ -56,7 +59,7 @@ from iterflow.runtime.calls import (
     check_untyped,
     inside_step,
 )
-from iterflow.runtime.executor import execute
+from iterflow.runtime.executor import execute, keep_traceback
 from iterflow.store.base import Claim, Store
 
 __all__ = ["FlowContext", "step_attempt"]
@@ -74,6 +77,7 @@ Ts = TypeVarTuple("Ts")
 #: True inside the branches of a ``ctx.gather``: a sibling's suspension must not stop them.
 _IN_GATHER: contextvars.ContextVar[bool] = contextvars.ContextVar("iterflow_gather", default=False)
 logger = logging.getLogger("iterflow.flow")
+_log = logging.getLogger(__name__)
 
 
 class FlowContext:
@@ -88,6 +92,7 @@ class FlowContext:
         signal_models: Mapping[str, Any],
         clock: Callable[[], datetime],
         rng: _random.Random,
+        hooks: Hooks | None = None,
     ) -> None:
         run = claim.run
         self.run_id = run.id
@@ -107,6 +112,9 @@ class FlowContext:
         self._signal_models = signal_models
         self._clock = clock
         self._rng = rng
+        self._hooks = hooks
+        #: The cursor key of the last step that failed for good in this attempt (for logs).
+        self.failed_step: str | None = None
         self._invokes = 0
         self._progressed = False  # has this attempt checkpointed yet (renewed its lease)?
         self.interrupted: Interrupt | LeaseLost | None = None
@@ -246,43 +254,124 @@ class FlowContext:
         attempt, fired = start.attempt, start.fire_timer
         what = f"result of step {call.label!r}"
         while True:
-            record = functools.partial(call.memo, attempts=attempt, started_at=self._clock())
+            started_at = self._clock()
+            record = functools.partial(call.memo, attempts=attempt, started_at=started_at)
             STEP_ATTEMPT.set(attempt)  # copied into the thread of a sync step
+            step = None if self._hooks is None else self._step_begin(call, attempt, fn)
             try:
-                with inside_step(self):
-                    value = await execute(fn, args, timeout)
-                data = codec.encode(value, out_type, what=what, limit=self._max_payload)
-                if not codec.has_return_annotation(fn):
-                    check_untyped(value, call.label)
-            except Exception as exc:
-                failure = decisions.step_failure(call.label, attempt, exc)
-                rand, now = self._rng.random(), self._clock()
-                decision = decisions.decide_retry(
-                    call, policy, attempt, failure.retryable, rand, now, self._inline_retry_max
-                )
-                final = isinstance(decision, decisions.Fail)
-                status = StepStatus.FAILED if final else StepStatus.RETRYING
-                await self._checkpoint(
-                    record(status, error=failure.error.to_dict()), fire_timer=fired
-                )
-                fired = None
-                if isinstance(decision, decisions.Fail):
-                    raise failure.error from None if failure.error is exc else exc
-                if isinstance(decision, decisions.RetryLater):
-                    self._raise(Suspended(decision.plan))
-                await asyncio.sleep(decision.delay.total_seconds())
-                attempt += 1
-                continue
-            try:
-                await self._checkpoint(record(StepStatus.OK, output=data), fire_timer=fired)
-            except DataRejected as rejected:
-                # PostgreSQL refused what the codec let through: the step ran and must not run
-                # again, so its memo records the refusal and the body gets the error.
-                await self._checkpoint(
-                    record(StepStatus.FAILED, error=rejected.to_dict()), fire_timer=fired
-                )
-                raise
-            return codec.load(data, out_type)
+                try:
+                    with inside_step(self):
+                        value = await execute(fn, args, timeout)
+                    data = codec.encode(value, out_type, what=what, limit=self._max_payload)
+                    if not codec.has_return_annotation(fn):
+                        check_untyped(value, call.label)
+                except Exception as exc:
+                    failure = decisions.step_failure(call.label, attempt, exc)
+                    keep_traceback(failure.error, exc)
+                    rand, now = self._rng.random(), self._clock()
+                    decision = decisions.decide_retry(
+                        call, policy, attempt, failure.retryable, rand, now, self._inline_retry_max
+                    )
+                    final = isinstance(decision, decisions.Fail)
+                    status = StepStatus.FAILED if final else StepStatus.RETRYING
+                    error = failure.error.to_dict()
+                    await self._checkpoint(record(status, error=error), fire_timer=fired)
+                    fired = None
+                    retry_in = self._failed_attempt(call, attempt, failure.error, decision, now)
+                    if step is not None:
+                        self._step_end(step, status, started_at, error, retry_in)
+                        step = None
+                    if isinstance(decision, decisions.Fail):
+                        self.failed_step = call.cursor_key
+                        raise failure.error from None if failure.error is exc else exc
+                    if isinstance(decision, decisions.RetryLater):
+                        self._raise(Suspended(decision.plan))
+                    delay = decision.delay
+                else:
+                    try:
+                        await self._checkpoint(record(StepStatus.OK, output=data), fire_timer=fired)
+                    except DataRejected as rejected:
+                        # PostgreSQL refused what the codec let through: the step ran and must
+                        # not run again, so its memo records the refusal and the body gets it.
+                        error = rejected.to_dict()
+                        await self._checkpoint(
+                            record(StepStatus.FAILED, error=error), fire_timer=fired
+                        )
+                        self.failed_step = call.cursor_key
+                        if step is not None:
+                            self._step_end(step, StepStatus.FAILED, started_at, error, None)
+                            step = None
+                        raise
+                    if step is not None:
+                        self._step_end(step, StepStatus.OK, started_at, None, None)
+                        step = None
+                    return codec.load(data, out_type)
+            finally:
+                if step is not None:  # interrupted: lease lost, canceled, storage down
+                    self._step_end(step, StepStatus.FAILED, started_at, None, None)
+            await asyncio.sleep(delay.total_seconds())
+            attempt += 1
+
+    def _step_begin(self, call: replay.Call, attempt: int, fn: Callable[..., Any]) -> StepInfo:
+        module = getattr(fn, "__module__", None) or ""
+        name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+        info = StepInfo(
+            run_id=self.run_id,
+            flow=self.flow_name,
+            cursor_key=call.cursor_key,
+            label=call.label,
+            position=call.position,
+            attempt=attempt,
+            run_attempt=self.attempt,
+            function=f"{module}.{name}" if module else name,
+        )
+        if self._hooks is not None:
+            self._hooks.step_begin(info)
+        return info
+
+    def _step_end(
+        self,
+        step: StepInfo,
+        status: StepStatus,
+        started_at: datetime,
+        error: dict[str, Any] | None,
+        retry_in: timedelta | None,
+    ) -> None:
+        if self._hooks is not None:
+            duration = self._clock() - started_at
+            self._hooks.step_end(StepEndInfo(step, status, duration, error, retry_in))
+
+    def _failed_attempt(
+        self,
+        call: replay.Call,
+        attempt: int,
+        error: FlowError,
+        decision: decisions.RetryInline | decisions.RetryLater | decisions.Fail,
+        now: datetime,
+    ) -> timedelta | None:
+        """Log a failed step attempt at WARNING (and the retry it scheduled); return how long
+        until that retry."""
+        retry_in: timedelta | None = None
+        if isinstance(decision, decisions.RetryInline):
+            retry_in = decision.delay
+            then = f"retry scheduled in {retry_in.total_seconds():g}s"
+        elif isinstance(decision, decisions.RetryLater):
+            wake = decision.plan.wake_at
+            retry_in = None if wake is None else wake - now
+            then = f"retry scheduled at {wake.isoformat() if wake else 'once woken'}"
+        else:
+            then = "no retry left"
+        _log.warning(
+            "step attempt failed: run=%s flow=%s step=%s attempt=%d error=%s; %s",
+            self.run_id,
+            self.flow_name,
+            call.cursor_key,
+            attempt,
+            error,
+            then,
+            extra={"run_id": str(self.run_id), "flow": self.flow_name, "step": call.cursor_key},
+        )
+        return retry_in
 
     # -- sleep --------------------------------------------------------------------------------
 
@@ -320,23 +409,41 @@ class FlowContext:
 
     # -- signal -------------------------------------------------------------------------------
 
+    @overload
+    def signal(
+        self, name: Signal[M], /, *, timeout: DurationLike | None = None
+    ) -> Coroutine[None, None, M]: ...
+
+    @overload
     def signal(
         self, name: str, model: type[M], *, timeout: DurationLike | None = None
+    ) -> Coroutine[None, None, M]: ...
+
+    def signal(
+        self,
+        name: str | Signal[M],
+        model: type[M] | None = None,
+        *,
+        timeout: DurationLike | None = None,
     ) -> Coroutine[None, None, M]:
-        """Wait for the signal ``name`` and return its payload as ``model``.
+        """Wait for a signal and return its payload: ``await ctx.signal(approve)`` for a
+        :class:`~iterflow.core.signals.Signal` descriptor, ``await ctx.signal("approve",
+        Approval)`` by name and model. The flow must declare it with that model.
 
         Signals are consumed FIFO from the run's inbox, so one sent before the wait is not lost.
         With ``timeout``, raises :class:`~iterflow.core.errors.SignalTimeout`
         (``SIGNAL_TIMEOUT``) when nothing arrives in time; delivery and timeout never both win.
         """
-        self._calls.enter(f"ctx.signal({name!r})")
-        refused = decisions.check_signal_wait(self.flow_name, self._signal_models, name, model)
+        what = f"ctx.signal({(name.name if isinstance(name, Signal) else name)!r})"
+        self._calls.enter(what)
+        label, tp = resolve(name, model)
+        refused = decisions.check_signal_wait(self.flow_name, self._signal_models, label, tp)
         if refused is not None:
             raise refused
         limit = parse_duration(timeout) if timeout is not None else None
-        call, memo = self._next(StepKind.SIGNAL, name)
-        run = functools.partial(self._run_signal, call, memo, name, model, limit)
-        return self._calls.issue(f"ctx.signal({name!r})", call.position, run)
+        call, memo = self._next(StepKind.SIGNAL, label)
+        run = functools.partial(self._run_signal, call, memo, label, tp, limit)
+        return self._calls.issue(what, call.position, run)
 
     async def _run_signal(
         self, call: replay.Call, memo: StepRecord | None, name: str, model: type[M], timeout: Any
@@ -413,7 +520,12 @@ class FlowContext:
         )
         if isinstance(decision, decisions.InvokeStart):
             child = decision.child
+            hooks = self._hooks
+            if hooks is not None and (carrier := hooks.inject()):
+                child = dataclasses.replace(child, meta={**child.meta, TRACE_META_KEY: carrier})
             created = await self._write(self._store.spawn_child(self._lease, child))
+            if hooks is not None:
+                hooks.start(StartInfo(child.id, child.name, child.version, created, self.run_id))
             self._raise(Suspended(decisions.await_child(call, child.id, created=created)))
         if isinstance(decision, decisions.InvokeRefused):
             await self._checkpoint(call.memo(StepStatus.FAILED, error=decision.error.to_dict()))

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from typing_extensions import Unpack
 
 from iterflow.core import codec, inputs
-from iterflow.core.definition import DriftPolicy, FlowDef, Registry
+from iterflow.core.definition import DriftPolicy, FlowDef, Registry, validate_signal_payload
 from iterflow.core.durations import DurationLike, parse_duration
 from iterflow.core.errors import (
     ConfigInvalid,
@@ -28,29 +30,51 @@ from iterflow.core.errors import (
     InputInvalid,
     RunNotFound,
 )
+from iterflow.core.explain import Explanation
+from iterflow.core.explain import explain as explain_run
+from iterflow.core.hooks import (
+    TRACE_META_KEY,
+    Hook,
+    Hooks,
+    RunFinishedInfo,
+    SignalInfo,
+    StartInfo,
+    clean_carrier,
+    wait_reason,
+)
 from iterflow.core.models import (
+    BulkResult,
     CancelResult,
     NewRun,
+    PurgeReport,
     RetryResult,
     RunDetail,
+    RunFilter,
     RunPage,
+    RunQuery,
     RunRecord,
     RunStatus,
     SignalResult,
     StartOptions,
     StartResult,
+    WorkerRecord,
 )
 from iterflow.core.scheduling import ScheduleEvent, ScheduleRecord
-from iterflow.core.settings import CONNECTION_SETTINGS, Settings
+from iterflow.core.settings import CONNECTION_SETTINGS, RetentionRule, Settings
+from iterflow.core.signals import Signal, SignalsSpec, declared, payload_model
+from iterflow.core.states import WAITING_STATUSES
 from iterflow.runtime.backend import Backend, open_backend
+from iterflow.runtime.bulk import BULK_PAGE, BulkAction, run_bulk
 from iterflow.runtime.host import run_procrastinate, stale_worker_seconds
 from iterflow.runtime.notify import LocalNotifier, TerminalListener
 from iterflow.runtime.reconciler import Reconciler, ReconcileReport
+from iterflow.runtime.registry import WORKER_STALE_SECONDS, registered, worker_info
 from iterflow.runtime.results import Notifier, wait_for_end
+from iterflow.runtime.retention import RetentionSweeper
 from iterflow.runtime.scheduler import Scheduler, SweepReport
 from iterflow.runtime.schedules import Schedules
 from iterflow.runtime.worker import Worker
-from iterflow.store.base import ScheduleStore, Store
+from iterflow.store.base import ScheduleStore, Store, WorkerStore
 from iterflow.store.memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -60,6 +84,7 @@ __all__ = ["Engine", "FlowHandle"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
+M = TypeVar("M")
 
 logger = logging.getLogger(__name__)
 
@@ -90,16 +115,24 @@ class FlowHandle(Generic[In, Out]):
         delay: DurationLike | None = None,
         priority: int = 0,
         conn: Any = None,
+        deadline: DurationLike | None = None,
     ) -> StartResult:
         """Start a run. Input is validated before anything is written (``INPUT_INVALID``).
 
         One transaction writes the run, its ``started`` event and its wake-up job; ``conn`` (a
         SQLAlchemy ``AsyncConnection`` in a transaction) joins the caller's transaction, so the
         run exists only if the caller commits. A repeated ``idempotency_key`` returns the
-        existing run (``created=False``).
+        existing run (``created=False``); with a different input it raises
+        ``IDEMPOTENCY_CONFLICT``. ``deadline="2d"`` fails the run with
+        ``RUN_DEADLINE_EXCEEDED`` if it is still live 2 days after this start (default: the
+        flow's ``deadline=``).
         """
         options = StartOptions(
-            idempotency_key=idempotency_key, tags=tags, delay=delay, priority=priority
+            idempotency_key=idempotency_key,
+            tags=tags,
+            delay=delay,
+            priority=priority,
+            deadline=deadline,
         )
         return await self.engine._start(self.definition, input, options, conn=conn)
 
@@ -112,13 +145,55 @@ class FlowHandle(Generic[In, Out]):
         rid = inputs.run_id(run_id)
         inputs.check_timeout(timeout)
         known = await self.engine.store.get_run(rid)
-        if known is not None and known.name != self.definition.name:
-            raise InputInvalid(
-                f"run {rid} is a run of flow {known.name}@{known.version}, not of "
-                f"{self.definition.key}; use that flow's handle or engine.result(run_id)"
-            )
+        if known is not None:
+            _check_run_of(known, self.definition)
         run = await self.engine.wait(rid, timeout=timeout)
         return self.definition.decode_output(run.output)
+
+    @overload
+    async def signal(
+        self,
+        run_id: uuid.UUID | str,
+        name: Signal[M],
+        payload: M,
+        *,
+        idempotency_key: str | None = None,
+    ) -> SignalResult: ...
+
+    @overload
+    async def signal(
+        self,
+        run_id: uuid.UUID | str,
+        name: str,
+        payload: Any,
+        *,
+        idempotency_key: str | None = None,
+    ) -> SignalResult: ...
+
+    async def signal(
+        self,
+        run_id: uuid.UUID | str,
+        name: str | Signal[Any],
+        payload: Any,
+        *,
+        idempotency_key: str | None = None,
+    ) -> SignalResult:
+        """Deliver a signal to a run of this flow: ``await handle.signal(run_id, approve,
+        Approval(...))`` with a :class:`~iterflow.core.signals.Signal` descriptor (the payload's
+        type is checked against its model), or by name. As :meth:`Engine.signal`, and
+        ``INPUT_INVALID`` for a run of another flow."""
+        return await self.engine._signal(
+            run_id, name, payload, idempotency_key, flow=self.definition
+        )
+
+
+def _check_run_of(run: RunRecord, flow: FlowDef[Any, Any]) -> None:
+    """A handle acts on runs of its own flow only (``INPUT_INVALID``)."""
+    if run.name != flow.name:
+        raise InputInvalid(
+            f"run {run.id} is a run of flow {run.name}@{run.version}, not of {flow.key}; use "
+            "that flow's handle, or the engine's untyped methods (engine.result, engine.signal)"
+        )
 
 
 class Engine:
@@ -136,6 +211,7 @@ class Engine:
         database_url: str | None = None,
         *,
         settings: Settings | None = None,
+        hooks: Iterable[Hook] | None = None,
         **overrides: Any,
     ) -> None:
         base = settings or Settings()
@@ -163,6 +239,23 @@ class Engine:
         self._scheduler: Scheduler | None = None
         self._schedules = Schedules(self.registry, lambda: self.settings)
         self._synced = False
+        self._hooks = Hooks.of(hooks, _hook_failed)
+
+    @property
+    def hooks(self) -> Hooks | None:
+        """The installed hooks' dispatcher, None when no hook is installed
+        (:mod:`iterflow.core.hooks`)."""
+        return self._hooks
+
+    def add_hook(self, hook: Hook) -> None:
+        """Install ``hook`` after those given to ``Engine(hooks=[...])`` (what
+        :func:`iterflow.contrib.otel.instrument` does); it applies to an open engine at once."""
+        current = self._hooks.hooks if self._hooks is not None else ()
+        self._hooks = Hooks.of((*current, hook), _hook_failed)
+        if self._worker is not None:
+            self._worker.hooks = self._hooks
+        if self._reconciler is not None:
+            self._reconciler.hooks = self._hooks
 
     @classmethod
     def in_memory(cls, *, clock: Callable[[], datetime] | None = None, **overrides: Any) -> Engine:
@@ -251,19 +344,25 @@ class Engine:
                 self.settings,
                 watch=self._watch_run,
                 clock=self._memory.clock,
+                hooks=self._hooks,
             )
-            self._reconciler = Reconciler(self._store, batch=self.settings.reconcile_batch)
+            self._reconciler = Reconciler(
+                self._store, batch=self.settings.reconcile_batch, hooks=self._hooks
+            )
             self._scheduler = Scheduler(self._memory, self.registry, self.settings)
             return
         backend = self._backend = await open_backend(self.settings)
         self._url = backend.url
         self._store = backend.store
         self._listener = self._notifier = backend.listener
-        self._worker = Worker(self._store, self.registry, self.settings, watch=self._watch_run)
+        self._worker = Worker(
+            self._store, self.registry, self.settings, watch=self._watch_run, hooks=self._hooks
+        )
         self._reconciler = Reconciler(
             self._store,
             batch=self.settings.reconcile_batch,
             stale_worker_seconds=stale_worker_seconds(self.settings),
+            hooks=self._hooks,
         )
         self._scheduler = Scheduler(backend.store, self.registry, self.settings)
 
@@ -339,20 +438,25 @@ class Engine:
         version: int = 1,
         input: type[In],
         output: type[Out],
-        signals: Mapping[str, type[Any]] | None = None,
+        signals: SignalsSpec | None = None,
         drift_policy: DriftPolicy = "fail",
         schedule: str | None = None,
         tz: str = "UTC",
+        deadline: DurationLike | None = None,
     ) -> Callable[[Callable[[FlowContext, In], Awaitable[Out]]], FlowHandle[In, Out]]:
         """Register ``async def body(ctx, input) -> output`` as flow ``name`` at ``version``.
 
-        Every signal the body waits for must be declared in ``signals`` so that
+        Every signal the body waits for must be declared in ``signals`` (``Signal``
+        descriptors, ``[approve]``, or a ``{"approve": Approval}`` mapping) so that
         ``engine.signal`` can validate payloads before storing them. ``drift_policy="park"``
         parks runs whose history no longer matches the body (or whose version is gone) instead
         of failing them; ``engine.retry`` or a worker start re-checks them.
         ``schedule="0 9 * * MON-FRI"`` (with ``tz=``) starts it on that cron (its input must be
-        :class:`iterflow.Tick`); see :meth:`register`.
+        :class:`iterflow.Tick`); see :meth:`register`. ``deadline="1h"``: a run still live
+        1 hour after its start fails with ``RUN_DEADLINE_EXCEEDED`` (a start's own
+        ``deadline=`` wins).
         """
+        limit = None if deadline is None else inputs.check_deadline(deadline)
 
         def register(body: Callable[[FlowContext, In], Awaitable[Out]]) -> FlowHandle[In, Out]:
             definition: FlowDef[In, Out] = FlowDef(
@@ -361,8 +465,9 @@ class Engine:
                 input_type=input,
                 output_type=output,
                 body=cast(Callable[[Any, Any], Awaitable[Any]], body),
-                signals=dict(signals or {}),
+                signals=declared(name, signals),
                 drift_policy=drift_policy,
+                deadline=limit,
             )
             return self.register(definition, schedule=schedule, tz=tz)
 
@@ -404,7 +509,12 @@ class Engine:
         )
         priority = inputs.check_priority(options.priority)
         delay = None if options.delay is None else parse_duration(options.delay)
-        return await self.store.create_run(
+        deadline = flow.deadline
+        if options.deadline is not None:
+            deadline = inputs.check_deadline(options.deadline)
+        hooks = self._hooks
+        carrier = hooks.inject() if hooks is not None else None
+        started = await self.store.create_run(
             NewRun(
                 id=uuid.uuid4(),
                 name=flow.name,
@@ -414,9 +524,15 @@ class Engine:
                 tags=tags,
                 priority=priority,
                 delay=delay,
+                meta={TRACE_META_KEY: carrier} if carrier else {},
+                deadline=deadline,
+                input_hash=None if key is None else codec.digest(data),
             ),
             conn=conn,
         )
+        if hooks is not None:
+            hooks.start(StartInfo(started.run_id, flow.name, flow.version, started.created))
+        return started
 
     async def start(
         self,
@@ -428,19 +544,45 @@ class Engine:
         delay: DurationLike | None = None,
         priority: int = 0,
         conn: Any = None,
+        version: int | None = None,
+        deadline: DurationLike | None = None,
     ) -> StartResult:
-        """Start a run of the **newest** registered version of flow ``name`` (untyped; the
-        flow's typed handle starts its own version). Same options as ``FlowHandle.start``."""
+        """Start a run of the **newest** registered version of flow ``name``, or of ``version``
+        (untyped; the flow's typed handle starts its own version). Same options as
+        ``FlowHandle.start``; ``FLOW_UNKNOWN`` if that flow (version) is not registered here.
+
+        Prefer the typed path: the handle ``@engine.flow`` or ``engine.register(definition)``
+        returns, whose ``start`` takes the input model and whose ``result`` returns the output
+        model (``engine.start``/``engine.result`` are for code that only has a flow's name)."""
         if not isinstance(name, str):
             raise InputInvalid(f"flow name must be a string, got {type(name).__name__}")
-        flow = self.registry.latest(name)
+        wanted = inputs.check_version(version)
+        flow = self.registry.latest(name) if wanted is None else self.registry.get(name, wanted)
         if flow is None:
-            raise FlowUnknown(f"no flow named {codec.shown(name)} is registered in this process")
+            at = "" if wanted is None else f" at version {wanted}"
+            raise FlowUnknown(
+                f"no flow named {codec.shown(name)}{at} is registered in this process"
+            )
         options = StartOptions(
-            idempotency_key=idempotency_key, tags=tags, delay=delay, priority=priority
+            idempotency_key=idempotency_key,
+            tags=tags,
+            delay=delay,
+            priority=priority,
+            deadline=deadline,
         )
         return await self._start(flow, input, options, conn=conn)
 
+    @overload
+    async def signal(
+        self,
+        run_id: uuid.UUID | str,
+        name: Signal[M],
+        payload: M,
+        *,
+        idempotency_key: str | None = None,
+    ) -> SignalResult: ...
+
+    @overload
     async def signal(
         self,
         run_id: uuid.UUID | str,
@@ -448,32 +590,71 @@ class Engine:
         payload: Any,
         *,
         idempotency_key: str | None = None,
-    ) -> SignalResult:
-        """Deliver signal ``name`` to a run (what a webhook handler calls).
+    ) -> SignalResult: ...
 
-        The payload is validated against the model the flow declares for ``name`` before
-        anything is stored. Returns ``delivered``, ``buffered``, ``duplicate``, ``not_found`` or
-        ``closed``; invalid input raises a :class:`FlowError` and writes nothing.
+    async def signal(
+        self,
+        run_id: uuid.UUID | str,
+        name: str | Signal[Any],
+        payload: Any,
+        *,
+        idempotency_key: str | None = None,
+    ) -> SignalResult:
+        """Deliver a signal to a run (what a webhook handler calls): ``name`` is a
+        :class:`~iterflow.core.signals.Signal` descriptor (``payload`` then type-checked against
+        its model) or the signal's name.
+
+        The payload is validated before anything is stored, against the model declared by the
+        run's flow version when this process registers it; otherwise (a web tier that registers
+        an older or newer version, or no flow at all) against the descriptor's model, else the
+        model the newest registered version of the flow declares for that name (then stored as
+        sent, so fields only the run's model reads are kept), else it is only checked as
+        storable JSON; either way the worker validates it against the run's own model when the
+        run consumes it (an invalid one fails that ``ctx.signal`` with
+        ``SIGNAL_PAYLOAD_INVALID``). Returns
+        ``delivered``, ``buffered``, ``duplicate``, ``not_found`` or ``closed``; invalid input
+        raises a :class:`FlowError` and writes nothing.
         """
+        return await self._signal(run_id, name, payload, idempotency_key, flow=None)
+
+    async def _signal(
+        self,
+        run_id: uuid.UUID | str,
+        name: str | Signal[Any],
+        payload: Any,
+        idempotency_key: str | None,
+        *,
+        flow: FlowDef[Any, Any] | None,
+    ) -> SignalResult:
+        """``engine.signal``, and ``handle.signal`` (``flow``: only to runs of that flow)."""
         rid = inputs.run_id(run_id)
-        codec.check_text(name, what="signal name", max_chars=200)
+        label, model = (name.name, name.model) if isinstance(name, Signal) else (name, None)
+        codec.check_text(label, what="signal name", max_chars=200)
         key = inputs.check_key(idempotency_key, max_chars=self.settings.max_key_chars)
         run = await self.store.get_run(rid)
         if run is None:
             return SignalResult("not_found")
-        flow = self.registry.get(run.name, run.version)
-        if flow is None:
-            raise FlowUnknown(
-                f"flow {run.name}@{run.version} of run {rid} is not registered in this process; "
-                "register it to validate its signals"
+        if flow is not None:
+            _check_run_of(run, flow)
+        model = payload_model(self.registry, run.name, run.version, label, model)
+        what, limit = f"signal {label!r} payload", self.settings.max_payload_bytes
+        if model is None:  # validated by the worker when the run consumes it
+            data = codec.encode(payload, what=what, limit=limit)
+        elif self.registry.get(run.name, run.version) is not None:  # the run's own model
+            value = validate_signal_payload(label, model, payload)
+            data = codec.encode(value, model, what=what, limit=limit)
+        else:  # vetted by another version's model, stored as sent (keeping fields it lacks)
+            validate_signal_payload(label, model, payload)
+            data = codec.encode(payload, what=what, limit=limit)
+        result = await self.store.deliver_signal(
+            rid, label, data, key, max_signals=self.settings.max_signals_per_run
+        )
+        if self._hooks is not None:
+            carrier = clean_carrier(run.meta.get(TRACE_META_KEY))
+            self._hooks.signal(
+                SignalInfo(rid, run.name, label, result.kind, result.signal_id, carrier)
             )
-        model, value = flow.validate_signal(name, payload)
-        data = codec.encode(
-            value, model, what=f"signal {name!r} payload", limit=self.settings.max_payload_bytes
-        )
-        return await self.store.deliver_signal(
-            rid, name, data, key, max_signals=self.settings.max_signals_per_run
-        )
+        return result
 
     async def cancel(self, run_id: uuid.UUID | str, *, reason: str | None = None) -> CancelResult:
         """Cancel a live run and its non-detached live children.
@@ -486,14 +667,138 @@ class Engine:
         rid = inputs.run_id(run_id)
         text = "canceled" if reason is None else reason
         codec.check_text(text, what="cancel reason", max_chars=1000)
-        return await self.store.cancel(rid, text)
+        hooks = self._hooks
+        if hooks is None or not hooks.wants("on_run_finished"):
+            return await self.store.cancel(rid, text)
+        run = await self.store.get_run(rid)
+        result = await self.store.cancel(rid, text)
+        if result.kind == "canceled" and run is not None:
+            hooks.run_finished(
+                RunFinishedInfo(
+                    run.id,
+                    run.name,
+                    run.version,
+                    RunStatus.CANCELED,
+                    None,
+                    run.parent_run_id,
+                    waited_reason=(
+                        wait_reason(run.waiting_for) if run.status in WAITING_STATUSES else None
+                    ),
+                )
+            )
+        return result
 
-    async def retry(self, run_id: uuid.UUID | str) -> RetryResult:
+    async def retry(self, run_id: uuid.UUID | str, *, resume: bool = False) -> RetryResult:
         """Replay a failed run in place from its failed step (same id; ok steps kept).
 
         A ``parked`` run is woken as it is, to be re-checked against the code deployed now.
+        ``resume=True`` also resumes a ``canceled`` run where it stopped: its whole history is
+        kept (memo rows, pinned timers, consumed signals), the canceled children it still
+        awaits are resumed with it, and it is set ``pending`` (a ``resumed`` event).
         """
-        return await self.store.retry(inputs.run_id(run_id))
+        rid = inputs.run_id(run_id)
+        if not isinstance(resume, bool):
+            raise InputInvalid("resume must be True or False")
+        if resume:
+            resumed = await self.store.resume(rid)
+            if resumed.kind != "not_failed":
+                return resumed
+        return await self.store.retry(rid)
+
+    async def fork(self, run_id: uuid.UUID | str, *, from_step: str | None = None) -> StartResult:
+        """Start a new run of the same flow, version and input that reuses the source run's
+        memo rows before cursor key ``from_step`` and replays from there (the source is not
+        touched). ``from_step=None`` forks from the point ``retry`` would replay from.
+
+        The new run has the source's tags and priority and ``meta["forked_from"]`` (its first
+        events are ``started`` and ``forked``). ``RUN_NOT_FOUND``, or ``FORK_STEP_UNKNOWN`` for
+        a key the run never recorded (the message lists its keys); nothing is written then.
+        """
+        rid = inputs.run_id(run_id)
+        if from_step is not None:
+            codec.check_text(from_step, what="from_step", max_chars=1000)
+        result = await self.store.fork(rid, uuid.uuid4(), from_step)
+        if result is None:
+            raise RunNotFound(f"no run {rid}")
+        return result
+
+    async def bulk(
+        self,
+        action: BulkAction,
+        *,
+        dry_run: bool = False,
+        resume: bool = False,
+        reason: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        limit: int | None = None,
+        **filters: Unpack[RunQuery],
+    ) -> BulkResult:
+        """``retry`` (with ``resume``) or ``cancel`` every run the filters select (the keywords
+        of :meth:`list_runs`), oldest first, each run as its single-run call does it; with
+        ``dry_run`` nothing changes and the result says what would be done.
+        ``progress(done, total)`` is called after each run; with ``limit`` it stops after that
+        many runs (``BulkResult.more``). Without any filter it is refused (``INPUT_INVALID``):
+        acting on every run is never implied."""
+        if action not in ("retry", "cancel"):
+            raise InputInvalid(f"bulk action must be 'retry' or 'cancel', got {action!r}")
+        if not isinstance(dry_run, bool) or not isinstance(resume, bool):
+            raise InputInvalid("dry_run and resume must be True or False")
+        if not any(v is not None and v != () and v != [] for v in filters.values()):
+            raise InputInvalid(
+                f"bulk {action} needs at least one filter (flow name, status, tag, time window, "
+                "...); it never acts on every run implicitly"
+            )
+        if reason is not None:
+            codec.check_text(reason, what="cancel reason", max_chars=1000)
+        if limit is not None:
+            limit = inputs.check_limit(limit, most=2**31 - 1)
+        counts = await self.count_runs(**filters)
+
+        async def page(cursor: int | None) -> RunPage:
+            return await self.list_runs(
+                **filters, cursor=cursor, limit=BULK_PAGE, oldest_first=True
+            )
+
+        async def act(rid: uuid.UUID) -> str:
+            if action == "cancel":
+                return (await self.cancel(rid, reason=reason)).kind
+            return (await self.retry(rid, resume=resume)).kind
+
+        return await run_bulk(
+            action,
+            list_page=page,
+            act=act,
+            total=sum(counts.values()),
+            dry_run=dry_run,
+            resume=resume,
+            progress=progress,
+            limit=limit,
+        )
+
+    async def explain(self, run_id: uuid.UUID | str) -> Explanation:
+        """What the run is doing or waiting for, what would wake it, what the reconciler would
+        do (:func:`iterflow.core.explain.explain` at the database's clock), and, for a live run,
+        whether any live registered worker runs its flow version (state ``no_worker`` if none;
+        on an in-memory engine, whether this engine registers it). ``RUN_NOT_FOUND`` if there is
+        no such run."""
+        rid = inputs.run_id(run_id)
+        run = await self.store.get_run(rid)
+        if run is None:
+            raise RunNotFound(f"no run {rid}")
+        now = await self._schedule_store.schedule_now()
+        if self._memory is not None:  # this process runs them (drain or listen)
+            live = {f.key for f in self.registry.all()}
+        else:
+            live = {f for w in await self.workers() if not w.stale for f in w.flows}
+        return explain_run(run, now=now, served=lambda name, v: f"{name}@{v}" in live)
+
+    async def workers(self) -> list[WorkerRecord]:
+        """The registered workers, oldest first, each with the ``name@version`` flows it runs.
+
+        A worker registers when it starts and unregisters when it stops cleanly; ``stale`` ones
+        missed their heartbeats for ``WORKER_STALE_SECONDS`` (killed, or cut off from the
+        database)."""
+        return await cast(WorkerStore, self.store).list_workers(WORKER_STALE_SECONDS)
 
     async def status(self, run_id: uuid.UUID | str) -> RunDetail:
         """The run row with its steps, signals, timers and events (``RUN_NOT_FOUND`` if none)."""
@@ -512,26 +817,159 @@ class Engine:
         idempotency_key: str | None = None,
         limit: int = 50,
         cursor: int | None = None,
+        version: int | None = None,
+        tags: Iterable[str] = (),
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        finished_after: datetime | None = None,
+        finished_before: datetime | None = None,
+        parent: uuid.UUID | str | None = None,
+        schedule: str | None = None,
+        id_prefix: str | None = None,
+        oldest_first: bool = False,
     ) -> RunPage:
-        """Runs newest first, filtered by flow name, status(es), tag and idempotency key;
-        keyset-paginated."""
+        """Runs newest first (``oldest_first`` reverses), keyset-paginated: pass ``next_cursor``
+        back as ``cursor`` (with the same filters and order) for the next page.
+
+        Every filter narrows: flow ``name`` and ``version``, ``status`` (one or several), ``tag``
+        and ``tags`` (all present), ``idempotency_key``, created and finished time windows
+        (``[after, before)``, timezone-aware; a finished bound leaves out unfinished runs), the
+        ``parent`` run, the ``schedule`` that started the runs, and a run ``id_prefix``.
+        """
         limit = inputs.check_limit(limit)
-        if name is not None:
-            codec.check_text(name, what="flow name filter", max_chars=200)
-        if tag is not None:
-            codec.check_text(tag, what="tag filter", max_chars=self.settings.max_tag_chars)
-        runs = await self.store.list_runs(
+        where = self._run_filter(
             name=name,
-            statuses=inputs.statuses(status),
+            status=status,
             tag=tag,
+            idempotency_key=idempotency_key,
+            version=version,
+            tags=tags,
+            created_after=created_after,
+            created_before=created_before,
+            finished_after=finished_after,
+            finished_before=finished_before,
+            parent=parent,
+            schedule=schedule,
+            id_prefix=id_prefix,
+        )
+        seq = inputs.check_cursor(cursor)
+        if not isinstance(oldest_first, bool):
+            raise InputInvalid("oldest_first must be True or False")
+        if oldest_first:
+            seq = seq if seq is not None else 0
+        runs = await self.store.list_runs(
+            name=None,
+            statuses=(),
+            tag=None,
             limit=limit,
-            before_seq=inputs.check_cursor(cursor),
-            idempotency_key=inputs.check_key(
-                idempotency_key, max_chars=self.settings.max_key_chars
-            ),
+            before_seq=None if oldest_first else seq,
+            after_seq=seq if oldest_first else None,
+            filters=where,
         )
         next_cursor = runs[-1].seq if len(runs) == limit else None
         return RunPage(runs=tuple(runs), next_cursor=next_cursor)
+
+    async def count_runs(
+        self,
+        *,
+        name: str | None = None,
+        status: RunStatus | str | Iterable[RunStatus | str] | None = None,
+        tag: str | None = None,
+        idempotency_key: str | None = None,
+        version: int | None = None,
+        tags: Iterable[str] = (),
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        finished_after: datetime | None = None,
+        finished_before: datetime | None = None,
+        parent: uuid.UUID | str | None = None,
+        schedule: str | None = None,
+        id_prefix: str | None = None,
+    ) -> dict[RunStatus, int]:
+        """How many runs :meth:`list_runs` would list with these filters, per status (statuses
+        without runs are left out)."""
+        where = self._run_filter(
+            name=name,
+            status=status,
+            tag=tag,
+            idempotency_key=idempotency_key,
+            version=version,
+            tags=tags,
+            created_after=created_after,
+            created_before=created_before,
+            finished_after=finished_after,
+            finished_before=finished_before,
+            parent=parent,
+            schedule=schedule,
+            id_prefix=id_prefix,
+        )
+        return await self.store.count_runs(where)
+
+    def _run_filter(
+        self,
+        *,
+        name: object,
+        status: object,
+        tag: object,
+        idempotency_key: object,
+        version: object,
+        tags: object,
+        created_after: object,
+        created_before: object,
+        finished_after: object,
+        finished_before: object,
+        parent: object,
+        schedule: object,
+        id_prefix: object,
+    ) -> RunFilter:
+        settings = self.settings
+        if name is not None:
+            name = codec.check_text(name, what="flow name filter", max_chars=200)
+        tag_list = inputs.check_tags(tags, cap=100, max_chars=settings.max_tag_chars)
+        if tag is not None:
+            tag_text = codec.check_text(tag, what="tag filter", max_chars=settings.max_tag_chars)
+            tag_list = (tag_text, *tag_list)
+        if schedule is not None:
+            schedule = codec.check_text(schedule, what="schedule filter", max_chars=200)
+        return RunFilter(
+            name=name,
+            version=inputs.check_version(version),
+            statuses=tuple(inputs.statuses(status)),
+            tags=tag_list,
+            idempotency_key=inputs.check_key(idempotency_key, max_chars=settings.max_key_chars),
+            created_after=inputs.check_time(created_after, what="created_after"),
+            created_before=inputs.check_time(created_before, what="created_before"),
+            finished_after=inputs.check_time(finished_after, what="finished_after"),
+            finished_before=inputs.check_time(finished_before, what="finished_before"),
+            parent_run_id=None if parent is None else inputs.run_id(parent),
+            schedule_id=schedule,
+            id_prefix=inputs.check_id_prefix(id_prefix),
+        )
+
+    async def changed_runs(
+        self, since: int | None = None, *, limit: int = 500
+    ) -> tuple[list[tuple[uuid.UUID, RunStatus]], int]:
+        """Runs that changed since the change token ``since`` (each once, with its status now),
+        and the token to pass next; ``since=None`` returns no runs and the current token.
+
+        A cheap, indexed poll (a range of the events' primary key) for dashboards: a run
+        changes when it starts, suspends, finishes, is retried, recovered, parked or gets a
+        signal (a claim alone writes no event).
+        """
+        if since is not None:
+            since = inputs.check_cursor(since)
+        return await self.store.changes_since(since, inputs.check_limit(limit))
+
+    def on_terminal(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(run_id)`` (in the event loop) whenever a run reaches a terminal status
+        (``LISTEN`` on PostgreSQL: a hint, a lost notification is not replayed; the callback
+        may also get ``""`` when the listener reconnected and anything may have changed).
+        Returns the function that unsubscribes."""
+        notifier = self._notifier
+        if notifier is None:
+            raise ConfigInvalid("the engine is not open; use `async with Engine(...)`")
+        notifier.observe(callback)
+        return lambda: notifier.unobserve(callback)
 
     async def find_run(
         self,
@@ -565,7 +1003,8 @@ class Engine:
         )
 
     async def result(self, run_id: uuid.UUID | str, *, timeout: float | None = None) -> Any:
-        """The run's output decoded with its flow's output model (untyped; prefer the handle)."""
+        """The run's output decoded with its flow's output model (untyped; prefer the handle:
+        ``await handle.result(run_id)`` is typed as the flow's output model)."""
         run = await self.wait(run_id, timeout=timeout)
         flow = self.registry.get(run.name, run.version)
         return run.output if flow is None else flow.decode_output(run.output)
@@ -575,6 +1014,46 @@ class Engine:
         if self._reconciler is None:
             raise ConfigInvalid("the engine is not open; use `async with Engine(...)`")
         return await self._reconciler.sweep()
+
+    # -- retention (runtime/retention.py; docs/operations.md) --------------------------------
+
+    async def purge(
+        self,
+        *,
+        older_than: DurationLike,
+        status: RunStatus | str | Iterable[RunStatus | str] | None = None,
+        flow: str | FlowHandle[Any, Any] | None = None,
+        dry_run: bool = False,
+        progress: Callable[[int], object] | None = None,
+    ) -> PurgeReport:
+        """Delete finished top-level runs that ended more than ``older_than`` ago (``"30d"``),
+        with their children and every row of theirs (steps, signals, timers, events).
+
+        ``status``: the terminal statuses to purge (default all: done, failed, canceled; a live
+        status is ``INPUT_INVALID``); ``flow``: one flow's runs only. ``dry_run`` counts what
+        would go and deletes nothing. Live runs are never touched or locked: a run whose
+        detached child is still live stays, and batches skip rows other transactions hold. An
+        idempotency key is free again once its run is purged. Batches are sized and paced by
+        ``Settings.retention`` (or its defaults); ``progress(runs_deleted_so_far)`` is called
+        after each.
+        """
+        age = parse_duration(older_than)
+        statuses = inputs.terminal_statuses(status)
+        name = flow.name if isinstance(flow, FlowHandle) else flow
+        if name is not None:
+            codec.check_text(name, what="flow name filter", max_chars=200)
+        if not isinstance(dry_run, bool):
+            raise InputInvalid("dry_run must be True or False")
+        rules = [RetentionRule(s, age, flow=name) for s in statuses]
+        return await self._retention().purge(rules, dry_run=dry_run, progress=progress)
+
+    async def sweep_retention(self, *, budget_seconds: float | None = None) -> PurgeReport:
+        """Apply ``Settings(retention=...)`` once now (workers run it periodically, each sweep
+        starting no new batch after ``budget_seconds``); nothing without a retention policy."""
+        return await self._retention().sweep(budget_seconds=budget_seconds)
+
+    def _retention(self) -> RetentionSweeper:
+        return RetentionSweeper(self.store, self.settings.retention, hooks=self._hooks)
 
     # -- schedules (runtime/schedules.py; semantics in docs/schedules.md) ----------------------
 
@@ -711,20 +1190,32 @@ class Engine:
         names = sorted({f.name for f in self.registry.all()})
         if requeued := await self.store.requeue_parked(names):  # re-check them on this code
             logger.info("re-checking %d parked run(s) on the flows of this worker", requeued)
-        if self._memory is not None:
-            while True:  # the in-memory store has its own in-process queue
-                await self.drain()
-                await asyncio.sleep(0.01)
-        if self._listener is not None:
-            await self._listener.start()  # cancel notifications must reach running attempts
-        await run_procrastinate(
-            self.worker,
-            self.settings,
-            self.database_url,
-            reconcile=self.reconcile,
-            sweep_schedules=self.sweep_schedules,
-            concurrency=concurrency,
-        )
+        info = worker_info(self.worker.owner, self.registry, self.settings.queue_name)
+        async with registered(cast(WorkerStore, self.store), info):  # flowctl workers
+            if self._memory is not None:
+                while True:  # the in-memory store has its own in-process queue
+                    await self.drain()
+                    await asyncio.sleep(0.01)
+            if self._listener is not None:
+                await self._listener.start()  # cancel notifications must reach running attempts
+            await run_procrastinate(
+                self.worker,
+                self.settings,
+                self.database_url,
+                reconcile=self.reconcile,
+                sweep_schedules=self.sweep_schedules,
+                sweep_retention=functools.partial(
+                    self.sweep_retention, budget_seconds=stale_worker_seconds(self.settings) / 2
+                ),
+                concurrency=concurrency,
+            )
+
+
+def _hook_failed(hook: Hook, event: str, exc: Exception) -> None:
+    """A hook raised: log it; the run goes on."""
+    logger.error(
+        "hook %s raised in %s; ignored: %s", type(hook).__qualname__, event, exc, exc_info=exc
+    )
 
 
 def _log_worker_death(task: asyncio.Task[None]) -> None:

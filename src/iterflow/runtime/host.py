@@ -18,7 +18,12 @@ from typing import Any
 from iterflow.core.errors import FlowError
 from iterflow.core.settings import Settings
 from iterflow.runtime.worker import Worker
-from iterflow.store.outbox import TASK_NAME, reconcile_task_name, schedule_task_name
+from iterflow.store.outbox import (
+    TASK_NAME,
+    reconcile_task_name,
+    retention_task_name,
+    schedule_task_name,
+)
 from iterflow.store.urls import libpq_url
 
 __all__ = ["SCHEDULE_SWEEP_SECONDS", "reconcile_cron", "run_procrastinate", "stale_worker_seconds"]
@@ -36,6 +41,7 @@ async def run_procrastinate(
     *,
     reconcile: Callable[[], Awaitable[object]],
     sweep_schedules: Callable[[], Awaitable[object]] | None = None,
+    sweep_retention: Callable[[], Awaitable[object]] | None = None,
     concurrency: int,
 ) -> None:
     """Run procrastinate's worker on this engine's queue until cancelled.
@@ -45,7 +51,7 @@ async def run_procrastinate(
     #1116); runs are safe in PostgreSQL, so the loop is started again with backoff.
     """
     app = _procrastinate_app(
-        worker, settings, database_url, reconcile, concurrency, sweep_schedules
+        worker, settings, database_url, reconcile, concurrency, sweep_schedules, sweep_retention
     )
     failures = 0
     while True:
@@ -96,9 +102,11 @@ def _procrastinate_app(
     reconcile: Callable[[], Awaitable[object]],
     concurrency: int,
     sweep_schedules: Callable[[], Awaitable[object]] | None = None,
+    sweep_retention: Callable[[], Awaitable[object]] | None = None,
 ) -> Any:
-    """The procrastinate app: the wake-up task, the periodic reconciler and the periodic
-    schedule sweep (no retry strategy: the engine owns retries and timers)."""
+    """The procrastinate app: the wake-up task, the periodic reconciler, the periodic
+    schedule sweep and, with ``Settings.retention``, the periodic retention sweep (no retry
+    strategy: the engine owns retries and timers)."""
     import procrastinate
 
     app = procrastinate.App(
@@ -140,6 +148,24 @@ def _procrastinate_app(
                 await sweep()
             except FlowError as exc:
                 logger.warning("schedule sweep failed: %s", exc)
+
+    if sweep_retention is not None and settings.retention is not None:
+        purge = sweep_retention
+        retention = retention_task_name(settings.db_schema)
+
+        # Like the reconciler: deduplicated across workers by the periodic defer and the
+        # queueing lock; a run left ``doing`` by a dead worker is released by the reconciler.
+        @app.periodic(
+            cron=reconcile_cron(settings.retention.every_seconds), periodic_id=settings.queue_name
+        )
+        @app.task(
+            name=retention, queue=settings.queue_name, queueing_lock=retention, pass_context=False
+        )
+        async def retention_task(timestamp: int) -> None:
+            try:
+                await purge()
+            except FlowError as exc:
+                logger.warning("retention sweep failed: %s", exc)
 
     return app
 

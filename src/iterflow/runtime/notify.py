@@ -23,6 +23,23 @@ class LocalNotifier:
 
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._observers: list[Callable[[str], None]] = []
+
+    def observe(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(run_id)`` for every notified run (``""`` from :meth:`notify_all`)."""
+        self._observers.append(callback)
+
+    def unobserve(self, callback: Callable[[str], None]) -> None:
+        """Stop calling ``callback``."""
+        with contextlib.suppress(ValueError):
+            self._observers.remove(callback)
+
+    def _tell(self, run_id: str) -> None:
+        for callback in list(self._observers):
+            try:
+                callback(run_id)
+            except Exception:
+                logger.exception("a terminal-notification observer failed")
 
     def subscribe(self, run_id: str) -> asyncio.Event:
         """An event set whenever ``run_id`` is notified."""
@@ -42,12 +59,14 @@ class LocalNotifier:
         """Wake the waiters of ``run_id``."""
         for event in self._waiters.get(run_id, ()):
             event.set()
+        self._tell(run_id)
 
     def notify_all(self) -> None:
         """Wake every waiter (they re-check the database)."""
         for events in self._waiters.values():
             for event in events:
                 event.set()
+        self._tell("")
 
 
 class TerminalListener:
@@ -77,6 +96,15 @@ class TerminalListener:
     def unsubscribe(self, run_id: str, event: asyncio.Event) -> None:
         """Forget a waiter."""
         self._local.unsubscribe(run_id, event)
+
+    def observe(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(run_id)`` for every notified run (``""`` after a reconnect)."""
+        self._ensure_started()
+        self._local.observe(callback)
+
+    def unobserve(self, callback: Callable[[str], None]) -> None:
+        """Stop calling ``callback``."""
+        self._local.unobserve(callback)
 
     async def start(self, timeout: float = 10.0) -> None:
         """Start listening now and wait (up to ``timeout``) until LISTEN is active."""

@@ -19,6 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from iterflow.core.hooks import Hooks, RecoveryInfo
 from iterflow.store.base import Store
 
 __all__ = ["ReconcileReport", "Reconciler"]
@@ -43,10 +44,19 @@ class ReconcileReport:
 class Reconciler:
     """Finds stranded runs and gives each exactly one wake-up."""
 
-    def __init__(self, store: Store, *, batch: int, stale_worker_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        batch: int,
+        stale_worker_seconds: float = 30.0,
+        hooks: Hooks | None = None,
+    ) -> None:
         self._store = store
         self._batch = batch
         self._stale = stale_worker_seconds
+        #: The engine's hooks (told of every sweep that repaired something).
+        self.hooks = hooks
 
     async def _drain(self, step: Callable[[int], Awaitable[int]]) -> int:
         total = 0
@@ -63,5 +73,10 @@ class Reconciler:
         rewoken = await self._drain(self._store.rewake_stranded)
         report = ReconcileReport(expired_leases=expired, orphaned_jobs=orphans, rewoken=rewoken)
         if report.total:
-            logger.info("reconciler repaired %s", report)
+            # A lease expiry or an orphaned job means a worker died or hung: worth a WARNING
+            # (each recovered run is logged with its id when a worker claims it again).
+            level = logging.WARNING if expired or orphans else logging.INFO
+            logger.log(level, "reconciler repaired %s", report)
+            if self.hooks is not None:
+                self.hooks.recover(RecoveryInfo(expired, orphans, rewoken))
         return report

@@ -28,6 +28,10 @@ class Notifier(typing.Protocol):
 
     def unsubscribe(self, run_id: str, event: asyncio.Event) -> None: ...
 
+    def observe(self, callback: typing.Callable[[str], None]) -> None: ...
+
+    def unobserve(self, callback: typing.Callable[[str], None]) -> None: ...
+
 
 async def wait_for_end(
     store: Store,

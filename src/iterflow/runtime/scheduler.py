@@ -101,6 +101,7 @@ def scheduled_start(
         tags=(tag,) if len(tag) <= settings.max_tag_chars else (),
         meta={"schedule_id": spec.id, "scheduled_at": tick.isoformat()},
         wake_at=wake_at,
+        deadline=flow.deadline,
     )
     return ScheduledStart(tick, run)
 

@@ -6,16 +6,17 @@ import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from iterflow.core.errors import SignalLimitExceeded
+from iterflow.core.errors import IdempotencyConflict, SignalLimitExceeded
 from iterflow.core.models import (
     CancelResult,
     ChildRecord,
     NewRun,
     RetryResult,
     RunDetail,
+    RunFilter,
     RunRecord,
     RunStatus,
     SignalRecord,
@@ -24,19 +25,25 @@ from iterflow.core.models import (
     StepRecord,
     SuspendPlan,
     TimerRecord,
+    WorkerInfo,
+    WorkerRecord,
 )
 from iterflow.core.scheduling import ScheduleEvent, ScheduleRecord, ScheduleSpec
 
 __all__ = [
+    "WORKER_PRUNE_SECONDS",
     "Claim",
     "DueSchedule",
     "Lease",
+    "PurgeBatch",
     "ScheduleBatch",
     "ScheduleStore",
     "ScheduleWrite",
     "ScheduledStart",
     "Store",
     "WakeUp",
+    "WorkerStore",
+    "idempotency_conflict",
     "signal_limit",
 ]
 
@@ -47,6 +54,16 @@ def signal_limit(run_id: uuid.UUID, cap: int) -> SignalLimitExceeded:
         f"run {run_id} already holds {cap} signals (Settings.max_signals_per_run); this one "
         "was not stored. A flood of deliveries to one run is refused rather than stored",
         details={"limit": cap},
+    )
+
+
+def idempotency_conflict(name: str, key: str) -> IdempotencyConflict:
+    """The error both stores raise when a start reuses ``key`` with another input."""
+    return IdempotencyConflict(
+        f"flow {name} already has a run started with idempotency key {key!r} and a different "
+        "input; nothing was written. Use a new key for a new request (or the same input to "
+        "get that run back)",
+        details={"flow": name, "idempotency_key": key},
     )
 
 
@@ -71,6 +88,15 @@ class Claim:
     inbox: Sequence[SignalRecord]
     db_now: datetime
     children: Mapping[str, ChildRecord] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeBatch:
+    """What one :meth:`Store.purge` call deleted (or counted): ``top_level`` runs selected,
+    ``runs`` rows in all (children included)."""
+
+    top_level: int
+    runs: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +212,47 @@ class Store(Protocol):
         ``pending`` and woken (nothing of its history is removed)."""
         ...
 
+    async def resume(self, run_id: uuid.UUID) -> RetryResult:
+        """Set a canceled run ``pending`` with its whole history kept (memo rows, timers,
+        consumed signals), resume its canceled children whose invoke has no memo
+        (:func:`~iterflow.core.decisions.resume_children`), record a ``resumed`` event and wake
+        it, in one transaction. ``missing``, or ``not_failed`` with the status of a run that is
+        not canceled (nothing changes)."""
+        ...
+
+    async def fork(
+        self, run_id: uuid.UUID, new_id: uuid.UUID, from_step: str | None
+    ) -> StartResult | None:
+        """Create run ``new_id``: the source's flow, version, input, tags and priority, its
+        memo rows before the cut of :func:`~iterflow.core.decisions.fork_cut` copied, meta
+        ``{"forked_from", "fork_step"}``, a ``started`` and a ``forked`` event and a wake-up, in
+        one transaction (``FORK_STEP_UNKNOWN`` writes nothing). None if the source is missing."""
+        ...
+
+    async def expire(self, lease: Lease, error: dict[str, Any]) -> None:
+        """Fail the claimed run at its deadline (``RUN_DEADLINE_EXCEEDED``), fenced by the
+        lease, and cancel its live non-detached descendants, in one transaction."""
+        ...
+
+    async def purge(
+        self,
+        status: RunStatus,
+        older_than: timedelta,
+        *,
+        flow: str | None = None,
+        exclude: Sequence[str] = (),
+        limit: int,
+        dry_run: bool = False,
+    ) -> PurgeBatch:
+        """Delete up to ``limit`` top-level runs that finished with ``status`` more than
+        ``older_than`` ago (on the store's clock), oldest first, of flow ``flow`` (None: any
+        flow not in ``exclude``), each with its descendants and every row of theirs (steps,
+        signals, timers, events), in one transaction. A run with a live descendant (a detached
+        child still running) is left alone; rows another transaction holds are skipped
+        (``SKIP LOCKED``), so live runs are never locked or waited for. ``dry_run`` deletes
+        nothing and counts every matching run (``limit`` ignored)."""
+        ...
+
     async def recover_expired(self, limit: int) -> int:
         """Re-drive up to ``limit`` runs whose lease expired; return how many."""
         ...
@@ -209,9 +276,24 @@ class Store(Protocol):
         limit: int,
         before_seq: int | None,
         idempotency_key: str | None = None,
+        filters: RunFilter | None = None,
+        after_seq: int | None = None,
     ) -> list[RunRecord]:
         """Runs newest first, keyset-paginated on ``seq``; ``idempotency_key`` finds the run a
-        caller started with that key (one per flow name)."""
+        caller started with that key (one per flow name). ``filters`` narrows further (with the
+        keyword filters added); ``after_seq`` lists oldest first, after that ``seq``."""
+        ...
+
+    async def count_runs(self, filters: RunFilter) -> dict[RunStatus, int]:
+        """How many runs ``filters`` selects, per status (statuses without runs left out)."""
+        ...
+
+    async def changes_since(
+        self, since: int | None, limit: int
+    ) -> tuple[list[tuple[uuid.UUID, RunStatus]], int]:
+        """Runs with an event after the change token ``since`` (an events id), oldest change
+        first (each run once, with its status now), and the token to pass next. ``since=None``
+        returns no runs and the current token."""
         ...
 
     async def pending_wake(self, run_id: uuid.UUID) -> WakeUp | None:
@@ -348,4 +430,29 @@ class ScheduleStore(Protocol):
         """Start runs of a schedule outside the sweep (``triggered``, ``backfilled``) in one
         transaction, recording one ``event`` per run; a ``triggered`` run becomes the
         schedule's last run."""
+        ...
+
+
+# -- workers --------------------------------------------------------------------------------
+
+#: A worker row without a heartbeat for this long (a killed worker) is deleted when any worker
+#: registers; until then it is listed as stale.
+WORKER_PRUNE_SECONDS = 86_400.0
+
+
+class WorkerStore(Protocol):
+    """The registry of running workers (``flowctl workers``, ``flowctl explain``): a row per
+    worker, written when it starts and at each heartbeat, removed when it stops cleanly."""
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        """Insert or refresh the worker's row (its heartbeat is the store's clock)."""
+        ...
+
+    async def remove_worker(self, worker_id: str) -> None:
+        """Delete the worker's row (a clean stop)."""
+        ...
+
+    async def list_workers(self, stale_seconds: float) -> list[WorkerRecord]:
+        """Every registered worker, oldest first; ``stale`` when its last heartbeat is older than
+        ``stale_seconds`` on the store's clock."""
         ...

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from iterflow.core import keys
 from iterflow.core.codec import check_data
-from iterflow.core.decisions import retry_cut
+from iterflow.core.decisions import fork_cut, forked_run, resume_children, retry_cut
 from iterflow.core.errors import ConfigInvalid, DataRejected, LeaseLost, PayloadInvalid
 from iterflow.core.models import (
     CancelResult,
@@ -37,6 +37,7 @@ from iterflow.core.models import (
     NewRun,
     RetryResult,
     RunDetail,
+    RunFilter,
     RunRecord,
     RunStatus,
     SignalRecord,
@@ -46,6 +47,8 @@ from iterflow.core.models import (
     StepStatus,
     SuspendPlan,
     TimerRecord,
+    WorkerInfo,
+    WorkerRecord,
 )
 from iterflow.core.scheduling import ScheduleEvent, ScheduleRecord, ScheduleSpec
 from iterflow.core.states import (
@@ -54,8 +57,10 @@ from iterflow.core.states import (
     TIMED_STATUSES,
     Canceled,
     EventPayload,
+    Forked,
     Parked,
     Recovered,
+    Resumed,
     Retried,
     Rewoken,
     SignalReceived,
@@ -65,12 +70,15 @@ from iterflow.core.states import (
     finished_event,
 )
 from iterflow.store.base import (
+    WORKER_PRUNE_SECONDS,
     Claim,
     DueSchedule,
     Lease,
+    PurgeBatch,
     ScheduledStart,
     ScheduleWrite,
     WakeUp,
+    idempotency_conflict,
     signal_limit,
 )
 
@@ -106,6 +114,8 @@ class _Run:
     updated_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    deadline_at: datetime | None = None
+    input_hash: str | None = None
 
     def record(self) -> RunRecord:
         return RunRecord(
@@ -133,6 +143,7 @@ class _Run:
             finished_at=self.finished_at,
             seq=self.seq,
             meta=dict(self.meta),
+            deadline_at=self.deadline_at,
         )
 
 
@@ -164,6 +175,7 @@ class MemoryStore:
         self._schedules: dict[str, ScheduleRecord] = {}
         self._schedule_events: dict[str, list[ScheduleEvent]] = {}
         self._swept: set[str] = set()  # schedules locked by a sweep in progress
+        self._workers: dict[str, WorkerRecord] = {}
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -256,6 +268,8 @@ class MemoryStore:
             existing_id = self._idempotent.get((run.name, run.idempotency_key))
             if existing_id is not None:
                 existing = self._runs[existing_id]
+                if _conflicts(existing.input_hash, run.input_hash):
+                    raise idempotency_conflict(run.name, run.idempotency_key)
                 return StartResult(existing.id, False, existing.status)
         if run.id in self._runs:
             raise _duplicate("run id", str(run.id))
@@ -284,6 +298,8 @@ class MemoryStore:
             priority=run.priority,
             meta=dict(run.meta),
             wake_at=run.wake_at,
+            deadline_at=None if run.deadline is None else now + run.deadline,
+            input_hash=run.input_hash,
         )
         if run.parent_run_id is not None:
             self._children.setdefault(run.parent_run_id, []).append(run.id)
@@ -404,7 +420,9 @@ class MemoryStore:
         run = self._fenced(lease)
         run.status = plan.status
         run.waiting_for = plan.waiting_for
-        run.wake_at = plan.wake_at
+        # The deadline is one more due time: the run wakes at the earlier of the two.
+        dues = [t for t in (plan.wake_at, run.deadline_at) if t is not None]
+        run.wake_at = min(dues) if dues else None
         run.lease_token = run.lease_owner = run.lease_expires_at = None
         run.updated_at = self.clock()
         if plan.progress:
@@ -414,8 +432,8 @@ class MemoryStore:
             timers.setdefault(timer.cursor_key, timer)
         wake_at = plan.wake_at.isoformat() if plan.wake_at else None
         self._log(run.id, Suspended(reason=plan.reason, wake_at=wake_at), plan.cursor_key)
-        if plan.wake_at is not None:
-            self._wake(run.id, plan.wake_at, run.priority)
+        if run.wake_at is not None:
+            self._wake(run.id, run.wake_at, run.priority)
 
     async def finish(
         self, lease: Lease, status: RunStatus, output: Any, error: dict[str, Any] | None
@@ -430,6 +448,11 @@ class MemoryStore:
 
     async def fail_unclaimed(self, lease: Lease, error: dict[str, Any]) -> None:
         await self.finish(lease, RunStatus.FAILED, None, error)
+
+    async def expire(self, lease: Lease, error: dict[str, Any]) -> None:
+        await self.finish(lease, RunStatus.FAILED, None, error)
+        message = str(error.get("message", "deadline exceeded"))
+        self._cancel_tree(self._runs[lease.run_id], message)
 
     async def park(self, lease: Lease, error: dict[str, Any]) -> None:
         _storable("park error", error)
@@ -500,14 +523,25 @@ class MemoryStore:
         if root.status in TERMINAL_STATUSES:
             return CancelResult("already_terminal", root.status)
         _storable("cancel reason", texts=(reason,))  # refused when written, as in PostgreSQL
+        self._cancel_tree(root, reason)
+        return CancelResult("canceled", RunStatus.CANCELED)
+
+    def _tree(self, root: _Run, *, all_children: bool = False) -> list[_Run]:
+        """``root`` and its descendants (detached ones and theirs only with ``all_children``)."""
         tree = [root]
         frontier = [root.id]
         while frontier:
             parent = frontier.pop()
             for child in self._children_of(parent):
-                if not child.meta.get("detached", False):
+                if all_children or not child.meta.get("detached", False):
                     tree.append(child)
                     frontier.append(child.id)
+        return tree
+
+    def _cancel_tree(self, root: _Run, reason: str) -> None:
+        """Cancel the live runs of ``root``'s tree (non-detached); wake their parents that are
+        left live (not the root of an expired tree: it is already terminal)."""
+        tree = self._tree(root)
         canceled = {r.id for r in tree if r.status not in TERMINAL_STATUSES}
         for run in tree:
             if run.id not in canceled:
@@ -515,11 +549,11 @@ class MemoryStore:
             self._terminal(
                 run, RunStatus.CANCELED, None, {"code": "RUN_CANCELED", "message": reason}
             )
-            self._log(run.id, Canceled(reason=reason, root=str(run_id)))
+            self._log(run.id, Canceled(reason=reason, root=str(root.id)))
             self._wakes.pop(run.id, None)
-            if run.parent_run_id is not None and run.parent_run_id not in canceled:
-                self._wake(run.parent_run_id, None, 0)
-        return CancelResult("canceled", RunStatus.CANCELED)
+            parent = self._runs.get(run.parent_run_id) if run.parent_run_id else None
+            if parent is not None and parent.status not in TERMINAL_STATUSES:
+                self._wake(parent.id, None, 0)
 
     async def retry(self, run_id: uuid.UUID) -> RetryResult:
         run = self._runs.get(run_id)
@@ -533,10 +567,7 @@ class MemoryStore:
         steps = self._steps.setdefault(run_id, {})
         inbox = self._signals.get(run_id, [])
         timers = self._timers.get(run_id, {})
-        children = [
-            ChildRecord(c.id, c.parent_cursor_key or "", c.status)
-            for c in self._children_of(run_id)
-        ]
+        children = self._child_records(run_id)
         cut = retry_cut(list(steps.values()), inbox, list(timers.values()), children)
         for child_id in cut.child_ids:  # a failed child is retried with its parent
             await self.retry(child_id)
@@ -549,6 +580,7 @@ class MemoryStore:
             steps.pop(position, None)
         run.status = RunStatus.PENDING
         run.error = run.output = run.finished_at = None
+        run.deadline_at = None  # a retried run has no deadline
         run.stalled_claims = 0
         run.waiting_for = None
         run.wake_at = None
@@ -556,6 +588,80 @@ class MemoryStore:
         self._log(run_id, Retried(from_position=cut.position))
         self._wake(run_id, None, run.priority)
         return RetryResult("queued", RunStatus.PENDING)
+
+    def _child_records(self, run_id: uuid.UUID) -> list[ChildRecord]:
+        return [
+            ChildRecord(c.id, c.parent_cursor_key or "", c.status)
+            for c in self._children_of(run_id)
+        ]
+
+    async def resume(self, run_id: uuid.UUID) -> RetryResult:
+        run = self._runs.get(run_id)
+        if run is None:
+            return RetryResult("missing")
+        if run.status is not RunStatus.CANCELED:
+            return RetryResult("not_failed", run.status)
+        steps = list(self._steps.get(run_id, {}).values())
+        children = resume_children(steps, self._child_records(run_id))
+        for child_id in children:
+            await self.resume(child_id)
+        run.status = RunStatus.PENDING
+        run.error = run.output = run.finished_at = None
+        run.stalled_claims = 0
+        run.waiting_for = None
+        run.wake_at = None
+        run.updated_at = self.clock()
+        self._log(run_id, Resumed(children=len(children)))
+        self._wake(run_id, None, run.priority)
+        return RetryResult("queued", RunStatus.PENDING)
+
+    async def fork(
+        self, run_id: uuid.UUID, new_id: uuid.UUID, from_step: str | None
+    ) -> StartResult | None:
+        source = self._runs.get(run_id)
+        if source is None:
+            return None
+        steps = self._steps.get(run_id, {})
+        fork = fork_cut(
+            list(steps.values()),
+            self._signals.get(run_id, []),
+            list(self._timers.get(run_id, {}).values()),
+            self._child_records(run_id),
+            from_step,
+        )
+        if new_id in self._runs:
+            raise _duplicate("run id", str(new_id))
+        new = forked_run(source.record(), new_id, fork)
+        self._insert(new, self.clock())
+        self._steps[new_id] = {p: steps[p] for p in fork.kept}
+        self._log(new_id, Started(version=new.version))
+        self._log(new_id, Forked(str(run_id), from_step, fork.cut.position))
+        self._wake(new_id, None, new.priority)
+        return StartResult(new_id, True, RunStatus.PENDING)
+
+    # -- workers ------------------------------------------------------------------------------
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        now = self.clock()
+        dead = now - timedelta(seconds=WORKER_PRUNE_SECONDS)
+        for other in [w for w in self._workers.values() if w.heartbeat_at < dead]:
+            if other.id != info.id:
+                del self._workers[other.id]
+        known = self._workers.get(info.id)
+        started = now if known is None else known.started_at
+        self._workers[info.id] = WorkerRecord(
+            info.id, info.host, info.pid, info.flows, info.queues, started, now
+        )
+
+    async def remove_worker(self, worker_id: str) -> None:
+        self._workers.pop(worker_id, None)
+
+    async def list_workers(self, stale_seconds: float) -> list[WorkerRecord]:
+        limit = self.clock() - timedelta(seconds=stale_seconds)
+        return [
+            dataclasses.replace(w, stale=w.heartbeat_at < limit)
+            for w in sorted(self._workers.values(), key=lambda w: (w.started_at, w.id))
+        ]
 
     # -- recovery -----------------------------------------------------------------------------
 
@@ -600,6 +706,8 @@ class MemoryStore:
         return len(stranded)
 
     def _needs_wake(self, run: _Run, now: datetime) -> bool:
+        if run.deadline_at is not None and run.deadline_at <= now:
+            return True  # it fails at its next claim
         timers = [t for t in self._timers.get(run.id, {}).values() if t.fired_at is None]
         if run.status is RunStatus.PENDING:
             return run.wake_at is None or run.wake_at <= now
@@ -620,6 +728,50 @@ class MemoryStore:
             )
         return False
 
+    # -- retention ----------------------------------------------------------------------------
+
+    async def purge(
+        self,
+        status: RunStatus,
+        older_than: timedelta,
+        *,
+        flow: str | None = None,
+        exclude: Sequence[str] = (),
+        limit: int,
+        dry_run: bool = False,
+    ) -> PurgeBatch:
+        cutoff = self.clock() - older_than
+        roots = sorted(
+            (
+                r
+                for r in self._runs.values()
+                if r.parent_run_id is None
+                and r.status is status
+                and r.finished_at is not None
+                and r.finished_at < cutoff
+                and (r.name == flow if flow is not None else r.name not in exclude)
+            ),
+            key=lambda r: (r.finished_at or cutoff, r.seq),
+        )
+        trees = [self._tree(r, all_children=True) for r in roots]
+        trees = [t for t in trees if all(r.status in TERMINAL_STATUSES for r in t)]
+        if not dry_run:
+            trees = trees[:limit]
+            for run in (run for tree in trees for run in tree):
+                self._delete(run)
+        return PurgeBatch(top_level=len(trees), runs=sum(len(t) for t in trees))
+
+    def _delete(self, run: _Run) -> None:
+        """Remove a run and every row of it (PostgreSQL's ON DELETE CASCADE)."""
+        del self._runs[run.id]
+        for rows in (self._steps, self._signals, self._timers, self._events, self._children):
+            rows.pop(run.id, None)
+        self._wakes.pop(run.id, None)
+        if run.parent_run_id is not None and run.parent_run_id in self._children:
+            self._children[run.parent_run_id].remove(run.id)
+        if run.idempotency_key is not None:  # the key is free again
+            self._idempotent.pop((run.name, run.idempotency_key), None)
+
     # -- reads --------------------------------------------------------------------------------
 
     async def list_runs(
@@ -631,18 +783,42 @@ class MemoryStore:
         limit: int,
         before_seq: int | None,
         idempotency_key: str | None = None,
+        filters: RunFilter | None = None,
+        after_seq: int | None = None,
     ) -> list[RunRecord]:
+        where = (filters or RunFilter()).narrowed(
+            name=name, statuses=statuses, tag=tag, idempotency_key=idempotency_key
+        )
         runs = [
-            r
+            record
             for r in self._runs.values()
-            if (name is None or r.name == name)
-            and (not statuses or r.status in statuses)
-            and (tag is None or tag in r.tags)
-            and (before_seq is None or r.seq < before_seq)
-            and (idempotency_key is None or r.idempotency_key == idempotency_key)
+            if (before_seq is None or r.seq < before_seq)
+            and (after_seq is None or r.seq > after_seq)
+            and where.matches(record := r.record())
         ]
-        runs.sort(key=lambda r: r.seq, reverse=True)
-        return [r.record() for r in runs[:limit]]
+        runs.sort(key=lambda r: r.seq, reverse=after_seq is None)
+        return runs[:limit]
+
+    async def count_runs(self, filters: RunFilter) -> dict[RunStatus, int]:
+        counts: dict[RunStatus, int] = {}
+        for r in self._runs.values():
+            if filters.matches(record := r.record()):
+                counts[record.status] = counts.get(record.status, 0) + 1
+        return counts
+
+    async def changes_since(
+        self, since: int | None, limit: int
+    ) -> tuple[list[tuple[uuid.UUID, RunStatus]], int]:
+        if since is None:
+            return [], self._event_ids
+        changed: dict[uuid.UUID, int] = {}
+        for run_id, events in self._events.items():
+            last = max((e.id for e in events if e.id > since), default=None)
+            if last is not None and run_id in self._runs:
+                changed[run_id] = last
+        ordered_ids = sorted(changed, key=changed.__getitem__)[:limit]
+        token = max((changed[r] for r in ordered_ids), default=since)
+        return [(r, self._runs[r].status) for r in ordered_ids], token
 
     async def pending_wake(self, run_id: uuid.UUID) -> WakeUp | None:
         return self._wakes.get(run_id)
@@ -837,6 +1013,11 @@ class _MemoryBatch:
 
 
 _INT4 = 2**31
+
+
+def _conflicts(stored: str | None, given: str | None) -> bool:
+    """A reused idempotency key conflicts when both inputs are known and differ."""
+    return stored is not None and given is not None and stored != given
 
 
 def _utc(value: datetime) -> datetime:

@@ -25,6 +25,7 @@ __all__ = [
     "orphaned_jobs_sql",
     "reconcile_task_name",
     "release_doing_sql",
+    "retention_task_name",
     "schedule_task_name",
     "wake_insert_sql",
 ]
@@ -57,6 +58,11 @@ def reconcile_task_name(schema: str) -> str:
 def schedule_task_name(schema: str) -> str:
     """The procrastinate task of the periodic schedule sweep for the tables in ``schema``."""
     return f"iterflow.schedule.{schema}"
+
+
+def retention_task_name(schema: str) -> str:
+    """The procrastinate task of the periodic retention sweep for the tables in ``schema``."""
+    return f"iterflow.retention.{schema}"
 
 
 def wake_insert_sql(
@@ -132,8 +138,8 @@ def orphaned_jobs_sql(run_is_leased: str) -> str:
     can never be fetched. It is orphaned when no lease owns its run (``run_is_leased``, an SQL
     condition on ``j.lock``, the run id as text, is false) and either its worker stopped
     heartbeating, or it has been ``doing`` longer than the stale window (``:stale`` seconds): a
-    live worker whose ``finish_job`` was lost. A periodic task (``:reconcile_task`` or
-    ``:schedule_task``) left
+    live worker whose ``finish_job`` was lost. A periodic task (``:reconcile_task``,
+    ``:schedule_task`` or ``:retention_task``) left
     ``doing`` by a killed worker holds no lock, but nothing else would ever end it: the same
     rule, without the lease, releases it. Returns one row, ``released``.
     """
@@ -141,7 +147,7 @@ def orphaned_jobs_sql(run_is_leased: str) -> str:
         WITH released AS (
         UPDATE procrastinate_jobs AS j SET status = 'failed', attempts = attempts + 1
         WHERE j.status = 'doing' AND j.queue_name = :queue
-          AND (j.task_name IN (:reconcile_task, :schedule_task)
+          AND (j.task_name IN (:reconcile_task, :schedule_task, :retention_task)
                OR (j.task_name = :task AND NOT ({run_is_leased})))
           AND (j.worker_id IS NULL
                OR j.worker_id IN (

@@ -17,7 +17,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,6 +34,7 @@ from iterflow.core.models import (
     NewRun,
     RetryResult,
     RunDetail,
+    RunFilter,
     RunRecord,
     RunStatus,
     SignalResult,
@@ -52,11 +53,31 @@ from iterflow.core.states import (
     finished_event,
 )
 from iterflow.store import schema as schema_tables
-from iterflow.store.base import Claim, Lease, WakeUp, signal_limit
+from iterflow.store.base import (
+    Claim,
+    Lease,
+    PurgeBatch,
+    WakeUp,
+    idempotency_conflict,
+    signal_limit,
+)
 from iterflow.store.connections import HOT_IDLE, HotConnections, Row, execute_on, guarded
-from iterflow.store.outbox import TASK_NAME, reconcile_task_name, schedule_task_name
+from iterflow.store.outbox import (
+    TASK_NAME,
+    reconcile_task_name,
+    retention_task_name,
+    schedule_task_name,
+)
+from iterflow.store.pg_control import ControlStatements, PostgresControl
 from iterflow.store.pg_schedules import PostgresSchedules
-from iterflow.store.queries import RUN_COLS, TERMINAL_CHANNEL, Statements, json_param, start_params
+from iterflow.store.queries import (
+    RUN_COLS,
+    TERMINAL_CHANNEL,
+    Statements,
+    json_param,
+    run_filter_clauses,
+    start_params,
+)
 from iterflow.store.rows import (
     child_record,
     event_record,
@@ -78,7 +99,7 @@ def _data(payload: EventPayload) -> str | None:
     return _j(payload.to_data())
 
 
-class PostgresStore(PostgresSchedules):
+class PostgresStore(PostgresControl, PostgresSchedules):
     """The :class:`~iterflow.store.base.Store` on PostgreSQL (and its
     :class:`~iterflow.store.base.ScheduleStore`, from :mod:`iterflow.store.pg_schedules`)."""
 
@@ -90,6 +111,7 @@ class PostgresStore(PostgresSchedules):
         self.schema = schema
         self._q = Statements(schema)
         self._sq = ScheduleStatements(schema)
+        self._cq = ControlStatements(schema)
         self._conns = HotConnections(engine)
 
     @property
@@ -130,6 +152,9 @@ class PostgresStore(PostgresSchedules):
         if row is not None:
             return StartResult(run_id=row["id"], created=True, status=RunStatus(row["status"]))
         existing = await self._existing(run, conn)
+        stored = existing["input_hash"]
+        if stored is not None and run.input_hash is not None and stored != run.input_hash:
+            raise idempotency_conflict(run.name, run.idempotency_key or "")
         return StartResult(run_id=existing["id"], created=False, status=existing["status"])
 
     async def _existing(self, run: NewRun, conn: Any) -> Row:
@@ -141,7 +166,11 @@ class PostgresStore(PostgresSchedules):
         )
         if row is None:  # pragma: no cover - the conflicting row must exist
             raise DatabaseUnavailable("idempotent start found neither a new nor an existing run")
-        return {"id": row["id"], "status": RunStatus(row["status"])}
+        return {
+            "id": row["id"],
+            "status": RunStatus(row["status"]),
+            "input_hash": row["input_hash"],
+        }
 
     # -- attempts ---------------------------------------------------------------------------
 
@@ -220,6 +249,7 @@ class PostgresStore(PostgresSchedules):
                 "meta": _j(child.meta),
                 "event": _data(Started(version=child.version, parent=str(lease.run_id))),
                 "queue": self._queue,
+                "deadline": child.deadline,
             },
         )
         if row is None or not row["leased"]:
@@ -268,6 +298,42 @@ class PostgresStore(PostgresSchedules):
 
     async def fail_unclaimed(self, lease: Lease, error: dict[str, Any]) -> None:
         await self.finish(lease, RunStatus.FAILED, None, error)
+
+    async def expire(self, lease: Lease, error: dict[str, Any]) -> None:
+        event = finished_event(RunStatus.FAILED, error)
+        message = str(error.get("message", "deadline exceeded"))
+        async with self._tx() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        self._q.finish,
+                        {
+                            "run_id": lease.run_id,
+                            "token": lease.token,
+                            "status": RunStatus.FAILED.value,
+                            "output": None,
+                            "error": _j(error),
+                            "event_type": event.type.value,
+                            "event": _data(event),
+                            "queue": self._queue,
+                        },
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if row is None or not row["leased"]:
+                raise LeaseLost(lease.run_id)
+            # The run is terminal now: the cancel reaches only its live, non-detached tree.
+            await conn.execute(
+                self._q.cancel,
+                {
+                    "run_id": lease.run_id,
+                    "error": _j({"code": "RUN_CANCELED", "message": message}),
+                    "event": _data(Canceled(reason=message, root=str(lease.run_id))),
+                    "queue": self._queue,
+                },
+            )
 
     async def park(self, lease: Lease, error: dict[str, Any]) -> None:
         row = await self._one(
@@ -431,6 +497,7 @@ class PostgresStore(PostgresSchedules):
                 "task": TASK_NAME,
                 "reconcile_task": reconcile_task_name(self.schema),
                 "schedule_task": schedule_task_name(self.schema),
+                "retention_task": retention_task_name(self.schema),
                 "stale": stale_seconds,
             },
         )
@@ -449,27 +516,81 @@ class PostgresStore(PostgresSchedules):
         limit: int,
         before_seq: int | None,
         idempotency_key: str | None = None,
+        filters: RunFilter | None = None,
+        after_seq: int | None = None,
     ) -> list[RunRecord]:
-        """Newest first, keyset-paginated on ``seq`` (never skips rows sharing a timestamp)."""
+        """Newest first (oldest first after ``after_seq``), keyset-paginated on ``seq`` (never
+        skips rows sharing a timestamp)."""
         runs = schema_tables.runs
+        where = (filters or RunFilter()).narrowed(
+            name=name, statuses=statuses, tag=tag, idempotency_key=idempotency_key
+        )
         stmt = sa.select(*[runs.c[c.strip()] for c in RUN_COLS.split(",")])
-        if name is not None:
-            stmt = stmt.where(runs.c.name == name)
-        if statuses:
-            stmt = stmt.where(runs.c.status.in_([s.value for s in statuses]))
-        if tag is not None:
-            stmt = stmt.where(runs.c.tags.contains([tag]))
-        if idempotency_key is not None:  # the unique (name, idempotency_key) index
-            stmt = stmt.where(runs.c.idempotency_key == idempotency_key)
+        stmt = stmt.where(*run_filter_clauses(runs, where))
         if before_seq is not None:
             stmt = stmt.where(runs.c.seq < before_seq)
-        stmt = stmt.order_by(runs.c.seq.desc()).limit(limit)
+        if after_seq is not None:
+            stmt = stmt.where(runs.c.seq > after_seq)
+        order = runs.c.seq.asc() if after_seq is not None else runs.c.seq.desc()
+        stmt = stmt.order_by(order).limit(limit)
         async with self._autocommit() as conn:
             result = await conn.execute(
                 stmt, execution_options={"schema_translate_map": self._translate}
             )
             rows = result.mappings().all()
         return [run_record(r) for r in rows]
+
+    async def count_runs(self, filters: RunFilter) -> dict[RunStatus, int]:
+        runs = schema_tables.runs
+        stmt = (
+            sa.select(runs.c.status, sa.func.count())
+            .where(*run_filter_clauses(runs, filters))
+            .group_by(runs.c.status)
+        )
+        async with self._autocommit() as conn:
+            result = await conn.execute(
+                stmt, execution_options={"schema_translate_map": self._translate}
+            )
+            rows = result.all()
+        return {RunStatus(status): int(count) for status, count in rows}
+
+    async def changes_since(
+        self, since: int | None, limit: int
+    ) -> tuple[list[tuple[uuid.UUID, RunStatus]], int]:
+        async with self._autocommit() as conn:
+            if since is None:
+                token = (await conn.execute(self._q.change_token)).scalar_one()
+                return [], int(token)
+            params = {"since": since, "limit": limit}
+            rows = (await conn.execute(self._q.changes_since, params)).mappings().all()
+        if not rows:
+            return [], since
+        changed = [(r["run_id"], RunStatus(r["status"])) for r in rows]
+        return changed, int(rows[0]["token"])
+
+    # -- retention --------------------------------------------------------------------------
+
+    async def purge(
+        self,
+        status: RunStatus,
+        older_than: timedelta,
+        *,
+        flow: str | None = None,
+        exclude: Sequence[str] = (),
+        limit: int,
+        dry_run: bool = False,
+    ) -> PurgeBatch:
+        params = {
+            "status": status.value,
+            "older_than": older_than.total_seconds(),
+            "flow": flow,
+            "exclude": list(exclude),
+            "limit": limit,
+        }
+        async with self._tx() as conn:
+            stmt = self._q.purge_count if dry_run else self._q.purge
+            row = (await conn.execute(stmt, params)).mappings().one()
+        return PurgeBatch(top_level=int(row["top_level"]), runs=int(row["runs"]))
 
     # -- reads ------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from iterflow.core.keys import SIGNAL_WAIT_PREFIX, WaitKind
-from iterflow.core.models import NewRun
+from iterflow.core.models import NewRun, RunFilter
 from iterflow.core.states import (
     LIVE_STATUSES,
     RESUMABLE_STATUSES,
@@ -42,7 +42,14 @@ from iterflow.store.outbox import (
 )
 from iterflow.store.schema import quote_identifier, status_in
 
-__all__ = ["RUN_COLS", "TERMINAL_CHANNEL", "Statements", "json_param", "start_params"]
+__all__ = [
+    "RUN_COLS",
+    "TERMINAL_CHANNEL",
+    "Statements",
+    "json_param",
+    "run_filter_clauses",
+    "start_params",
+]
 
 #: NOTIFY channel carrying the id of every run that reached a terminal status.
 TERMINAL_CHANNEL = "iterflow_terminal"
@@ -50,7 +57,8 @@ TERMINAL_CHANNEL = "iterflow_terminal"
 RUN_COLS = (
     "id, seq, name, version, status, input, output, error, idempotency_key, parent_run_id, "
     "parent_cursor_key, tags, priority, lease_owner, lease_expires_at, claims, "
-    "stalled_claims, waiting_for, wake_at, created_at, updated_at, started_at, finished_at, meta"
+    "stalled_claims, waiting_for, wake_at, created_at, updated_at, started_at, finished_at, meta, "
+    "deadline_at"
 )
 
 
@@ -83,7 +91,41 @@ def start_params(run: NewRun, queue: str) -> dict[str, Any]:
         "meta": json_param(run.meta),
         "event": json_param(Started(version=run.version).to_data()),
         "queue": queue,
+        "deadline": run.deadline,
+        "input_hash": run.input_hash,
     }
+
+
+def run_filter_clauses(runs: sa.Table, where: RunFilter) -> list[sa.ColumnElement[bool]]:
+    """The SQL of :meth:`RunFilter.matches <iterflow.core.models.RunFilter.matches>` over the
+    ``runs`` table (used by ``list_runs`` and ``count_runs``)."""
+    c = runs.c
+    clauses: list[sa.ColumnElement[bool]] = []
+    if where.name is not None:
+        clauses.append(c.name == where.name)
+    if where.version is not None:
+        clauses.append(c.version == where.version)
+    if where.statuses:
+        clauses.append(c.status.in_([s.value for s in where.statuses]))
+    if where.tags:  # the GIN index on tags
+        clauses.append(c.tags.contains(list(where.tags)))
+    if where.idempotency_key is not None:  # the unique (name, idempotency_key) index
+        clauses.append(c.idempotency_key == where.idempotency_key)
+    if where.created_after is not None:
+        clauses.append(c.created_at >= where.created_after)
+    if where.created_before is not None:
+        clauses.append(c.created_at < where.created_before)
+    if where.finished_after is not None:
+        clauses.append(c.finished_at >= where.finished_after)
+    if where.finished_before is not None:
+        clauses.append(c.finished_at < where.finished_before)
+    if where.parent_run_id is not None:  # ix_runs_parent_run_id
+        clauses.append(c.parent_run_id == where.parent_run_id)
+    if where.schedule_id is not None:
+        clauses.append(c.meta["schedule_id"].astext == where.schedule_id)
+    if (bounds := where.id_bounds()) is not None:  # a range scan of the primary key
+        clauses.append(c.id.between(*bounds))
+    return clauses
 
 
 def _jsonb(payload: EventPayload) -> str:
@@ -121,11 +163,13 @@ class Statements:
         self.start = sa.text(f"""
             WITH ins AS (
                 INSERT INTO {s}.runs (id, name, version, status, input, idempotency_key, tags,
-                    priority, wake_at, parent_run_id, parent_cursor_key, meta)
+                    priority, wake_at, parent_run_id, parent_cursor_key, meta, deadline_at,
+                    input_hash)
                 VALUES (:id, :name, :version, {_PENDING}, CAST(:input AS jsonb), :idem,
                     CAST(:tags AS text[]), :priority,
                     coalesce(CAST(:wake_at AS timestamptz), now() + CAST(:delay AS interval)),
-                    :parent_run_id, :parent_cursor_key, CAST(:meta AS jsonb))
+                    :parent_run_id, :parent_cursor_key, CAST(:meta AS jsonb),
+                    now() + CAST(:deadline AS interval), CAST(:input_hash AS text))
                 ON CONFLICT (name, idempotency_key) WHERE idempotency_key IS NOT NULL
                 DO NOTHING
                 RETURNING id, status, wake_at
@@ -137,7 +181,8 @@ class Statements:
             ), job AS ({wake_insert_sql("ins", wake_at="ins.wake_at")})
             SELECT id, status, true AS created, (SELECT count(*) FROM job) AS jobs FROM ins""")
         self.existing = sa.text(
-            f"SELECT id, status FROM {s}.runs WHERE name = :name AND idempotency_key = :idem"
+            f"SELECT id, status, input_hash FROM {s}.runs "
+            "WHERE name = :name AND idempotency_key = :idem"
         )
         self.claim = sa.text(f"""
             WITH claimed AS (
@@ -233,11 +278,12 @@ class Statements:
         self.suspend = sa.text(f"""
             WITH run AS (
                 UPDATE {s}.runs SET status = :status, waiting_for = :waiting_for,
-                    wake_at = CAST(:wake_at AS timestamptz), lease_token = NULL,
+                    wake_at = LEAST(CAST(:wake_at AS timestamptz), deadline_at),
+                    lease_token = NULL,
                     lease_owner = NULL, lease_expires_at = NULL, updated_at = now(),
                     stalled_claims = CASE WHEN :progress THEN 0 ELSE stalled_claims END
                 WHERE id = :run_id AND lease_token = :token AND status = {_RUNNING}
-                RETURNING id, priority
+                RETURNING id, priority, wake_at
             ), timer AS (
                 INSERT INTO {s}.timers (run_id, cursor_key, fire_at)
                 SELECT run.id, t.key, t.fire_at FROM run,
@@ -252,7 +298,7 @@ class Statements:
             ), job AS (
                 {
             wake_insert_sql(
-                "run WHERE CAST(:wake_at AS timestamptz) IS NOT NULL", priority="run.priority"
+                "run WHERE run.wake_at IS NOT NULL", wake_at="run.wake_at", priority="run.priority"
             )
         }
             )
@@ -326,7 +372,7 @@ class Statements:
         self.retry_reset = sa.text(f"""
             UPDATE {s}.runs SET status = {_PENDING}, error = NULL, output = NULL,
                 finished_at = NULL, stalled_claims = 0, waiting_for = NULL,
-                wake_at = NULL, updated_at = now()
+                wake_at = NULL, deadline_at = NULL, updated_at = now()
             WHERE id = :run_id AND status = {_v(RunStatus.FAILED)}""")
         self.recover_expired = sa.text(f"""
             WITH stale AS (
@@ -356,10 +402,10 @@ class Statements:
                 RETURNING id
             ), ins AS (
                 INSERT INTO {s}.runs (id, name, version, status, input, tags, priority,
-                    parent_run_id, parent_cursor_key, meta)
+                    parent_run_id, parent_cursor_key, meta, deadline_at)
                 SELECT :id, :name, :version, {_PENDING}, CAST(:input AS jsonb),
                     CAST(:tags AS text[]), :priority, lease.id, :parent_cursor_key,
-                    CAST(:meta AS jsonb)
+                    CAST(:meta AS jsonb), now() + CAST(:deadline AS interval)
                 FROM lease
                 ON CONFLICT (id) DO NOTHING
                 RETURNING id
@@ -395,7 +441,9 @@ class Statements:
             ), parents AS (
                 {
             wake_insert_sql(
-                "upd WHERE parent_run_id IS NOT NULL AND parent_run_id NOT IN (SELECT id FROM upd)",
+                "upd WHERE parent_run_id IS NOT NULL AND parent_run_id NOT IN (SELECT id FROM upd)"
+                f" AND EXISTS (SELECT 1 FROM {s}.runs AS p WHERE p.id = upd.parent_run_id"
+                f" AND {status_in(LIVE_STATUSES, 'p.status')})",
                 "parent_run_id",
                 wake_at="NULL",
                 priority="0",
@@ -420,7 +468,8 @@ class Statements:
                 WHERE {status_in(RESUMABLE_STATUSES, "r.status")}
                   AND NOT {has_live_job_sql("r.id")}
                   AND (
-                    (r.status = {_PENDING} AND (r.wake_at IS NULL OR r.wake_at <= now()))
+                    r.deadline_at <= now()
+                    OR (r.status = {_PENDING} AND (r.wake_at IS NULL OR r.wake_at <= now()))
                     OR (r.status = {_RETRYING}
                         AND NOT EXISTS (SELECT 1 FROM {s}.timers AS t
                                         WHERE t.run_id = r.id AND t.fired_at IS NULL
@@ -452,6 +501,7 @@ class Statements:
             ), job AS ({wake_insert_sql("stranded", wake_at="NULL", priority="stranded.priority")})
             SELECT (SELECT count(*) FROM stranded) AS rewoken""")
         self.pending_wake = sa.text(PENDING_WAKE_SQL)
+        self._retention(s)
         self.detail_steps = sa.text(
             f"SELECT * FROM {s}.steps WHERE run_id = :run_id ORDER BY position"
         )
@@ -462,6 +512,16 @@ class Statements:
             f"SELECT * FROM {s}.timers WHERE run_id = :run_id ORDER BY fire_at"
         )
         self.detail_events = sa.text(f"SELECT * FROM {s}.events WHERE run_id = :run_id ORDER BY id")
+        # the dashboard's "changed since" poll: a range scan of the events primary key, bounded
+        self.change_token = sa.text(f"SELECT coalesce(max(id), 0) AS token FROM {s}.events")
+        self.changes_since = sa.text(f"""
+            WITH e AS (
+                SELECT id, run_id FROM {s}.events WHERE id > :since ORDER BY id LIMIT :limit
+            )
+            SELECT e.run_id, r.status, max(e.id) AS last, (SELECT max(id) FROM e) AS token
+            FROM e JOIN {s}.runs r ON r.id = e.run_id
+            GROUP BY e.run_id, r.status ORDER BY last
+        """)
         self.park = sa.text(f"""
             WITH run AS (
                 UPDATE {s}.runs SET status = {_PARKED}, error = CAST(:error AS jsonb),
@@ -496,3 +556,44 @@ class Statements:
                 RETURNING 1
             ), job AS ({wake_insert_sql("upd", wake_at="NULL", priority="upd.priority")})
             SELECT (SELECT count(*) FROM upd) AS requeued""")
+
+    def _retention(self, s: str) -> None:
+        """Retention's statements: one batch of finished top-level runs (oldest first, locked
+        ``SKIP LOCKED``, leaving out any whose tree still holds a live run) deleted with their
+        descendants; the rows of steps, signals, timers and events go by ``ON DELETE CASCADE``.
+        ``:flow`` (NULL: any) and ``:exclude`` select the flows."""
+        live_in_tree = f"""EXISTS (
+                    WITH RECURSIVE tree AS (
+                        SELECT c.id, c.status FROM {s}.runs AS c WHERE c.parent_run_id = r.id
+                        UNION ALL
+                        SELECT c.id, c.status FROM {s}.runs AS c
+                        JOIN tree ON c.parent_run_id = tree.id
+                    )
+                    SELECT 1 FROM tree WHERE {status_in(LIVE_STATUSES, "tree.status")})"""
+        roots = f"""
+                SELECT r.id, r.status FROM {s}.runs AS r
+                WHERE r.status = :status AND r.parent_run_id IS NULL
+                  AND r.finished_at IS NOT NULL
+                  AND r.finished_at < now() - make_interval(secs => :older_than)
+                  AND (CAST(:flow AS text) IS NULL OR r.name = :flow)
+                  AND NOT (r.name = ANY(CAST(:exclude AS text[])))
+                  AND NOT {live_in_tree}"""
+        tree = f"""tree AS (
+                SELECT id FROM roots
+                UNION ALL
+                SELECT c.id FROM {s}.runs AS c JOIN tree ON c.parent_run_id = tree.id
+            )"""
+        self.purge = sa.text(f"""
+            WITH RECURSIVE roots AS ({roots}
+                ORDER BY r.finished_at LIMIT :limit
+                FOR UPDATE OF r SKIP LOCKED
+            ), {tree}, deleted AS (
+                DELETE FROM {s}.runs WHERE id IN (SELECT id FROM tree) RETURNING 1
+            )
+            SELECT (SELECT count(*) FROM roots) AS top_level,
+                   (SELECT count(*) FROM deleted) AS runs""")
+        self.purge_count = sa.text(f"""
+            WITH RECURSIVE roots AS ({roots}
+            ), {tree}
+            SELECT (SELECT count(*) FROM roots) AS top_level,
+                   (SELECT count(*) FROM tree) AS runs""")

@@ -69,6 +69,7 @@ def run_record(row: Row) -> RunRecord:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         meta=dict(row["meta"] or {}),
+        deadline_at=_ts(row.get("deadline_at")),
     )
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "timers",
     "translate_map",
     "validate_schema_name",
+    "workers",
 ]
 
 DEFAULT_SCHEMA = "iterflow"
@@ -101,6 +102,10 @@ runs = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
     sa.Column("started_at", sa.DateTime(timezone=True)),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
+    # A live run past its deadline fails with RUN_DEADLINE_EXCEEDED (migration 0004).
+    sa.Column("deadline_at", sa.DateTime(timezone=True)),
+    # sha256 of the input's canonical JSON: a reused idempotency key with another input conflicts.
+    sa.Column("input_hash", sa.Text),
     sa.CheckConstraint(status_in(RunStatus), name="status"),
     sa.Index(
         "ix_runs_name_idempotency_key",
@@ -120,6 +125,13 @@ runs = sa.Table(
     sa.Index("ix_runs_tags", "tags", postgresql_using="gin"),
     sa.Index("ix_runs_seq", "seq", unique=True),
     sa.Index("ix_runs_name_seq", "name", "seq"),
+    # Retention's sweep: finished top-level runs by status and age (children go with them).
+    sa.Index(
+        "ix_runs_status_finished_at",
+        "status",
+        "finished_at",
+        postgresql_where=sa.text("parent_run_id IS NULL AND finished_at IS NOT NULL"),
+    ),
 )
 
 steps = sa.Table(
@@ -257,6 +269,21 @@ schedule_events = sa.Table(
     sa.Column("data", pg.JSONB),
     sa.Column("at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
     sa.Index("ix_schedule_events_schedule_id_id", "schedule_id", "id"),
+)
+
+
+# The worker registry (migration 0005): written at a worker's start and heartbeat, deleted at its
+# clean stop; ``flows`` are the ``name@version`` it can run.
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("flows", pg.ARRAY(sa.Text), nullable=False, server_default="{}"),
+    sa.Column("queues", pg.ARRAY(sa.Text), nullable=False, server_default="{}"),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
 )
 
 
