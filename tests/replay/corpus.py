@@ -15,15 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from iterflow.core.definition import FlowDef
-from iterflow.core.models import SignalRecord, StepKind, StepRecord, StepStatus, TimerRecord
+from iterflow.core.export import step_of
+from iterflow.core.models import SignalRecord, StepRecord, TimerRecord
 from tests.replay.harness import Outcome, replay
 
 CASES = Path(__file__).parent / "cases"
 FORMAT = 1
-
-
-def _ts(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
 
 
 def load_flow(ref: str) -> FlowDef[Any, Any]:
@@ -34,21 +31,8 @@ def load_flow(ref: str) -> FlowDef[Any, Any]:
 
 
 def steps_of(case: dict[str, Any]) -> list[StepRecord]:
-    return [
-        StepRecord(
-            position=s["position"],
-            cursor_key=s["cursor_key"],
-            kind=StepKind(s["kind"]),
-            label=s["label"],
-            status=StepStatus(s["status"]),
-            output=s.get("output"),
-            error=s.get("error"),
-            attempts=s.get("attempts", 1),
-            started_at=_ts(s.get("started_at")),
-            finished_at=_ts(s.get("finished_at")),
-        )
-        for s in case["steps"]
-    ]
+    """The case's memo rows (the same fields as a ``flowctl export``'s ``steps``)."""
+    return [step_of(s) for s in case["steps"]]
 
 
 async def replay_case(case: dict[str, Any]) -> Outcome:

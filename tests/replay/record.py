@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from iterflow import Engine
+from iterflow.core.export import step_data
 from tests.replay.corpus import FORMAT, expected_of, replay_case
 
 
@@ -45,21 +46,7 @@ async def record_case(
         "recorded_status": run.status.value,
         "input": run.input,
         "now": _iso(now or run.updated_at),
-        "steps": [
-            {
-                "position": s.position,
-                "cursor_key": s.cursor_key,
-                "kind": s.kind.value,
-                "label": s.label,
-                "status": s.status.value,
-                "output": s.output,
-                "error": s.error,
-                "attempts": s.attempts,
-                "started_at": _iso(s.started_at),
-                "finished_at": _iso(s.finished_at),
-            }
-            for s in detail.steps
-        ],
+        "steps": [step_data(s) for s in detail.steps],
         "timers": [
             {"cursor_key": t.cursor_key, "fire_at": _iso(t.fire_at)}
             for t in detail.timers

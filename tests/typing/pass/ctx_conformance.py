@@ -1,9 +1,9 @@
-"""Checked by mypy --strict (tests/unit/test_builder_typing.py): every ``ctx`` implementation
-conforms to the core's Protocols.
+"""Every ``ctx`` implementation conforms to the core's Protocols.
 
-Never executed. An assignment fails the type check when an implementation drifts from
-:class:`iterflow.core.ctx.Ctx` (a method missing, a parameter renamed or narrowed, a return type
-widened) or its logger from :class:`iterflow.core.ctx.FlowLogger`.
+Never executed; checked by mypy --strict and pyright strict (``tests/typing/check.py``). An
+assignment fails the check when an implementation drifts from :class:`iterflow.core.ctx.Ctx` (a
+method missing, a parameter renamed or narrowed, an overload lost, a return type widened) or its
+logger from :class:`iterflow.core.ctx.FlowLogger`.
 """
 
 from __future__ import annotations

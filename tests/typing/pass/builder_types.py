@@ -1,6 +1,8 @@
-"""Checked by mypy --strict (tests/unit/test_builder_typing.py): the builder is typed end to end.
+"""The builder is typed end to end: the channel's type changes step by step.
 
-Never executed; ``assert_type`` fails the type check when the channel type is not the one shown.
+Never executed; checked by mypy --strict and pyright strict (``tests/typing/check.py``). An
+``assert_type`` fails the check when the type is not the one shown. The mistakes a type checker
+must report are in ``tests/typing/fail/builder_errors.py``.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from typing import assert_type
 
 from pydantic import BaseModel
 
-from iterflow import BuiltFlow, Engine, FlowHandle, StepContext, flow
+from iterflow import BuiltFlow, Engine, FlowHandle, Signal, StepContext, flow
 from iterflow.core.builder import FlowBuilder
 
 
@@ -27,6 +29,9 @@ class Approval(BaseModel):
     ok: bool
 
 
+approval = Signal("approve", Approval)
+
+
 def charge(order: Order, step: StepContext[Order]) -> Charged:
     return Charged(id=order.id, cents=order.amount * 100)
 
@@ -39,8 +44,16 @@ def approve(charged: Charged, approval: Approval) -> Charged:
     return charged if approval.ok else charged.model_copy(update={"cents": 0})
 
 
-async def child_body(value: str) -> int:
-    return len(value)
+def charge_again(charged: Charged) -> Charged:
+    return charged.model_copy(update={"cents": charged.cents + 1})
+
+
+def paid(charged: Charged) -> bool:
+    return charged.cents > 0
+
+
+def retry_charge(b: FlowBuilder[Order, Charged]) -> FlowBuilder[Order, Charged]:
+    return b.step("retry", charge_again)
 
 
 start = flow("typed").input(Order)
@@ -53,8 +66,14 @@ merged = waited.signal("approve", Approval, merge=approve)
 assert_type(merged, FlowBuilder[Order, Charged])
 replaced = waited.signal("approve", Approval)
 assert_type(replaced, FlowBuilder[Order, Approval])
+by_descriptor = waited.signal(approval, timeout="7d")
+assert_type(by_descriptor, FlowBuilder[Order, Approval])
+merged_descriptor = waited.signal(approval, merge=approve)
+assert_type(merged_descriptor, FlowBuilder[Order, Charged])
 looped = merged.loop(until=lambda c: c.cents > 0, body=lambda b: b.step("retry", charge_again))
 assert_type(looped, FlowBuilder[Order, Charged])
+looped_by_functions = merged.loop(until=paid, body=retry_charge)
+assert_type(looped_by_functions, FlowBuilder[Order, Charged])
 text = looped.step("receipt", receipt)
 assert_type(text, FlowBuilder[Order, str])
 built = text.build()
@@ -74,17 +93,8 @@ via_handle = text.invoke(engine.register(child))
 assert_type(via_handle, FlowBuilder[Order, int])
 
 
-def charge_again(charged: Charged) -> Charged:
-    return charged.model_copy(update={"cents": charged.cents + 1})
-
-
 async def result(h: FlowHandle[Order, str]) -> str:
     return await h.result("00000000-0000-0000-0000-000000000000")
 
 
-_: BuiltFlow[Order, str] = built
-
-# Mistakes a type checker reports (warn_unused_ignores makes each ignore an assertion):
-text.step("wrong", charge)  # type: ignore[arg-type]  # the value is a str, not an Order
-merged.invoke(child)  # type: ignore[arg-type]  # child takes a str, the value is Charged
-start.loop(until=lambda o: o.amount > 0, body=lambda b: b.step("x", charge))  # type: ignore[arg-type]
+typed_built: BuiltFlow[Order, str] = built

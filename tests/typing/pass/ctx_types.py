@@ -1,9 +1,10 @@
-"""Checked by mypy --strict (tests/unit/test_builder_typing.py): the ``ctx`` API is typed honestly.
+"""The ``ctx`` API is typed honestly: each call's result has the type of what it returns.
 
-Never executed. ``assert_type`` fails the type check when a call's type is not the one shown;
-each ``type: ignore[code]`` is an expected error (``warn_unused_ignores`` makes an ignore that
-matches nothing an error): a forgotten ``await`` is ``unused-coroutine`` for every ``ctx`` call,
-and ``ctx.step(label, fn, *args)`` checks ``args`` against ``fn``'s parameters.
+Never executed; checked by mypy --strict and pyright strict (``tests/typing/check.py``).
+``ctx.step`` returns ``fn``'s result type (awaited for an async ``fn``), ``ctx.signal`` the
+payload model (given by name and model, or by a ``Signal`` descriptor), ``ctx.invoke`` the child's
+output. The mistakes (a forgotten ``await``, arguments that do not fit ``fn``) are in
+``tests/typing/fail/ctx_errors.py``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import assert_type
 
 from pydantic import BaseModel
 
+from iterflow import Signal
 from iterflow.core.ctx import Ctx
 from iterflow.core.definition import FlowDef
 from iterflow.runtime.context import FlowContext
@@ -26,6 +28,10 @@ class Order(BaseModel):
 
 class Approval(BaseModel):
     ok: bool
+
+
+approval = Signal("approve", Approval)
+count = Signal("count", int)
 
 
 def charge(order: Order, cents: int) -> str:
@@ -53,6 +59,10 @@ async def typed_results(ctx: Ctx, order: Order, child: FlowDef[Order, int]) -> N
     assert_type(await ctx.step("nothing", nothing), int)
     assert_type(await ctx.step("lambda", lambda: [1, 2]), list[int])
     assert_type(await ctx.signal("approve", Approval), Approval)
+    assert_type(await ctx.signal("approve", Approval, timeout="7d"), Approval)
+    assert_type(await ctx.signal(approval), Approval)
+    assert_type(await ctx.signal(approval, timeout="7d"), Approval)
+    assert_type(await ctx.signal(count), int)
     assert_type(await ctx.invoke(child, order), int)
     assert_type(await ctx.now(), datetime)
     assert_type(await ctx.uuid(), uuid.UUID)
@@ -61,30 +71,10 @@ async def typed_results(ctx: Ctx, order: Order, child: FlowDef[Order, int]) -> N
     assert_type(
         await ctx.gather(ctx.step("a", nothing), ctx.step("b", fetch, "o-2")), tuple[int, Order]
     )
+    assert_type(await ctx.gather(ctx.signal(approval), ctx.now()), tuple[Approval, datetime])
 
 
 async def runtime_context_too(ctx: FlowContext, order: Order) -> None:
     assert_type(await ctx.step("charge", charge, order, 100), str)
-    ctx.step("charge", charge, order, 100)  # type: ignore[unused-coroutine]
-    await ctx.step("charge", charge, order)  # type: ignore[arg-type]
-
-
-async def forgotten_awaits(ctx: Ctx, order: Order, child: FlowDef[Order, int]) -> None:
-    ctx.step("charge", charge, order, 100)  # type: ignore[unused-coroutine]
-    ctx.step("fetch", fetch, "o-1")  # type: ignore[unused-coroutine]
-    ctx.sleep("1h")  # type: ignore[unused-coroutine]
-    ctx.signal("approve", Approval)  # type: ignore[unused-coroutine]
-    ctx.invoke(child, order)  # type: ignore[unused-coroutine]
-    ctx.now()  # type: ignore[unused-coroutine]
-    ctx.uuid()  # type: ignore[unused-coroutine]
-    ctx.random()  # type: ignore[unused-coroutine]
-    ctx.patched("x")  # type: ignore[unused-coroutine]
-    ctx.gather(ctx.now(), ctx.uuid())  # type: ignore[unused-coroutine]
-
-
-async def wrong_arguments(ctx: Ctx, order: Order) -> None:
-    await ctx.step("charge", charge, order, "100")  # type: ignore[arg-type, call-arg]
-    await ctx.step("charge", charge, order)  # type: ignore[arg-type]
-    await ctx.step("fetch", fetch, 42)  # type: ignore[arg-type]
-    await ctx.step("nothing", nothing, 1)  # type: ignore[arg-type]
-    await ctx.step("fetch", fetch, "o-1", retries="3")  # type: ignore[call-overload]
+    assert_type(await ctx.signal(approval), Approval)
+    assert_type(await ctx.signal("approve", Approval, timeout="1h"), Approval)
