@@ -1,3 +1,5 @@
+import base64
+import hmac
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -7,9 +9,17 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import text
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.authentication import (
+    AuthCredentials,
+    AuthenticationBackend,
+    AuthenticationError,
+    SimpleUser,
+)
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
 
 from iterflow import Engine, FlowContext
 from iterflow.contrib.starlette import (
@@ -18,6 +28,7 @@ from iterflow.contrib.starlette import (
     iterflow_lifespan,
     signal_webhook,
 )
+from iterflow.contrib.web import dashboard
 
 
 class Order(BaseModel):
@@ -102,6 +113,45 @@ async def resolve(event: dict[str, Any]) -> WebhookSignal | None:
     return WebhookSignal(run_id, "paid", {"payment_intent": intent["id"]}, event["id"])
 
 
+# -- the dashboard at /ops: whoever logs in may look, only operators may act --------------------
+
+LOGINS = {  # user -> (the environment variable holding its password, its role)
+    "ops": ("DASHBOARD_OPS_PASSWORD", "operator"),
+    "support": ("DASHBOARD_SUPPORT_PASSWORD", "viewer"),
+}
+
+
+class DashboardLogin(AuthenticationBackend):
+    """HTTP Basic on /ops (your app's own login in real life; the API and the webhook above
+    authenticate their own way). A login whose password variable is unset cannot log in."""
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, SimpleUser] | None:
+        if not conn.url.path.startswith("/ops"):
+            return None
+        scheme, _, encoded = conn.headers.get("Authorization", "").partition(" ")
+        try:
+            user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except ValueError:
+            user = password = ""
+        variable, role = LOGINS.get(user, ("", ""))
+        expected = os.environ.get(variable, "") if variable else ""
+        if scheme.lower() != "basic" or not expected:
+            raise AuthenticationError("log in to the dashboard")
+        if not hmac.compare_digest(password.encode(), expected.encode()):
+            raise AuthenticationError("log in to the dashboard")
+        return AuthCredentials([role]), SimpleUser(user)
+
+
+def login_required(conn: HTTPConnection, exc: AuthenticationError) -> Response:
+    challenge = {"WWW-Authenticate": 'Basic realm="iterflow"'}
+    return PlainTextResponse(str(exc), status_code=401, headers=challenge)
+
+
+def authorize(request: Request, action: str) -> bool:
+    """The dashboard's hook: whoever logged in may look ("view"), operators may also act."""
+    return action == "view" or "operator" in request.auth.scopes
+
+
 app = Starlette(
     lifespan=lifespan,
     routes=[
@@ -112,6 +162,10 @@ app = Starlette(
             signal_webhook(engine, secret=os.environ["STRIPE_WEBHOOK_SECRET"], resolve=resolve),
             methods=["POST"],
         ),
+        Mount("/ops", app=dashboard(engine, authorize=authorize)),
+    ],
+    middleware=[
+        Middleware(AuthenticationMiddleware, backend=DashboardLogin(), on_error=login_required)
     ],
 )
 install_error_handler(app)  # any FlowError escaping a route -> a problem+json response
