@@ -27,11 +27,14 @@ from iterflow.core.settings import Settings
 
 from . import (
     concurrency,
+    flow_control,
     hooks,
     latency,
     limits,
+    peers,
     profiling,
     retention,
+    scale,
     schedules,
     steps,
     waiting,
@@ -51,6 +54,9 @@ SECTIONS = (
     "web",
     "hooks",
     "retention",
+    "scale",
+    "flow-control",
+    "peers",
 )
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -90,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="finished runs the retention section purges (default 1,000,000; --quick 20,000)",
     )
+    parser.add_argument(
+        "--scale-runs",
+        type=int,
+        default=None,
+        help="runs the scale section loads (default 1,000,000; --quick 5,000)",
+    )
     return parser
 
 
@@ -100,6 +112,8 @@ async def _run(args: argparse.Namespace) -> Report:
     sizes = Sizes.quick() if args.quick else Sizes()
     if args.retention_runs is not None:
         sizes = dataclasses.replace(sizes, retention_runs=args.retention_runs)
+    if args.scale_runs is not None:
+        sizes = dataclasses.replace(sizes, scale_runs=args.scale_runs)
     server = BenchServer(url=args.database_url, keep_data=args.keep_data)
     await asyncio.to_thread(server.start)
     try:
@@ -148,6 +162,12 @@ async def _run(args: argparse.Namespace) -> Report:
                 produced = [await hooks.run(ctx)]
             elif name == "retention":
                 produced = [await retention.run(ctx)]
+            elif name == "scale":
+                produced = [await scale.run(ctx)]
+            elif name == "flow-control":
+                produced = [await flow_control.run(ctx)]
+            elif name == "peers":
+                produced = [await peers.run(ctx)]
             else:
                 produced = [await profiling.run(ctx)]
             elapsed = time.perf_counter() - t0

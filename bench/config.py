@@ -45,6 +45,11 @@ class Sizes:
     hook_memory_runs: int = 300
     #: The retention section: finished runs purged under a workload (``--retention-runs``).
     retention_runs: int = 1_000_000
+    #: The scale section: runs loaded with COPY (``--scale-runs``), samples per operation and
+    #: side, and the seconds of sequential load during which dead tuples are watched.
+    scale_runs: int = 1_000_000
+    scale_samples: int = 30
+    scale_vacuum_seconds: float = 120.0
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -73,6 +78,9 @@ class Sizes:
             hook_runs=8,
             hook_memory_runs=40,
             retention_runs=20_000,
+            scale_runs=5_000,
+            scale_samples=3,
+            scale_vacuum_seconds=3.0,
         )
 
 

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -137,7 +138,13 @@ class BenchEngine(Engine):
         if path:
             _log_finishes(self.store, path)
 
-    async def run_worker(self, *, concurrency: int = 4) -> None:
+    async def run_worker(
+        self,
+        *,
+        concurrency: int = 4,
+        queues: Sequence[str] | None = None,
+        flows: Sequence[str] | None = None,
+    ) -> None:
         path = os.environ.get("BENCH_MONITOR")
         monitor = asyncio.create_task(_monitor(path)) if path else None
         profile = os.environ.get("BENCH_PYINSTRUMENT")
@@ -148,7 +155,7 @@ class BenchEngine(Engine):
             profiler = Profiler(interval=0.0005, async_mode="disabled")
             profiler.start()
         try:
-            await super().run_worker(concurrency=concurrency)
+            await super().run_worker(concurrency=concurrency, queues=queues, flows=flows)
         finally:
             if profiler is not None and profile:  # SIGINT: asyncio.run cancels the worker
                 profiler.stop()

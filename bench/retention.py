@@ -1,4 +1,4 @@
-"""(10) Retention: purge ``retention_runs`` finished runs while a sequential workload runs.
+"""Retention: purge ``retention_runs`` finished runs while a sequential workload runs.
 
 ``retention_runs`` (1,000,000 in the full benchmark, ``--retention-runs N`` to change it) old
 ``done`` runs are loaded with plain SQL (each with 3 memo rows and 2 events, the rows a small

@@ -61,6 +61,10 @@ def run_migrations_on(connection: Connection) -> None:
         include_name=migrate.include_name_for(SCHEMA),
         include_object=migrate.include_object_for(SCHEMA),
         compare_server_default=True,
+        # run_migrations(progress=...): told (done, total) as revisions are applied.
+        on_version_apply=migrate.progress_callbacks(
+            config, connection, SCHEMA, context.get_revision_argument()
+        ),
     )
     with context.begin_transaction():
         context.run_migrations()

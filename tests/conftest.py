@@ -65,6 +65,13 @@ def template_url(server_url: str) -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def iterflow_database_url(server_url: str) -> str:
+    """The test kit's PostgreSQL (``iterflow_pg_engine``, iterflow's pytest plugin) is this
+    session's server: each of its engines gets a fresh, migrated schema there."""
+    return server_url
+
+
 @pytest.fixture
 def database_url(server_url: str, template_url: str) -> Iterator[str]:
     """A fresh, migrated database for one test (dropped afterwards)."""

@@ -6,9 +6,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import BaseModel
 
-from iterflow import Engine, FlowContext, Hook
+from iterflow import Engine, FlowContext, Hook, RunFinishedInfo, StepEndInfo
 from iterflow.contrib.otel import instrument
-from iterflow.core.hooks import RunFinishedInfo, StepEndInfo
 
 
 class Order(BaseModel):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from iterflow.core.builder import BuiltFlow, FlowBuilder, StepContext, flow
     from iterflow.core.ctx import Ctx, FlowLogger, step_attempt
+    from iterflow.core.decisions import AttemptOutcome
     from iterflow.core.definition import DriftPolicy, FlowDef
     from iterflow.core.describe import describe, graph_of
     from iterflow.core.errors import (
@@ -29,8 +30,21 @@ if TYPE_CHECKING:
         StepFailed,
         StepTimeout,
     )
+    from iterflow.core.events import PublishedRun, PublishResult, SignalWithStartResult
     from iterflow.core.graph import FlowGraph, RunOverlay, render
-    from iterflow.core.hooks import Hook
+    from iterflow.core.hooks import (
+        AttemptEndInfo,
+        AttemptInfo,
+        Hook,
+        PurgeInfo,
+        RecoveryInfo,
+        RunFinishedInfo,
+        SignalInfo,
+        StartInfo,
+        StepEndInfo,
+        StepInfo,
+        SuspendInfo,
+    )
     from iterflow.core.models import (
         BulkResult,
         CancelResult,
@@ -54,7 +68,7 @@ if TYPE_CHECKING:
     from iterflow.core.signals import Signal
     from iterflow.runtime.context import FlowContext
     from iterflow.runtime.engine import Engine, FlowHandle
-    from iterflow.testing import FakeClock
+    from iterflow.testing import FakeClock, TestEngine
 
 #: public name -> the module defining it
 _EXPORTS: dict[str, str] = {
@@ -75,7 +89,19 @@ _EXPORTS: dict[str, str] = {
     "Engine": "iterflow.runtime.engine",
     "FlowHandle": "iterflow.runtime.engine",
     "FlowContext": "iterflow.runtime.context",
+    # hooks: the base class and the record each event receives
     "Hook": "iterflow.core.hooks",
+    "AttemptEndInfo": "iterflow.core.hooks",
+    "AttemptInfo": "iterflow.core.hooks",
+    "AttemptOutcome": "iterflow.core.decisions",
+    "PurgeInfo": "iterflow.core.hooks",
+    "RecoveryInfo": "iterflow.core.hooks",
+    "RunFinishedInfo": "iterflow.core.hooks",
+    "SignalInfo": "iterflow.core.hooks",
+    "StartInfo": "iterflow.core.hooks",
+    "StepEndInfo": "iterflow.core.hooks",
+    "StepInfo": "iterflow.core.hooks",
+    "SuspendInfo": "iterflow.core.hooks",
     # errors
     "FlowError": "iterflow.core.errors",
     "NonRetryable": "iterflow.core.errors",
@@ -101,6 +127,9 @@ _EXPORTS: dict[str, str] = {
     "StepRecord": "iterflow.core.models",
     "StepStatus": "iterflow.core.models",
     "WorkerRecord": "iterflow.core.models",
+    "PublishResult": "iterflow.core.events",
+    "PublishedRun": "iterflow.core.events",
+    "SignalWithStartResult": "iterflow.core.events",
     # schedules
     "Tick": "iterflow.core.scheduling",
     "ScheduleRecord": "iterflow.core.scheduling",
@@ -115,9 +144,13 @@ _EXPORTS: dict[str, str] = {
     "overlay": "iterflow.core.progress",
     # testing
     "FakeClock": "iterflow.testing",
+    "TestEngine": "iterflow.testing",
 }
 
 __all__ = [
+    "AttemptEndInfo",
+    "AttemptInfo",
+    "AttemptOutcome",
     "BuiltFlow",
     "BulkResult",
     "CancelResult",
@@ -136,11 +169,16 @@ __all__ = [
     "FlowLogger",
     "Hook",
     "NonRetryable",
+    "PublishResult",
+    "PublishedRun",
+    "PurgeInfo",
+    "RecoveryInfo",
     "ResultTimeout",
     "RetryPolicy",
     "RetryResult",
     "RunCanceled",
     "RunDetail",
+    "RunFinishedInfo",
     "RunNotFound",
     "RunOverlay",
     "RunPage",
@@ -150,15 +188,22 @@ __all__ = [
     "ScheduleRecord",
     "Settings",
     "Signal",
+    "SignalInfo",
     "SignalResult",
     "SignalTimeout",
+    "SignalWithStartResult",
+    "StartInfo",
     "StartResult",
     "StepContext",
+    "StepEndInfo",
     "StepFailed",
+    "StepInfo",
     "StepKind",
     "StepRecord",
     "StepStatus",
     "StepTimeout",
+    "SuspendInfo",
+    "TestEngine",
     "Tick",
     "WorkerRecord",
     "describe",

@@ -1,7 +1,8 @@
 """Blocking access to an :class:`~iterflow.Engine` for synchronous code (Django, Flask, scripts).
 
 ``SyncEngine(engine)`` runs the engine on a private event loop in a daemon thread and offers
-blocking ``start``, ``signal``, ``retry``, ``cancel``, ``status``, ``list_runs`` and ``result``;
+blocking ``start``, ``signal``, ``publish``, ``signal_with_start``, ``retry``, ``cancel``,
+``status``, ``list_runs`` and ``result``;
 each call submits the engine's coroutine to that loop and waits for it. It is safe to share
 between threads (e.g. a Django process's request threads): the loop serialises nothing but the
 hand-over, the engine's pool does the concurrency. It opens on first use; after a ``fork``
@@ -21,12 +22,13 @@ import atexit
 import os
 import threading
 import uuid
-from collections.abc import Coroutine, Iterable
-from typing import Any, TypeVar
+from collections.abc import Coroutine, Iterable, Mapping
+from typing import Any, TypeVar, overload
 
 from iterflow.core.definition import FlowDef
 from iterflow.core.durations import DurationLike
 from iterflow.core.errors import ConfigInvalid
+from iterflow.core.events import PublishResult, SignalWithStartResult
 from iterflow.core.models import (
     CancelResult,
     RetryResult,
@@ -42,6 +44,8 @@ from iterflow.runtime.engine import Engine, FlowHandle
 __all__ = ["SyncEngine"]
 
 T = TypeVar("T")
+In = TypeVar("In")
+M = TypeVar("M")
 
 
 class SyncEngine:
@@ -176,13 +180,94 @@ class SyncEngine:
             self.engine.signal(run_id, name, payload, idempotency_key=idempotency_key)
         )
 
-    def retry(self, run_id: uuid.UUID | str) -> RetryResult:
-        """Retry a failed run from its failed step, as ``engine.retry``."""
-        return self._call(self.engine.retry(run_id))
+    def publish(
+        self, event: str, payload: Any, *, idempotency_key: str | None = None
+    ) -> PublishResult:
+        """Start every flow subscribed to ``event`` in one transaction, as ``engine.publish``
+        (no ``conn=``: a connection belongs to its own event loop)."""
+        return self._call(self.engine.publish(event, payload, idempotency_key=idempotency_key))
 
-    def cancel(self, run_id: uuid.UUID | str, *, reason: str | None = None) -> CancelResult:
-        """Cancel a live run, as ``engine.cancel``."""
-        return self._call(self.engine.cancel(run_id, reason=reason))
+    @overload
+    def signal_with_start(
+        self,
+        flow: FlowHandle[In, Any],
+        input: In | Mapping[str, Any],
+        signal: Signal[M],
+        payload: M,
+        *,
+        idempotency_key: str,
+        signal_idempotency_key: str | None = None,
+        tags: Iterable[str] = (),
+        priority: int = 0,
+    ) -> SignalWithStartResult: ...
+
+    @overload
+    def signal_with_start(
+        self,
+        flow: FlowHandle[In, Any],
+        input: In | Mapping[str, Any],
+        signal: str,
+        payload: Any,
+        *,
+        idempotency_key: str,
+        signal_idempotency_key: str | None = None,
+        tags: Iterable[str] = (),
+        priority: int = 0,
+    ) -> SignalWithStartResult: ...
+
+    @overload
+    def signal_with_start(
+        self,
+        flow: str,
+        input: Any,
+        signal: str | Signal[Any],
+        payload: Any,
+        *,
+        idempotency_key: str,
+        signal_idempotency_key: str | None = None,
+        tags: Iterable[str] = (),
+        priority: int = 0,
+    ) -> SignalWithStartResult: ...
+
+    def signal_with_start(
+        self,
+        flow: str | FlowHandle[Any, Any],
+        input: Any,
+        signal: str | Signal[Any],
+        payload: Any,
+        *,
+        idempotency_key: str,
+        signal_idempotency_key: str | None = None,
+        tags: Iterable[str] = (),
+        priority: int = 0,
+    ) -> SignalWithStartResult:
+        """Deliver ``signal`` to the run of ``flow`` with ``idempotency_key``, or start that run
+        with the signal in its inbox, atomically, as ``engine.signal_with_start`` (typed the
+        same way with a handle and a :class:`~iterflow.Signal`)."""
+        return self._call(
+            self.engine.signal_with_start(
+                flow,
+                input,
+                signal,
+                payload,
+                idempotency_key=idempotency_key,
+                signal_idempotency_key=signal_idempotency_key,
+                tags=tags,
+                priority=priority,
+            )
+        )
+
+    def retry(self, run_id: uuid.UUID | str, *, resume: bool = False) -> RetryResult:
+        """Retry a failed run from its failed step, as ``engine.retry`` (``resume=True`` also
+        resumes a canceled run where it stopped)."""
+        return self._call(self.engine.retry(run_id, resume=resume))
+
+    def cancel(
+        self, run_id: uuid.UUID | str, *, reason: str | None = None, compensate: bool = False
+    ) -> CancelResult:
+        """Cancel a live run, as ``engine.cancel`` (``compensate=True``: run the saga's
+        compensations first; the result is ``canceling``)."""
+        return self._call(self.engine.cancel(run_id, reason=reason, compensate=compensate))
 
     def status(self, run_id: uuid.UUID | str) -> RunDetail:
         """The run with its steps, signals, timers and events, as ``engine.status``."""

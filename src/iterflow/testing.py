@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import importlib.metadata
@@ -51,6 +52,7 @@ from iterflow.core.errors import (
     LeaseLost,
     ResultTimeout,
 )
+from iterflow.core.limits import Gate
 from iterflow.core.models import (
     CancelResult,
     RetryResult,
@@ -62,6 +64,7 @@ from iterflow.core.models import (
     StepRecord,
     StepStatus,
 )
+from iterflow.core.scheduling import ScheduleRecord
 from iterflow.core.settings import Settings
 from iterflow.core.signals import Signal
 from iterflow.core.states import LIVE_STATUSES
@@ -178,8 +181,10 @@ class _AttemptStore:
         if lease.token in self._dead:
             raise SimulatedCrash(lease.run_id)
 
-    async def claim(self, run_id: uuid.UUID, owner: str, lease_seconds: float) -> Claim | None:
-        claim = await self.inner.claim(run_id, owner, lease_seconds)
+    async def claim(
+        self, run_id: uuid.UUID, owner: str, lease_seconds: float, gate: Gate | None = None
+    ) -> Claim | None:
+        claim = await self.inner.claim(run_id, owner, lease_seconds, gate)
         if claim is not None:
             self.held.discard(run_id)  # a new attempt owns it: the crashed one is gone
         return claim
@@ -288,6 +293,8 @@ class TestEngine:
         self._points: list[_CrashPoint] = []
         self._memory = False
         self._histories: dict[uuid.UUID, RunDetail] = {}
+        self._worker: asyncio.Task[None] | None = None
+        self._served: frozenset[str] = frozenset()
         self.register(*flows)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -304,10 +311,12 @@ class TestEngine:
         self._seam.points = self._points
         worker.store = cast(Store, self._seam)
         if not self._memory:
-            await engine.listen(concurrency=4)
+            await engine.store.get_run(uuid.UUID(int=0))  # SCHEMA_MISSING here, not in a task
+            await self._serve()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self._stop_worker()
         await self.engine.close()
 
     # -- flows ----------------------------------------------------------------------------------
@@ -323,8 +332,7 @@ class TestEngine:
             if isinstance(owner, Engine) and owner is not self.engine:
                 definitions += owner.registry.all()  # the children it may invoke
                 # the engine's code-declared schedules (written by a worker start, as here)
-                declared = owner._schedules.declared.values()
-                cron = {spec.flow: (spec.cron, spec.tz) for spec in declared}
+                cron = {spec.flow: (spec.cron, spec.tz) for spec in owner.declared_schedules}
             for definition in definitions:
                 if self.engine.registry.get(definition.name, definition.version) is not None:
                     continue
@@ -336,6 +344,40 @@ class TestEngine:
                     self.engine.register(definition, schedule=expr, tz=tz)
                 else:
                     self.engine.register(definition)
+
+    async def schedule(
+        self,
+        flow: FlowLike,
+        *,
+        cron: str,
+        tz: str = "UTC",
+        input: Any = None,
+        id: str | None = None,
+        overlap: str = "skip",
+        catchup: DurationLike | None = None,
+        jitter: DurationLike = 0,
+        start_at: datetime | None = None,
+        end_at: datetime | None = None,
+        pin_version: bool = False,
+    ) -> ScheduleRecord:
+        """Register ``flow`` if it is not, and schedule it (as ``engine.schedule``, same
+        keywords): its ticks fire as :meth:`advance` passes them, each run started then run
+        like any other. Schedules declared in code come with their flow (:meth:`register`)."""
+        self.register(flow)
+        handle = FlowHandle(self.engine, _definition(flow))
+        return await self.engine.schedule(
+            handle,
+            cron=cron,
+            tz=tz,
+            input=input,
+            id=id,
+            overlap=overlap,
+            catchup=catchup,
+            jitter=jitter,
+            start_at=start_at,
+            end_at=end_at,
+            pin_version=pin_version,
+        )
 
     # -- acting on runs (each runs the due work it causes before returning) -----------------
 
@@ -388,9 +430,10 @@ class TestEngine:
         await self.run_due()
         return result
 
-    async def retry(self, run_id: uuid.UUID | str) -> RetryResult:
-        """Retry a failed run (as ``engine.retry``) and run it."""
-        result = await self.engine.retry(run_id)
+    async def retry(self, run_id: uuid.UUID | str, *, resume: bool = False) -> RetryResult:
+        """Retry a failed run (as ``engine.retry``; ``resume=True`` also resumes a canceled
+        one) and run it."""
+        result = await self.engine.retry(run_id, resume=resume)
         await self.run_due()
         return result
 
@@ -417,6 +460,7 @@ class TestEngine:
                     details={"status": run.status.value, "waiting_for": run.waiting_for},
                 )
             return await self.engine.result(run_id, timeout=0)
+        await self._serve()
         return await self.engine.result(
             run_id, timeout=_PG_SETTLE_SECONDS if timeout is None else timeout
         )
@@ -468,6 +512,7 @@ class TestEngine:
                 if not report.total:
                     break
         else:
+            await self._serve()
             await self._settle_postgres()
         await self._refresh()
 
@@ -512,6 +557,30 @@ class TestEngine:
         await self.run_due()
 
     # -- internals ------------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        """(PostgreSQL) Keep an in-process worker serving every flow registered on the engine.
+        A worker serves the flow versions registered when it starts, and a test registers
+        flows as it goes (``t.start`` of a flow not seen yet, ``@t.engine.flow``): when the
+        registry has changed, the worker is restarted (between calls, when it is quiet)."""
+        served = frozenset(f.key for f in self.engine.registry.all())
+        if served == self._served and (self._worker is None or not self._worker.done()):
+            return
+        await self._stop_worker()
+        self._served = served
+        if served:
+            self._worker = asyncio.create_task(
+                self.engine.run_worker(concurrency=4), name="iterflow-test-worker"
+            )
+            await asyncio.sleep(0)
+
+    async def _stop_worker(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker  # a worker that died raises its error here, in the test
 
     def _fake_clock(self, what: str) -> FakeClock:
         if self.clock is None:
@@ -761,7 +830,7 @@ async def _replay(
             "missing",
             False,
             f"MISSING {source}: no flow {run.name}@{run.version} among the flows given "
-            f"({given}); its runs in flight would fail with FLOW_UNKNOWN",
+            f"({given}); its runs in flight would wait for a worker that registers it",
         )
     try:
         value = flow.validate_input(run.input)

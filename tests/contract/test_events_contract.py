@@ -140,7 +140,7 @@ async def test_failing_and_parking_write_the_errors_code(store: Store) -> None:
     assert (await Timeline(store, unclaimed.run_id).new())[1:] == [
         ("failed", None, {"code": "FLOW_UNKNOWN"})
     ]
-    with pytest.raises(ValueError):  # a cancel is cancel()'s to write
+    with pytest.raises(ValueError):  # a cancel without compensations is cancel()'s to write
         await store.finish(unclaimed, RunStatus.CANCELED, None, ERROR)
 
     parked = await started_and_claimed(store)

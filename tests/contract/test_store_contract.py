@@ -177,6 +177,16 @@ async def test_signals_are_buffered_fifo_and_deduplicated_for_life(store: Store)
     assert (await store.deliver_signal(run.id, "go", {}, "k9", max_signals=100)).kind == "closed"
 
 
+async def test_a_signal_keeps_the_meta_it_was_sent_with(store: Store) -> None:
+    run = new_run()
+    await store.create_run(run)
+    sent = {"trace": {"traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"}}
+    await store.deliver_signal(run.id, "go", {}, None, max_signals=100, meta=sent)
+    await store.deliver_signal(run.id, "go", {}, None, max_signals=100)
+    claim = await store.claim(run.id, "w", LEASE)
+    assert claim is not None and [s.meta for s in claim.inbox] == [sent, {}]
+
+
 async def test_signals_per_run_are_capped_and_duplicates_still_answered(store: Store) -> None:
     run = new_run()
     await store.create_run(run)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
 import psycopg
 
 from iterflow import Engine
-from iterflow.store.outbox import TASK_NAME, reconcile_task_name
+from iterflow.store.outbox import reconcile_task_name, retention_task_name
 from iterflow.store.urls import libpq_url
 from tests.e2e.chaos_app import engine as chaos_app
 from tests.e2e.harness import drained, undrained, until
@@ -66,16 +65,15 @@ async def test_sigkill_during_a_reconciler_sweep(database_url: str, tmp_path: Pa
     sweep_task = reconcile_task_name(settings.db_schema)
     async with Engine(database_url, pool_size=2):
         pass  # installs the tables
-    # A wake-up left doing by a worker long gone (procrastinate pruned its row), which the sweep
-    # will release: holding its row lock parks the first worker's sweep inside
-    # ``release_orphaned_jobs``.
+    # A retention sweep left doing by a worker long gone (procrastinate pruned its row), which
+    # the reconciler's sweep will release: holding its row lock parks the first worker's sweep
+    # inside ``release_orphaned_jobs``.
     bait = sql(
         database_url,
-        "INSERT INTO procrastinate_jobs (queue_name, task_name, lock, args, status) "
-        "VALUES (%s, %s, %s, '{}', 'doing') RETURNING id",
+        "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status) "
+        "VALUES (%s, %s, '{}', 'doing') RETURNING id",
         settings.queue_name,
-        TASK_NAME,
-        str(uuid.uuid4()),
+        retention_task_name(settings.db_schema),
     )[0][0]
     holder = psycopg.connect(libpq_url(database_url))
     holder.execute("SELECT 1 FROM procrastinate_jobs WHERE id = %s FOR UPDATE", (bait,))
@@ -140,4 +138,4 @@ async def test_sigkill_during_a_reconciler_sweep(database_url: str, tmp_path: Pa
     finally:
         stop(second)
     assert status == dict.fromkeys([*stuck, bait], "failed"), status
-    print(f"verified: the killed sweep's job(s) and the wake-up being released ended {status}")
+    print(f"verified: the killed sweep's job(s) and the orphan being released ended {status}")

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -13,9 +14,9 @@ ROOT = HERE.parent.parent
 
 
 def start_worker(
-    app: str, database_url: str, log: Path, *, concurrency: int = 2
+    app: str, database_url: str, log: Path, *, concurrency: int = 2, options: Sequence[str] = ()
 ) -> subprocess.Popen[bytes]:
-    """Spawn ``flowctl worker app`` in its own process group, logging to ``log``."""
+    """Spawn ``flowctl worker app [options]`` in its own process group, logging to ``log``."""
     env = dict(os.environ)
     env["ITERFLOW_DATABASE_URL"] = database_url
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(ROOT), env.get("PYTHONPATH", "")])
@@ -29,6 +30,7 @@ def start_worker(
                 app,
                 "--concurrency",
                 str(concurrency),
+                *options,
             ],
             cwd=HERE,
             env=env,

@@ -186,7 +186,7 @@ async def test_a_dead_in_process_worker_is_logged_at_error(
 ) -> None:
     import asyncio
 
-    async def crash(*, concurrency: int = 4) -> None:
+    async def crash(**options: object) -> None:
         raise RuntimeError("worker exploded")
 
     monkeypatch.setattr(engine, "run_worker", crash)

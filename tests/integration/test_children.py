@@ -1,4 +1,8 @@
-"""Child flows (ctx.invoke), deterministic parallelism (ctx.gather) and caps."""
+"""Child flows (ctx.invoke), deterministic parallelism (ctx.gather) and caps.
+
+The tests that need no wall-clock time run on both stores through the test kit's
+``iterflow_any_engine`` fixture (``t``: every call returns once the runs it woke wait or end).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pydantic import BaseModel
 
 from iterflow import Engine, FlowContext, FlowError
 from iterflow.core.models import RunStatus
+from iterflow.testing import TestEngine
 from tests.integration.flows import sql
 
 
@@ -17,39 +22,47 @@ class Num(BaseModel):
     n: int
 
 
-async def test_invoke_returns_the_child_output_and_links_the_runs(
-    engine: Engine, database_url: str
-) -> None:
-    @engine.flow("square", input=Num, output=int)
+@pytest.fixture
+def t(iterflow_any_engine: TestEngine) -> TestEngine:
+    """The kit's engine, in memory and then on PostgreSQL (a fresh schema)."""
+    return iterflow_any_engine
+
+
+async def children_of(t: TestEngine, run_id: object) -> list[tuple[str | None, str, object]]:
+    """``(parent_cursor_key, status, output)`` of the run's children, by cursor key."""
+    runs = (await t.engine.list_runs(parent=str(run_id))).runs
+    rows = [(r.parent_cursor_key, r.status.value, r.output) for r in runs]
+    return sorted(rows, key=lambda row: str(row[0]))
+
+
+async def test_invoke_returns_the_child_output_and_links_the_runs(t: TestEngine) -> None:
+    @t.engine.flow("square", input=Num, output=int)
     async def square(ctx: FlowContext, x: Num) -> int:
         return await ctx.step("mul", lambda: x.n * x.n)
 
-    @engine.flow("sum-of-squares", input=Num, output=int)
+    @t.engine.flow("sum-of-squares", input=Num, output=int)
     async def parent(ctx: FlowContext, x: Num) -> int:
         a = await ctx.invoke(square, Num(n=x.n))
         b = await ctx.invoke(square, {"n": x.n + 1})
         return a + b
 
-    await engine.listen(concurrency=2)
-    started = await parent.start(Num(n=3))
-    assert await parent.result(started.run_id, timeout=20) == 9 + 16
-    detail = await engine.status(started.run_id)
+    run_id = await t.start(parent, Num(n=3))
+    assert await t.result(run_id) == 9 + 16
+    detail = await t.status(run_id)
     assert [s.cursor_key for s in detail.steps] == ["invoke:square@1", "invoke:square@1#1"]
-    children = sql(
-        database_url,
-        "SELECT parent_cursor_key, status, output FROM iterflow.runs "
-        "WHERE parent_run_id = %s ORDER BY parent_cursor_key",
-        started.run_id,
-    )
-    assert children == [("invoke:square@1", "done", 9), ("invoke:square@1#1", "done", 16)]
+    assert await children_of(t, run_id) == [
+        ("invoke:square@1", "done", 9),
+        ("invoke:square@1#1", "done", 16),
+    ]
+    assert t.steps_run == {"mul": 2}
 
 
-async def test_child_failure_raises_in_the_parent_with_the_child_code(engine: Engine) -> None:
-    @engine.flow("refuser", input=Num, output=int)
+async def test_child_failure_raises_in_the_parent_with_the_child_code(t: TestEngine) -> None:
+    @t.engine.flow("refuser", input=Num, output=int)
     async def refuser(ctx: FlowContext, x: Num) -> int:
         raise FlowError("no stock", code="OUT_OF_STOCK")
 
-    @engine.flow("orderer", input=Num, output=str)
+    @t.engine.flow("orderer", input=Num, output=str)
     async def orderer(ctx: FlowContext, x: Num) -> str:
         try:
             await ctx.invoke(refuser, x)
@@ -57,15 +70,14 @@ async def test_child_failure_raises_in_the_parent_with_the_child_code(engine: En
             return exc.error_code
         return "ok"
 
-    await engine.listen(concurrency=2)
-    started = await orderer.start(Num(n=1))
-    assert await orderer.result(started.run_id, timeout=20) == "OUT_OF_STOCK"
+    run_id = await t.start(orderer, Num(n=1))
+    assert await t.result(run_id) == "OUT_OF_STOCK"
 
 
-async def test_retry_of_a_parent_retries_its_failed_child(engine: Engine) -> None:
+async def test_retry_of_a_parent_retries_its_failed_child(t: TestEngine) -> None:
     broken = {"value": True}
 
-    @engine.flow("fragile", input=Num, output=int)
+    @t.engine.flow("fragile", input=Num, output=int)
     async def fragile(ctx: FlowContext, x: Num) -> int:
         def work() -> int:
             if broken["value"]:
@@ -74,18 +86,18 @@ async def test_retry_of_a_parent_retries_its_failed_child(engine: Engine) -> Non
 
         return await ctx.step("work", work)
 
-    @engine.flow("boss", input=Num, output=int)
+    @t.engine.flow("boss", input=Num, output=int)
     async def boss(ctx: FlowContext, x: Num) -> int:
         return await ctx.invoke(fragile, x) + 1
 
-    await engine.listen(concurrency=2)
-    started = await boss.start(Num(n=41))
+    run_id = await t.start(boss, Num(n=41))
     with pytest.raises(FlowError) as info:
-        await boss.result(started.run_id, timeout=20)
+        await t.result(run_id)
     assert info.value.error_code == "STEP_FAILED"
     broken["value"] = False
-    assert (await engine.retry(started.run_id)).kind == "queued"
-    assert await boss.result(started.run_id, timeout=20) == 42
+    assert (await t.retry(run_id)).kind == "queued"
+    assert await t.result(run_id) == 42
+    assert await children_of(t, run_id) == [("invoke:fragile@1", "done", 41)]
 
 
 async def test_gather_keys_follow_call_order_whatever_finishes_first(engine: Engine) -> None:
@@ -157,54 +169,37 @@ async def test_depth_and_fanout_caps_have_their_own_codes(database_url: str) -> 
         assert fanout.value.error_code == "INVOKE_FANOUT_EXCEEDED"
 
 
-async def test_cancel_cascades_to_children_but_not_detached_ones(
-    engine: Engine, database_url: str
-) -> None:
+async def test_cancel_cascades_to_children_but_not_detached_ones(t: TestEngine) -> None:
     class Go(BaseModel):
         ok: bool = True
 
-    @engine.flow("waiter", input=Num, output=int, signals={"go": Go})
+    @t.engine.flow("waiter", input=Num, output=int, signals={"go": Go})
     async def waiter(ctx: FlowContext, x: Num) -> int:
         await ctx.signal("go", Go)
         return x.n
 
-    @engine.flow("family", input=Num, output=int)
+    @t.engine.flow("family", input=Num, output=int)
     async def family(ctx: FlowContext, x: Num) -> int:
         a, b = await ctx.gather(
             ctx.invoke(waiter, Num(n=1)), ctx.invoke(waiter, Num(n=2), detached=True)
         )
         return a + b
 
-    await engine.listen(concurrency=2)
-    started = await family.start(Num(n=0))
+    run_id = await t.start(family, Num(n=0))  # returns once both children wait
 
-    async def children_waiting() -> bool:
-        rows = sql(
-            database_url,
-            "SELECT count(*) FROM iterflow.runs WHERE parent_run_id = %s AND status = %s",
-            started.run_id,
-            "awaiting_signal",
-        )
-        return rows[0][0] == 2
+    async def statuses() -> dict[bool, str]:
+        children = (await t.engine.list_runs(parent=str(run_id))).runs
+        return {bool(r.meta.get("detached")): r.status.value for r in children}
 
-    from tests.integration.flows import eventually
-
-    await eventually(children_waiting, what="both children waiting")
-    result = await engine.cancel(started.run_id, reason="customer left")
+    assert await statuses() == {False: "awaiting_signal", True: "awaiting_signal"}
+    result = await t.cancel(run_id, reason="customer left")
     assert result.kind == "canceled"
-    statuses = dict(
-        sql(
-            database_url,
-            "SELECT (meta->>'detached')::bool, status FROM iterflow.runs WHERE parent_run_id = %s",
-            started.run_id,
-        )
-    )
-    assert statuses == {False: "canceled", True: "awaiting_signal"}
+    assert await statuses() == {False: "canceled", True: "awaiting_signal"}
     with pytest.raises(FlowError) as info:
-        await family.result(started.run_id, timeout=5)
+        await t.result(run_id)
     assert info.value.error_code == "RUN_CANCELED" and "customer left" in info.value.message
-    assert (await engine.cancel(started.run_id)).kind == "already_terminal"
-    assert (await engine.status(started.run_id)).run.status is RunStatus.CANCELED
+    assert (await t.cancel(run_id)).kind == "already_terminal"
+    assert t.history(run_id).run.status is RunStatus.CANCELED
 
 
 async def test_cancel_stops_an_async_step_in_progress(engine: Engine) -> None:

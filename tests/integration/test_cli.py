@@ -53,6 +53,7 @@ def test_migrate_installs_the_tables(empty_database_url: str) -> None:
     assert [t for (t,) in tables] == [
         "events",
         "iterflow_alembic_version",
+        "rate_windows",
         "runs",
         "schedule_events",
         "schedules",

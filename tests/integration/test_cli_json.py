@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -205,7 +206,7 @@ async def test_show_steps_children_explain_and_workers(
     assert (await as_json(capsys, database_url, "workers"))["workers"] == []
     explained = await as_json(capsys, database_url, "explain", str(run_id))
     assert explained["state"] == "no_worker" and explained["workers"]["serving"] == []
-    assert "no worker serves parent@1" in explained["summary"]
+    assert "no worker for this flow (parent@1)" in explained["summary"]
 
 
 # --- retry --resume, fork, bulk -----------------------------------------------------------------
@@ -403,6 +404,59 @@ def test_progress_rewrites_one_line_on_a_terminal_and_prints_lines_otherwise() -
     assert text.count("\r\x1b[K") == 3 and text.endswith("/s)\n")
     assert text.rsplit("\r\x1b[K", 1)[1].startswith("gc: 3/3 (")
     assert "\n" not in text[:-1]
+
+
+PROGRESS_LINE = re.compile(r"^(?P<label>[a-z ]+): (?P<done>\d+)/(?P<total>\d+) \(\d+\.\d/s\)$")
+
+
+def progress_lines(err: str, label: str) -> list[tuple[int, int]]:
+    """The ``(done, total)`` of each plain progress line labeled ``label`` on stderr."""
+    found = [PROGRESS_LINE.match(line) for line in err.splitlines()]
+    return [(int(m["done"]), int(m["total"])) for m in found if m and m["label"] == label]
+
+
+async def test_migrate_reports_its_progress_in_plain_lines(
+    empty_database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from alembic.script import ScriptDirectory
+
+    from iterflow.store.migrate import make_config
+
+    revisions = len(list(ScriptDirectory.from_config(make_config()).walk_revisions()))
+    status, out, err = await flowctl(capsys, empty_database_url, "migrate")
+    assert status == 0 and out.startswith("migrated schema 'iterflow'"), err
+    # Told once the revisions to apply are known, then (not on a terminal) the final count.
+    assert progress_lines(err, "migrate revisions") == [(0, revisions), (revisions, revisions)]
+    status, _, err = await flowctl(capsys, empty_database_url, "migrate")
+    assert status == 0 and progress_lines(err, "migrate revisions") == [(0, 0)]  # up to date
+
+
+async def test_backfill_reports_its_progress_in_plain_lines(
+    database_url: str, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    (tmp_path / "hourly_app.py").write_text(
+        "from iterflow import Engine, FlowContext, Tick\n"
+        "engine = Engine()\n"
+        "@engine.flow('hourly', input=Tick, output=Tick)\n"
+        "async def hourly(ctx: FlowContext, tick: Tick) -> Tick:\n"
+        "    return tick\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import hourly_app
+
+    async with Engine(database_url) as engine:  # the schedule row, from the app's flow
+        await engine.schedule(hourly_app.hourly, cron="0 * * * *", id="hourly")
+    # 2030-01-01 00:00 to 2030-01-07 05:00 UTC, hourly: 150 ticks, started 100 per batch.
+    window = ("2030-01-01T00:00+00:00", "2030-01-07T05:00+00:00")
+    argv = ("schedules", "backfill", "hourly_app:engine", "hourly", *window)
+    status, out, err = await flowctl(capsys, database_url, *argv)
+    assert (status, out) == (0, "150 tick(s): 150 run(s) started, 0 existed\n"), err
+    # The first batch's count, then (not on a terminal) the final one.
+    assert progress_lines(err, "backfill ticks") == [(100, 150), (150, 150)]
+    status, out, err = await flowctl(capsys, database_url, *argv, "--json")
+    assert status == 0 and json.loads(out)["created"] == 0  # ticks that ran start nothing
+    assert progress_lines(err, "backfill ticks") == [(100, 150), (150, 150)]
 
 
 # --- docs/operations.md --------------------------------------------------------------------------

@@ -3,8 +3,10 @@ instead of skipping a step, a ``ctx`` call inside a step function is refused (``
 and an unannotated step's result that plain JSON would not give back as itself is refused
 (``STEP_RESULT_UNTYPED``) instead of coming back as a dict, a string or a list.
 
-Each case runs on real PostgreSQL (with a procrastinate worker) and on the in-memory store.
-Counters live outside the flows, so "the step body ran" (or did not) is asserted.
+Each case runs on real PostgreSQL (with a procrastinate worker) and on the in-memory store,
+through the test kit's ``iterflow_any_engine`` fixture (:class:`iterflow.testing.TestEngine`:
+every call returns once the run waits or ends). Counters live outside the flows, so "the step
+body ran" (or did not) is asserted.
 """
 
 from __future__ import annotations
@@ -22,10 +24,16 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from iterflow import Engine, FlowContext, FlowError
+from iterflow import FlowContext, FlowError
 from iterflow.core.errors import CtxNested, CtxNotAwaited
 from iterflow.core.models import RunDetail, RunStatus, StepStatus
-from tests.integration.flows import eventually, settle
+from iterflow.testing import TestEngine
+
+
+@pytest.fixture
+def t(iterflow_any_engine: TestEngine) -> TestEngine:
+    """The kit's engine, in memory and then on PostgreSQL."""
+    return iterflow_any_engine
 
 
 class In(BaseModel):
@@ -61,21 +69,21 @@ never_awaited = pytest.mark.filterwarnings(
 
 
 @never_awaited
-async def test_a_dropped_step_fails_at_the_next_ctx_call_and_never_runs(eng: Engine) -> None:
+async def test_a_dropped_step_fails_at_the_next_ctx_call_and_never_runs(t: TestEngine) -> None:
     calls: Counter[str] = Counter()
 
     def charge(n: int) -> int:
         calls["charge"] += 1
         return n
 
-    @eng.flow("forgot-await", input=In, output=int)
+    @t.engine.flow("forgot-await", input=In, output=int)
     async def body(ctx: FlowContext, inp: In) -> int:
         ctx.step("charge", charge, inp.n)  # type: ignore[unused-coroutine]  # the bug under test
         await ctx.sleep("1h")  # would suspend the run for an hour with the charge skipped
         return 1
 
-    run = await body.start(In(n=5))
-    detail = await settle(eng, run.run_id)
+    run_id = await t.start(body, In(n=5))
+    detail = await t.status(run_id)
     error = error_of(detail)
     assert error["code"] == "CTX_NOT_AWAITED"
     assert "ctx.step('charge') was never awaited" in error["message"]
@@ -84,60 +92,60 @@ async def test_a_dropped_step_fails_at_the_next_ctx_call_and_never_runs(eng: Eng
     assert detail.steps == ()  # neither the skipped step nor the sleep wrote anything
     assert detail.timers == ()
     with pytest.raises(CtxNotAwaited):
-        await eng.wait(run.run_id, timeout=5)
+        await t.engine.wait(run_id, timeout=5)
 
 
 @never_awaited
 async def test_an_unawaited_call_kept_in_a_variable_fails_when_the_body_returns(
-    eng: Engine,
+    t: TestEngine,
 ) -> None:
-    @eng.flow("kept-unawaited", input=In, output=int)
+    @t.engine.flow("kept-unawaited", input=In, output=int)
     async def body(ctx: FlowContext, _: In) -> int:
         pending = ctx.now()
         assert pending is not None
         return 1
 
-    run = await body.start(In())
-    error = error_of(await settle(eng, run.run_id))
+    run_id = await t.start(body, In())
+    error = error_of(await t.status(run_id))
     assert error["code"] == "CTX_NOT_AWAITED"
     assert "ctx.now()" in error["message"]
 
 
 @never_awaited
-async def test_an_unawaited_patched_is_not_truthy_by_accident(eng: Engine) -> None:
-    @eng.flow("patched-unawaited", input=In, output=int)
+async def test_an_unawaited_patched_is_not_truthy_by_accident(t: TestEngine) -> None:
+    @t.engine.flow("patched-unawaited", input=In, output=int)
     async def body(ctx: FlowContext, _: In) -> int:
         if ctx.patched("new-path"):  # type: ignore[truthy-bool]  # a coroutine is always true
             return 2
         return 1
 
-    run = await body.start(In())
-    error = error_of(await settle(eng, run.run_id))
+    run_id = await t.start(body, In())
+    error = error_of(await t.status(run_id))
     assert error["code"] == "CTX_NOT_AWAITED"
     assert "ctx.patched('new-path')" in error["message"]
 
 
 @never_awaited
-async def test_a_swallowed_not_awaited_error_is_raised_again(eng: Engine) -> None:
+async def test_a_swallowed_not_awaited_error_is_raised_again(t: TestEngine) -> None:
     calls: Counter[str] = Counter()
 
     def work() -> int:
         calls["work"] += 1
         return 1
 
-    @eng.flow("swallowed", input=In, output=int)
+    @t.engine.flow("swallowed", input=In, output=int)
     async def body(ctx: FlowContext, _: In) -> int:
         ctx.random()  # type: ignore[unused-coroutine]  # the bug under test
         with contextlib.suppress(FlowError):  # swallows CTX_NOT_AWAITED
             await ctx.step("work", work)
         return 1
 
-    run = await body.start(In())
-    assert error_of(await settle(eng, run.run_id))["code"] == "CTX_NOT_AWAITED"
+    run_id = await t.start(body, In())
+    assert error_of(await t.status(run_id))["code"] == "CTX_NOT_AWAITED"
     assert calls["work"] == 0
 
 
-async def test_calls_made_first_and_awaited_later_still_work(eng: Engine) -> None:
+async def test_calls_made_first_and_awaited_later_still_work(t: TestEngine) -> None:
     """Positions are taken at the call site: ``gather`` and awaits in another order are fine."""
 
     async def double(n: int) -> int:
@@ -146,7 +154,7 @@ async def test_calls_made_first_and_awaited_later_still_work(eng: Engine) -> Non
     def square(n: int) -> int:
         return n * n
 
-    @eng.flow("made-first", input=In, output=list[int])
+    @t.engine.flow("made-first", input=In, output=list[int])
     async def body(ctx: FlowContext, inp: In) -> list[int]:
         a, b = await ctx.gather(ctx.step("a", double, inp.n), ctx.step("b", square, inp.n))
         first = ctx.step("c", square, 2)
@@ -159,8 +167,8 @@ async def test_calls_made_first_and_awaited_later_still_work(eng: Engine) -> Non
         g = await ctx.gather(*pending)
         return [a, b, c, d, e, f, *g]
 
-    run = await body.start(In(n=3))
-    detail = await settle(eng, run.run_id)
+    run_id = await t.start(body, In(n=3))
+    detail = await t.status(run_id)
     assert detail.run.status is RunStatus.DONE, detail.run.error
     assert detail.run.output == [6, 9, 4, 4, 9, 6, 0, 1, 4]
     assert [s.position for s in detail.steps] == list(range(9))
@@ -171,11 +179,11 @@ async def test_calls_made_first_and_awaited_later_still_work(eng: Engine) -> Non
 
 @pytest.mark.parametrize("kind", ["async", "sync"])
 async def test_a_ctx_call_inside_a_step_function_is_refused_without_retries(
-    eng: Engine, kind: str
+    t: TestEngine, kind: str
 ) -> None:
     calls: Counter[str] = Counter()
 
-    @eng.flow(f"nested-{kind}", input=In, output=int)
+    @t.engine.flow(f"nested-{kind}", input=In, output=int)
     async def body(ctx: FlowContext, _: In) -> int:
         async def inner_async() -> int:
             calls["step"] += 1
@@ -189,8 +197,8 @@ async def test_a_ctx_call_inside_a_step_function_is_refused_without_retries(
         fn: Callable[[], Any] = inner_async if kind == "async" else inner_sync
         return int(await ctx.step("outer", fn, retries=3, backoff="10ms"))
 
-    run = await body.start(In())
-    detail = await settle(eng, run.run_id)
+    run_id = await t.start(body, In())
+    detail = await t.status(run_id)
     error = error_of(detail)
     assert error["code"] == "CTX_NESTED"
     assert "ctx calls belong in the flow body, not inside a step function" in error["message"]
@@ -198,7 +206,7 @@ async def test_a_ctx_call_inside_a_step_function_is_refused_without_retries(
     (step,) = detail.steps  # the nested call took no position
     assert step.label == "outer" and step.status is StepStatus.FAILED and step.attempts == 1
     with pytest.raises(CtxNested):
-        await eng.wait(run.run_id, timeout=5)
+        await t.engine.wait(run_id, timeout=5)
 
 
 # --- STEP_RESULT_UNTYPED -------------------------------------------------------------------------
@@ -220,12 +228,12 @@ RICH_RESULTS: dict[str, Callable[[], Any]] = {
 
 @pytest.mark.parametrize("kind", sorted(RICH_RESULTS))
 async def test_an_unannotated_step_returning_a_rich_value_is_refused(
-    eng: Engine, kind: str
+    t: TestEngine, kind: str
 ) -> None:
     calls: Counter[str] = Counter()
     make = RICH_RESULTS[kind]
 
-    @eng.flow("untyped", input=In, output=int)
+    @t.engine.flow("untyped", input=In, output=int)
     async def body(ctx: FlowContext, _: In) -> int:
         def produce():  # type: ignore[no-untyped-def]  # unannotated on purpose
             calls["step"] += 1
@@ -234,8 +242,8 @@ async def test_an_unannotated_step_returning_a_rich_value_is_refused(
         await ctx.step("produce", produce, retries=2, backoff="10ms")
         return 1
 
-    run = await body.start(In())
-    detail = await settle(eng, run.run_id)
+    run_id = await t.start(body, In())
+    detail = await t.status(run_id)
     error = error_of(detail)
     assert error["code"] == "STEP_RESULT_UNTYPED"
     assert "annotate the step function's return type" in error["message"]
@@ -244,7 +252,7 @@ async def test_an_unannotated_step_returning_a_rich_value_is_refused(
     assert step.status is StepStatus.FAILED and step.attempts == 1
 
 
-async def test_annotated_and_plain_results_come_back_as_their_types(eng: Engine) -> None:
+async def test_annotated_and_plain_results_come_back_as_their_types(t: TestEngine) -> None:
     def money() -> Money:
         return Money(cents=5)
 
@@ -253,26 +261,21 @@ async def test_annotated_and_plain_results_come_back_as_their_types(eng: Engine)
 
     seen: list[list[str]] = []
 
-    @eng.flow("typed-results", input=In, output=list[str], signals={"go": In})
+    @t.engine.flow("typed-results", input=In, output=list[str], signals={"go": In})
     async def body(ctx: FlowContext, _: In) -> list[str]:
         m = await ctx.step("money", money)
-        t = await ctx.step("total", total)
+        tot = await ctx.step("total", total)
         built = await ctx.step("class", Point, 7)  # a class returns an instance of itself
         plain = await ctx.step("plain", lambda: {"a": [1, 2.5, None, True, "x"]})
-        seen.append([repr(m), repr(t), repr(built), repr(plain)])
+        seen.append([repr(m), repr(tot), repr(built), repr(plain)])
         await ctx.signal("go", In)  # the next attempt replays the memos: the same types again
         return seen[-1]
 
-    run = await body.start(In())
+    run_id = await t.start(body, In())
 
-    async def waiting() -> bool:
-        if eng.database_url == "memory://":
-            await eng.drain()
-        return (await eng.status(run.run_id)).run.status is RunStatus.AWAITING_SIGNAL
-
-    await eventually(waiting, timeout=30, what="the run to wait for its signal")
-    await eng.signal(run.run_id, "go", In())
-    detail = await settle(eng, run.run_id)
+    assert (await t.status(run_id)).run.status is RunStatus.AWAITING_SIGNAL
+    await t.signal(run_id, "go", In())
+    detail = await t.status(run_id)
     assert detail.run.status is RunStatus.DONE, detail.run.error
     expected = [
         "Money(cents=5)",

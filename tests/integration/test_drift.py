@@ -244,7 +244,9 @@ async def test_a_worker_start_rechecks_parked_runs_of_its_flows(database_url: st
         assert (await eng.status(run_id)).run.error is None
 
 
-async def test_unknown_version_fails_or_parks_by_the_flow_policy(database_url: str) -> None:
+async def test_an_unknown_version_stays_queued_whatever_the_flow_policy(database_url: str) -> None:
+    """A worker never claims a flow version it does not register (issue 14: it used to fail or
+    park the run): the run keeps waiting, and explain says there is no worker for this flow."""
     runs = {}
     for policy in ("fail", "park"):
         runs[policy] = await deploy_and_suspend(
@@ -253,14 +255,12 @@ async def test_unknown_version_fails_or_parks_by_the_flow_policy(database_url: s
     async with Engine(database_url, pool_size=2) as eng:
         for policy in ("fail", "park"):  # only version 2 is deployed now
             eng.register(raw_def(f"gone-{policy}", [step("a")], policy, version=2))  # type: ignore[arg-type]
-        assert await eng.worker.advance(runs["fail"]) == AttemptOutcome.FAILED
-        assert await eng.worker.advance(runs["park"]) == AttemptOutcome.PARKED
-        for policy, status in (("fail", RunStatus.FAILED), ("park", RunStatus.PARKED)):
+        for policy in ("fail", "park"):
+            before = (await eng.status(runs[policy])).run
+            assert await eng.worker.advance(runs[policy]) == AttemptOutcome.SKIPPED
             run = (await eng.status(runs[policy])).run
-            assert run.status is status
-            assert run.error is not None and run.error["code"] == "FLOW_UNKNOWN"
-            assert f"gone-{policy}@1 is not registered" in run.error["message"]
-            assert f"registered: gone-{policy}@2" in run.error["message"]
+            assert run.status is before.status and run.error is None and run.claims == before.claims
+            assert (await eng.explain(runs[policy])).state == "no_worker"
 
 
 # --- versions side by side --------------------------------------------------------------------

@@ -61,7 +61,7 @@ class Poke(BaseModel):
 
 
 def edge_flow(engine: Engine) -> FlowHandle[EdgeIn, EdgeOut]:
-    @engine.flow("edge", input=EdgeIn, output=EdgeOut, signals={"poke": Poke})
+    @engine.flow("edge", input=EdgeIn, output=EdgeOut, signals={"poke": Poke}, on=["edge.poked"])
     async def edge(ctx: FlowContext, inp: EdgeIn) -> EdgeOut:
         if inp.data == "fail":
             raise FlowError("card declined", code="PAYMENT_DECLINED", details={"amount": 1})
@@ -342,6 +342,12 @@ def summarize(value: Any, side: Side, world: World) -> Any:
     kind = getattr(value, "kind", None)
     if kind is not None:
         return kind
+    if hasattr(value, "event"):  # publish: the subscriber's run (none for another event)
+        runs = [(r.created, r.status, world.index(side, r.run_id)) for r in value.runs]
+        return ("published", runs)
+    if hasattr(value, "signal") and hasattr(value, "created"):  # signal_with_start
+        index = world.index(side, value.run_id)
+        return ("started", value.created, value.status, index, value.signal.kind)
     if hasattr(value, "created"):
         return ("started", value.created, value.status, world.index(side, value.run_id))
     if hasattr(value, "steps"):
@@ -656,6 +662,7 @@ def sweep_calls(world: World, value: Any) -> Iterator[tuple[str, Call]]:
         "signal(idempotency_key=)",
         lambda side: side.engine.signal(run(side), "poke", {}, idempotency_key=value),
     )
+    yield from event_sweep_calls(value)
     yield "retry(run_id)", lambda side: side.engine.retry(value)
     yield "cancel(run_id)", lambda side: side.engine.cancel(value)
     done = RunRef(index=DONE)
@@ -687,6 +694,33 @@ def sweep_calls(world: World, value: Any) -> Iterator[tuple[str, Call]]:
                 f"{where}.result({label}, timeout=)",
                 result_call(world, RunRef(index=index), value, via_engine=via_engine),
             )
+
+
+def event_sweep_calls(value: Any) -> Iterator[tuple[str, Call]]:
+    """``value`` at each argument of ``publish``, ``signal_with_start`` and the keyed starts
+    (debounce, singleton), the other arguments valid."""
+    ok = {"name": "ev"}
+
+    def publish(side: Side, *args: Any, **kw: Any) -> Any:
+        return side.engine.publish(*args, **kw)
+
+    def sws(side: Side, **changed: Any) -> Any:
+        kw: dict[str, Any] = {"idempotency_key": "sws"} | changed
+        args = [kw.pop(k, d) for k, d in (("input", ok), ("signal", "poke"), ("payload", {}))]
+        return side.engine.signal_with_start(side.handle, *args, **kw)
+
+    yield "publish(event)", lambda side: publish(side, value, ok)
+    yield "publish(payload)", lambda side: publish(side, "edge.poked", value)
+    yield "publish(payload.name)", lambda side: publish(side, "edge.poked", {"name": value})
+    yield (
+        "publish(idempotency_key=)",
+        lambda side: publish(side, "edge.poked", ok, idempotency_key=value),
+    )
+    for arg_name in ("input", "signal", "payload", "idempotency_key", "signal_idempotency_key"):
+        yield f"signal_with_start({arg_name})", lambda side, a=arg_name: sws(side, **{a: value})
+    yield "start(key=)", lambda side: side.handle.start(ok, key=value, singleton=True)
+    yield "start(debounce=)", lambda side: side.handle.start(ok, key="d", debounce=value)
+    yield "start(singleton=)", lambda side: side.handle.start(ok, key="s", singleton=value)
 
 
 async def test_every_hostile_value_at_every_argument(database_url: str) -> None:

@@ -1,4 +1,9 @@
-"""Raw-body flows end to end on real PostgreSQL with a procrastinate worker."""
+"""Raw-body flows end to end on real PostgreSQL with a procrastinate worker.
+
+The tests that need neither wall-clock time nor a look at the tables run on both stores through
+the test kit's ``iterflow_any_engine`` fixture (``t``: every call returns once the runs it woke
+wait or end).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import pytest
 
 from iterflow import Engine, FlowContext, FlowError
 from iterflow.core.models import RunStatus
+from iterflow.testing import TestEngine
 from tests.integration.flows import Approval, OrderIn, Receipt, counts, eventually, sql
 
 
@@ -33,6 +39,12 @@ def order_flow(engine: Engine, calls: Counter[str], *, timeout: str | None = "30
     return order
 
 
+@pytest.fixture
+def t(iterflow_any_engine: TestEngine) -> TestEngine:
+    """The kit's engine, in memory and then on PostgreSQL (a fresh schema)."""
+    return iterflow_any_engine
+
+
 async def wait_status(engine: Engine, run_id: uuid.UUID, status: RunStatus) -> None:
     async def check() -> bool:
         return (await engine.status(run_id)).run.status is status
@@ -45,7 +57,7 @@ async def test_steps_sleep_signal_and_result(engine: Engine) -> None:
     handle = order_flow(engine, calls)
     await engine.listen(concurrency=2)
     started = await handle.start(OrderIn(order_id="o-1", amount=7))
-    assert started.created and started.status is RunStatus.PENDING
+    assert started.created and started.status is RunStatus.RUNNING  # claimed in its commit
     await wait_status(engine, started.run_id, RunStatus.AWAITING_SIGNAL)
 
     result = await engine.signal(started.run_id, "approve", {"approved": True, "by": "ana"})
@@ -160,11 +172,11 @@ async def test_step_retries_are_durable_and_exhaust_to_step_failed(engine: Engin
     assert step.error is not None and step.error["cause"]["type"] == "ConnectionError"
 
 
-async def test_retry_in_place_reruns_only_the_failed_step(engine: Engine) -> None:
+async def test_retry_in_place_reruns_only_the_failed_step(t: TestEngine) -> None:
     calls: Counter[str] = Counter()
     broken = {"value": True}
 
-    @engine.flow("fixable", input=OrderIn, output=str)
+    @t.engine.flow("fixable", input=OrderIn, output=str)
     async def fixable(ctx: FlowContext, order: OrderIn) -> str:
         def first() -> str:
             calls["first"] += 1
@@ -178,19 +190,18 @@ async def test_retry_in_place_reruns_only_the_failed_step(engine: Engine) -> Non
 
         return await ctx.step("first", first) + await ctx.step("second", second)
 
-    await engine.listen(concurrency=1)
-    started = await fixable.start(OrderIn(order_id="o-7", amount=1))
+    run_id = await t.start(fixable, OrderIn(order_id="o-7", amount=1))
     with pytest.raises(FlowError):
-        await fixable.result(started.run_id, timeout=20)
-    assert (await engine.retry(uuid.uuid4())).kind == "missing"
+        await t.result(run_id)
+    assert (await t.retry(uuid.uuid4())).kind == "missing"
 
     broken["value"] = False  # the "fix" changes what the step sees
-    retried = await engine.retry(started.run_id)
+    retried = await t.retry(run_id)
     assert retried.kind == "queued"
-    assert await fixable.result(started.run_id, timeout=20) == "ab"
-    assert calls == Counter(first=1, second=2)
-    assert (await engine.retry(started.run_id)).kind == "not_failed"
-    events = [e.type for e in (await engine.status(started.run_id)).events]
+    assert await t.result(run_id) == "ab"
+    assert calls == Counter(first=1, second=2) == t.steps_run
+    assert (await t.retry(run_id)).kind == "not_failed"
+    events = [e.type for e in t.history(run_id).events]
     assert events == ["started", "failed", "retried", "completed"]
 
 
@@ -212,15 +223,14 @@ async def test_delayed_start_waits_for_its_delay(engine: Engine, database_url: s
     assert scheduled == run.wake_at
 
 
-async def test_body_exception_fails_the_run_with_flow_failed(engine: Engine) -> None:
-    @engine.flow("crashy", input=OrderIn, output=int)
+async def test_body_exception_fails_the_run_with_flow_failed(t: TestEngine) -> None:
+    @t.engine.flow("crashy", input=OrderIn, output=int)
     async def crashy(ctx: FlowContext, order: OrderIn) -> int:
         raise KeyError("missing thing")
 
-    await engine.listen(concurrency=1)
-    started = await crashy.start(OrderIn(order_id="o-10", amount=1))
+    run_id = await t.start(crashy, OrderIn(order_id="o-10", amount=1))
     with pytest.raises(FlowError) as info:
-        await crashy.result(started.run_id, timeout=20)
+        await t.result(run_id)
     assert info.value.error_code == "FLOW_FAILED"
     assert "KeyError" in info.value.message
 
@@ -240,8 +250,8 @@ async def test_user_coded_errors_keep_their_code(engine: Engine) -> None:
     assert info.value.error_code == "PAYMENT_DECLINED"
 
 
-async def test_swallowed_suspension_still_parks_the_run(engine: Engine) -> None:
-    @engine.flow("swallower", input=OrderIn, output=str, signals={"approve": Approval})
+async def test_swallowed_suspension_still_parks_the_run(t: TestEngine) -> None:
+    @t.engine.flow("swallower", input=OrderIn, output=str, signals={"approve": Approval})
     async def swallower(ctx: FlowContext, order: OrderIn) -> str:
         try:  # noqa: SIM105 - the footgun under test
             await ctx.signal("approve", Approval)
@@ -249,26 +259,24 @@ async def test_swallowed_suspension_still_parks_the_run(engine: Engine) -> None:
             pass
         return "continued"
 
-    await engine.listen(concurrency=1)
-    started = await swallower.start(OrderIn(order_id="o-12", amount=1))
-    await wait_status(engine, started.run_id, RunStatus.AWAITING_SIGNAL)
-    assert (await engine.signal(started.run_id, "approve", {"approved": True})).kind == "delivered"
-    assert await swallower.result(started.run_id, timeout=20) == "continued"
+    run_id = await t.start(swallower, OrderIn(order_id="o-12", amount=1))
+    assert t.history(run_id).run.status is RunStatus.AWAITING_SIGNAL
+    assert (await t.signal(run_id, "approve", {"approved": True})).kind == "delivered"
+    assert await t.result(run_id) == "continued"
 
 
-async def test_start_by_name_uses_the_newest_registered_version(engine: Engine) -> None:
-    @engine.flow("versioned", version=1, input=OrderIn, output=int)
+async def test_start_by_name_uses_the_newest_registered_version(t: TestEngine) -> None:
+    @t.engine.flow("versioned", version=1, input=OrderIn, output=int)
     async def v1(ctx: FlowContext, order: OrderIn) -> int:
         return 1
 
-    @engine.flow("versioned", version=2, input=OrderIn, output=int)
+    @t.engine.flow("versioned", version=2, input=OrderIn, output=int)
     async def v2(ctx: FlowContext, order: OrderIn) -> int:
         return 2
 
-    await engine.listen(concurrency=1)
-    run = await engine.start("versioned", {"order_id": "v", "amount": 1})
-    assert (await engine.status(run.run_id)).run.version == 2
-    assert await engine.result(run.run_id, timeout=20) == 2
+    run_id = await t.start("versioned", {"order_id": "v", "amount": 1})
+    assert t.history(run_id).run.version == 2
+    assert await t.result(run_id) == 2
     with pytest.raises(FlowError) as info:
-        await engine.start("nope", {})
+        await t.start("nope", {})
     assert info.value.error_code == "FLOW_UNKNOWN"

@@ -14,9 +14,10 @@ import uuid
 from typing import cast
 
 import pytest
+import sqlalchemy as sa
 
 from iterflow import Engine
-from iterflow.core.errors import DatabaseUnavailable
+from iterflow.core.errors import DatabaseUnavailable, RunNotFound
 from iterflow.core.models import NewRun
 from iterflow.store.postgres import HOT_IDLE, PostgresStore
 from tests.integration.flows import sql
@@ -71,3 +72,26 @@ async def test_idle_hot_connections_never_starve_other_statements_of_a_small_poo
         await asyncio.wait_for(burst(), timeout=10)  # the pool's own timeout is 30 s
         assert len(cast(PostgresStore, store)._hot) <= HOT_IDLE
         await asyncio.wait_for(burst(), timeout=10)  # again, with idle hot connections held
+
+
+async def test_a_hot_transaction_commits_or_rolls_back_and_keeps_its_connection(
+    database_url: str,
+) -> None:
+    """``HotConnections.transaction`` (the limited claim's): several statements, one commit; an
+    error of the block's own rolls them back and the connection stays hot."""
+    async with Engine(database_url) as engine:
+        store = cast(PostgresStore, engine.store)
+        rename = sa.text(f"UPDATE {store.schema}.runs SET name = :name WHERE id = :id RETURNING id")
+        run = NewRun(id=uuid.uuid4(), name="f", version=1, input={})
+        await store.create_run(run)
+        async with store._conns.transaction() as fetch:
+            assert await fetch(rename, {"name": "g", "id": run.id}) is not None
+            assert await fetch(rename, {"name": "h", "id": run.id}) is not None
+        pids = _hot_pids(store)
+        with pytest.raises(RunNotFound):
+            async with store._conns.transaction() as fetch:
+                await fetch(rename, {"name": "lost", "id": run.id})
+                raise RunNotFound("the block's own error")
+        got = await store.get_run(run.id)
+        assert got is not None and got.name == "h"
+        assert _hot_pids(store) == pids

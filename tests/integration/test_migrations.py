@@ -51,6 +51,7 @@ TABLES = {
     "schedules",
     "schedule_events",
     "workers",
+    "rate_windows",
 }
 PROCRASTINATE_TABLES = {
     "procrastinate_jobs",
@@ -230,6 +231,18 @@ def test_upgrade_downgrade_upgrade(empty_database_url: str) -> None:
     assert schema_diff(url, "iterflow") == []
 
 
+def test_revision_0010_adds_the_due_index_to_an_installed_procrastinate(
+    empty_database_url: str,
+) -> None:
+    """A database migrated before 0010 (procrastinate installed without the index) gets it."""
+    url = empty_database_url
+    run_migrations(url, revision="0009")
+    with connect(url) as conn:
+        conn.execute(sa.text("DROP INDEX public.procrastinate_jobs_todo_scheduled_idx"))
+    run_migrations(url)
+    assert _scalar(url, "SELECT to_regclass('public.procrastinate_jobs_todo_scheduled_idx')")
+
+
 def test_procrastinate_schema_installed_in_public(empty_database_url: str) -> None:
     url = empty_database_url
     run_migrations(url)
@@ -237,6 +250,7 @@ def test_procrastinate_schema_installed_in_public(empty_database_url: str) -> No
     assert _tables(url, "public") >= PROCRASTINATE_TABLES
     assert _scalar(url, "SELECT to_regproc('public.procrastinate_defer_jobs_v1')") is not None
     assert _scalar(url, "SELECT to_regclass('public.procrastinate_jobs_lock_priority_idx')")
+    assert _scalar(url, "SELECT to_regclass('public.procrastinate_jobs_todo_scheduled_idx')")
     # The % of the RAISE messages reached PostgreSQL single, not doubled by the driver layer.
     body = _scalar(url, "SELECT pg_get_functiondef('public.procrastinate_finish_job_v1'::regproc)")
     assert "(job id: %)" in body
@@ -439,7 +453,7 @@ def test_migrate_over_existing_tables_is_a_schema_conflict(empty_database_url: s
 @pytest.mark.parametrize(
     ("change", "difference"),
     [
-        ("ALTER TABLE {s}.runs DROP COLUMN meta", "column runs.meta is missing"),
+        ("ALTER TABLE {s}.runs DROP COLUMN output", "column runs.output is missing"),
         ("ALTER TABLE {s}.runs ADD COLUMN extra int", "column runs.extra is not iterflow's"),
         ("ALTER TABLE {s}.runs ALTER COLUMN priority SET DEFAULT 5", "column runs.priority is"),
         ("ALTER TABLE {s}.runs ALTER COLUMN seq DROP IDENTITY", "column runs.seq is"),

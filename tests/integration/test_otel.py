@@ -8,8 +8,9 @@ from __future__ import annotations
 import importlib.util
 import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,10 @@ from pydantic import BaseModel
 
 from iterflow import Engine, FlowContext
 from iterflow.contrib.otel import instrument, run_context
-from iterflow.core.hooks import PurgeInfo
-from iterflow.core.models import RunStatus
+from iterflow.core.decisions import AttemptOutcome
+from iterflow.core.hooks import TRACE_META_KEY, AttemptInfo, Hook, PurgeInfo, StartInfo
+from iterflow.core.models import RunRecord, RunStatus
+from iterflow.testing import FakeClock
 from tests.integration.flows import eventually
 
 
@@ -353,6 +356,24 @@ async def test_recoveries_and_retention_deletions_are_counted(
     assert telemetry.total("iterflow.retention.deletions", iterflow_flow="lost") == 5
 
 
+def test_the_documented_names_are_the_public_ones() -> None:
+    import iterflow
+    from iterflow.contrib import otel
+    from iterflow.core import hooks
+
+    text = (Path(__file__).resolve().parents[2] / "docs/observability.md").read_text()
+    metrics = re.findall(r"^\| `(iterflow\.[a-z._]+)` \| `([A-Z_]+)` \|", text, re.M)
+    assert [name for name, _ in metrics] == list(otel.METRICS)
+    assert all(getattr(otel, constant) == name for name, constant in metrics)
+    events = re.findall(r"^\| `(inject|on_\w+)(?:\(\))?` \| (?:`(\w+)`|\S+) \|", text, re.M)
+    assert {event for event, _ in events} == {
+        name for name in vars(hooks.Hook) if name == "inject" or name.startswith("on_")
+    }
+    for _, record in events:  # each event's record (inject() has none), from iterflow
+        assert not record or getattr(iterflow, record) is getattr(hooks, record)
+    assert iterflow.AttemptOutcome is AttemptOutcome
+
+
 def test_observability_doc_block_is_the_example() -> None:
     root = Path(__file__).resolve().parents[2]
     blocks = re.findall(r"```python\n(.*?)```", (root / "docs/observability.md").read_text(), re.S)
@@ -368,3 +389,246 @@ async def test_observability_example_runs(database_url: str) -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert await module.main(database_url) == ["step charge", "step ship"]
+
+
+# -- the signal sender's context, and queue lag for every wake-up reason (both stores) --------
+
+
+class Attempts(Hook):
+    """Records each attempt's :class:`AttemptInfo` and each run a run started."""
+
+    def __init__(self) -> None:
+        self.begins: list[AttemptInfo] = []
+        self.children: dict[uuid.UUID, uuid.UUID] = {}
+
+    def on_attempt_begin(self, info: AttemptInfo) -> None:
+        self.begins.append(info)
+
+    def on_start(self, info: StartInfo) -> None:
+        if info.parent_run_id is not None:
+            self.children[info.parent_run_id] = info.run_id
+
+
+@dataclass
+class Stage:
+    """An instrumented engine on one store, driven attempt by attempt (``engine.worker``),
+    with time moved past a due time: a fake clock on the in-memory store, the wall clock
+    (the embedded PostgreSQL's host) waited for on PostgreSQL."""
+
+    engine: Engine
+    clock: FakeClock | None
+
+    async def past(self, when: datetime | None) -> None:
+        assert when is not None
+        if self.clock is not None:
+            self.clock.advance_to(when)
+            self.clock.advance("2s")
+            return
+
+        async def passed() -> bool:
+            return datetime.now(UTC) > when + timedelta(milliseconds=20)
+
+        await eventually(passed, what=f"the time to pass {when}")
+
+    async def run(self, run_id: uuid.UUID) -> RunRecord:
+        return (await self.engine.status(run_id)).run
+
+
+@pytest.fixture(params=["postgres", "memory"])
+async def stage(request: pytest.FixtureRequest, telemetry: Telemetry) -> AsyncIterator[Stage]:
+    clock: FakeClock | None = None
+    if request.param == "memory":
+        clock = FakeClock(datetime(2030, 1, 1, tzinfo=UTC))
+        engine = Engine.in_memory(clock=clock, inline_retry_max_seconds=0)
+    else:
+        url = request.getfixturevalue("database_url")
+        engine = Engine(url, pool_size=4, inline_retry_max_seconds=0)
+    instrument(
+        engine,
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
+    )
+    async with engine:
+        yield Stage(engine, clock)
+
+
+async def test_the_attempt_a_signal_wakes_links_to_the_senders_span(
+    stage: Stage, telemetry: Telemetry
+) -> None:
+    engine = stage.engine
+
+    @engine.flow("door", input=Num, output=str, signals={"go": Go})
+    async def door(ctx: FlowContext, x: Num) -> str:
+        first = await ctx.signal("go", Go)
+        second = await ctx.signal("go", Go)
+        return first.by + second.by
+
+    tracer = telemetry.tracer_provider.get_tracer("caller")
+    with tracer.start_as_current_span("open-door") as starter:
+        started = await door.start(Num(n=1))
+    rid = started.run_id
+    assert await engine.worker.advance(rid) is AttemptOutcome.SUSPENDED
+    with tracer.start_as_current_span("webhook") as sender:
+        sent = await engine.signal(rid, "go", Go(by="a"))
+    assert sent.kind == "delivered" and sent.signal_id is not None
+    assert await engine.worker.advance(rid) is AttemptOutcome.SUSPENDED
+    # Sent outside any trace: nothing stored, no link.
+    assert (await engine.signal(rid, "go", Go(by="b"))).kind == "delivered"
+    assert await engine.worker.advance(rid) is AttemptOutcome.DONE
+    assert (await stage.run(rid)).output == "ab"
+
+    # The sender's context is stored with its signal (signals.meta), and only there.
+    detail = await engine.status(rid)
+    traced, untraced = detail.signals
+    sender_ctx = sender.get_span_context()
+    parent = traced.meta[TRACE_META_KEY]["traceparent"]
+    assert parent.split("-")[1:3] == [f"{sender_ctx.trace_id:032x}", f"{sender_ctx.span_id:016x}"]
+    assert untraced.meta == {}
+
+    attempts = sorted(
+        telemetry.finished("process door"), key=lambda s: _attr(s, "iterflow.attempt")
+    )
+    assert [_attr(s, "iterflow.resumed_from") for s in attempts] == [None, "signal:go", "signal:go"]
+    origin = starter.get_span_context()
+    for span in attempts:  # every attempt stays in the run's (the starter's) trace
+        assert span.context is not None and span.context.trace_id == origin.trace_id
+        assert span.parent is not None and span.parent.span_id == origin.span_id
+        assert span.links[0].context.span_id == origin.span_id
+        assert dict(span.links[0].attributes or {}) == {"iterflow.link": "run"}
+    assert [len(s.links) for s in attempts] == [1, 2, 1]
+    link = attempts[1].links[1]
+    assert link.context.trace_id == sender_ctx.trace_id
+    assert link.context.span_id == sender_ctx.span_id
+    assert dict(link.attributes or {}) == {
+        "iterflow.link": "signal_sender",
+        "messaging.message.id": str(sent.signal_id),
+    }
+    # The PRODUCER span the sender recorded is a child of the sender's span: the link leads
+    # from the consuming attempt to the trace that holds it.
+    send = [s for s in telemetry.finished("send door") if s.parent is not None]
+    assert any(s.parent is not None and s.parent.span_id == sender_ctx.span_id for s in send)
+
+
+async def test_queue_lag_is_measured_for_every_wake_up_reason(
+    stage: Stage, telemetry: Telemetry
+) -> None:
+    engine = stage.engine
+    seen = Attempts()
+    engine.add_hook(seen)
+    tries = {"flaky": 0, "boom": 0}
+
+    def flaky() -> int:
+        tries["flaky"] += 1
+        if tries["flaky"] == 1:
+            raise RuntimeError("first try fails")
+        return 7
+
+    def boom() -> int:
+        tries["boom"] += 1
+        if tries["boom"] == 1:
+            raise RuntimeError("fails until retried")
+        return 1
+
+    @engine.flow("kid", input=Num, output=int, signals={"go": Go})
+    async def kid(ctx: FlowContext, x: Num) -> int:
+        await ctx.signal("go", Go)
+        return await ctx.step("flaky", flaky, retries=1, backoff="200ms")
+
+    @engine.flow("elder", input=Num, output=int)
+    async def elder(ctx: FlowContext, x: Num) -> int:
+        n = await ctx.invoke(kid, x)
+        await ctx.sleep("200ms", label="nap")
+        return n
+
+    @engine.flow("once", input=Num, output=int)
+    async def once(ctx: FlowContext, x: Num) -> int:
+        return await ctx.step("boom", boom)
+
+    @engine.flow("plain", input=Num, output=int)
+    async def plain(ctx: FlowContext, x: Num) -> int:
+        return x.n
+
+    advance = engine.worker.advance
+    dues: list[datetime | None] = []  # what each attempt's lag must be measured from
+
+    # First attempt: due at the start.
+    p = (await elder.start(Num(n=1))).run_id
+    dues.append((await stage.run(p)).created_at)
+    await stage.past(dues[-1])
+    assert await advance(p) is AttemptOutcome.SUSPENDED  # waits for its child
+    k = seen.children[p]
+    dues.append((await stage.run(k)).created_at)
+    await stage.past(dues[-1])
+    assert await advance(k) is AttemptOutcome.SUSPENDED  # waits for "go"
+    # Woken by a signal: due when it came.
+    await engine.signal(k, "go", Go(by="ops"))
+    [signal] = (await engine.status(k)).signals
+    dues.append(signal.received_at)
+    await stage.past(dues[-1])
+    assert await advance(k) is AttemptOutcome.SUSPENDED  # "flaky" failed: retry backoff
+    # Woken by a step's retry: due at the backoff's end.
+    dues.append((await stage.run(k)).wake_at)
+    await stage.past(dues[-1])
+    assert await advance(k) is AttemptOutcome.DONE
+    # Woken by its child's end: due when the child finished.
+    dues.append((await stage.run(k)).finished_at)
+    await stage.past(dues[-1])
+    assert await advance(p) is AttemptOutcome.SUSPENDED  # sleeps
+    # Woken by a sleep's end.
+    dues.append((await stage.run(p)).wake_at)
+    await stage.past(dues[-1])
+    assert await advance(p) is AttemptOutcome.DONE
+
+    # Woken by an operator's retry: due when it was retried.
+    f = (await once.start(Num(n=1))).run_id
+    dues.append((await stage.run(f)).created_at)
+    await stage.past(dues[-1])
+    assert await advance(f) is AttemptOutcome.FAILED
+    assert (await engine.retry(f)).kind == "queued"
+    dues.append((await stage.run(f)).updated_at)
+    await stage.past(dues[-1])
+    assert await advance(f) is AttemptOutcome.DONE
+
+    # Woken by the reconciler after a dead worker's lease expired: due at the recovery.
+    r = (await plain.start(Num(n=1))).run_id
+    dead = await engine.store.claim(r, "dead-worker", 0.05)
+    assert dead is not None
+    await stage.past((await stage.run(r)).lease_expires_at)
+    assert (await engine.reconcile()).expired_leases == 1
+    dues.append((await stage.run(r)).updated_at)
+    await stage.past(dues[-1])
+    assert await advance(r) is AttemptOutcome.DONE
+
+    # Claimed straight after a dead worker's lease expired: due at the expiry.
+    e = (await plain.start(Num(n=1))).run_id
+    assert await engine.store.claim(e, "dead-worker", 0.05) is not None
+    dues.append((await stage.run(e)).lease_expires_at)
+    await stage.past(dues[-1])
+    assert await advance(e) is AttemptOutcome.DONE
+
+    begins = seen.begins
+    assert [(b.flow, b.resumed_reason) for b in begins] == [
+        ("elder", None),
+        ("kid", None),
+        ("kid", "signal"),
+        ("kid", "retry"),
+        ("elder", "child"),
+        ("elder", "sleep"),
+        ("once", None),
+        ("once", None),
+        ("plain", None),
+        ("plain", None),
+    ]
+    assert [b.resumed_from for b in begins][-2:] == ["recovery", None]
+    lags = [b.queue_lag for b in begins]
+    assert all(lag is not None for lag in lags), lags
+    for begin, due in zip(begins, dues, strict=True):
+        assert due is not None and begin.queue_lag == begin.claimed_at - due, (begin, due)
+    if stage.clock is not None:  # each claim came 2s (fake) after its due time
+        assert lags == [timedelta(seconds=2)] * len(begins)
+    # The histogram got one point per attempt.
+    points = telemetry.points("iterflow.queue.lag")
+    assert sum(p.count for p in points) == len(begins)
+    assert sum(p.sum for p in points) == pytest.approx(
+        sum(lag.total_seconds() for lag in lags if lag is not None)
+    )

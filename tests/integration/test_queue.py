@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from iterflow import Engine, FlowContext
 from iterflow.core.decisions import AttemptOutcome
+from iterflow.store.outbox import flow_queue
 from iterflow.store.urls import libpq_url
 from tests.integration.flows import sql
 
@@ -34,7 +35,8 @@ async def test_a_merged_wake_that_becomes_due_notifies_the_workers(
     )
     assert scheduled_at > datetime.now(UTC) + timedelta(minutes=59)
 
-    channel = f"procrastinate_queue_v1#{engine.settings.queue_name}"
+    # the channel of the flow version's queue, which its workers listen to
+    channel = f"procrastinate_queue_v1#{flow_queue(engine.settings.queue_name, 'gated', 1)}"
     with psycopg.connect(libpq_url(database_url), autocommit=True) as listener:
         listener.execute(f'LISTEN "{channel}"')
         assert (await engine.signal(run.run_id, "go", {"ok": True})).kind == "delivered"

@@ -11,9 +11,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import importlib.util
+import importlib
 import json
 import re
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -548,6 +549,49 @@ def test_ignored_not_found_closed_and_async_resolve(database_url: str) -> None:
         assert answer.status_code == 200 and answer.json()["result"] == "closed"
 
 
+class ApprovalV2(BaseModel):
+    approved_by: str
+    reason: str
+
+
+async def start_a_v2_run(url: str) -> uuid.UUID:
+    """A run of ``order`` version 2, started by a newer deployment of the workers' code."""
+    deployed = Engine(url, pool_size=2)
+
+    @deployed.flow("order", version=2, input=Order, output=str, signals={"approve": ApprovalV2})
+    async def order_v2(ctx: FlowContext, order: Order) -> str:
+        return (await ctx.signal("approve", ApprovalV2)).reason
+
+    async with deployed:
+        return (await order_v2.start(Order(order_id="V-2"))).run_id
+
+
+@pytest.mark.parametrize("web_tier", ["registers v1", "registers nothing"])
+def test_a_run_of_a_version_the_web_tier_does_not_register(
+    database_url: str, web_tier: str
+) -> None:
+    """The web tier's engine registers only v1 of the flow (or no flow) and the run is v2: the
+    payload is validated against v1's model (422, nothing stored), or with no version at all
+    stored for the worker to validate; neither answers ``FLOW_UNKNOWN``."""
+    v1 = web_tier == "registers v1"
+    web = order_engine(database_url)[0] if v1 else Engine(database_url, pool_size=2)
+    with TestClient(webhook_app(web)) as client:
+        assert client.portal is not None
+        run_id = client.portal.call(start_a_v2_run, database_url)
+        unapproved = approval_event(run_id, {"reason": "v2 only"}, event_id="evt_1")
+        answer = client.post("/hook", content=unapproved, headers=stripe_headers(unapproved))
+        if v1:
+            assert_problem(answer, 422, "SIGNAL_PAYLOAD_INVALID")
+            assert signals_of(client, web, run_id) == []
+        else:  # nothing to validate it against here: stored, the worker will refuse it
+            assert answer.status_code == 200 and answer.json()["result"] == "buffered"
+        good = approval_event(run_id, {"approved_by": "ana", "reason": "ok"}, event_id="evt_2")
+        answer = client.post("/hook", content=good, headers=stripe_headers(good))
+        assert answer.status_code == 200 and answer.json()["result"] == "buffered"
+        stored = {s.idempotency_key: s.payload for s in signals_of(client, web, run_id)}
+        assert stored["evt_2"] == {"approved_by": "ana", "reason": "ok"}  # v2's field kept
+
+
 def test_not_found_status_can_ask_the_provider_to_retry(database_url: str) -> None:
     engine, _ = order_engine(database_url)
     with TestClient(webhook_app(engine, not_found_status=503)) as client:
@@ -618,25 +662,32 @@ def test_the_factory_refuses_bad_options(options: dict[str, Any]) -> None:
 # -- docs/web.md ------------------------------------------------------------------------------
 
 
-def _web_example(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+#: docs/web.md's recipe (Starlette), and the same on FastAPI (it imports ``web_app``).
+RECIPES = ("web_app", "web_fastapi")
+
+
+def web_recipe(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """A fresh copy of ``docs/examples/<name>.py`` (and of the ``web_app`` it imports)."""
     monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", SECRET)
-    path = ROOT / "docs" / "examples" / "web_app.py"
-    spec = importlib.util.spec_from_file_location("web_app_example", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    monkeypatch.syspath_prepend(str(ROOT / "docs" / "examples"))
+    for module in RECIPES:
+        sys.modules.pop(module, None)  # each test configures an engine of its own
+    return importlib.import_module(name)
 
 
 def test_web_doc_shows_the_example() -> None:
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "web.md").read_text(), re.DOTALL)
-    assert (ROOT / "docs" / "examples" / "web_app.py").read_text() in blocks
+    for name in RECIPES:
+        assert (ROOT / "docs" / "examples" / f"{name}.py").read_text() in blocks, name
 
 
-def test_web_example_runs(empty_database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_web_example_runs(
+    empty_database_url: str, monkeypatch: pytest.MonkeyPatch, recipe: str
+) -> None:
     """The recipe end to end: migrate + worker in the lifespan, a run started in the app's own
     transaction, its signal delivered by a signed Stripe event, the receipt returned."""
-    example = _web_example(monkeypatch)
+    example = web_recipe(recipe, monkeypatch)
     example.engine.configure(database_url=empty_database_url)
     with TestClient(example.app) as client:
         assert client.put("/orders/A-1", json={"amount_cents": "lots"}).status_code == 422

@@ -67,8 +67,10 @@ async def test_retry_backoffs_fire_while_advancing() -> None:
 
 async def test_schedules_fire_while_advancing() -> None:
     async with TestEngine(flows.label, clock=FakeClock(datetime(2030, 1, 1, tzinfo=UTC))) as t:
-        handle = t.engine.register(flows.label.definition)
-        await t.engine.schedule(handle, cron="0 9 * * *", input={"id": "daily", "amount": 0})
+        schedule = await t.schedule(
+            flows.label, cron="0 9 * * *", input={"id": "daily", "amount": 0}
+        )
+        assert schedule.spec.flow == "label"
         await t.advance("2d")
         runs = (await t.engine.list_runs(name="label")).runs
         assert sorted(r.created_at for r in runs) == [

@@ -31,7 +31,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HERE = ROOT / "tests" / "typing"
 DOCS = tuple(
-    ROOT / "docs" / "examples" / f"{n}.py" for n in ("builder", "graphs", "patching", "signals")
+    ROOT / "docs" / "examples" / f"{n}.py"
+    for n in (
+        "builder",
+        "debounce",
+        "events",
+        "graphs",
+        "map_fanout",
+        "patching",
+        "saga",
+        "signals",
+    )
 )
 TOOLS = ("mypy", "pyright")
 MARK = re.compile(r"#\s*expect-error(?:\[(?P<tools>[a-z, ]+)\])?\s*$")

@@ -165,7 +165,7 @@ def test_no_worker_serving_the_flow_version() -> None:
     why = explain(run, now=NOW, served=served)
     assert asked == [("order", 2)]
     assert why.state == "no_worker"
-    assert why.summary.startswith("no worker serves order@2; waiting for signal approve")
+    assert why.summary.startswith("no worker for this flow (order@2); waiting for signal approve")
     assert explain(run, now=NOW, served=lambda n, v: True).state == "waiting_signal"
 
 

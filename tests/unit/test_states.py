@@ -14,6 +14,8 @@ from iterflow.core.states import (
     TIMED_STATUSES,
     WAITING_STATUSES,
     Canceled,
+    CancelRequested,
+    CompensationFailed,
     Completed,
     EventPayload,
     EventType,
@@ -47,20 +49,27 @@ def test_the_sets_partition_the_statuses() -> None:
     assert (
         RunStatus.RUNNING not in RESUMABLE_STATUSES and RunStatus.PARKED not in RESUMABLE_STATUSES
     )
-    assert ordered(TERMINAL_STATUSES) == (RunStatus.DONE, RunStatus.FAILED, RunStatus.CANCELED)
+    assert ordered(TERMINAL_STATUSES) == (
+        RunStatus.DONE,
+        RunStatus.FAILED,
+        RunStatus.CANCELED,
+        RunStatus.COMPENSATION_FAILED,
+    )
     # models re-exports the vocabulary for code written before core.states
     assert models.RunStatus is RunStatus and models.TERMINAL_STATUSES is TERMINAL_STATUSES
 
 
 def test_generated_constraints_equal_the_first_migrations_text() -> None:
-    """Migrations are history: the generated CHECK text must stay what 0001 wrote."""
-    path = ROOT / "migrations" / "versions" / "0001_initial.py"
-    source = path.read_text()
-    assert schema.status_in(RunStatus) in source.replace('"\n    "', "")
-    assert schema.LIVE_STATUS_SQL in source.replace('"\n    "', "")
+    """Migrations are history: the generated CHECK text must stay what the migrations wrote
+    (0001, and 0009 for the run statuses after ``compensation_failed`` was added)."""
+    versions = ROOT / "migrations" / "versions"
+    first = (versions / "0001_initial.py").read_text().replace('"\n    "', "")
+    sagas = (versions / "0009_compensation.py").read_text().replace('"\n    "', "")
+    assert schema.status_in(RunStatus) in sagas
+    assert schema.LIVE_STATUS_SQL in first
     assert schema.status_in(StepStatus) == "status IN ('ok', 'failed', 'retrying')"
     assert schema.status_in(TERMINAL_STATUSES, "c.status") == (
-        "c.status IN ('done', 'failed', 'canceled')"
+        "c.status IN ('done', 'failed', 'canceled', 'compensation_failed')"
     )
 
 
@@ -83,6 +92,19 @@ PAYLOADS: list[tuple[EventPayload, object]] = [
     (SignalReceived("go", 7, True), {"name": "go", "signal_id": 7, "waiting": True}),
     (Resumed(2), {"children": 2}),
     (Forked("r", "pay", 3), {"source": "r", "from_step": "pay", "from": 3}),
+    (
+        Failed("E", {"status": "compensated"}),
+        {"code": "E", "compensation": {"status": "compensated"}},
+    ),
+    (
+        Canceled("stop", "r", {"steps": []}),
+        {"reason": "stop", "root": "r", "compensation": {"steps": []}},
+    ),
+    (CancelRequested("stop"), {"reason": "stop"}),
+    (
+        CompensationFailed("E", {"status": "failed"}),
+        {"code": "E", "compensation": {"status": "failed"}},
+    ),
 ]
 
 
@@ -98,5 +120,13 @@ def test_every_event_type_has_a_payload_and_unknown_shapes_read_as_none() -> Non
     assert payload_of("failed", {"no": "code"}) is None
     assert finished_event(RunStatus.DONE, None) == Completed()
     assert finished_event(RunStatus.FAILED, {"code": "X"}) == Failed("X")
+    record = {"status": "compensated", "steps": ["compensate:a"]}
+    error = {"code": "RUN_CANCELED", "message": "stop", "details": {"compensation": record}}
+    assert finished_event(RunStatus.CANCELED, error, "r") == Canceled("stop", "r", record)
+    failed = {**error, "code": "X"}
+    assert finished_event(RunStatus.COMPENSATION_FAILED, failed) == CompensationFailed("X", record)
     with pytest.raises(ValueError):
-        finished_event(RunStatus.CANCELED, None)
+        finished_event(RunStatus.RUNNING, None)
+    for status in (RunStatus.CANCELED, RunStatus.COMPENSATION_FAILED):  # no compensation record
+        with pytest.raises(ValueError):
+            finished_event(status, {"code": "RUN_CANCELED", "message": "stop"})

@@ -53,9 +53,11 @@ class Receipt(BaseModel):
 
 @dataclass
 class Controls:
-    """Test hooks of the flows: order ids whose charge fails."""
+    """Test hooks of the flows: order ids whose charge fails, and whose undo (a saga's
+    compensation) fails."""
 
     declined: set[str] = field(default_factory=set)
+    undo_fails: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -90,11 +92,13 @@ def build_engine(url: str, controls: Controls) -> Engine:
     return engine
 
 
-def app_for(engine: Engine, authorize: Authorize | None, *, worker: bool = True) -> Starlette:
+def app_for(
+    engine: Engine, authorize: Authorize | None, *, worker: bool = True, redact: bool = False
+) -> Starlette:
     """The host app: iterflow's lifespan (with a worker), the dashboard under ``/ops``."""
     return Starlette(
         lifespan=iterflow_lifespan(engine, worker=worker, concurrency=4),
-        routes=[Mount(PREFIX, app=dashboard(engine, authorize=authorize))],
+        routes=[Mount(PREFIX, app=dashboard(engine, authorize=authorize, redact=redact))],
     )
 
 
@@ -204,11 +208,13 @@ def dashboard_kit(
     *,
     build: Callable[[str, Controls], Engine] = build_engine,
     worker: bool = True,
+    redact: bool = False,
 ) -> Iterator[Kit]:
-    """The dashboard on the engine ``build`` makes (with an in-process worker if ``worker``)."""
+    """The dashboard on the engine ``build`` makes (with an in-process worker if ``worker``;
+    ``redact``: the dashboard's redact mode)."""
     controls = Controls()
     engine = build(url, controls)
-    client = TestClient(app_for(engine, authorize, worker=worker), base_url=ORIGIN)
+    client = TestClient(app_for(engine, authorize, worker=worker, redact=redact), base_url=ORIGIN)
     client.event_hooks["response"] = [check_headers]
     with client:
         yield Kit(client, engine, controls)

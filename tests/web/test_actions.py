@@ -330,6 +330,19 @@ def test_bulk_cancel_counts_in_a_dry_run_then_acts_on_confirmation(kit: Kit) -> 
     assert text_of(none_left, "bulk-count") == "0" and 'id="bulk-confirm"' not in none_left.text
 
 
+def test_bulk_resume_brings_canceled_runs_back_where_they_stopped(kit: Kit) -> None:
+    waiting_ids = [waiting(kit, f"R-{i}") for i in range(2)]
+    assert 'name="action" value="resume"' in kit.get("/").text
+    kit.post("/bulk", {"action": "cancel", "flow": "approval", "confirm": "1"})
+    assert all(kit.status(r) == "canceled" for r in waiting_ids)
+    dry = kit.post("/bulk", {"action": "resume", "flow": "approval"})
+    assert text_of(dry, "bulk-count") == "2" and "status: canceled" in dry.text
+    confirmed = kit.post("/bulk", {"action": "resume", "flow": "approval", "confirm": "1"})
+    assert 'data-result="queued">2<' in confirmed.text
+    for run_id in waiting_ids:
+        kit.reach(run_id, "awaiting_signal")  # the same wait as before the cancel
+
+
 def test_bulk_retry_with_a_status_filter(kit: Kit) -> None:
     kit.controls.declined.update({"C-1", "C-2"})
     failed = [kit.start("charge", "C-1"), kit.start("charge", "C-2")]
@@ -408,3 +421,61 @@ def test_hostile_values_are_escaped_in_results_and_errors(kit: Kit) -> None:
 
     bad_id = kit.post(f"/runs/{hostile}/cancel")
     assert bad_id.status_code == 422 and "<img" not in bad_id.text
+
+
+def test_resume_a_canceled_run_where_it_stopped(kit: Kit) -> None:
+    run_id = waiting(kit, "R-1")
+    redirected(kit.post(f"/runs/{run_id}/cancel"), run_id, "cancel", "canceled")
+    page = kit.get(f"/runs/{run_id}")
+    (resume,) = [f for f in forms_of(page) if 'data-action="resume"' in f]
+    assert f'action="{PREFIX}/runs/{run_id}/retry"' in resume
+    assert not [f for f in forms_of(page) if 'data-action="retry"' in f]  # not failed
+
+    answer = kit.post(f"/runs/{run_id}/retry", {"resume": "1"})
+    redirected(answer, run_id, "resume", "queued")
+    assert "resume: queued" in shown_result(kit, answer.headers["location"])
+    kit.reach(run_id, "awaiting_signal")  # where it stopped: the same wait
+    redirected(
+        kit.post(f"/runs/{run_id}/signal/approve", {"approved_by": "ann"}),
+        run_id,
+        "signal",
+        "delivered",
+    )
+    kit.reach(run_id, "done")
+    redirected(kit.post(f"/runs/{run_id}/retry", {"resume": "1"}), run_id, "resume", "not_failed")
+    assert not [f for f in forms_of(kit.get(f"/runs/{run_id}")) if "resume" in f]
+
+
+def test_the_signal_form_says_the_run_waits_only_for_the_signal_it_waits_for(kit: Kit) -> None:
+    run_id = waiting(kit)
+    page = kit.get(f"/runs/{run_id}")
+    legend = re.search(r'data-signal="approve".*?<legend>(.*?)</legend>', page.text, re.S)
+    assert legend and "(the run waits for it)" in legend.group(1)
+    help_text = text_of(page, "signal-help")
+    assert "checked against the signal's declared model" in help_text
+    assert "resumes as soon as it is delivered" in help_text
+
+    parent = kit.start("parent", "P-2")  # declares ``note`` but waits for its children
+    kit.reach(parent, "awaiting_child")
+    page = kit.get(f"/runs/{parent}")
+    legend = re.search(r'data-signal="note".*?<legend>(.*?)</legend>', page.text, re.S)
+    assert legend and "waits for it" not in legend.group(1)
+    assert "kept in the run's inbox (buffered)" in text_of(page, "signal-help")
+
+
+def test_the_runs_list_links_to_the_start_form_only_for_who_may_start(database_url: str) -> None:
+    with dashboard_kit(database_url) as kit:
+        link = re.search(
+            r'<a class="start-link" data-testid="start-link" href="([^"]+)"', kit.get("/").text
+        )
+        assert link and link.group(1) == f"{PREFIX}/start"
+        assert "read-only-note" not in kit.get("/start").text
+
+    def no_start(request: Any, action: str) -> bool:
+        return action != "start"
+
+    with dashboard_kit(database_url, authorize=no_start) as kit:
+        assert 'data-testid="start-link"' not in kit.get("/").text
+        assert 'data-testid="read-only-note"' in kit.get("/start").text
+    with dashboard_kit(database_url, authorize=None) as kit:
+        assert 'data-testid="start-link"' not in kit.get("/").text

@@ -132,6 +132,7 @@ async def test_signal_a_waiting_run_and_watch_it_finish_live(
     )
 
     form = page.locator('#actions form[data-signal="approve"]')
+    await expect(form.locator("legend")).to_contain_text("(the run waits for it)")
     await form.locator('[name="approved_by"]').fill("alice")
     async with page.expect_response(subscribed):
         await submit(form)  # the run page after the redirect subscribes to updates
@@ -211,10 +212,72 @@ async def test_a_run_ending_before_the_page_subscribes_still_shows_its_end(
     await page.route(re.compile(r"/(events|changes)(\?|$)"), hold)
     await page.goto(live.at(f"/runs/{run_id}"))
     await expect(status_of(page)).to_have_text(re.compile("running", re.IGNORECASE))
+    # signalled and running its next step: the form no longer says the run waits for it
+    legend = page.locator('#actions form[data-signal="approve"] legend')
+    await expect(legend).to_have_count(1)
+    await expect(legend).not_to_contain_text("waits for it")
     await page.evaluate("window.__iterflowNoReload = true")
     live.controls.ship_gate.set()
     await live.reach(run_id, "done")
     ended.set()
+    await expect(status_of(page)).to_have_text(re.compile("done", re.IGNORECASE))
+    assert await page.evaluate("window.__iterflowNoReload === true"), "the run page reloaded"
+
+
+async def test_a_claimed_run_goes_from_pending_to_running_to_done_live(
+    live: LiveDashboard, operator: Page
+) -> None:
+    """A claim writes no event: the list and the run page still follow the run from pending
+    (a delayed start) to running (claimed, held in its charge step) to done, without reloading."""
+    live.controls.charge_gate.clear()
+    run_id = (await live.engine.start("charge", order("C-live"), delay="5s")).run_id
+    page = operator
+    await page.goto(live.at("/"))
+    cell = row(page, run_id).locator("[data-testid=run-status]")
+    await expect(cell).to_have_text(re.compile("pending", re.IGNORECASE))
+    run_page = await new_page(page.context)
+    await run_page.goto(live.at(f"/runs/{run_id}"))
+    await expect(status_of(run_page)).to_have_text(re.compile("pending", re.IGNORECASE))
+    for opened in (page, run_page):
+        await opened.evaluate("window.__iterflowNoReload = true")
+
+    await live.reach(run_id, "running")  # claimed at its due time; the gate holds its step
+    await expect(cell).to_have_text(re.compile("running", re.IGNORECASE))
+    await expect(status_of(run_page)).to_have_text(re.compile("running", re.IGNORECASE))
+    assert await live.status_of(run_id) == "running"
+    live.controls.charge_gate.set()
+    await expect(cell).to_have_text(re.compile("done", re.IGNORECASE))
+    await expect(status_of(run_page)).to_have_text(re.compile("done", re.IGNORECASE))
+    for opened in (page, run_page):
+        assert await opened.evaluate("window.__iterflowNoReload === true"), "a page reloaded"
+
+
+async def test_without_the_event_stream_the_page_polls_and_still_follows_the_run(
+    live: LiveDashboard, operator: Page
+) -> None:
+    """A proxy that refuses the event stream (502): the page falls back to polling ``/changes``
+    and still shows the run go from awaiting its signal to running to done, without reloading."""
+    run_id = (await live.engine.start("approval", order("A-poll"))).run_id
+    await live.reach(run_id, "awaiting_signal")
+    streams: list[str] = []
+
+    async def refuse(route: Route) -> None:
+        streams.append(route.request.url)
+        await route.fulfill(status=502, body="bad gateway")
+
+    page = operator
+    await page.route(re.compile(r"/events(\?|$)"), refuse)
+    await page.goto(live.at(f"/runs/{run_id}"))
+    await expect(page.locator("html")).to_have_attribute("data-live", "poll")
+    assert streams, "the page never tried the event stream"
+    await expect(status_of(page)).to_have_text(AWAITING_SIGNAL)
+    await page.evaluate("window.__iterflowNoReload = true")
+
+    await live.engine.signal(run_id, "approve", {"approved_by": "carol"})
+    await live.reach(run_id, "running")  # held at its ship step
+    await expect(status_of(page)).to_have_text(re.compile("running", re.IGNORECASE))
+    live.controls.ship_gate.set()
+    await live.reach(run_id, "done")
     await expect(status_of(page)).to_have_text(re.compile("done", re.IGNORECASE))
     assert await page.evaluate("window.__iterflowNoReload === true"), "the run page reloaded"
 

@@ -1,13 +1,13 @@
-"""docs/web.md's dashboard part, executed: the recipe (``docs/examples/web_app.py``) mounts the
-dashboard at ``/ops`` behind the app's own login (Starlette's ``AuthenticationMiddleware``, HTTP
-Basic) and an ``authorize`` hook: no login is a 401 challenge, a viewer sees the runs but no
-form and is refused an action, an operator signals the run through the generated form. The
-API and webhook part of the recipe is tested in tests/integration/test_starlette.py."""
+"""docs/web.md's dashboard part, executed: the recipe (``docs/examples/web_app.py``, and
+``web_fastapi.py``, the same on FastAPI) mounts the dashboard at ``/ops`` behind the app's own
+login (Starlette's ``AuthenticationMiddleware``, HTTP Basic) and an ``authorize`` hook: no login
+is a 401 challenge, a viewer sees the runs but no form and is refused an action, an operator
+signals the run through the generated form. The API and webhook part of the recipe is tested in
+tests/integration/test_starlette.py."""
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import re
 from pathlib import Path
 from types import ModuleType
@@ -15,22 +15,18 @@ from types import ModuleType
 import pytest
 from starlette.testclient import TestClient
 
+from tests.integration.test_starlette import RECIPES, web_recipe
+
 ROOT = Path(__file__).resolve().parents[2]
 ORIGIN = {"Origin": "http://testserver"}
 OPS = ("ops", "ops-password")
 SUPPORT = ("support", "support-password")
 
 
-def _example(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_docs")
+def _example(monkeypatch: pytest.MonkeyPatch, recipe: str) -> ModuleType:
     monkeypatch.setenv("DASHBOARD_OPS_PASSWORD", OPS[1])
     monkeypatch.setenv("DASHBOARD_SUPPORT_PASSWORD", SUPPORT[1])
-    path = ROOT / "docs" / "examples" / "web_app.py"
-    spec = importlib.util.spec_from_file_location("web_dashboard_example", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return web_recipe(recipe, monkeypatch)
 
 
 def _csrf(html: str) -> str:
@@ -45,8 +41,11 @@ def test_web_doc_documents_the_dashboard_and_flowctl_ui() -> None:
         assert needed in text, needed
 
 
-def test_the_dashboard_recipe(empty_database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    example = _example(monkeypatch)
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_the_dashboard_recipe(
+    empty_database_url: str, monkeypatch: pytest.MonkeyPatch, recipe: str
+) -> None:
+    example = _example(monkeypatch, recipe)
     example.engine.configure(database_url=empty_database_url)
     with TestClient(example.app) as client:
         created = client.put("/orders/A-7", json={"amount_cents": 990})  # the API: no login

@@ -94,8 +94,8 @@ EXIT_CODES: dict[int, str] = {
         "not_found result of retry, cancel, signal, fork)"
     ),
     EXIT_NOT_FAILED: (
-        "not_failed: retry of a run that is not failed or parked (nor canceled, with --resume); "
-        "nothing changed"
+        "not_failed: retry of a run that is not failed, compensation_failed or parked (nor "
+        "canceled, with --resume); nothing changed"
     ),
     EXIT_ALREADY_TERMINAL: (
         "already_terminal: cancel of a finished run, or a signal to one (closed); nothing changed"

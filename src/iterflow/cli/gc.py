@@ -43,7 +43,7 @@ def register(subparsers: Subparsers) -> None:
         action="append",
         choices=[s.value for s in ordered(TERMINAL_STATUSES)],
         default=None,
-        help="only runs that ended with this status (repeatable; default: all three)",
+        help="only runs that ended with this status (repeatable; default: all of them)",
     )
     gc.add_argument("--flow", default=None, help="only runs of this flow")
     gc.add_argument("--dry-run", action="store_true", help="count what would go; delete nothing")

@@ -68,6 +68,11 @@ def register(subparsers: Subparsers) -> None:
     )
     cancel.add_argument("run_id", nargs="?", help="the run (or give filters instead)")
     cancel.add_argument("--reason", default=None)
+    cancel.add_argument(
+        "--compensate",
+        action="store_true",
+        help="run the compensations of its completed steps first, then end it canceled",
+    )
     _add_bulk(cancel)
     cancel.set_defaults(func=_cancel)
 
@@ -287,6 +292,7 @@ async def _bulk(args: argparse.Namespace, action: str) -> None:
                     "cancel",
                     dry_run=args.dry_run,
                     reason=args.reason,
+                    compensate=args.compensate,
                     progress=progress,
                     **_query(args, times),
                 )
@@ -318,7 +324,7 @@ async def _cancel(args: argparse.Namespace) -> int | None:
         await _bulk(args, "cancel")
         return None
     async with open_engine(args) as engine:
-        result = await engine.cancel(args.run_id, reason=args.reason)
+        result = await engine.cancel(args.run_id, reason=args.reason, compensate=args.compensate)
     return _result(args, args.run_id, result.kind, result.status)
 
 

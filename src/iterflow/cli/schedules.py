@@ -14,7 +14,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from iterflow.cli.common import Subparsers, json_option, load_engine, open_engine, schema_option
+from iterflow.cli.common import (
+    Progress,
+    Subparsers,
+    json_option,
+    load_engine,
+    open_engine,
+    schema_option,
+)
 from iterflow.core.errors import ConfigInvalid
 
 if TYPE_CHECKING:
@@ -186,8 +193,12 @@ def _when(text: str) -> datetime:
 
 async def _backfill(args: argparse.Namespace) -> None:
     start, end = _when(args.start), _when(args.end)
-    async with load_engine(args.engine, args.database_url) as engine:
-        results = await engine.backfill(args.schedule_id, start, end)
+    progress = Progress("backfill ticks")
+    try:
+        async with load_engine(args.engine, args.database_url) as engine:
+            results = await engine.backfill(args.schedule_id, start, end, progress=progress)
+    finally:
+        progress.close()
     created = sum(r.created for r in results)
     if args.json:
         runs = [{"run_id": str(r.run_id), "created": r.created} for r in results]

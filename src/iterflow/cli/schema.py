@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from iterflow.cli.common import Subparsers, open_engine, print_json, schema_option, wants_json
+from iterflow.cli.common import (
+    Progress,
+    Subparsers,
+    open_engine,
+    print_json,
+    schema_option,
+    wants_json,
+)
 from iterflow.core.errors import ConfigInvalid
 
 __all__ = ["register"]
@@ -47,7 +54,11 @@ async def _migrate(args: argparse.Namespace) -> None:
     async with open_engine(args, create_embedded=True) as engine:
         where = redacted(engine.database_url)
         if not args.stamp:
-            await engine.migrate()
+            progress = Progress("migrate revisions")
+            try:
+                await engine.migrate(progress=progress)
+            finally:
+                progress.close()
             if wants_json(args):
                 print_json({"schema": schema, "database": where, "stamped": False})
             else:

@@ -27,6 +27,18 @@ def register(subparsers: Subparsers) -> None:
     wrk = subparsers.add_parser("worker", help="run a worker for the engine at module:attribute")
     wrk.add_argument("engine", help="import path of an Engine, e.g. myapp.flows:engine")
     wrk.add_argument("--concurrency", type=int, default=4)
+    wrk.add_argument(
+        "--queues",
+        type=_names,
+        default=None,
+        help="serve only the flows in these queues (comma-separated, e.g. billing,default)",
+    )
+    wrk.add_argument(
+        "--flows",
+        type=_names,
+        default=None,
+        help="serve only these flows (comma-separated names); with --queues, both must match",
+    )
     wrk.set_defaults(func=_worker)
 
     workers = subparsers.add_parser(
@@ -49,12 +61,20 @@ async def _worker(args: argparse.Namespace) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     async with engine:
-        names = ", ".join(f.key for f in engine.registry.all()) or "none"
+        served = engine.registry.serving(args.queues, args.flows)  # CONFIG_INVALID early
+        names = ", ".join(f.key for f in served) or "none"
         logging.getLogger("iterflow").info("worker started; flows: %s", names)
         try:
-            await engine.run_worker(concurrency=args.concurrency)
+            await engine.run_worker(
+                concurrency=args.concurrency, queues=args.queues, flows=args.flows
+            )
         except asyncio.CancelledError:
             logging.getLogger("iterflow").info("worker stopped")
+
+
+def _names(value: str) -> list[str]:
+    """``a,b`` -> ``["a", "b"]`` (blank items dropped)."""
+    return [n.strip() for n in value.split(",") if n.strip()]
 
 
 async def _workers(args: argparse.Namespace) -> None:

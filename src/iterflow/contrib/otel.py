@@ -12,9 +12,13 @@ slept three days between two attempts is one trace. A run started outside any tr
 trace of its own whose id is the run id. ``ctx.invoke`` captures the parent's attempt span the
 same way, so a child run's attempts are children of the parent attempt that started it.
 ``engine.signal()`` records a short PRODUCER span (``send <flow>``) in the caller's trace,
-linked to the run's trace. The attempt span is the current span while the body runs and each
-step span while its function runs, so spans made by the code a step calls (HTTP clients,
-database drivers) nest under it.
+linked to the run's trace, and stores the caller's context with the signal (``signals.meta``):
+the attempt the signal wakes carries a second link, to the sender's span
+(``iterflow.link = "signal_sender"``, ``messaging.message.id`` = the signal id). A link, not
+the parent, as the messaging conventions prescribe for a message whose consumer already has a
+parent of its own: the attempt stays in the run's trace. The attempt span is the current span
+while the body runs and each step span while its function runs, so spans made by the code a
+step calls (HTTP clients, database drivers) nest under it.
 
 Span names carry only the flow name and the step label (both fixed by your code); the run id,
 cursor key and attempt numbers are attributes. Attributes follow the OpenTelemetry semantic
@@ -22,19 +26,9 @@ conventions where they exist (``messaging.system = "iterflow"``, ``messaging.ope
 ``messaging.destination.name`` = the flow, ``messaging.message.id`` = the run id,
 ``code.function.name``, ``error.type``) and are otherwise prefixed ``iterflow.``.
 
-**Metrics** (meter ``iterflow``):
-
-========================================  =========================================================
-``iterflow.runs.started``                 counter, by ``iterflow.flow``
-``iterflow.runs.finished``                counter, by ``iterflow.flow`` and ``iterflow.run.status``
-``iterflow.attempts``                     counter, by ``iterflow.flow`` and ``iterflow.outcome``
-``iterflow.attempt.duration``             histogram (s), by ``iterflow.flow`` and outcome
-``iterflow.step.duration``                histogram (s), by flow, ``iterflow.step.label``, status
-``iterflow.queue.lag``                    histogram (s): wake-up due → claimed, by flow
-``iterflow.runs.waiting``                 up/down counter, by flow and ``iterflow.wait.reason``
-``iterflow.reconciler.recoveries``        counter, by ``iterflow.recovery.kind``
-``iterflow.retention.deletions``          counter of runs purged, by ``iterflow.flow`` if one
-========================================  =========================================================
+**Metrics** (meter ``iterflow``): the instruments named by the constants below (all in
+:data:`METRICS`: runs started and finished, attempts and their duration, step duration, queue
+lag, runs waiting, reconciler recoveries, retention deletions).
 
 ``iterflow.runs.waiting`` counts +1 when a run suspends and -1 when it is claimed again (or
 canceled while it waits), in whichever process does it: sum it over every process of the
@@ -71,10 +65,57 @@ from iterflow.core.hooks import (
 )
 from iterflow.core.states import StepStatus
 
-__all__ = ["SCOPE", "OtelHook", "instrument", "run_context"]
+__all__ = [
+    "ATTEMPTS",
+    "ATTEMPT_DURATION",
+    "METRICS",
+    "QUEUE_LAG",
+    "RECONCILER_RECOVERIES",
+    "RETENTION_DELETIONS",
+    "RUNS_FINISHED",
+    "RUNS_STARTED",
+    "RUNS_WAITING",
+    "SCOPE",
+    "STEP_DURATION",
+    "OtelHook",
+    "instrument",
+    "run_context",
+]
 
 #: The instrumentation scope of the tracer and the meter.
 SCOPE = "iterflow"
+
+# The instruments' names (meter SCOPE), for dashboards and alerts that refer to them.
+#: Counter of runs started, by ``iterflow.flow``.
+RUNS_STARTED = "iterflow.runs.started"
+#: Counter of runs that reached a final status, by flow and ``iterflow.run.status``.
+RUNS_FINISHED = "iterflow.runs.finished"
+#: Counter of attempts, by flow and ``iterflow.outcome``.
+ATTEMPTS = "iterflow.attempts"
+#: Histogram (s) of attempt durations, by flow and outcome.
+ATTEMPT_DURATION = "iterflow.attempt.duration"
+#: Histogram (s) of step attempt durations, by flow, ``iterflow.step.label`` and status.
+STEP_DURATION = "iterflow.step.duration"
+#: Histogram (s): a wake-up's due time → its claim, by flow (:attr:`AttemptInfo.queue_lag`).
+QUEUE_LAG = "iterflow.queue.lag"
+#: Up/down counter of runs waiting, by flow and ``iterflow.wait.reason``.
+RUNS_WAITING = "iterflow.runs.waiting"
+#: Counter of runs and jobs the reconciler repaired, by ``iterflow.recovery.kind``.
+RECONCILER_RECOVERIES = "iterflow.reconciler.recoveries"
+#: Counter of runs purged by retention, by ``iterflow.flow`` when it purged one flow.
+RETENTION_DELETIONS = "iterflow.retention.deletions"
+#: Every instrument's name.
+METRICS = (
+    RUNS_STARTED,
+    RUNS_FINISHED,
+    ATTEMPTS,
+    ATTEMPT_DURATION,
+    STEP_DURATION,
+    QUEUE_LAG,
+    RUNS_WAITING,
+    RECONCILER_RECOVERIES,
+    RETENTION_DELETIONS,
+)
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _FAILED = frozenset({AttemptOutcome.FAILED})
@@ -129,34 +170,32 @@ class OtelHook(Hook):
     ) -> None:
         self.tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
         meter = metrics.get_meter(SCOPE, meter_provider=meter_provider)
-        self._started = meter.create_counter(
-            "iterflow.runs.started", unit="{run}", description="Runs started"
-        )
+        self._started = meter.create_counter(RUNS_STARTED, unit="{run}", description="Runs started")
         self._finished = meter.create_counter(
-            "iterflow.runs.finished", unit="{run}", description="Runs that reached a final status"
+            RUNS_FINISHED, unit="{run}", description="Runs that reached a final status"
         )
         self._attempts = meter.create_counter(
-            "iterflow.attempts", unit="{attempt}", description="Attempts made on runs, by outcome"
+            ATTEMPTS, unit="{attempt}", description="Attempts made on runs, by outcome"
         )
         self._attempt_duration = meter.create_histogram(
-            "iterflow.attempt.duration", unit="s", description="Duration of attempts"
+            ATTEMPT_DURATION, unit="s", description="Duration of attempts"
         )
         self._step_duration = meter.create_histogram(
-            "iterflow.step.duration", unit="s", description="Duration of step attempts"
+            STEP_DURATION, unit="s", description="Duration of step attempts"
         )
         self._lag = meter.create_histogram(
-            "iterflow.queue.lag", unit="s", description="Wake-up due time to claim"
+            QUEUE_LAG, unit="s", description="Wake-up due time to claim"
         )
         self._waiting = meter.create_up_down_counter(
-            "iterflow.runs.waiting", unit="{run}", description="Runs waiting, by reason"
+            RUNS_WAITING, unit="{run}", description="Runs waiting, by reason"
         )
         self._recoveries = meter.create_counter(
-            "iterflow.reconciler.recoveries",
+            RECONCILER_RECOVERIES,
             unit="{item}",
             description="Runs and jobs repaired by the reconciler",
         )
         self._deletions = meter.create_counter(
-            "iterflow.retention.deletions", unit="{run}", description="Runs purged by retention"
+            RETENTION_DELETIONS, unit="{run}", description="Runs purged by retention"
         )
         # One attempt per run at a time (the lease); steps by run and cursor key.
         self._lock = threading.Lock()
@@ -240,11 +279,15 @@ class OtelHook(Hook):
             self._waiting.add(
                 -1, {"iterflow.flow": info.flow, "iterflow.wait.reason": info.resumed_reason}
             )
+        links = [Link(origin, {"iterflow.link": "run"})]
+        sender = _sender_context(info)
+        if sender is not None:
+            links.append(sender)
         span = self.tracer.start_span(
             f"process {info.flow}",
             context=trace.set_span_in_context(trace.NonRecordingSpan(origin)),
             kind=SpanKind.CONSUMER,
-            links=[Link(origin, {"iterflow.link": "run"})],
+            links=links,
             attributes=attributes,
         )
         token = otel_context.attach(trace.set_span_in_context(span))
@@ -341,6 +384,20 @@ class OtelHook(Hook):
         if info.count:
             labels = {} if info.flow is None else {"iterflow.flow": info.flow}
             self._deletions.add(info.count, labels)
+
+
+def _sender_context(info: AttemptInfo) -> Link | None:
+    """A link to where the signal that woke the run was sent, if that was in a trace."""
+    if not info.signal_carrier:
+        return None
+    sent = trace.get_current_span(_PROPAGATOR.extract(dict(info.signal_carrier)))
+    context = sent.get_span_context()
+    if not context.is_valid:
+        return None
+    attributes: dict[str, Any] = {"iterflow.link": "signal_sender"}
+    if info.signal_id is not None:
+        attributes["messaging.message.id"] = str(info.signal_id)
+    return Link(context, attributes)
 
 
 def _record_error(span: trace.Span, error: Mapping[str, Any], *, final: bool = True) -> None:

@@ -37,6 +37,7 @@ from starlette.responses import JSONResponse, Response
 # through the engine, iterflow.store, which import-linter counts against contrib. The error tree
 # and the records are pure core; the engine is typed by the Protocol below.
 from iterflow.core.errors import FlowError
+from iterflow.core.events import PublishResult
 from iterflow.core.models import SignalResult
 from iterflow.core.settings import Settings
 
@@ -45,6 +46,8 @@ __all__ = [
     "PROBLEM_TYPE_BASE",
     "STATUS_BY_CODE",
     "EngineAPI",
+    "Publication",
+    "PublishResolver",
     "Resolved",
     "Resolver",
     "WebhookSignal",
@@ -53,6 +56,7 @@ __all__ = [
     "install_error_handler",
     "iterflow_lifespan",
     "problem_response",
+    "publish_webhook",
     "signal_webhook",
     "status_for",
 ]
@@ -94,6 +98,12 @@ class EngineAPI(Protocol):
         idempotency_key: str | None = ...,
     ) -> SignalResult:
         """Deliver a signal to a run."""
+        ...
+
+    async def publish(
+        self, event: str, payload: Any, *, idempotency_key: str | None = ..., conn: Any = ...
+    ) -> PublishResult:
+        """Start the flows subscribed to ``event``."""
         ...
 
 
@@ -148,6 +158,7 @@ STATUS_BY_CODE: Mapping[str, int] = MappingProxyType(
         "SIGNAL_LIMIT_EXCEEDED": 409,
         "SCHEDULE_CONFLICT": 409,
         "IDEMPOTENCY_CONFLICT": 409,
+        "EVENT_INPUT_INVALID": 422,
         "RUN_NOT_FOUND": 404,
         "SCHEDULE_NOT_FOUND": 404,
         # our side: the same request can succeed later
@@ -364,6 +375,30 @@ def _parse_event(body: bytes) -> dict[str, Any]:
     return event
 
 
+async def _verified_event(
+    request: Request,
+    keys: tuple[bytes, ...],
+    scheme: Scheme,
+    signature_header: str,
+    tolerance: float | None,
+    cap: int,
+    clock: Callable[[], float],
+) -> dict[str, Any]:
+    """Steps 1-3 of :func:`signal_webhook`: the body read once under ``cap``, its signature
+    verified, parsed as a JSON object (``_Rejected`` with the status otherwise)."""
+    body = await _read_body(request, cap)
+    signature = request.headers.get(signature_header)
+    if not signature:
+        raise _Rejected(
+            401, "WEBHOOK_SIGNATURE_MISSING", f"the {signature_header} header is missing"
+        )
+    if scheme == "stripe":
+        _verify_stripe(keys, signature, body, tolerance, clock())
+    else:
+        _verify_github(keys, signature, body)
+    return _parse_event(body)
+
+
 def signal_webhook(
     engine: EngineAPI,
     *,
@@ -424,17 +459,9 @@ def signal_webhook(
     async def endpoint(request: Request) -> Response:
         try:
             cap = max_body_bytes or engine.settings.max_payload_bytes
-            body = await _read_body(request, cap)
-            signature = request.headers.get(signature_header)
-            if not signature:
-                raise _Rejected(
-                    401, "WEBHOOK_SIGNATURE_MISSING", f"the {signature_header} header is missing"
-                )
-            if scheme == "stripe":
-                _verify_stripe(keys, signature, body, tolerance, clock())
-            else:
-                _verify_github(keys, signature, body)
-            event = _parse_event(body)
+            event = await _verified_event(
+                request, keys, scheme, signature_header, tolerance, cap, clock
+            )
         except _Rejected as rejected:
             logger.info("webhook delivery refused (%d): %s", rejected.status, rejected.detail)
             return _problem(rejected.status, rejected.code, rejected.detail)
@@ -455,5 +482,79 @@ def signal_webhook(
             logger.warning("webhook signal %r for run %s: no such run", name, run_id)
             return JSONResponse(body_out, status_code=not_found_status)
         return JSONResponse(body_out)
+
+    return endpoint
+
+
+#: What a publish ``resolve`` returns: ``(event name, payload, idempotency_key)``, or None to
+#: ignore the event.
+Publication: TypeAlias = tuple[str, Any, str | None] | None
+#: ``resolve(event) -> Publication`` (sync or async) for :func:`publish_webhook`.
+PublishResolver: TypeAlias = Callable[[dict[str, Any]], Publication | Awaitable[Publication]]
+
+
+def publish_webhook(
+    engine: EngineAPI,
+    *,
+    secret: str | bytes | Sequence[str | bytes],
+    resolve: PublishResolver,
+    scheme: Scheme = "stripe",
+    header: str | None = None,
+    tolerance: float | None = 300,
+    max_body_bytes: int | None = None,
+    delivery_header: str | None = _UNSET,
+    clock: Callable[[], float] = time.time,
+) -> Callable[[Request], Awaitable[Response]]:
+    """An endpoint publishing signed provider events (``engine.publish``): every flow
+    subscribed to the event is started (``@engine.flow(..., on=[...])``). Mount it like
+    :func:`signal_webhook`, which it follows step by step (body cap **413**, signature **401**,
+    JSON object **400**), except that ``resolve(event)`` returns ``(event_name, payload,
+    idempotency_key)`` (or ``None``: **200** ``{"result": "ignored"}``). With no key, the
+    ``delivery_header`` value is used; pass the provider's event id, so a redelivery starts
+    nothing new.
+
+    **200** ``{"result": "published", "event": name, "runs": [{"flow", "run_id", "created"}]}``
+    (``created`` false for a redelivery). A :class:`iterflow.FlowError` answers
+    :data:`STATUS_BY_CODE`: **422** when a subscriber's input model rejects the payload
+    (``EVENT_INPUT_INVALID``, nothing started), **409** for the same key with another payload,
+    **503** when the database is unavailable.
+    """
+    keys = _secrets(secret)
+    if scheme not in _DEFAULT_HEADER:
+        raise ValueError(f"scheme must be 'stripe' or 'github', not {scheme!r}")
+    if tolerance is not None and not tolerance > 0:
+        raise ValueError("tolerance must be a positive number of seconds (or None)")
+    if max_body_bytes is not None and (isinstance(max_body_bytes, bool) or max_body_bytes < 1):
+        raise ValueError("max_body_bytes must be a positive integer")
+    if not callable(resolve):
+        raise TypeError("resolve must be a function: resolve(event) -> (name, payload, key)")
+    signature_header = header or _DEFAULT_HEADER[scheme]
+    key_header = _DEFAULT_DELIVERY_HEADER[scheme] if delivery_header is _UNSET else delivery_header
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            cap = max_body_bytes or engine.settings.max_payload_bytes
+            event = await _verified_event(
+                request, keys, scheme, signature_header, tolerance, cap, clock
+            )
+        except _Rejected as rejected:
+            logger.info("webhook delivery refused (%d): %s", rejected.status, rejected.detail)
+            return _problem(rejected.status, rejected.code, rejected.detail)
+        try:
+            resolved = resolve(event)
+            if inspect.isawaitable(resolved):
+                resolved = await resolved
+            if resolved is None:
+                return JSONResponse({"result": "ignored"})
+            name, payload, idempotency_key = resolved
+            if idempotency_key is None and key_header is not None:
+                idempotency_key = request.headers.get(key_header)
+            published = await engine.publish(name, payload, idempotency_key=idempotency_key)
+        except FlowError as error:
+            return problem_response(error)
+        runs = [
+            {"flow": r.flow, "run_id": str(r.run_id), "created": r.created} for r in published.runs
+        ]
+        return JSONResponse({"result": "published", "event": published.event, "runs": runs})
 
     return endpoint

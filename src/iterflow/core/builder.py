@@ -5,7 +5,8 @@ A single **value channel** runs through the flow: each step receives the previou
 :class:`StepContext`) and returns the next; ``sleep`` passes it through; ``signal`` replaces it
 with the payload or ``merge(value, payload)``; ``loop`` repeats a body while ``until(value)`` is
 false; ``branch`` picks a sub-flow by a key computed from the value; ``invoke`` runs a child flow
-on it; ``output`` maps the final value.
+on it; ``map`` runs a step or a child flow on each item of a list computed from the value (at most
+``concurrency`` at once) and gives the list of results; ``output`` maps the final value.
 
 ``build()`` returns a :class:`BuiltFlow`: a :class:`~iterflow.core.definition.FlowDef` whose
 body walks the nodes with the very same ``ctx.step``/``ctx.sleep``/``ctx.signal``/``ctx.invoke``
@@ -21,7 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+import types
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar, overload
@@ -36,6 +38,7 @@ from iterflow.core.nodes import (
     BranchNode,
     InvokeNode,
     LoopNode,
+    MapNode,
     Node,
     SignalNode,
     SleepNode,
@@ -46,13 +49,25 @@ from iterflow.core.nodes import (
 from iterflow.core.retry import RetryPolicy
 from iterflow.core.signals import Signal, resolve
 
-__all__ = ["BuiltFlow", "FlowBuilder", "OutputBuilder", "StepContext", "flow"]
+__all__ = [
+    "DEFAULT_MAP_CONCURRENCY",
+    "BuiltFlow",
+    "FlowBuilder",
+    "OutputBuilder",
+    "StepContext",
+    "flow",
+]
 
 In = TypeVar("In")
 V = TypeVar("V")
 N = TypeVar("N")
 M = TypeVar("M")
 K = TypeVar("K", bound=Hashable)
+X = TypeVar("X")
+R = TypeVar("R")
+
+#: How many items of a ``.map`` are in flight at once unless ``concurrency=`` says otherwise.
+DEFAULT_MAP_CONCURRENCY = 10
 
 
 # --- builder state ----------------------------------------------------------------------------
@@ -147,6 +162,60 @@ def _describe_duration(value: WhenLike | None) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+def _list_of(item_type: Any) -> Any:
+    """``list[item_type]`` for a type known only at run time (a map's value type)."""
+    return types.GenericAlias(list, (item_type,))
+
+
+def _qualname(fn: Callable[..., object]) -> str:
+    return str(getattr(fn, "__qualname__", None) or type(fn).__qualname__)
+
+
+def _step_node(
+    state: _State,
+    what: str,
+    label: str,
+    fn: Callable[..., Any],
+    retries: int,
+    backoff: DurationLike | RetryPolicy | None,
+    timeout: DurationLike | None,
+    *,
+    compensate: Callable[[Any], object] | None = None,
+) -> tuple[StepNode, str]:
+    """A checked step node (``what``: ``step`` or ``map``) and its graph detail."""
+    _check_label(state, label, what, required=True)
+    if not callable(fn):
+        raise state.fail(f"{what} {label!r}: fn must be callable, got {fn!r}")
+    if compensate is not None and not callable(compensate):
+        raise state.fail(f"{what} {label!r}: compensate must be callable, got {compensate!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise state.fail(
+            f"{what} {label!r}: retries must be a non-negative integer, got {retries!r}"
+        )
+    try:
+        RetryPolicy.of(retries, backoff)
+        if timeout is not None:
+            parse_duration(timeout)
+    except FlowDefinitionError:
+        raise
+    except Exception as exc:
+        raise state.fail(f"{what} {label!r}: {exc}") from exc
+    nid = state.new_id(label, unique=True, what=f"{what} label")
+    node = StepNode(
+        nid, label, fn, _positional_arity(fn) >= 2, retries, backoff, timeout, compensate
+    )
+    detail = ", ".join(
+        part
+        for part in (
+            f"retries={retries}" if retries else "",
+            f"timeout={_describe_duration(timeout)}" if timeout is not None else "",
+            f"compensate={_qualname(compensate)}" if compensate is not None else "",
+        )
+        if part
+    )
+    return node, detail
+
+
 class FlowBuilder(Generic[In, V]):
     """A flow under construction whose input is ``In`` and whose current value is ``V``."""
 
@@ -192,6 +261,7 @@ class FlowBuilder(Generic[In, V]):
         retries: int = 0,
         backoff: DurationLike | RetryPolicy | None = None,
         timeout: DurationLike | None = None,
+        compensate: Callable[[N], object] | None = None,
     ) -> FlowBuilder[In, N]: ...
 
     @overload
@@ -203,6 +273,7 @@ class FlowBuilder(Generic[In, V]):
         retries: int = 0,
         backoff: DurationLike | RetryPolicy | None = None,
         timeout: DurationLike | None = None,
+        compensate: Callable[[N], object] | None = None,
     ) -> FlowBuilder[In, N]: ...
 
     @overload
@@ -214,6 +285,7 @@ class FlowBuilder(Generic[In, V]):
         retries: int = 0,
         backoff: DurationLike | RetryPolicy | None = None,
         timeout: DurationLike | None = None,
+        compensate: Callable[[N], object] | None = None,
     ) -> FlowBuilder[In, N]: ...
 
     @overload
@@ -225,6 +297,7 @@ class FlowBuilder(Generic[In, V]):
         retries: int = 0,
         backoff: DurationLike | RetryPolicy | None = None,
         timeout: DurationLike | None = None,
+        compensate: Callable[[N], object] | None = None,
     ) -> FlowBuilder[In, N]: ...
 
     def step(
@@ -235,39 +308,22 @@ class FlowBuilder(Generic[In, V]):
         retries: int = 0,
         backoff: DurationLike | RetryPolicy | None = None,
         timeout: DurationLike | None = None,
+        compensate: Callable[[Any], object] | None = None,
     ) -> FlowBuilder[In, Any]:
         """A durable step: ``fn(value)`` or ``fn(value, step_ctx)``; its result is the next value.
 
         Sync functions run in a thread, async ones on the loop. The result is stored as JSON
         typed by ``fn``'s return annotation (annotate it: an unannotated lambda gives plain
-        JSON data). ``retries``/``backoff``/``timeout`` are those of ``ctx.step``.
+        JSON data). ``retries``/``backoff``/``timeout``/``compensate`` are those of
+        ``ctx.step``: ``compensate(result)`` undoes the completed step if the run fails later
+        (or is canceled with ``compensate=True``).
         """
         s = self._s
-        _check_label(s, label, "step", required=True)
-        if not callable(fn):
-            raise s.fail(f"step {label!r}: fn must be callable, got {fn!r}")
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise s.fail(f"step {label!r}: retries must be a non-negative integer, got {retries!r}")
-        try:
-            RetryPolicy.of(retries, backoff)
-            if timeout is not None:
-                parse_duration(timeout)
-        except FlowDefinitionError:
-            raise
-        except Exception as exc:
-            raise s.fail(f"step {label!r}: {exc}") from exc
-        nid = s.new_id(label, unique=True, what="step label")
-        node = StepNode(nid, label, fn, _positional_arity(fn) >= 2, retries, backoff, timeout)
-        detail = ", ".join(
-            part
-            for part in (
-                f"retries={retries}" if retries else "",
-                f"timeout={_describe_duration(timeout)}" if timeout is not None else "",
-            )
-            if part
+        node, detail = _step_node(
+            s, "step", label, fn, retries, backoff, timeout, compensate=compensate
         )
         return FlowBuilder(
-            s.add(node, GraphNode(nid, "step", label, detail), nid, codec.return_type(fn))
+            s.add(node, GraphNode(node.id, "step", label, detail), node.id, codec.return_type(fn))
         )
 
     def sleep(self, duration: WhenLike, *, label: str = "") -> FlowBuilder[In, V]:
@@ -367,6 +423,122 @@ class FlowBuilder(Generic[In, V]):
         node = InvokeNode(nid, definition, detached)
         graph_node = GraphNode(nid, "invoke", definition.key, "detached" if detached else "")
         return FlowBuilder(s.add(node, graph_node, nid, definition.output_type))
+
+    @overload
+    def map(
+        self,
+        label: str,
+        fn: Callable[[X, StepContext[In]], Awaitable[R]],
+        /,
+        *,
+        over: Callable[[V], Iterable[X]],
+        concurrency: int = DEFAULT_MAP_CONCURRENCY,
+        retries: int = 0,
+        backoff: DurationLike | RetryPolicy | None = None,
+        timeout: DurationLike | None = None,
+    ) -> FlowBuilder[In, list[R]]: ...
+
+    @overload
+    def map(
+        self,
+        label: str,
+        fn: Callable[[X], Awaitable[R]],
+        /,
+        *,
+        over: Callable[[V], Iterable[X]],
+        concurrency: int = DEFAULT_MAP_CONCURRENCY,
+        retries: int = 0,
+        backoff: DurationLike | RetryPolicy | None = None,
+        timeout: DurationLike | None = None,
+    ) -> FlowBuilder[In, list[R]]: ...
+
+    @overload
+    def map(
+        self,
+        label: str,
+        fn: Callable[[X, StepContext[In]], R],
+        /,
+        *,
+        over: Callable[[V], Iterable[X]],
+        concurrency: int = DEFAULT_MAP_CONCURRENCY,
+        retries: int = 0,
+        backoff: DurationLike | RetryPolicy | None = None,
+        timeout: DurationLike | None = None,
+    ) -> FlowBuilder[In, list[R]]: ...
+
+    @overload
+    def map(
+        self,
+        label: str,
+        fn: Callable[[X], R],
+        /,
+        *,
+        over: Callable[[V], Iterable[X]],
+        concurrency: int = DEFAULT_MAP_CONCURRENCY,
+        retries: int = 0,
+        backoff: DurationLike | RetryPolicy | None = None,
+        timeout: DurationLike | None = None,
+    ) -> FlowBuilder[In, list[R]]: ...
+
+    @overload
+    def map(
+        self,
+        child: FlowDef[X, R] | HasDefinition[X, R],
+        /,
+        *,
+        over: Callable[[V], Iterable[X]],
+        concurrency: int = DEFAULT_MAP_CONCURRENCY,
+    ) -> FlowBuilder[In, list[R]]: ...
+
+    def map(
+        self,
+        target: str | FlowDef[Any, Any] | HasDefinition[Any, Any],
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        over: Callable[[V], Iterable[Any]],
+        concurrency: int = DEFAULT_MAP_CONCURRENCY,
+        retries: int = 0,
+        backoff: DurationLike | RetryPolicy | None = None,
+        timeout: DurationLike | None = None,
+    ) -> FlowBuilder[In, list[Any]]:
+        """Fan out: run a step (``label, fn``) or a child flow on each item of ``over(value)``,
+        at most ``concurrency`` items at once; the value becomes the list of results, in the
+        items' order.
+
+        Each item is one durable call with its own memo, retries (``retries``/``backoff``/
+        ``timeout``, as for ``.step``) and cursor key (``charge``, ``charge#1``... in item order),
+        so a replay returns the same list whatever order the items finished in. ``fn`` receives
+        an item (and optionally a :class:`StepContext`); a child flow gets an item as its input
+        (one child run each, like ``.invoke``). An item waiting for a retry or for its child
+        keeps its slot. ``over`` is pure code, run again on every replay: it must return the
+        same ordered collection (a list) each time.
+        """
+        s = self._s
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise s.fail(f"map concurrency must be a positive integer, got {concurrency!r}")
+        if not callable(over):
+            raise s.fail(f"map needs over=<callable> returning the items, got {over!r}")
+        limit = f"concurrency={concurrency}"
+        if isinstance(target, str):
+            if fn is None:
+                raise s.fail(f"map {target!r}: give the step function to run on each item")
+            step, detail = _step_node(s, "map", target, fn, retries, backoff, timeout)
+            node = MapNode(step.id, over, concurrency, step, None)
+            graph_node = GraphNode(step.id, "map", target, ", ".join(filter(None, (limit, detail))))
+            return FlowBuilder(s.add(node, graph_node, step.id, _list_of(codec.return_type(fn))))
+        definition = target if isinstance(target, FlowDef) else getattr(target, "definition", None)
+        if not isinstance(definition, FlowDef):
+            raise s.fail(f"map needs a label and a step function, or a flow, got {target!r}")
+        if fn is not None or retries or backoff is not None or timeout is not None:
+            raise s.fail(
+                f"map of flow {definition.key}: no step function or step options (each item is "
+                "a child run, with the child's own retries)"
+            )
+        nid = s.new_id(f"invoke:{definition.key}", unique=False, what="map")
+        node = MapNode(nid, over, concurrency, None, definition)
+        graph_node = GraphNode(nid, "map", definition.key, limit)
+        return FlowBuilder(s.add(node, graph_node, nid, _list_of(definition.output_type)))
 
     def loop(
         self,

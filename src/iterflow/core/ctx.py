@@ -75,6 +75,10 @@ class Ctx(Protocol):
     returning ``Coroutine`` so that type checkers flag a forgotten ``await`` (mypy's
     ``unused-coroutine``, pyright's ``reportUnusedCoroutine``), and the runtime fails the attempt
     with ``CTX_NOT_AWAITED``. ``ctx.step`` checks ``args`` against ``fn``'s parameters.
+    ``ctx.step(..., compensate=undo)`` registers ``undo(result)`` once the step completes: if
+    the run then fails (or is canceled with ``compensate=True``) the compensations of its
+    completed steps run in reverse order, each as a durable step; ``undo``'s parameter is checked
+    against the step's result type.
     ``ctx.signal`` waits for a signal named by a :class:`~iterflow.core.signals.Signal`
     descriptor (``await ctx.signal(approve)``) or by its name and payload model
     (``await ctx.signal("approve", Approval)``), either with ``timeout=``.
@@ -119,6 +123,7 @@ class Ctx(Protocol):
         retries: int = 0,
         backoff: DurationLike | RetryPolicy | None = None,
         timeout: DurationLike | None = None,
+        compensate: Callable[[T], object] | None = None,
     ) -> Coroutine[None, None, T]: ...
 
     @overload
@@ -130,6 +135,7 @@ class Ctx(Protocol):
         retries: int = 0,
         backoff: DurationLike | RetryPolicy | None = None,
         timeout: DurationLike | None = None,
+        compensate: Callable[[T], object] | None = None,
     ) -> Coroutine[None, None, T]: ...
 
     def sleep(self, duration: WhenLike, label: str | None = None) -> Coroutine[None, None, None]:

@@ -6,7 +6,7 @@ memo, run new work and checkpoint it, suspend, write the run's end) and the stor
 (:func:`retry_cut`). Nothing here does I/O or reads a clock or randomness: the caller passes
 ``now`` and any random number.
 
-One module (~700 lines) on purpose: every decision the runtime and the stores act on is found
+One module (~850 lines) on purpose: every decision the runtime and the stores act on is found
 here, next to the small result types it returns; splitting it per ``ctx`` call would scatter the
 shared pieces (suspend plans, retry policy, the cut) across files that import each other.
 """
@@ -33,6 +33,7 @@ from iterflow.core.errors import (
     FlowError,
     FlowFailed,
     ForkStepUnknown,
+    Halted,
     InputInvalid,
     Interrupt,
     InvokeDepthExceeded,
@@ -55,6 +56,7 @@ from iterflow.core.models import (
     RunRecord,
     RunStatus,
     SignalRecord,
+    StepKind,
     StepRecord,
     StepStatus,
     SuspendPlan,
@@ -63,15 +65,21 @@ from iterflow.core.models import (
 from iterflow.core.replay import Call
 from iterflow.core.retry import RetryPolicy
 from iterflow.core.settings import Settings
+from iterflow.core.states import RETRYABLE_STATUSES
 
 __all__ = [
+    "CANCEL_META_KEY",
     "NO_CUT",
     "AttemptEnd",
     "AttemptOutcome",
+    "CancelRequest",
+    "CompensationOutcome",
     "EndAborted",
     "EndCanceled",
+    "EndCompensated",
     "EndDrifted",
     "EndFailed",
+    "EndHalted",
     "EndLeaseLost",
     "EndReturned",
     "EndSuspended",
@@ -91,10 +99,16 @@ __all__ = [
     "StepFailure",
     "StepRun",
     "StepWait",
+    "Undo",
     "await_child",
+    "cancel_meta",
+    "cancel_request",
+    "canceled_error",
     "check_signal_wait",
     "child_run_id",
     "classify_attempt",
+    "compensated_end",
+    "compensation_plan",
     "cut_at",
     "decide_invoke",
     "decide_retry",
@@ -108,6 +122,7 @@ __all__ = [
     "resume_step",
     "retry_cut",
     "step_failure",
+    "was_compensated",
 ]
 
 
@@ -436,8 +451,10 @@ def decide_invoke(
             )
         )
     try:
+        value = definition.validate_input(input)
+        limit_key = definition.limit_key(value)
         data = codec.encode(
-            definition.validate_input(input),
+            value,
             definition.input_type,
             what=f"input of child {definition.key}",
             limit=settings.max_payload_bytes,
@@ -454,6 +471,7 @@ def decide_invoke(
             parent_cursor_key=call.cursor_key,
             meta={"depth": depth + 1, "detached": detached},
             deadline=definition.deadline,
+            limit_key=limit_key,
         )
     )
 
@@ -565,21 +583,59 @@ class EndCanceled:
         return AttemptOutcome.CANCELED
 
 
+@dataclass(frozen=True, slots=True)
+class EndHalted:
+    """A ``cancel(compensate=True)`` is pending and the replay reached where the run stopped (or
+    the body ended): run the compensations, then end the run ``canceled``."""
+
+    @property
+    def outcome(self) -> AttemptOutcome:
+        """``canceled`` (what the run ends as once its compensations ran)."""
+        return AttemptOutcome.CANCELED
+
+
+@dataclass(frozen=True, slots=True)
+class EndCompensated:
+    """The compensations ran (or one failed for good): write ``status`` (``failed``,
+    ``canceled`` or ``compensation_failed``) with ``error``, the original error carrying the
+    compensation record in ``details.compensation``."""
+
+    status: RunStatus
+    error: dict[str, Any]
+
+    @property
+    def outcome(self) -> AttemptOutcome:
+        """``canceled`` for a cancel, else ``failed``."""
+        canceled = self.status is RunStatus.CANCELED
+        return AttemptOutcome.CANCELED if canceled else AttemptOutcome.FAILED
+
+
 #: How an attempt's body ended, before anything is written.
 AttemptEnd = (
-    EndReturned | EndSuspended | EndDrifted | EndAborted | EndFailed | EndLeaseLost | EndCanceled
+    EndReturned
+    | EndSuspended
+    | EndDrifted
+    | EndAborted
+    | EndFailed
+    | EndLeaseLost
+    | EndCanceled
+    | EndHalted
+    | EndCompensated
 )
 
 
 def classify_attempt(
-    raised: Suspended | Drifted | Aborted | LeaseLost | Exception | None,
+    raised: Suspended | Drifted | Aborted | Halted | LeaseLost | Exception | None,
     interrupted: Interrupt | LeaseLost | None,
     *,
     drift_policy: Literal["fail", "park"] = "fail",
     canceled: bool = False,
+    halting: bool = False,
 ) -> AttemptEnd:
     """Classify the end of a body: ``raised`` is what the body (or the end-of-body check)
     raised, None when it returned; ``interrupted`` is the interrupt the context raised last.
+    ``halting``: a ``cancel(compensate=True)`` is pending, so a body that halted, returned or
+    raised ends in its compensations (:class:`EndHalted`).
 
     A suspension, drift or storage abort the body swallowed and turned into another exception
     (``except BaseException: raise ValueError``) still wins over that exception.
@@ -587,9 +643,11 @@ def classify_attempt(
     if canceled:
         return EndCanceled()
     if isinstance(raised, Exception) and isinstance(
-        interrupted, Suspended | Drifted | Aborted | LeaseLost
+        interrupted, Suspended | Drifted | Aborted | LeaseLost | Halted
     ):
         raised = interrupted
+    if halting and (raised is None or isinstance(raised, Halted | Exception)):
+        return EndHalted()
     match raised:
         case None:
             return EndReturned()
@@ -653,8 +711,8 @@ NO_CUT = 2**31 - 1
 @dataclass(frozen=True, slots=True)
 class RetryCut:
     """What ``retry`` resets in a failed run: the memo rows from ``position`` on, the signals
-    they consumed (back to the inbox), their timers and every unfired one, and their failed
-    children (retried first, each with its own cut)."""
+    they consumed (back to the inbox), their timers and every unfired one, and their failed (or
+    ``compensation_failed``) children (retried first, each with its own cut)."""
 
     position: int
     positions: tuple[int, ...] = ()
@@ -671,9 +729,18 @@ def retry_cut(
     children: Sequence[ChildRecord],
 ) -> RetryCut:
     """The cut of ``retry``: from the last memo that is not ``ok`` (the failure that ended the
-    run; earlier failures were caught by the body) to the end of the history."""
-    failed = [s.position for s in steps if s.status is not StepStatus.OK]
-    return cut_at(max(failed) if failed else NO_CUT, steps, signals, timers, children)
+    run; earlier failures were caught by the body) to the end of the history.
+
+    After compensations (sagas): a failed compensation is that last memo, so the replay
+    resumes the compensation from it (``compensation_failed``); when every compensation ran,
+    the steps they undid are redone: the cut starts at the earliest compensated step."""
+    failed = [s for s in steps if s.status is not StepStatus.OK]
+    last = max(failed, key=lambda s: s.position) if failed else None
+    position = NO_CUT if last is None else last.position
+    undone = {s.label for s in steps if s.kind == StepKind.COMPENSATE}
+    if undone and (last is None or last.kind != StepKind.COMPENSATE):
+        position = min((s.position for s in steps if s.cursor_key in undone), default=position)
+    return cut_at(position, steps, signals, timers, children)
 
 
 def cut_at(
@@ -698,7 +765,7 @@ def cut_at(
             if t.fired_at is None or keys.parse_timer_key(t.cursor_key).owner in owned
         ),
         child_ids=tuple(
-            c.id for c in children if c.status is RunStatus.FAILED and c.cursor_key in owned
+            c.id for c in children if c.status in RETRYABLE_STATUSES and c.cursor_key in owned
         ),
     )
 
@@ -751,6 +818,7 @@ def forked_run(source: RunRecord, new_id: uuid.UUID, fork: ForkCut) -> NewRun:
         tags=source.tags,
         priority=source.priority,
         meta={"forked_from": str(source.id), "fork_step": fork.from_step},
+        limit_key=source.limit_key,
     )
 
 
@@ -764,3 +832,106 @@ def resume_children(
     return tuple(
         c.id for c in children if c.status is RunStatus.CANCELED and c.cursor_key not in recorded
     )
+
+
+# --- compensation (sagas) ---------------------------------------------------------------------
+
+#: The key of ``runs.meta`` holding a pending ``cancel(compensate=True)``: ``{"reason"}``.
+CANCEL_META_KEY = "cancel"
+
+
+@dataclass(frozen=True, slots=True)
+class Undo:
+    """A step that completed (``ok``) with a ``compensate=`` function: its cursor key and
+    position in the history."""
+
+    step_key: str
+    position: int
+
+    @property
+    def cursor_key(self) -> str:
+        """The compensation's own cursor key (``compensate:<step key>``)."""
+        return keys.compensation_key(self.step_key)
+
+
+def compensation_plan(completed: Sequence[Undo]) -> tuple[Undo, ...]:
+    """The compensations to run, in order: those of the completed steps, each once, in reverse
+    call order (history position, not completion order: steps finished by a ``ctx.gather`` in
+    any order are undone in reverse argument order, the same on every replay). A step that
+    failed, or has no ``compensate=``, is not listed by the caller and is not undone."""
+    unique = {u.step_key: u for u in completed}
+    return tuple(sorted(unique.values(), key=lambda u: u.position, reverse=True))
+
+
+@dataclass(frozen=True, slots=True)
+class CompensationOutcome:
+    """What the compensation phase did: the compensations that completed (cursor keys, in the
+    order they ran) and the one that failed for good (its key and error), if any."""
+
+    done: tuple[str, ...] = ()
+    failed: str | None = None
+    error: dict[str, Any] | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The ``compensation`` record stored in the run's error ``details`` (and its terminal
+        event): ``{"status": "compensated" | "failed", "steps": [...], "failed"?: {"step",
+        "error"}}``."""
+        data: dict[str, Any] = {
+            "status": "failed" if self.failed is not None else "compensated",
+            "steps": list(self.done),
+        }
+        if self.failed is not None:
+            data["failed"] = {"step": self.failed, "error": self.error}
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    """A pending ``cancel(compensate=True)`` (read from ``runs.meta``)."""
+
+    reason: str
+
+
+def cancel_meta(reason: str) -> dict[str, Any]:
+    """What ``cancel(compensate=True)`` merges into the run's ``meta``."""
+    return {CANCEL_META_KEY: {"reason": reason}}
+
+
+def cancel_request(meta: Mapping[str, Any]) -> CancelRequest | None:
+    """The pending ``cancel(compensate=True)`` of a run with this ``meta``, or None."""
+    data = meta.get(CANCEL_META_KEY)
+    if not isinstance(data, Mapping):
+        return None
+    reason = data.get("reason")
+    return CancelRequest(reason if isinstance(reason, str) else "canceled")
+
+
+def canceled_error(reason: str) -> dict[str, Any]:
+    """The error a canceled run records (``RUN_CANCELED`` with the reason as message)."""
+    return {"code": "RUN_CANCELED", "message": reason}
+
+
+def compensated_end(
+    original: Mapping[str, Any], outcome: CompensationOutcome, *, canceled: bool
+) -> EndCompensated:
+    """How a run ends after its compensation phase: with its original error (the failure, or
+    ``RUN_CANCELED``) plus the record in ``details.compensation``; ``compensation_failed`` when
+    a compensation failed for good (``engine.retry`` resumes it), else ``failed`` or
+    ``canceled``."""
+    details = original.get("details")
+    error = dict(original)
+    error["details"] = {
+        **(details if isinstance(details, Mapping) else {}),
+        "compensation": outcome.record(),
+    }
+    if outcome.failed is not None:
+        status = RunStatus.COMPENSATION_FAILED
+    else:
+        status = RunStatus.CANCELED if canceled else RunStatus.FAILED
+    return EndCompensated(status, error)
+
+
+def was_compensated(steps: Sequence[StepRecord]) -> bool:
+    """Whether compensations ran in this history (then ``retry(resume=True)`` may not resume
+    the canceled run where it stopped: its completed steps were undone)."""
+    return any(s.kind == StepKind.COMPENSATE for s in steps)

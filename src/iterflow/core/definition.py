@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Generic, Literal, TypeVar
@@ -12,12 +12,14 @@ from pydantic import ValidationError
 
 from iterflow.core import codec
 from iterflow.core.errors import (
+    ConfigInvalid,
     FlowDefinitionError,
     InputInvalid,
     OutputInvalid,
     SignalPayloadInvalid,
     SignalUnknown,
 )
+from iterflow.core.limits import DEFAULT_QUEUE, Gate, Limits
 
 __all__ = ["DriftPolicy", "FlowDef", "Registry", "validate_signal_payload"]
 
@@ -51,6 +53,10 @@ class FlowDef(Generic[In, Out]):
     #: Every run of this flow started without its own ``deadline=`` fails with
     #: ``RUN_DEADLINE_EXCEEDED`` if still live this long after its start.
     deadline: timedelta | None = None
+    #: The queue that routes this flow's runs: workers serve queues (``--queues``).
+    queue: str = DEFAULT_QUEUE
+    #: Concurrency and rate limits of its runs (:mod:`iterflow.core.limits`), None: unlimited.
+    limits: Limits | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -70,6 +76,13 @@ class FlowDef(Generic[In, Out]):
             raise FlowDefinitionError(
                 f"flow {self.name!r}: deadline must be a positive timedelta, got {self.deadline!r}"
             )
+        if not isinstance(self.queue, str) or not _NAME.match(self.queue):
+            raise FlowDefinitionError(
+                f"flow {self.name!r}: invalid queue {self.queue!r}: use 1-200 letters, digits "
+                "or _ . : -"
+            )
+        if self.limits is not None and not isinstance(self.limits, Limits):
+            raise FlowDefinitionError(f"flow {self.name!r}: limits must be a Limits")
         if self.drift_policy not in ("fail", "park"):
             raise FlowDefinitionError(
                 f"flow {self.name!r}: drift_policy must be 'fail' or 'park', "
@@ -80,6 +93,11 @@ class FlowDef(Generic[In, Out]):
     def key(self) -> str:
         """``name@version``."""
         return f"{self.name}@{self.version}"
+
+    def limit_key(self, value: Any) -> str | None:
+        """``runs.limit_key`` of a run with the validated input ``value``: None when the flow
+        has no limits, "" for flow-wide limits (``INPUT_INVALID`` if the key function fails)."""
+        return None if self.limits is None else self.limits.key_of(value)
 
     def validate_input(self, data: Any) -> In:
         """Validate (and coerce) an input; raise ``INPUT_INVALID`` with the pydantic details."""
@@ -151,13 +169,24 @@ class Registry:
 
     def __init__(self) -> None:
         self._flows: dict[tuple[str, int], FlowDef[Any, Any]] = {}
+        self._watchers: list[Callable[[], None]] = []
 
     def add(self, flow: FlowDef[Any, Any]) -> None:
         """Register a flow version; registering the same name and version twice is an error."""
         key = (flow.name, flow.version)
         if key in self._flows and self._flows[key] is not flow:
             raise FlowDefinitionError(f"flow {flow.key} is already registered")
+        if key in self._flows:
+            return
         self._flows[key] = flow
+        for watcher in list(self._watchers):
+            watcher()
+
+    def watch(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` after each new registration (a running worker starts serving the
+        new flow version); returns the function that stops watching."""
+        self._watchers.append(callback)
+        return lambda: self._watchers.remove(callback)
 
     def get(self, name: str, version: int) -> FlowDef[Any, Any] | None:
         """The exact version, or None."""
@@ -171,3 +200,29 @@ class Registry:
     def all(self) -> list[FlowDef[Any, Any]]:
         """Every registered flow version."""
         return list(self._flows.values())
+
+    def serving(
+        self, queues: Iterable[str] | None = None, flows: Iterable[str] | None = None
+    ) -> list[FlowDef[Any, Any]]:
+        """The flow versions a worker serving ``queues`` and ``flows`` (flow names; None: all)
+        runs; ``CONFIG_INVALID`` for a flow name not registered here."""
+        names = None if flows is None else set(flows)
+        if names is not None and (unknown := names - {n for n, _ in self._flows}):
+            raise ConfigInvalid(
+                f"--flows names flows this engine does not register: {', '.join(sorted(unknown))}"
+            )
+        wanted = None if queues is None else set(queues)
+        return [
+            f
+            for f in self._flows.values()
+            if (wanted is None or f.queue in wanted) and (names is None or f.name in names)
+        ]
+
+    def gate(self, queues: Iterable[str] | None = None, flows: Iterable[str] | None = None) -> Gate:
+        """The :class:`~iterflow.core.limits.Gate` of a worker serving ``queues`` and ``flows``
+        (see :meth:`serving`): it claims only those flow versions."""
+        served = self.serving(queues, flows)
+        return Gate(
+            served=frozenset(f.key for f in served),
+            limits={f.key: f.limits for f in served if f.limits is not None},
+        )

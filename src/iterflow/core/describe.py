@@ -189,6 +189,7 @@ class DryRunContext:
         retries: int = 0,
         backoff: DurationLike | RetryPolicy | None = None,
         timeout: DurationLike | None = None,
+        compensate: Callable[[T], object] | None = None,
     ) -> Coroutine[None, None, T]: ...
 
     @typing.overload
@@ -200,6 +201,7 @@ class DryRunContext:
         retries: int = 0,
         backoff: DurationLike | RetryPolicy | None = None,
         timeout: DurationLike | None = None,
+        compensate: Callable[[T], object] | None = None,
     ) -> Coroutine[None, None, T]: ...
 
     def step(
@@ -210,10 +212,12 @@ class DryRunContext:
         retries: int = 0,
         backoff: DurationLike | RetryPolicy | None = None,
         timeout: DurationLike | None = None,
+        compensate: Callable[[Any], object] | None = None,
     ) -> Coroutine[None, None, Any]:
         """Record the step; answer with a sample of its return annotation."""
         parts = [f"retries={retries}" if retries else ""]
         parts.append(f"timeout={timeout}" if timeout is not None else "")
+        parts.append(f"compensate={_name_of(compensate)}" if compensate is not None else "")
         self._record(StepKind.STEP, label, ", ".join(p for p in parts if p))
         return self._value(sample(codec.return_type(fn), f"step {label!r}"))
 
@@ -318,3 +322,8 @@ async def graph_of(flow: FlowDef[Any, Any] | Any, sample_input: Any = None) -> F
     if isinstance(static, FlowGraph):
         return static
     return await describe(definition, sample_input)
+
+
+def _name_of(fn: Callable[..., object]) -> str:
+    """How a graph names a function (a compensation): its qualified name."""
+    return str(getattr(fn, "__qualname__", None) or type(fn).__qualname__)

@@ -28,11 +28,13 @@ __all__ = [
     "DatabaseUnavailable",
     "Drifted",
     "DurationInvalid",
+    "EventInputInvalid",
     "FlowDefinitionError",
     "FlowError",
     "FlowFailed",
     "FlowUnknown",
     "ForkStepUnknown",
+    "Halted",
     "HistoryInvalid",
     "IdempotencyConflict",
     "InputInvalid",
@@ -40,6 +42,7 @@ __all__ = [
     "InvokeDepthExceeded",
     "InvokeFanoutExceeded",
     "LeaseLost",
+    "MapItemsInvalid",
     "NonRetryable",
     "OutputInvalid",
     "PayloadInvalid",
@@ -298,6 +301,13 @@ class InvokeFanoutExceeded(FlowError):
     code = "INVOKE_FANOUT_EXCEEDED"
 
 
+class MapItemsInvalid(FlowError):
+    """A builder ``.map``'s ``over`` returned no ordered collection of items (not iterable, a
+    ``str``, ``bytes``, mapping or set, whose order is not stable); no item was started."""
+
+    code = "MAP_ITEMS_INVALID"
+
+
 class DatabaseUnavailable(FlowError):
     """PostgreSQL could not be reached or refused the operation; nothing was changed."""
 
@@ -387,6 +397,13 @@ class SignalLimitExceeded(FlowError):
     """The run already holds ``Settings.max_signals_per_run`` signals; this one was not stored."""
 
     code = "SIGNAL_LIMIT_EXCEEDED"
+
+
+class EventInputInvalid(InputInvalid):
+    """``engine.publish``: a subscribed flow's input model rejects the event's payload. The
+    message and ``details["flow"]`` name that flow; no run of any subscriber was started."""
+
+    code = "EVENT_INPUT_INVALID"
 
 
 def registered_codes() -> dict[str, type[FlowError]]:
@@ -481,6 +498,12 @@ class Drifted(Interrupt):
     def __init__(self, error: FlowError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+class Halted(Interrupt):
+    """A ``cancel(compensate=True)`` is pending: the replay reached a call with no final memo
+    (the point where the run stopped), so the body stops there and the run's compensations
+    run."""
 
 
 class Aborted(Interrupt):

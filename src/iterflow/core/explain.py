@@ -19,6 +19,7 @@ from iterflow.core.keys import (
     parse_timer_key,
     parse_waiting_for,
 )
+from iterflow.core.limits import held_summary
 from iterflow.core.models import RunRecord
 from iterflow.core.states import RunStatus
 
@@ -31,7 +32,8 @@ class Explanation:
 
     ``state`` is a short stable code: ``queued``, ``running``, ``lease_expired``, ``sleeping``,
     ``waiting_signal``, ``waiting_child``, ``retry_wait``, ``recovering``, ``parked``,
-    ``no_worker`` (a live run no live worker serves) or ``terminal``.
+    ``held`` (held back by a concurrency or rate limit), ``no_worker`` (a live run no live
+    worker serves) or ``terminal``.
     """
 
     state: str
@@ -100,7 +102,7 @@ def explain(
         return base
     return Explanation(
         state="no_worker",
-        summary=f"no worker serves {run.name}@{run.version}; {base.summary}",
+        summary=f"no worker for this flow ({run.name}@{run.version}); {base.summary}",
         wakes_at=base.wakes_at,
         wakes_on=f"a worker that registers {run.name}@{run.version} starts; {base.wakes_on}",
         reconciler=base.reconciler,
@@ -108,7 +110,54 @@ def explain(
     )
 
 
+def _compensation(details: object) -> str:
+    """What a saga's compensations did (the error's ``details.compensation`` record)."""
+    record = details.get("compensation") if isinstance(details, dict) else None
+    if not isinstance(record, dict):
+        return ""
+    done = ", ".join(str(key) for key in record.get("steps") or []) or "none"
+    failed = record.get("failed")
+    if not isinstance(failed, dict):
+        return f"; compensations run: {done}"
+    error = failed.get("error")
+    error = error if isinstance(error, dict) else {}
+    return (
+        f"; compensations run: {done}; {failed.get('step')} failed "
+        f"([{error.get('code')}] {error.get('message')}): engine.retry resumes it"
+    )
+
+
+def _held(run: RunRecord, now: datetime) -> Explanation:
+    """A run a concurrency or rate limit holds back (:mod:`iterflow.core.limits`)."""
+    held = run.held or {}
+    key = str(held.get("key") or "")
+    scope = f"flow {run.name}" + (f" key {key}" if key else "")
+    since = str(held.get("since") or run.updated_at.isoformat(timespec="seconds"))
+    if held.get("limit") == "rate":
+        wakes_on = f"the rate window of {scope} frees"
+        until = held.get("until")
+        try:
+            wakes_at = datetime.fromisoformat(until) if isinstance(until, str) else None
+        except ValueError:  # written by another version
+            wakes_at = None
+    else:
+        wakes_on = f"a live attempt of {scope} ends (first in line: highest priority, oldest)"
+        wakes_at = None
+    return Explanation(
+        state="held",
+        summary=f"{held_summary(run.name, held)} since {since}",
+        wakes_at=wakes_at,
+        wakes_on=wakes_on,
+        reconciler=(
+            "wakes the first held run of its flow and key if no attempt of that key is live "
+            "and none is queued"
+        ),
+    )
+
+
 def _explain(run: RunRecord, now: datetime) -> Explanation:
+    if run.held is not None and not run.is_terminal and run.status is not RunStatus.RUNNING:
+        return _held(run, now)
     status = run.status
     waiting = _waiting(run)
     since = run.updated_at.isoformat(timespec="seconds")
@@ -122,6 +171,7 @@ def _explain(run: RunRecord, now: datetime) -> Explanation:
         summary = f"{status.value} at {finished.isoformat(timespec='seconds')}"
         if status is not RunStatus.DONE and code:
             summary += f" ({code})"
+        summary += _compensation(error.get("details"))
         return Explanation(
             state="terminal",
             summary=summary,

@@ -8,9 +8,10 @@ Three sources produce the same data structure:
 * :func:`iterflow.core.progress.graph_from_history` reads the memo rows of any run.
 
 Node ids are cursor-key bases (``charge``, ``sleep:cool-off``, ``signal:approve``,
-``invoke:ship@1``), plus ``loop``/``branch`` ids for builder structure and ``output`` for the
-end. Graphs compare equal on name, version, nodes (id, kind, label) and edges, so a flow written
-both ways yields equal graphs. Rendering: :func:`to_mermaid`, :func:`to_json`, :func:`render`,
+``invoke:ship@1``; a builder ``map`` node's is the key base of its per-item calls), plus
+``loop``/``branch`` ids for builder structure and ``output`` for the end. Graphs compare equal
+on name, version, nodes (id, kind, label) and edges, so a flow written both ways yields equal
+graphs. Rendering: :func:`to_mermaid`, :func:`to_json`, :func:`render`,
 optionally with a run's progress (:func:`iterflow.core.progress.overlay`). Everything here is pure.
 """
 
@@ -35,13 +36,14 @@ __all__ = [
     "RunOverlay",
     "graph_from_calls",
     "graph_from_tree",
+    "map_call",
     "node_id",
     "render",
     "to_json",
     "to_mermaid",
 ]
 
-NodeKind = Literal["step", "sleep", "signal", "loop", "branch", "invoke", "output"]
+NodeKind = Literal["step", "sleep", "signal", "loop", "branch", "invoke", "map", "output"]
 NodeState = Literal["done", "waiting", "failed"]
 OUTPUT = "output"
 
@@ -134,6 +136,16 @@ class CallTrace:
     kind: str
     label: str
     detail: str = ""
+
+
+def map_call(node: GraphNode) -> tuple[str, str]:
+    """The ``(kind, label)`` of the call a builder ``map`` node makes once per item: a step
+    labelled like the node (id = its label), or an invoke of the child flow (id
+    ``invoke:<flow key>``, maybe ``#n``, label the flow key)."""
+    invoke = StepKind.INVOKE.value
+    if node.id.partition("#")[0] == node_id(invoke, node.label):
+        return invoke, node.label
+    return StepKind.STEP.value, node.label
 
 
 def node_id(kind: str, label: str) -> str:
@@ -240,6 +252,7 @@ _SHAPES: Mapping[str, tuple[str, str]] = {
     "sleep": ("([", "])"),
     "signal": ("[/", "/]"),
     "invoke": ("[[", "]]"),
+    "map": ("[/", "\\]"),
     "loop": ("{{", "}}"),
     "branch": ("{", "}"),
     "output": ("((", "))"),

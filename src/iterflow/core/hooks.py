@@ -14,7 +14,9 @@ Events (each takes one frozen record):
 
 * :meth:`Hook.inject` — at ``start`` (and ``ctx.invoke``), before the run is written: return a
   small ``str -> str`` carrier (e.g. a W3C ``traceparent``) stored with the run and handed back
-  to every attempt as :attr:`AttemptInfo.carrier`;
+  to every attempt as :attr:`AttemptInfo.carrier`; and at ``signal``, before the signal is
+  written: stored with the signal and handed to the attempt it wakes as
+  :attr:`AttemptInfo.signal_carrier`;
 * :meth:`Hook.on_start` — a run was started (or found by its idempotency key);
 * :meth:`Hook.on_signal` — a signal was delivered or buffered;
 * :meth:`Hook.on_attempt_begin` / :meth:`Hook.on_attempt_end` — a worker claimed a run and ran
@@ -60,7 +62,8 @@ __all__ = [
     "wait_reason",
 ]
 
-#: The key of ``runs.meta`` holding what :meth:`Hook.inject` returned when the run started.
+#: The key of ``runs.meta`` (and ``signals.meta``) holding what :meth:`Hook.inject` returned
+#: when the run started (when the signal was sent).
 TRACE_META_KEY = "trace"
 
 #: A carrier larger than this (keys and values, in characters) is not stored.
@@ -112,10 +115,17 @@ class AttemptInfo:
     #: The same as a :attr:`SuspendInfo.reason` (``sleep``, ``signal``, ``child``, ``retry``,
     #: ``storage``), see :func:`wait_reason`; None if the run was not suspended.
     resumed_reason: str | None
-    #: When the run was due (its wake-up's time, its start for a first attempt, the awaited
-    #: signal's arrival) → this claim; None when that is unknown (woken by a child).
+    #: When the run was due → this claim. Due: its start (or delayed start) for a first
+    #: attempt; its wake-up time after a sleep, a retry backoff, a storage outage or a signal
+    #: timeout; the awaited signal's arrival; the awaited child's end; the retry, resume,
+    #: unpark or recovery that set it pending; an expired lease's expiry. None only if the
+    #: database's clock says the due time is later than the claim.
     queue_lag: timedelta | None
     claimed_at: datetime
+    #: The awaited signal that woke the run (consumed by this attempt), None if not woken by one.
+    signal_id: int | None = None
+    #: What :meth:`Hook.inject` returned where that signal was sent (empty if nothing).
+    signal_carrier: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,8 +225,9 @@ class Hook:
     """Base class of engine hooks: override the events you need; the others do nothing."""
 
     def inject(self) -> Mapping[str, str] | None:
-        """Called where a run is started (``start``, ``ctx.invoke``) before it is written:
-        return a carrier to store with it (at most :data:`CARRIER_MAX_CHARS`, text only)."""
+        """Called where a run is started (``start``, ``ctx.invoke``) or signaled (``signal``)
+        before it is written: return a carrier to store with it (at most
+        :data:`CARRIER_MAX_CHARS`, text only)."""
         return None
 
     def on_start(self, info: StartInfo) -> None:

@@ -153,7 +153,7 @@ def terminal_statuses(status: object) -> list[RunStatus]:
     if live:
         raise InputInvalid(
             f"only finished runs can be purged; {', '.join(live)} is not a terminal status "
-            "(use done, failed or canceled)"
+            "(use done, failed, canceled or compensation_failed)"
         )
     return list(dict.fromkeys(chosen))
 

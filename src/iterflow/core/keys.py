@@ -6,7 +6,12 @@ processes and versions, so their format never changes:
 
 * **cursor key** of a ``ctx`` call: its *base* plus an occurrence counter in call order —
   ``charge``, ``charge#1`` (a step's base is its label), ``sleep:cool-off``, ``sleep`` (unlabelled),
-  ``signal:approve#2``, ``invoke:ship@1``, ``patch:fraud-check``, ``now``, ``uuid#3``.
+  ``signal:approve#2``, ``invoke:ship@1``, ``patch:fraud-check``, ``now``, ``uuid#3``; a
+  compensation's key is ``compensate:`` plus the compensated step's key (``compensate:charge#1``,
+  :func:`compensation_key`; read it with :func:`compensated_step`, not ``parse_cursor_key``).
+  A builder ``.map`` makes one call per item, all with the map's base and made in item order,
+  so its items' keys are consecutive occurrences: ``charge``, ``charge#1``, ``charge#2``...
+  (``invoke:ship@1#n`` over a child flow), whatever order the items finish in.
 * **timer key**: a sleep's or a signal timeout's own cursor key; a step's retry backoff is
   ``retry:<step key>``.
 * **waiting_for** of a waiting run: ``signal:<name>``, ``timer:<timer key>``, ``child:<uuid>``,
@@ -37,6 +42,8 @@ __all__ = [
     "TimerKey",
     "WaitKind",
     "Waiting",
+    "compensated_step",
+    "compensation_key",
     "cursor_key",
     "key_base",
     "parse_cursor_key",
@@ -119,6 +126,20 @@ def _label_of(base: str, kind: StepKind) -> str | None:
         return ""
     prefix = f"{kind.value}:"
     return base[len(prefix) :] if base.startswith(prefix) else None
+
+
+def compensation_key(step_key: str) -> str:
+    """The cursor key of the compensation of the step with cursor key ``step_key``
+    (``compensate:charge``, ``compensate:charge#1``): a :attr:`StepKind.COMPENSATE` call labelled
+    with the step's key. Step keys are unique in a run, so this key is too (occurrence 0)."""
+    return cursor_key(StepKind.COMPENSATE, step_key)
+
+
+def compensated_step(key: str) -> str | None:
+    """The step key a compensation's cursor key undoes (None for another kind of key). Its memo
+    row's ``label`` holds the same value."""
+    prefix = f"{StepKind.COMPENSATE.value}:"
+    return key[len(prefix) :] if key.startswith(prefix) else None
 
 
 # --- timer keys ---------------------------------------------------------------------------------

@@ -82,6 +82,10 @@ class RunRecord:
     meta: dict[str, Any] = field(default_factory=dict)
     #: A live run still live at this time fails with ``RUN_DEADLINE_EXCEEDED``.
     deadline_at: datetime | None = None
+    #: The key its flow's limits count it under ("" flow-wide; None: no limits).
+    limit_key: str | None = None
+    #: Why it is held back by a limit (:mod:`iterflow.core.limits`), None when it is not.
+    held: dict[str, Any] | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -125,6 +129,8 @@ class SignalRecord:
     received_at: datetime
     consumed_by: str | None = None
     consumed_at: datetime | None = None
+    #: What the hooks injected where the signal was sent (``{"trace": carrier}``), else empty.
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +142,8 @@ class ChildRecord:
     status: RunStatus
     output: Any = None
     error: dict[str, Any] | None = None
+    #: When the child finished (when its parent became due again).
+    finished_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,9 +287,11 @@ class RetryResult:
 
 @dataclass(frozen=True, slots=True)
 class CancelResult:
-    """What ``engine.cancel`` returns: ``canceled``, ``not_found`` or ``already_terminal``."""
+    """What ``engine.cancel`` returns: ``canceled``, ``not_found`` or ``already_terminal``;
+    ``canceling`` for ``cancel(compensate=True)`` of a live run (status ``pending``: its next
+    attempt runs the compensations, then ends it ``canceled``)."""
 
-    kind: Literal["canceled", "not_found", "already_terminal"]
+    kind: Literal["canceled", "canceling", "not_found", "already_terminal"]
     status: RunStatus | None = None
 
 
@@ -310,6 +320,17 @@ class NewRun:
     #: :func:`iterflow.core.codec.digest` of ``input``: the same idempotency key with another
     #: input is ``IDEMPOTENCY_CONFLICT`` (None: not checked).
     input_hash: str | None = None
+    #: ``runs.limit_key``: the key the flow's concurrency and rate limits count the run under
+    #: ("" flow-wide), None when the flow has no limits (:mod:`iterflow.core.limits`).
+    limit_key: str | None = None
+    #: ``runs.run_key``: the key a debounced or singleton start names the run by
+    #: (:mod:`iterflow.core.debounce`; "" for the flow itself). None: neither.
+    run_key: str | None = None
+    #: Return the flow's live run with ``run_key`` instead of starting another.
+    singleton: bool = False
+    #: A debounced start (``delay`` is the quiet period): join the flow's run with ``run_key``
+    #: that has not begun, keeping the ``"last"`` or the ``"first"`` input.
+    debounce: Literal["last", "first"] | None = None
 
     def __post_init__(self) -> None:
         if self.wake_at is not None and self.delay is not None:
@@ -334,6 +355,14 @@ class StartOptions:
     #: A duration like ``delay``: the run fails with ``RUN_DEADLINE_EXCEEDED`` if still live
     #: this long after it was started (None: the flow's own ``deadline=``, if any).
     deadline: str | timedelta | int | float | None = None
+    #: The run key of ``debounce``/``singleton`` (:mod:`iterflow.core.debounce`).
+    key: str | None = None
+    #: A quiet period (a duration like ``delay``): starts with the same key join one run.
+    debounce: str | timedelta | int | float | None = None
+    #: Which input a debounced run keeps: ``"last"`` or ``"first"``.
+    debounce_keep: str = "last"
+    #: A start while the key's run is live returns that run.
+    singleton: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,25 +4,36 @@ A built flow's body walks its nodes calling the same ``ctx.step`` / ``ctx.sleep`
 ``ctx.signal`` / ``ctx.invoke`` as a raw body, so replay, drift detection, retries and history
 rows are those of the equivalent raw body; loops and branches are plain code on the value and
 record nothing. A step function receives the value, and optionally a :class:`StepContext`.
+
+A ``map`` makes one ``ctx.step`` (or ``ctx.invoke``) per item inside one ``ctx.gather``. Each
+item's call is **made** in input order (so it takes the same history position and cursor key,
+``charge``, ``charge#1``..., on every replay, whatever order the items finish in) and at most
+``concurrency`` items are in flight: running, retrying, or waiting for their child run. An item
+that waits keeps its slot; once every slot is held by a waiting item the items not yet started
+are left for the next attempt, and the run suspends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Set
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from iterflow.core import codec
 from iterflow.core.ctx import Ctx, FlowLogger, step_attempt
 from iterflow.core.definition import FlowDef
 from iterflow.core.durations import DurationLike, WhenLike
+from iterflow.core.errors import MapItemsInvalid, Suspended
 from iterflow.core.retry import RetryPolicy
 
 __all__ = [
     "BranchNode",
     "InvokeNode",
     "LoopNode",
+    "MapNode",
     "Node",
     "SignalNode",
     "SleepNode",
@@ -83,6 +94,7 @@ class StepNode:
     retries: int
     backoff: DurationLike | RetryPolicy | None
     timeout: DurationLike | None
+    compensate: Callable[[Any], object] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +135,19 @@ class BranchNode:
     default: tuple[Node, ...] | None
 
 
-Node = StepNode | SleepNode | SignalNode | InvokeNode | LoopNode | BranchNode
+@dataclass(frozen=True, slots=True)
+class MapNode:
+    """``over(value)``'s items, each through ``step`` (a step node whose id is the map's) or
+    ``flow`` (a child run each); the value becomes the list of results, in input order."""
+
+    id: str
+    over: Callable[[Any], Iterable[Any]]
+    concurrency: int
+    step: StepNode | None
+    flow: FlowDef[Any, Any] | None
+
+
+Node = StepNode | SleepNode | SignalNode | InvokeNode | LoopNode | BranchNode | MapNode
 
 
 # --- execution (the same ctx calls as a raw body) -----------------------------------------------
@@ -135,23 +159,37 @@ async def _run_nodes(nodes: tuple[Node, ...], ctx: Ctx, input: Any, value: Any) 
     return value
 
 
-async def _run_node(node: Node, ctx: Ctx, input: Any, value: Any) -> Any:
-    if isinstance(node, StepNode):
-        sc: StepContext[Any] = StepContext(
-            input=input, run_id=ctx.run_id, flow=ctx.flow_name, label=node.label, log=ctx.log
-        )
-        args = (value, sc) if node.pass_context else (value,)
+def _step_call(node: StepNode, ctx: Ctx, input: Any, value: Any) -> Awaitable[Any]:
+    """Make the step's ``ctx.step`` call now (it takes its history position here); the
+    awaitable returns its result and then marks the step context cancelled."""
+    sc: StepContext[Any] = StepContext(
+        input=input, run_id=ctx.run_id, flow=ctx.flow_name, label=node.label, log=ctx.log
+    )
+    args = (value, sc) if node.pass_context else (value,)
+    call = ctx.step(
+        node.label,
+        node.fn,
+        *args,
+        retries=node.retries,
+        backoff=node.backoff,
+        timeout=node.timeout,
+        compensate=node.compensate,
+    )
+
+    async def run() -> Any:
         try:
-            return await ctx.step(
-                node.label,
-                node.fn,
-                *args,
-                retries=node.retries,
-                backoff=node.backoff,
-                timeout=node.timeout,
-            )
+            return await call
         finally:
             sc._stopped.set()
+
+    return run()
+
+
+async def _run_node(node: Node, ctx: Ctx, input: Any, value: Any) -> Any:
+    if isinstance(node, StepNode):
+        return await _step_call(node, ctx, input, value)
+    if isinstance(node, MapNode):
+        return await _run_map(node, ctx, input, value)
     if isinstance(node, SleepNode):
         await ctx.sleep(node.duration, label=node.label or None)
         return value
@@ -171,6 +209,90 @@ async def _run_node(node: Node, ctx: Ctx, input: Any, value: Any) -> Any:
     if node.default is None:
         return value
     return await _run_nodes(node.default, ctx, input, value)
+
+
+#: Far above any stored payload: items are checked for what cannot be stored, not for size
+#: (a step's items stay in memory; a child's input is checked again against the byte cap).
+_NO_SIZE_LIMIT = 2**62
+
+
+def map_items(node: MapNode, value: Any) -> list[Any]:
+    """``node.over(value)`` as a list, refused like a step result that cannot be stored:
+    ``MAP_ITEMS_INVALID`` for no ordered collection, ``PAYLOAD_INVALID`` for an item with a NUL,
+    a lone surrogate, NaN or a type the codec cannot encode."""
+    items = node.over(value)
+    unordered = isinstance(items, str | bytes | bytearray | Mapping | Set)
+    if unordered or not isinstance(items, Iterable):
+        raise MapItemsInvalid(
+            f"map {node.id!r}: over= returned {type(items).__name__}, not an ordered collection "
+            "of items; return a list (or a tuple, or a generator) of the items to map",
+            details={"map": node.id, "type": type(items).__name__},
+        )
+    listed = list(items)
+    for index, item in enumerate(listed):
+        codec.encode(item, what=f"item {index} of map {node.id!r}", limit=_NO_SIZE_LIMIT)
+    return listed
+
+
+class _Slots:
+    """Starts items in input order, at most ``limit`` in flight; a suspended item keeps its slot
+    and, once all of them are held by suspended items, the rest are not started (``None``)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._turn = asyncio.Condition()
+        self._next = 0  # the index of the next item to start
+        self._active = 0  # started and not finished (suspended ones included)
+        self._suspended = 0
+        self._stopped = False
+
+    async def run(self, index: int, make: Callable[[], Awaitable[Any]]) -> Any:
+        async with self._turn:
+            await self._turn.wait_for(
+                lambda: self._stopped or (self._next == index and self._active < self._limit)
+            )
+            if self._stopped:
+                return None  # the run suspends: this item starts on a later attempt
+            try:
+                call = make()  # takes the item's history position: always in input order
+            finally:
+                self._next += 1
+                self._turn.notify_all()
+            self._active += 1
+        try:
+            result = await call
+        except Suspended:
+            async with self._turn:
+                self._suspended += 1
+                self._stopped = self._suspended >= self._limit
+                self._turn.notify_all()
+            raise
+        except BaseException:
+            await self._release()
+            raise
+        await self._release()
+        return result
+
+    async def _release(self) -> None:
+        async with self._turn:
+            self._active -= 1
+            self._turn.notify_all()
+
+
+async def _run_map(node: MapNode, ctx: Ctx, input: Any, value: Any) -> list[Any]:
+    items = map_items(node, value)
+    slots = _Slots(node.concurrency)
+
+    def make(item: Any) -> Callable[[], Awaitable[Any]]:
+        if node.step is not None:
+            step = node.step
+            return lambda: _step_call(step, ctx, input, item)
+        flow = node.flow
+        assert flow is not None
+        return lambda: ctx.invoke(flow, item)
+
+    results = await ctx.gather(*(slots.run(i, make(item)) for i, item in enumerate(items)))
+    return list(results)
 
 
 def make_body(

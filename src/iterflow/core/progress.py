@@ -4,7 +4,8 @@
   it waits on now (any flow, raw or built);
 * :func:`overlay`: each node's state for one run (``done``, ``waiting``, ``failed``) and how often
   it ran. Built flows are matched structurally, so loop iterations (``poll``, ``poll#1``...)
-  land on their body's nodes; other graphs map each call to the node of its key base.
+  land on their body's nodes and a map's items on the map; other graphs map each call to the
+  node of its key base.
 
 Pure: it reads a :class:`~iterflow.core.models.RunDetail` (``engine.status(run_id)``).
 """
@@ -25,6 +26,7 @@ from iterflow.core.graph import (
     NodeState,
     RunOverlay,
     graph_from_calls,
+    map_call,
     node_id,
 )
 from iterflow.core.models import RunDetail, RunStatus, StepKind, StepStatus
@@ -76,7 +78,13 @@ class _TreeMatcher:
     can start its body; a branch takes the case the next call can start)."""
 
     def __init__(self, graph: FlowGraph, calls: Sequence[tuple[str, str, NodeState]]) -> None:
-        self.keys = {n.id: (n.kind, n.label) for n in graph.nodes if n.kind not in _STRUCTURE_KINDS}
+        self.keys = {
+            n.id: map_call(n) if n.kind == "map" else (n.kind, n.label)
+            for n in graph.nodes
+            if n.kind not in _STRUCTURE_KINDS
+        }
+        #: map nodes: zero or more calls in a row (one per item)
+        self.maps = frozenset(n.id for n in graph.nodes if n.kind == "map")
         self.calls = calls
         self.i = 0
         self.matched: list[tuple[int, str]] = []
@@ -84,7 +92,7 @@ class _TreeMatcher:
     def nullable(self, item: Item) -> bool:
         """Whether ``item`` can be passed without making any call."""
         if isinstance(item, str):
-            return item not in self.keys
+            return item not in self.keys or item in self.maps
         if isinstance(item, Loop):
             return True
         alternatives = [seq for _, seq in item.cases] + [item.default or ()]
@@ -116,6 +124,11 @@ class _TreeMatcher:
         head = self.calls[self.i][:2]
         if isinstance(item, str):
             if item not in self.keys:
+                return True
+            if item in self.maps:
+                while self.i < len(self.calls) and self.calls[self.i][:2] == self.keys[item]:
+                    self.matched.append((self.i, item))
+                    self.i += 1
                 return True
             if self.keys[item] != head:
                 return False
@@ -185,10 +198,13 @@ def overlay(graph: FlowGraph, detail: RunDetail) -> RunOverlay:
         pairs = [(calls[i], nid) for i, nid in matcher.matched]
     else:
         pairs = [(c, node_id(c[0], c[1])) for c in calls if node_id(c[0], c[1]) in ids]
+    maps = {n.id for n in graph.nodes if n.kind == "map"}
     for (_, _, state), nid in pairs:
-        states[nid] = state  # the latest call of a node (loop iteration) wins
         if state != "waiting":
             counts[nid] = counts.get(nid, 0) + 1
+        if nid in maps and nid in states:  # a map's items: waiting, else failed, else done
+            state = min(state, states[nid], key=_PRECEDENCE.index)
+        states[nid] = state  # the latest call of a node (loop iteration) wins
     for container in _containers(graph.tree if graph.source == "builder" else ()):
         inner = {states[d] for d in _descendants(container) if d in states}
         for wanted in _PRECEDENCE:

@@ -25,7 +25,9 @@ from iterflow.core.states import RunStatus
 
 __all__ = ["CONNECTION_SETTINGS", "Retention", "RetentionPolicy", "RetentionRule", "Settings"]
 
-CONNECTION_SETTINGS = frozenset({"database_url", "db_schema", "data_dir", "pool_size"})
+CONNECTION_SETTINGS = frozenset(
+    {"database_url", "read_database_url", "db_schema", "data_dir", "pool_size"}
+)
 """Settings that take effect when an engine opens its connections (see ``Engine.configure``)."""
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -127,6 +129,16 @@ class Settings(BaseModel):
     database_url: str | None = Field(
         default=None,
         description="PostgreSQL URL. None starts the embedded server in ``data_dir``.",
+    )
+    read_database_url: str | None = Field(
+        default=None,
+        description=(
+            "A second PostgreSQL URL (a streaming replica, or a read-only role) for the "
+            "engine's read-only inspection: list_runs, find_run, count_runs, status, "
+            "changed_runs. None: the primary. Everything else (the hot path, signals, the "
+            "reconciler, result polling) stays on database_url; a replica's reads may lag the "
+            "primary's writes."
+        ),
     )
     db_schema: str = Field(default="iterflow", description="Schema holding iterflow's tables.")
     data_dir: Path = Field(

@@ -17,10 +17,13 @@ from typing import Any, ClassVar, Literal, TypeVar
 __all__ = [
     "LIVE_STATUSES",
     "RESUMABLE_STATUSES",
+    "RETRYABLE_STATUSES",
     "TERMINAL_STATUSES",
     "TIMED_STATUSES",
     "WAITING_STATUSES",
+    "CancelRequested",
     "Canceled",
+    "CompensationFailed",
     "Completed",
     "EventPayload",
     "EventType",
@@ -45,7 +48,9 @@ __all__ = [
 
 
 class RunStatus(StrEnum):
-    """Lifecycle of a run. ``done``, ``failed`` and ``canceled`` are terminal."""
+    """Lifecycle of a run. ``done``, ``failed``, ``canceled`` and ``compensation_failed`` are
+    terminal; ``compensation_failed`` (a saga's compensation failed for good) is the one besides
+    ``failed`` that ``engine.retry`` resumes."""
 
     PENDING = "pending"
     RUNNING = "running"
@@ -57,6 +62,7 @@ class RunStatus(StrEnum):
     DONE = "done"
     FAILED = "failed"
     CANCELED = "canceled"
+    COMPENSATION_FAILED = "compensation_failed"
 
 
 class StepStatus(StrEnum):
@@ -78,11 +84,19 @@ class StepKind(StrEnum):
     UUID = "uuid"
     RANDOM = "random"
     PATCH = "patch"
+    #: A compensation (``ctx.step(..., compensate=)``), run after the run failed or was
+    #: canceled with ``compensate=True``; its label is the compensated step's cursor key.
+    COMPENSATE = "compensate"
 
 
 #: A run in one of these never changes status again, except through ``retry``.
 TERMINAL_STATUSES: frozenset[RunStatus] = frozenset(
-    {RunStatus.DONE, RunStatus.FAILED, RunStatus.CANCELED}
+    {RunStatus.DONE, RunStatus.FAILED, RunStatus.CANCELED, RunStatus.COMPENSATION_FAILED}
+)
+#: The terminal statuses ``engine.retry`` replays (from the failed step, or the failed
+#: compensation).
+RETRYABLE_STATUSES: frozenset[RunStatus] = frozenset(
+    {RunStatus.FAILED, RunStatus.COMPENSATION_FAILED}
 )
 #: Not terminal: the run still has something to do (or waits for a deploy, ``parked``).
 LIVE_STATUSES: frozenset[RunStatus] = frozenset(RunStatus) - TERMINAL_STATUSES
@@ -126,6 +140,8 @@ class EventType(StrEnum):
     SIGNAL_RECEIVED = "signal_received"
     RESUMED = "resumed"
     FORKED = "forked"
+    CANCEL_REQUESTED = "cancel_requested"
+    COMPENSATION_FAILED = "compensation_failed"
 
 
 class EventPayload:
@@ -181,25 +197,68 @@ class Completed(EventPayload):
 
 @dataclass(frozen=True, slots=True)
 class Failed(EventPayload):
-    """The run finished ``failed``: ``{"code"}`` (the error's code)."""
+    """The run finished ``failed``: ``{"code"}`` (the error's code), plus ``"compensation"``
+    (the error's ``details.compensation`` record) when its compensations ran."""
 
     type: ClassVar[EventType] = EventType.FAILED
     code: str | None
+    compensation: Mapping[str, Any] | None = None
 
     def to_data(self) -> dict[str, Any]:
-        return {"code": self.code}
+        return _with_compensation({"code": self.code}, self.compensation)
 
 
 @dataclass(frozen=True, slots=True)
 class Canceled(EventPayload):
-    """The run was canceled: ``{"reason", "root"}`` (the run whose cancel reached this one)."""
+    """The run was canceled: ``{"reason", "root"}`` (the run whose cancel reached this one),
+    plus ``"compensation"`` when a ``cancel(compensate=True)`` ran its compensations."""
 
     type: ClassVar[EventType] = EventType.CANCELED
     reason: str
     root: str
+    compensation: Mapping[str, Any] | None = None
 
     def to_data(self) -> dict[str, Any]:
-        return {"reason": self.reason, "root": self.root}
+        return _with_compensation({"reason": self.reason, "root": self.root}, self.compensation)
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested(EventPayload):
+    """``engine.cancel(run_id, compensate=True)`` reached a live run: ``{"reason"}``. The run is
+    set ``pending``; its next attempt replays the body up to where it stopped, runs the
+    compensations of its completed steps and ends ``canceled`` (or ``compensation_failed``)."""
+
+    type: ClassVar[EventType] = EventType.CANCEL_REQUESTED
+    reason: str
+
+    def to_data(self) -> dict[str, Any]:
+        return {"reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class CompensationFailed(EventPayload):
+    """A compensation failed for good; the run finished ``compensation_failed``:
+    ``{"code", "compensation"}`` — the original error's code and the compensation record (which
+    compensations ran, which one failed and its error)."""
+
+    type: ClassVar[EventType] = EventType.COMPENSATION_FAILED
+    code: str | None
+    compensation: Mapping[str, Any] | None
+
+    def to_data(self) -> dict[str, Any]:
+        return {"code": self.code, "compensation": _plain(self.compensation)}
+
+
+def _plain(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if value is None else dict(value)
+
+
+def _with_compensation(
+    data: dict[str, Any], compensation: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    if compensation is not None:
+        data["compensation"] = dict(compensation)
+    return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,14 +359,30 @@ class Forked(EventPayload):
         return {"source": self.source, "from_step": self.from_step, "from": self.from_position}
 
 
-def finished_event(status: RunStatus, error: Mapping[str, Any] | None) -> Completed | Failed:
-    """The event of a run's terminal write by its attempt (``done`` or ``failed``; a cancel is
-    written by ``cancel``, with its own payload)."""
+def finished_event(
+    status: RunStatus, error: Mapping[str, Any] | None, run_id: str = ""
+) -> Completed | Failed | Canceled | CompensationFailed:
+    """The event of a run's terminal write by its attempt: ``done``, ``failed``, or, after its
+    compensations ran, ``canceled`` (a ``cancel(compensate=True)``; ``run_id`` is its root) or
+    ``compensation_failed``. Those two carry the compensation record in the error's
+    ``details.compensation``: ``ValueError`` without it (a plain cancel is written by
+    ``cancel``, with its own payload), and for any other status."""
+    err: Mapping[str, Any] = error or {}
+    details = err.get("details")
+    comp = details.get("compensation") if isinstance(details, Mapping) else None
+    compensation = comp if isinstance(comp, Mapping) else None
     if status is RunStatus.DONE:
         return Completed()
     if status is RunStatus.FAILED:
-        return Failed(code=None if error is None else error.get("code"))
-    raise ValueError(f"an attempt finishes a run done or failed, not {status.value}")
+        return Failed(code=err.get("code"), compensation=compensation)
+    if compensation is not None and status is RunStatus.CANCELED:
+        return Canceled(str(err.get("message", "canceled")), run_id, compensation)
+    if compensation is not None and status is RunStatus.COMPENSATION_FAILED:
+        return CompensationFailed(code=err.get("code"), compensation=compensation)
+    raise ValueError(
+        f"an attempt finishes a run done or failed, or canceled or compensation_failed with a "
+        f"compensation record (a plain cancel is cancel()'s to write), not {status.value}"
+    )
 
 
 def payload_of(type_: str, data: Any) -> EventPayload | None:
@@ -323,9 +398,9 @@ def payload_of(type_: str, data: Any) -> EventPayload | None:
             case EventType.COMPLETED:
                 return Completed()
             case EventType.FAILED:
-                return Failed(d["code"])
+                return Failed(d["code"], d.get("compensation"))
             case EventType.CANCELED:
-                return Canceled(d["reason"], d["root"])
+                return Canceled(d["reason"], d["root"], d.get("compensation"))
             case EventType.PARKED:
                 return Parked(d["code"], d["message"])
             case EventType.UNPARKED:
@@ -342,5 +417,9 @@ def payload_of(type_: str, data: Any) -> EventPayload | None:
                 return Resumed(d["children"])
             case EventType.FORKED:
                 return Forked(d["source"], d["from_step"], d["from"])
+            case EventType.CANCEL_REQUESTED:
+                return CancelRequested(d["reason"])
+            case EventType.COMPENSATION_FAILED:
+                return CompensationFailed(d["code"], d["compensation"])
     except (KeyError, ValueError):
         return None

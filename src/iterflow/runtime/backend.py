@@ -33,13 +33,17 @@ class Backend:
     store: PostgresStore
     listener: TerminalListener
     embedded: EmbeddedPostgres | None = None
+    #: The pool of ``Settings.read_database_url`` (read-only inspection), if set.
+    read_sa: AsyncEngine | None = None
 
     async def close(self) -> None:
-        """Close the listener, give back the hot connections, dispose the pool, stop the
+        """Close the listener, give back the hot connections, dispose the pools, stop the
         embedded server (in that order)."""
         await self.listener.close()
         await self.store.close()
         await self.sa.dispose()
+        if self.read_sa is not None:
+            await self.read_sa.dispose()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
 
@@ -72,6 +76,13 @@ async def open_backend(settings: Settings) -> Backend:
                 "$ITERFLOW_DATABASE_URL, which takes precedence over $DATABASE_URL)"
             ) from exc
         logger.debug("database %s (from %s)", redacted(url), source)
+    read_url = settings.read_database_url
+    if read_url is not None:
+        try:  # refused before any pool opens
+            asyncpg_url(read_url)
+        except ConfigInvalid as exc:
+            raise ConfigInvalid(f"read_database_url: {exc.message}") from exc
+        logger.debug("read-only inspection on %s", redacted(read_url))
     sa = create_async_engine(
         asyncpg_url(url),
         pool_size=settings.pool_size,
@@ -79,7 +90,17 @@ async def open_backend(settings: Settings) -> Backend:
         max_overflow=settings.pool_size + HOT_IDLE,
         pool_pre_ping=False,
     )
-    store = PostgresStore(sa, schema=settings.db_schema, queue=settings.queue_name)
+    # list_runs, count_runs, status and changed_runs read here (a replica), when set
+    read_sa = (
+        None
+        if read_url is None
+        else create_async_engine(
+            asyncpg_url(read_url), pool_size=settings.pool_size, pool_pre_ping=False
+        )
+    )
+    store = PostgresStore(
+        sa, schema=settings.db_schema, queue=settings.queue_name, read_engine=read_sa
+    )
     dsn = libpq_url(url)
 
     async def connect() -> Any:
@@ -87,4 +108,6 @@ async def open_backend(settings: Settings) -> Backend:
 
         return await asyncpg.connect(dsn)
 
-    return Backend(url, sa, store, TerminalListener(connect, TERMINAL_CHANNEL), embedded)
+    return Backend(
+        url, sa, store, TerminalListener(connect, TERMINAL_CHANNEL), embedded, read_sa=read_sa
+    )

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from iterflow.core.models import BulkResult, RunPage, RunRecord, RunStatus
-from iterflow.core.states import LIVE_STATUSES
+from iterflow.core.states import LIVE_STATUSES, RETRYABLE_STATUSES
 
 __all__ = ["BULK_PAGE", "BulkAction", "run_bulk", "would_do"]
 
@@ -25,11 +25,12 @@ BulkAction = Literal["retry", "cancel"]
 
 
 def would_do(action: BulkAction, run: RunRecord, *, resume: bool) -> str:
-    """What ``action`` would do to ``run`` now: ``would_retry`` (failed or parked),
+    """What ``action`` would do to ``run`` now: ``would_retry`` (failed, compensation_failed or
+    parked),
     ``would_resume`` (canceled, with ``resume``), ``would_cancel`` (live), else ``skipped``."""
     if action == "cancel":
         return "would_cancel" if run.status in LIVE_STATUSES else "skipped"
-    if run.status in (RunStatus.FAILED, RunStatus.PARKED):
+    if run.status in RETRYABLE_STATUSES or run.status is RunStatus.PARKED:
         return "would_retry"
     if resume and run.status is RunStatus.CANCELED:
         return "would_resume"
@@ -69,7 +70,7 @@ async def run_bulk(
                     acted.append(run.id)
             else:
                 kind = await act(run.id)
-                if kind in ("queued", "canceled"):
+                if kind in ("queued", "canceled", "canceling"):
                     acted.append(run.id)
             outcomes[kind] = outcomes.get(kind, 0) + 1
             if progress is not None:

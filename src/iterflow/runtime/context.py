@@ -42,7 +42,9 @@ from iterflow.core.errors import (
     DatabaseUnavailable,
     DataRejected,
     Drifted,
+    FlowDefinitionError,
     FlowError,
+    Halted,
     Interrupt,
     LeaseLost,
     Suspended,
@@ -120,6 +122,11 @@ class FlowContext:
         self.interrupted: Interrupt | LeaseLost | None = None
         self._calls = CallWatch(self)
         self.log = ReplayQuietLogger(logger, self)
+        #: A pending ``cancel(compensate=True)``: the replay halts where the run stopped.
+        self.cancel = decisions.cancel_request(run.meta)
+        #: The completed steps with a compensation, by cursor key (rebuilt by each replay).
+        self._undo: dict[str, _Undo] = {}
+        self._compensating = False
 
     # -- guards -------------------------------------------------------------------------------
 
@@ -130,9 +137,15 @@ class FlowContext:
 
     def _check(self) -> None:
         pending = self.interrupted
-        if pending is None or (isinstance(pending, Suspended) and _IN_GATHER.get()):
+        if pending is None or (isinstance(pending, Suspended | Halted) and _IN_GATHER.get()):
             return
         raise pending
+
+    def _halt_here(self) -> None:
+        """At a call with no final memo (new work): halt if a ``cancel(compensate=True)`` is
+        pending, so the run's compensations run instead."""
+        if self.cancel is not None and not self._compensating:
+            self._raise(Halted())
 
     def _label(self, label: object, what: str) -> None:
         check_label(label, what, max_chars=self._settings.max_label_chars)
@@ -178,6 +191,8 @@ class FlowContext:
         (or refused misuse the body swallowed) and leftover history."""
         self._check()
         self._calls.check(at_end=True)
+        if self.cancel is not None:  # halting: the compensations' memos follow, recorded
+            return
         try:
             self._cursor.check_complete()
         except FlowError as err:
@@ -194,6 +209,7 @@ class FlowContext:
         retries: int = 0,
         backoff: DurationLike | RetryPolicy | None = None,
         timeout: DurationLike | None = None,
+        compensate: Callable[[T], object] | None = None,
     ) -> Coroutine[None, None, T]: ...
 
     @overload
@@ -205,6 +221,7 @@ class FlowContext:
         retries: int = 0,
         backoff: DurationLike | RetryPolicy | None = None,
         timeout: DurationLike | None = None,
+        compensate: Callable[[T], object] | None = None,
     ) -> Coroutine[None, None, T]: ...
 
     def step(
@@ -215,6 +232,7 @@ class FlowContext:
         retries: int = 0,
         backoff: DurationLike | RetryPolicy | None = None,
         timeout: DurationLike | None = None,
+        compensate: Callable[[Any], object] | None = None,
     ) -> Coroutine[None, None, Any]:
         """Run ``fn(*args)`` once, durably; on replay return the recorded result.
 
@@ -223,16 +241,27 @@ class FlowContext:
         with exponential backoff and jitter (``backoff`` is the first wait or a
         :class:`RetryPolicy`); every attempt is recorded, so a crash never resets the count.
         A function without a return annotation must return JSON data (``STEP_RESULT_UNTYPED``).
+
+        ``compensate=undo``: once the step completed, ``undo(result)`` is its compensation. When
+        the run fails (or is canceled with ``compensate=True``) the compensations of its
+        completed steps run in reverse call order, each as a durable step (key
+        ``compensate:<step key>``) with this step's ``retries``/``backoff``/``timeout``, before
+        the run ends with its original error and a ``compensation`` record.
         """
         self._calls.enter(f"ctx.step({label!r})")
         self._label(label, "ctx.step label")
+        if compensate is not None and not callable(compensate):
+            raise FlowDefinitionError(
+                f"ctx.step({label!r}): compensate must be a function, got {compensate!r}"
+            )
         policy = RetryPolicy.of(retries, backoff)
         limit = parse_duration(timeout) if timeout is not None else None
         call, memo = self._next(StepKind.STEP, label)
+        undo = None if compensate is None else functools.partial(_Undo, compensate, policy, limit)
         return self._calls.issue(
             f"ctx.step({label!r})",
             call.position,
-            lambda: self._run_step(call, memo, fn, args, policy, limit),
+            lambda: self._run_step(call, memo, fn, args, policy, limit, undo),
         )
 
     async def _run_step(
@@ -243,11 +272,14 @@ class FlowContext:
         args: tuple[Any, ...],
         policy: RetryPolicy,
         timeout: timedelta | None,
+        undo: Callable[[decisions.Undo, Any], _Undo] | None = None,
     ) -> Any:
         self._check()
         out_type = codec.return_type(fn)
         if memo is not None and memo.status is not StepStatus.RETRYING:
-            return replay.memo_value(memo, lambda out: codec.load(out, out_type))
+            value = replay.memo_value(memo, lambda out: codec.load(out, out_type))
+            return self._completed(call, undo, value)
+        self._halt_here()
         start = decisions.resume_step(call, memo, self._timers, self._clock())
         if isinstance(start, decisions.StepWait):
             self._raise(Suspended(start.plan))
@@ -305,12 +337,47 @@ class FlowContext:
                     if step is not None:
                         self._step_end(step, StepStatus.OK, started_at, None, None)
                         step = None
-                    return codec.load(data, out_type)
+                    return self._completed(call, undo, codec.load(data, out_type))
             finally:
                 if step is not None:  # interrupted: lease lost, canceled, storage down
                     self._step_end(step, StepStatus.FAILED, started_at, None, None)
             await asyncio.sleep(delay.total_seconds())
             attempt += 1
+
+    def _completed(
+        self, call: replay.Call, undo: Callable[[decisions.Undo, Any], _Undo] | None, value: T
+    ) -> T:
+        """A step completed (now or in the history): register its compensation, if any."""
+        if undo is not None:
+            step = decisions.Undo(call.cursor_key, call.position)
+            self._undo[call.cursor_key] = undo(step, value)
+        return value
+
+    @property
+    def compensations(self) -> int:
+        """How many completed steps of this replay have a compensation."""
+        return len(self._undo)
+
+    async def compensate(self) -> decisions.CompensationOutcome:
+        """Run the compensations of the completed steps (after the body failed, or halted for
+        a ``cancel(compensate=True)``) in :func:`~iterflow.core.decisions.compensation_plan`
+        order, each as a durable step at the next history positions: a replay returns the
+        memo of a finished one instead of running it again. Stops at the first that fails for
+        good. Suspends (a long retry backoff), drift and lost leases propagate as usual."""
+        self._compensating = True
+        if isinstance(self.interrupted, Halted):
+            self.interrupted = None
+        plan = decisions.compensation_plan([u.undo for u in self._undo.values()])
+        done: list[str] = []
+        for step in plan:
+            u = self._undo[step.step_key]
+            call, memo = self._next(StepKind.COMPENSATE, step.step_key)
+            try:
+                await self._run_step(call, memo, u.fn, (u.value,), u.policy, u.timeout)
+            except FlowError as err:
+                return decisions.CompensationOutcome(tuple(done), call.cursor_key, err.to_dict())
+            done.append(call.cursor_key)
+        return decisions.CompensationOutcome(tuple(done))
 
     def _step_begin(self, call: replay.Call, attempt: int, fn: Callable[..., Any]) -> StepInfo:
         module = getattr(fn, "__module__", None) or ""
@@ -397,6 +464,7 @@ class FlowContext:
         self._check()
         if memo is not None:
             return
+        self._halt_here()
         now = self._clock()
         timer = self._timers.get(call.cursor_key)
         decision = decisions.decide_sleep(call, timer, due_at(duration, now), now)
@@ -451,6 +519,7 @@ class FlowContext:
         self._check()
         if memo is not None:
             return typing.cast(M, replay.memo_value(memo, functools.partial(codec.load, tp=model)))
+        self._halt_here()
         timer = self._timers.get(call.cursor_key)
         decision = decisions.decide_signal(
             call, name, model, self._inbox, timer, timeout, self._clock()
@@ -507,6 +576,7 @@ class FlowContext:
         self._check()
         if memo is not None:
             return replay.memo_value(memo, definition.decode_output)
+        self._halt_here()
         decision = decisions.decide_invoke(
             call,
             definition,
@@ -626,6 +696,19 @@ class FlowContext:
         self._check()
         if memo is not None:
             return typing.cast(T, codec.load(memo.output, tp))
+        self._halt_here()
         data = codec.encode(make(), tp, what=f"ctx.{call.kind.value}()", limit=self._max_payload)
         await self._checkpoint(call.memo(StepStatus.OK, output=data))
         return typing.cast(T, codec.load(data, tp))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Undo:
+    """A registered compensation: the function, the step's retry policy and timeout, the
+    completed step and its result (what the function receives)."""
+
+    fn: Callable[[Any], object]
+    policy: RetryPolicy
+    timeout: timedelta | None
+    undo: decisions.Undo
+    value: Any

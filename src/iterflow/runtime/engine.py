@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 from pydantic import ValidationError
@@ -22,13 +23,24 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from typing_extensions import Unpack
 
 from iterflow.core import codec, inputs
+from iterflow.core.debounce import DEBOUNCE_META_KEY, DebounceKeep, start_control
 from iterflow.core.definition import DriftPolicy, FlowDef, Registry, validate_signal_payload
 from iterflow.core.durations import DurationLike, parse_duration
 from iterflow.core.errors import (
     ConfigInvalid,
+    EventInputInvalid,
     FlowUnknown,
     InputInvalid,
     RunNotFound,
+)
+from iterflow.core.events import (
+    EVENT_META_KEY,
+    PublishedRun,
+    PublishResult,
+    SignalWithStartResult,
+    Subscriptions,
+    check_event_name,
+    event_run_key,
 )
 from iterflow.core.explain import Explanation
 from iterflow.core.explain import explain as explain_run
@@ -42,6 +54,7 @@ from iterflow.core.hooks import (
     clean_carrier,
     wait_reason,
 )
+from iterflow.core.limits import DEFAULT_QUEUE, RateLimitLike, flow_limits
 from iterflow.core.models import (
     BulkResult,
     CancelResult,
@@ -57,14 +70,16 @@ from iterflow.core.models import (
     SignalResult,
     StartOptions,
     StartResult,
+    WorkerInfo,
     WorkerRecord,
 )
-from iterflow.core.scheduling import ScheduleEvent, ScheduleRecord
+from iterflow.core.scheduling import ScheduleEvent, ScheduleRecord, ScheduleSpec
 from iterflow.core.settings import CONNECTION_SETTINGS, RetentionRule, Settings
 from iterflow.core.signals import Signal, SignalsSpec, declared, payload_model
 from iterflow.core.states import WAITING_STATUSES
 from iterflow.runtime.backend import Backend, open_backend
 from iterflow.runtime.bulk import BULK_PAGE, BulkAction, run_bulk
+from iterflow.runtime.eager import EagerAttempts
 from iterflow.runtime.host import run_procrastinate, stale_worker_seconds
 from iterflow.runtime.notify import LocalNotifier, TerminalListener
 from iterflow.runtime.reconciler import Reconciler, ReconcileReport
@@ -76,6 +91,7 @@ from iterflow.runtime.schedules import Schedules
 from iterflow.runtime.worker import Worker
 from iterflow.store.base import ScheduleStore, Store, WorkerStore
 from iterflow.store.memory import MemoryStore
+from iterflow.store.outbox import flow_queue
 
 if TYPE_CHECKING:
     from iterflow.runtime.context import FlowContext
@@ -87,6 +103,10 @@ Out = TypeVar("Out")
 M = TypeVar("M")
 
 logger = logging.getLogger(__name__)
+
+#: How far :meth:`Engine.claimed_runs`'s mark trails the database's clock: longer than a claim
+#: statement takes to commit, so a claim read late by one poll is seen by the next.
+CLAIM_MARGIN = timedelta(seconds=5)
 
 
 class FlowHandle(Generic[In, Out]):
@@ -116,6 +136,10 @@ class FlowHandle(Generic[In, Out]):
         priority: int = 0,
         conn: Any = None,
         deadline: DurationLike | None = None,
+        key: str | None = None,
+        debounce: DurationLike | None = None,
+        debounce_keep: DebounceKeep = "last",
+        singleton: bool = False,
     ) -> StartResult:
         """Start a run. Input is validated before anything is written (``INPUT_INVALID``).
 
@@ -126,6 +150,11 @@ class FlowHandle(Generic[In, Out]):
         ``IDEMPOTENCY_CONFLICT``. ``deadline="2d"`` fails the run with
         ``RUN_DEADLINE_EXCEEDED`` if it is still live 2 days after this start (default: the
         flow's ``deadline=``).
+
+        ``debounce="5s", key="cart-1"``: starts with that key within 5 s of each other join one
+        run (``created=False``) that begins after 5 s of quiet with the latest input
+        (``debounce_keep="first"``: the first). ``singleton=True, key=...``: while a run of this
+        flow with that key is live, a start returns it. See :mod:`iterflow.core.debounce`.
         """
         options = StartOptions(
             idempotency_key=idempotency_key,
@@ -133,6 +162,10 @@ class FlowHandle(Generic[In, Out]):
             delay=delay,
             priority=priority,
             deadline=deadline,
+            key=key,
+            debounce=debounce,
+            debounce_keep=debounce_keep,
+            singleton=singleton,
         )
         return await self.engine._start(self.definition, input, options, conn=conn)
 
@@ -226,12 +259,14 @@ class Engine:
                 f"invalid engine settings: {codec.validation_message(exc)}"
             ) from exc
         self.registry = Registry()
+        self.subscriptions = Subscriptions()
         self._url: str | None = None
         self._backend: Backend | None = None
         self._store: Store | None = None
         self._worker: Worker | None = None
         self._listener: TerminalListener | None = None
         self._worker_tasks: list[asyncio.Task[None]] = []
+        self._eager = EagerAttempts()
         self._reconciler: Reconciler | None = None
         self._memory: MemoryStore | None = None
         self._notifier: Notifier | None = None
@@ -388,8 +423,11 @@ class Engine:
         event = listener.subscribe(key)
         return event, lambda: listener.unsubscribe(key, event)
 
-    async def migrate(self, *, stamp: bool = False) -> None:
-        """Install or upgrade iterflow's tables (what ``flowctl migrate`` does).
+    async def migrate(
+        self, *, stamp: bool = False, progress: Callable[[int, int], None] | None = None
+    ) -> None:
+        """Install or upgrade iterflow's tables (what ``flowctl migrate`` does);
+        ``progress(done, total)`` is told as revisions are applied (from a worker thread).
 
         ``stamp=True`` is ``flowctl migrate --stamp``: adopt tables created from
         ``flowctl generate-schema`` by your own migrations (verified against this version's
@@ -405,7 +443,10 @@ class Engine:
             )
         else:
             await asyncio.to_thread(
-                migrate.run_migrations, self.database_url, schema=self.settings.db_schema
+                migrate.run_migrations,
+                self.database_url,
+                schema=self.settings.db_schema,
+                progress=progress,
             )
 
     @property
@@ -443,6 +484,11 @@ class Engine:
         schedule: str | None = None,
         tz: str = "UTC",
         deadline: DurationLike | None = None,
+        on: Iterable[str] = (),
+        queue: str = DEFAULT_QUEUE,
+        concurrency: int | None = None,
+        concurrency_key: Callable[[In], str | int] | None = None,
+        rate_limit: RateLimitLike | None = None,
     ) -> Callable[[Callable[[FlowContext, In], Awaitable[Out]]], FlowHandle[In, Out]]:
         """Register ``async def body(ctx, input) -> output`` as flow ``name`` at ``version``.
 
@@ -454,9 +500,18 @@ class Engine:
         ``schedule="0 9 * * MON-FRI"`` (with ``tz=``) starts it on that cron (its input must be
         :class:`iterflow.Tick`); see :meth:`register`. ``deadline="1h"``: a run still live
         1 hour after its start fails with ``RUN_DEADLINE_EXCEEDED`` (a start's own
-        ``deadline=`` wins).
+        ``deadline=`` wins). ``on=["user.signed_up"]``: :meth:`publish` of that event starts it,
+        with the event's payload as input.
+
+        Flow control (``docs/flow-control.md``): ``queue="billing"`` routes its runs to the
+        workers serving that queue (``flowctl worker --queues billing``); ``concurrency=5``
+        allows 5 live attempts at once, per flow or, with ``concurrency_key=lambda i:
+        i.customer_id``, per key; ``rate_limit=(10, "1m")`` (or ``RateLimit``) allows 10 attempt
+        starts a minute, per flow or per key. A run over a limit waits, held back; workers
+        enforce it together through PostgreSQL.
         """
         limit = None if deadline is None else inputs.check_deadline(deadline)
+        limits = flow_limits(concurrency, concurrency_key, rate_limit)
 
         def register(body: Callable[[FlowContext, In], Awaitable[Out]]) -> FlowHandle[In, Out]:
             definition: FlowDef[In, Out] = FlowDef(
@@ -468,22 +523,44 @@ class Engine:
                 signals=declared(name, signals),
                 drift_policy=drift_policy,
                 deadline=limit,
+                queue=queue,
+                limits=limits,
             )
-            return self.register(definition, schedule=schedule, tz=tz)
+            return self.register(definition, schedule=schedule, tz=tz, on=on)
 
         return register
 
     def register(
-        self, definition: FlowDef[In, Out], *, schedule: str | None = None, tz: str = "UTC"
+        self,
+        definition: FlowDef[In, Out],
+        *,
+        schedule: str | None = None,
+        tz: str = "UTC",
+        on: Iterable[str] = (),
+        queue: str | None = None,
+        concurrency: int | None = None,
+        concurrency_key: Callable[[In], str | int] | None = None,
+        rate_limit: RateLimitLike | None = None,
     ) -> FlowHandle[In, Out]:
-        """Register a flow definition and return its typed handle.
+        """Register a flow definition (a built ``flow(...)...build()``) and return its typed
+        handle.
 
         With ``schedule`` (a 5-field cron, in IANA zone ``tz``) the flow, whose input must be
         :class:`iterflow.Tick`, is started on every tick by a schedule whose id is the flow's
-        name, written when a worker starts (``SCHEDULE_INVALID`` here for a bad expression)."""
+        name, written when a worker starts (``SCHEDULE_INVALID`` here for a bad expression).
+        ``on``: the events whose :meth:`publish` starts it (``FLOW_DEFINITION_INVALID`` for a
+        bad name). ``queue``, ``concurrency``, ``concurrency_key`` and ``rate_limit`` route and
+        limit its runs as for :meth:`flow` (given here, they replace the definition's)."""
+        if queue is not None:
+            definition = dataclasses.replace(definition, queue=queue)
+        if concurrency is not None or concurrency_key is not None or rate_limit is not None:
+            limits = flow_limits(concurrency, concurrency_key, rate_limit)
+            definition = dataclasses.replace(definition, limits=limits)
         if schedule is not None:
             self._schedules.declare(definition, schedule, tz)
+        events = Subscriptions.checked(definition, on)
         self.registry.add(definition)
+        self.subscriptions.add(definition, events)
         return FlowHandle(self, definition)
 
     # -- runs ---------------------------------------------------------------------------------
@@ -492,9 +569,45 @@ class Engine:
         self, flow: FlowDef[Any, Any], input: Any, options: StartOptions, *, conn: Any
     ) -> StartResult:
         """The start path of ``handle.start`` and ``engine.start``: validate the input and every
-        option (``INPUT_INVALID``, ``DURATION_INVALID``...), then one store write. A delay is
-        counted by the store from its own clock (the database's ``now()`` on PostgreSQL), so
-        every due time of a run comes from one clock."""
+        option (``INPUT_INVALID``, ``DURATION_INVALID``...), then one store write: the run
+        already claimed by this process's worker when it can take it (``runtime/eager.py``),
+        else queued. A delay is counted by the store from its own clock (the database's
+        ``now()`` on PostgreSQL), so every due time of a run comes from one clock."""
+        new = self._new_run(flow, input, options)
+        eager = self._eager
+        if conn is None and eager.serving and self._claimable_here(new) and eager.reserve():
+            try:
+                started, claim = await self.store.start_claimed(
+                    new, self.worker.owner, self.settings.lease_seconds
+                )
+            except BaseException:
+                eager.release()
+                raise
+            if claim is None:
+                eager.release()
+            else:
+                eager.run(self.worker, claim)
+        else:
+            started = await self.store.create_run(new, conn=conn)
+        if self._hooks is not None:
+            self._hooks.start(StartInfo(started.run_id, flow.name, flow.version, started.created))
+        return started
+
+    def _claimable_here(self, run: NewRun) -> bool:
+        """A start this process's worker may claim in the same commit (``runtime/eager.py``):
+        a plain start due now (no run key, delay or limit key) of a flow version it serves with
+        no flow-control limit; the slot is checked by the caller."""
+        if run.run_key is not None or run.delay is not None or run.wake_at is not None:
+            return False
+        gate = self.worker.gate
+        return (
+            run.limit_key is None
+            and gate.serves(run.name, run.version)
+            and gate.limits_of(run.name, run.version) is None
+        )
+
+    def _new_run(self, flow: FlowDef[Any, Any], input: Any, options: StartOptions) -> NewRun:
+        """The run a start writes, every argument checked (nothing is written here)."""
         value = flow.validate_input(input)
         data = codec.encode(
             value,
@@ -512,27 +625,36 @@ class Engine:
         deadline = flow.deadline
         if options.deadline is not None:
             deadline = inputs.check_deadline(options.deadline)
-        hooks = self._hooks
-        carrier = hooks.inject() if hooks is not None else None
-        started = await self.store.create_run(
-            NewRun(
-                id=uuid.uuid4(),
-                name=flow.name,
-                version=flow.version,
-                input=data,
-                idempotency_key=key,
-                tags=tags,
-                priority=priority,
-                delay=delay,
-                meta={TRACE_META_KEY: carrier} if carrier else {},
-                deadline=deadline,
-                input_hash=None if key is None else codec.digest(data),
-            ),
-            conn=conn,
+        control = start_control(
+            key=options.key,
+            debounce=options.debounce,
+            debounce_keep=options.debounce_keep,
+            singleton=options.singleton,
+            idempotency_key=key,
+            delay=delay,
+            max_key_chars=settings.max_key_chars,
         )
-        if hooks is not None:
-            hooks.start(StartInfo(started.run_id, flow.name, flow.version, started.created))
-        return started
+        carrier = self._hooks.inject() if self._hooks is not None else None
+        meta: dict[str, Any] = {TRACE_META_KEY: carrier} if carrier else {}
+        if control.keep is not None:
+            meta[DEBOUNCE_META_KEY] = control.keep
+        return NewRun(
+            id=uuid.uuid4(),
+            name=flow.name,
+            version=flow.version,
+            input=data,
+            idempotency_key=key,
+            tags=tags,
+            priority=priority,
+            delay=control.debounce or delay,
+            meta=meta,
+            deadline=deadline,
+            input_hash=None if key is None else codec.digest(data),
+            run_key=control.key,
+            limit_key=flow.limit_key(value),
+            singleton=control.singleton,
+            debounce=control.keep,
+        )
 
     async def start(
         self,
@@ -546,6 +668,10 @@ class Engine:
         conn: Any = None,
         version: int | None = None,
         deadline: DurationLike | None = None,
+        key: str | None = None,
+        debounce: DurationLike | None = None,
+        debounce_keep: DebounceKeep = "last",
+        singleton: bool = False,
     ) -> StartResult:
         """Start a run of the **newest** registered version of flow ``name``, or of ``version``
         (untyped; the flow's typed handle starts its own version). Same options as
@@ -569,8 +695,184 @@ class Engine:
             delay=delay,
             priority=priority,
             deadline=deadline,
+            key=key,
+            debounce=debounce,
+            debounce_keep=debounce_keep,
+            singleton=singleton,
         )
         return await self._start(flow, input, options, conn=conn)
+
+    # -- events (core/events.py; docs/flow-control.md) -----------------------------------------
+
+    async def publish(
+        self,
+        event: str,
+        payload: Any,
+        *,
+        idempotency_key: str | None = None,
+        conn: Any = None,
+    ) -> PublishResult:
+        """Start every flow subscribed to ``event`` (``@engine.flow(..., on=[event])``) with
+        ``payload`` as its input, all in **one** transaction; ``conn`` (a SQLAlchemy
+        ``AsyncConnection`` in a transaction) joins the caller's, as ``start(conn=)`` does.
+
+        The payload is validated against every subscriber's input model before anything is
+        written: one that rejects it refuses the whole publish with ``EVENT_INPUT_INVALID``
+        naming that flow. With ``idempotency_key`` each subscriber's run gets the key
+        ``"event:<event>:<key>"`` (at most ``Settings.max_key_chars`` long, ``INPUT_INVALID``
+        otherwise), so publishing again starts nothing new and returns the same runs
+        (``created=False``; another payload is ``IDEMPOTENCY_CONFLICT``). No subscriber:
+        an empty result. The subscribers are those this process registers (the newest version
+        of each flow, when that version subscribes).
+        """
+        name = check_event_name(event)
+        settings = self.settings
+        key = inputs.check_key(idempotency_key, max_chars=settings.max_key_chars)
+        options = StartOptions()
+        if key is not None:  # the runs' key must fit where find_run can look it up
+            run_key = event_run_key(name, key)
+            what = "event:<event>:<idempotency_key>"
+            codec.check_text(run_key, what=what, max_chars=settings.max_key_chars)
+            options = StartOptions(idempotency_key=run_key)
+        codec.encode(payload, what=f"payload of event {name!r}", limit=settings.max_payload_bytes)
+        runs: list[NewRun] = []
+        for flow in self.subscriptions.subscribers(name, self.registry):
+            try:
+                value = flow.validate_input(payload)
+            except InputInvalid as exc:
+                raise EventInputInvalid(
+                    f"event {name!r} was not published (no run was started): subscribed flow "
+                    f"{flow.key} rejects its payload. {exc.message}",
+                    details={**exc.details, "event": name, "flow": flow.key},
+                ) from exc
+            run = self._new_run(flow, value, options)
+            runs.append(dataclasses.replace(run, meta={**run.meta, EVENT_META_KEY: name}))
+        results = await self.store.create_runs(runs, conn=conn) if runs else []
+        published = tuple(
+            PublishedRun(run.name, run.version, r.run_id, r.created, r.status)
+            for run, r in zip(runs, results, strict=True)
+        )
+        if self._hooks is not None:
+            for p in published:
+                self._hooks.start(StartInfo(p.run_id, p.flow, p.version, p.created))
+        return PublishResult(name, published)
+
+    @overload
+    async def signal_with_start(
+        self,
+        flow: FlowHandle[In, Any],
+        input: In | Mapping[str, Any],
+        signal: Signal[M],
+        payload: M,
+        *,
+        idempotency_key: str,
+        signal_idempotency_key: str | None = None,
+        tags: Iterable[str] = (),
+        priority: int = 0,
+    ) -> SignalWithStartResult: ...
+
+    @overload
+    async def signal_with_start(
+        self,
+        flow: FlowHandle[In, Any],
+        input: In | Mapping[str, Any],
+        signal: str,
+        payload: Any,
+        *,
+        idempotency_key: str,
+        signal_idempotency_key: str | None = None,
+        tags: Iterable[str] = (),
+        priority: int = 0,
+    ) -> SignalWithStartResult: ...
+
+    @overload
+    async def signal_with_start(
+        self,
+        flow: str,
+        input: Any,
+        signal: str | Signal[Any],
+        payload: Any,
+        *,
+        idempotency_key: str,
+        signal_idempotency_key: str | None = None,
+        tags: Iterable[str] = (),
+        priority: int = 0,
+    ) -> SignalWithStartResult: ...
+
+    async def signal_with_start(
+        self,
+        flow: str | FlowHandle[Any, Any],
+        input: Any,
+        signal: str | Signal[Any],
+        payload: Any,
+        *,
+        idempotency_key: str,
+        signal_idempotency_key: str | None = None,
+        tags: Iterable[str] = (),
+        priority: int = 0,
+    ) -> SignalWithStartResult:
+        """Deliver ``signal`` to the run of ``flow`` (a handle, or a name: its newest version)
+        started with ``idempotency_key``, or start that run with ``input`` and the signal
+        already in its inbox, atomically: concurrent callers with one key start one run, and
+        every signal reaches it.
+
+        ``input`` and ``payload`` are validated before anything is written (the payload
+        against the signal model the flow declares). ``input`` only matters when the run is
+        started: an existing run keeps its own (no ``IDEMPOTENCY_CONFLICT``). A run with that
+        key that has ended is not restarted (its key is taken): the result says ``closed``.
+        ``signal_idempotency_key`` makes the delivery itself idempotent (``duplicate``).
+        Typed with a handle: ``input`` is the flow's input model (or a mapping), and a
+        :class:`~iterflow.Signal` descriptor's ``payload`` its model.
+        """
+        definition = self._flow_of(flow)
+        label, model = (signal.name, signal.model) if isinstance(signal, Signal) else (signal, None)
+        codec.check_text(label, what="signal name", max_chars=200)
+        settings = self.settings
+        if idempotency_key is None:
+            raise InputInvalid(
+                "signal_with_start needs an idempotency_key: the key that finds the run to "
+                "signal (or names the run it starts)"
+            )
+        sig_key = inputs.check_key(signal_idempotency_key, max_chars=settings.max_key_chars)
+        options = StartOptions(idempotency_key=idempotency_key, tags=tags, priority=priority)
+        run = dataclasses.replace(self._new_run(definition, input, options), input_hash=None)
+        model = payload_model(self.registry, definition.name, definition.version, label, model)
+        value = validate_signal_payload(label, model, payload)
+        what = f"signal {label!r} payload"
+        data = codec.encode(value, model, what=what, limit=settings.max_payload_bytes)
+        sender = self._hooks.inject() if self._hooks is not None else None
+        started, result = await self.store.signal_with_start(
+            run,
+            label,
+            data,
+            sig_key,
+            max_signals=settings.max_signals_per_run,
+            meta={TRACE_META_KEY: sender} if sender else None,
+        )
+        if self._hooks is not None:
+            if started.created:
+                self._hooks.start(
+                    StartInfo(started.run_id, definition.name, definition.version, True)
+                )
+            carrier = clean_carrier(run.meta.get(TRACE_META_KEY))
+            self._hooks.signal(
+                SignalInfo(
+                    started.run_id, definition.name, label, result.kind, result.signal_id, carrier
+                )
+            )
+        return SignalWithStartResult(started.run_id, started.created, started.status, result)
+
+    def _flow_of(self, flow: object) -> FlowDef[Any, Any]:
+        """A handle's definition, or the newest registered version of a flow name
+        (``FLOW_UNKNOWN``)."""
+        if isinstance(flow, FlowHandle):
+            return flow.definition
+        if not isinstance(flow, str):
+            raise InputInvalid(f"flow must be a handle or a name, got {type(flow).__name__}")
+        found = self.registry.latest(flow)
+        if found is None:
+            raise FlowUnknown(f"no flow named {codec.shown(flow)} is registered in this process")
+        return found
 
     @overload
     async def signal(
@@ -646,8 +948,14 @@ class Engine:
         else:  # vetted by another version's model, stored as sent (keeping fields it lacks)
             validate_signal_payload(label, model, payload)
             data = codec.encode(payload, what=what, limit=limit)
+        sender = self._hooks.inject() if self._hooks is not None else None
         result = await self.store.deliver_signal(
-            rid, label, data, key, max_signals=self.settings.max_signals_per_run
+            rid,
+            label,
+            data,
+            key,
+            max_signals=self.settings.max_signals_per_run,
+            meta={TRACE_META_KEY: sender} if sender else None,
         )
         if self._hooks is not None:
             carrier = clean_carrier(run.meta.get(TRACE_META_KEY))
@@ -656,20 +964,30 @@ class Engine:
             )
         return result
 
-    async def cancel(self, run_id: uuid.UUID | str, *, reason: str | None = None) -> CancelResult:
+    async def cancel(
+        self, run_id: uuid.UUID | str, *, reason: str | None = None, compensate: bool = False
+    ) -> CancelResult:
         """Cancel a live run and its non-detached live children.
 
         Returns ``canceled``, ``not_found`` or ``already_terminal`` (terminal runs never change).
         An attempt running elsewhere stops at once (async steps get ``CancelledError``) or at its
         next checkpoint at the latest, and writes nothing more; ``result`` raises
         ``RUN_CANCELED``.
+
+        ``compensate=True`` (sagas): the children are canceled, but the run is set ``pending``
+        (``canceling`` is returned); its next attempt replays the body to where it stopped, runs
+        the compensations of its completed steps (``ctx.step(..., compensate=)``) in reverse
+        order, each as a durable step, then ends it ``canceled`` (``RUN_CANCELED`` with a
+        ``compensation`` record in its details), or ``compensation_failed``.
         """
         rid = inputs.run_id(run_id)
         text = "canceled" if reason is None else reason
         codec.check_text(text, what="cancel reason", max_chars=1000)
+        if not isinstance(compensate, bool):
+            raise InputInvalid("compensate must be True or False")
         hooks = self._hooks
-        if hooks is None or not hooks.wants("on_run_finished"):
-            return await self.store.cancel(rid, text)
+        if compensate or hooks is None or not hooks.wants("on_run_finished"):
+            return await self.store.cancel(rid, text, compensate=compensate)
         run = await self.store.get_run(rid)
         result = await self.store.cancel(rid, text)
         if result.kind == "canceled" and run is not None:
@@ -692,9 +1010,13 @@ class Engine:
         """Replay a failed run in place from its failed step (same id; ok steps kept).
 
         A ``parked`` run is woken as it is, to be re-checked against the code deployed now.
-        ``resume=True`` also resumes a ``canceled`` run where it stopped: its whole history is
-        kept (memo rows, pinned timers, consumed signals), the canceled children it still
-        awaits are resumed with it, and it is set ``pending`` (a ``resumed`` event).
+        A ``compensation_failed`` run (sagas) resumes its compensation from the one that failed;
+        a failed run whose compensations all ran replays from its earliest compensated step
+        (those steps were undone).
+        ``resume=True`` also resumes a ``canceled`` run where it stopped (not one whose
+        compensations ran: ``not_failed``): its whole history is kept (memo rows, pinned
+        timers, consumed signals), the canceled children it still awaits are resumed with it,
+        and it is set ``pending`` (a ``resumed`` event).
         """
         rid = inputs.run_id(run_id)
         if not isinstance(resume, bool):
@@ -729,20 +1051,22 @@ class Engine:
         dry_run: bool = False,
         resume: bool = False,
         reason: str | None = None,
+        compensate: bool = False,
         progress: Callable[[int, int], None] | None = None,
         limit: int | None = None,
         **filters: Unpack[RunQuery],
     ) -> BulkResult:
-        """``retry`` (with ``resume``) or ``cancel`` every run the filters select (the keywords
-        of :meth:`list_runs`), oldest first, each run as its single-run call does it; with
-        ``dry_run`` nothing changes and the result says what would be done.
+        """``retry`` (with ``resume``) or ``cancel`` (with ``reason`` and ``compensate``) every
+        run the filters select (the keywords of :meth:`list_runs`), oldest first, each run as
+        its single-run call does it; with ``dry_run`` nothing changes and the result says what
+        would be done.
         ``progress(done, total)`` is called after each run; with ``limit`` it stops after that
         many runs (``BulkResult.more``). Without any filter it is refused (``INPUT_INVALID``):
         acting on every run is never implied."""
         if action not in ("retry", "cancel"):
             raise InputInvalid(f"bulk action must be 'retry' or 'cancel', got {action!r}")
-        if not isinstance(dry_run, bool) or not isinstance(resume, bool):
-            raise InputInvalid("dry_run and resume must be True or False")
+        if not all(isinstance(flag, bool) for flag in (dry_run, resume, compensate)):
+            raise InputInvalid("dry_run, resume and compensate must be True or False")
         if not any(v is not None and v != () and v != [] for v in filters.values()):
             raise InputInvalid(
                 f"bulk {action} needs at least one filter (flow name, status, tag, time window, "
@@ -761,7 +1085,7 @@ class Engine:
 
         async def act(rid: uuid.UUID) -> str:
             if action == "cancel":
-                return (await self.cancel(rid, reason=reason)).kind
+                return (await self.cancel(rid, reason=reason, compensate=compensate)).kind
             return (await self.retry(rid, resume=resume)).kind
 
         return await run_bulk(
@@ -954,11 +1278,29 @@ class Engine:
 
         A cheap, indexed poll (a range of the events' primary key) for dashboards: a run
         changes when it starts, suspends, finishes, is retried, recovered, parked or gets a
-        signal (a claim alone writes no event).
+        signal (a claim alone writes no event: :meth:`claimed_runs` reports claims).
         """
         if since is not None:
             since = inputs.check_cursor(since)
         return await self.store.changes_since(since, inputs.check_limit(limit))
+
+    async def claimed_runs(
+        self, since: datetime | None = None, *, limit: int = 500
+    ) -> tuple[list[uuid.UUID], datetime]:
+        """Runs ``running`` now that were claimed (or wrote a checkpoint) at or after ``since``,
+        by the database's clock, and the ``since`` to pass next; ``since=None`` returns no runs
+        and the current mark. The companion of :meth:`changed_runs` for the transitions a claim
+        makes without an event (``pending`` or waiting to ``running``).
+
+        A cheap read of the running runs only (the live-status index), nothing added to the
+        claim. The mark trails the database's clock by :data:`CLAIM_MARGIN` so that a claim
+        committed after a poll read is not missed: a run may be reported more than once.
+        """
+        if since is not None:
+            since = inputs.check_time(since, what="since")
+        checked = inputs.check_limit(limit)
+        ids, mark = await self.store.running_since(since, checked)
+        return ids, mark if len(ids) >= checked else mark - CLAIM_MARGIN
 
     def on_terminal(self, callback: Callable[[str], None]) -> Callable[[], None]:
         """Call ``callback(run_id)`` (in the event loop) whenever a run reaches a terminal status
@@ -1029,13 +1371,13 @@ class Engine:
         """Delete finished top-level runs that ended more than ``older_than`` ago (``"30d"``),
         with their children and every row of theirs (steps, signals, timers, events).
 
-        ``status``: the terminal statuses to purge (default all: done, failed, canceled; a live
-        status is ``INPUT_INVALID``); ``flow``: one flow's runs only. ``dry_run`` counts what
-        would go and deletes nothing. Live runs are never touched or locked: a run whose
-        detached child is still live stays, and batches skip rows other transactions hold. An
-        idempotency key is free again once its run is purged. Batches are sized and paced by
-        ``Settings.retention`` (or its defaults); ``progress(runs_deleted_so_far)`` is called
-        after each.
+        ``status``: the terminal statuses to purge (default all: done, failed, canceled,
+        compensation_failed; a live status is ``INPUT_INVALID``); ``flow``: one flow's runs
+        only. ``dry_run`` counts what would go and deletes nothing. Live runs are never touched
+        or locked: a run whose detached child is still live stays, and batches skip rows other
+        transactions hold. An idempotency key is free again once its run is purged. Batches are
+        sized and paced by ``Settings.retention`` (or its defaults);
+        ``progress(runs_deleted_so_far)`` is called after each.
         """
         age = parse_duration(older_than)
         statuses = inputs.terminal_statuses(status)
@@ -1101,6 +1443,12 @@ class Engine:
         """One schedule (``SCHEDULE_NOT_FOUND`` if none)."""
         return await self._schedules.get(self._schedule_store, schedule_id)
 
+    @property
+    def declared_schedules(self) -> tuple[ScheduleSpec, ...]:
+        """The schedules declared in code (``@engine.flow(..., schedule=)``) on this engine,
+        by id (the flow's name); a worker start writes them to the database."""
+        return tuple(self._schedules.declared[key] for key in sorted(self._schedules.declared))
+
     async def list_schedules(self) -> list[ScheduleRecord]:
         """Every schedule, by id."""
         return await self._schedule_store.list_schedules()
@@ -1128,9 +1476,19 @@ class Engine:
         """Start one run of the schedule now, as if a tick fell now."""
         return await self._schedules.trigger(self._schedule_store, schedule_id)
 
-    async def backfill(self, schedule_id: str, start: datetime, end: datetime) -> list[StartResult]:
-        """Start the ticks in ``[start, end]``; ticks that already have a run start nothing."""
-        return await self._schedules.backfill(self._schedule_store, schedule_id, start, end)
+    async def backfill(
+        self,
+        schedule_id: str,
+        start: datetime,
+        end: datetime,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[StartResult]:
+        """Start the ticks in ``[start, end]``; ticks that already have a run start nothing.
+        ``progress(done, total)`` is called as batches of ticks are started."""
+        return await self._schedules.backfill(
+            self._schedule_store, schedule_id, start, end, progress=progress
+        )
 
     async def sync_schedules(self) -> None:
         """Write the schedules declared in code (a worker start does it)."""
@@ -1148,16 +1506,27 @@ class Engine:
 
     # -- workers ------------------------------------------------------------------------------
 
-    async def listen(self, *, concurrency: int = 4) -> None:
+    async def listen(
+        self,
+        *,
+        concurrency: int = 4,
+        queues: Sequence[str] | None = None,
+        flows: Sequence[str] | None = None,
+    ) -> None:
         """Start an in-process worker in the background; it stops when the engine closes.
+        ``queues`` and ``flows`` choose what it serves, as for :meth:`run_worker`.
 
         Raises ``SCHEMA_MISSING`` (or ``DATABASE_UNAVAILABLE``) here rather than in a background
         task nobody awaits; a worker task that dies later is logged at ERROR with its cause.
         """
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigInvalid("concurrency must be an integer of at least 1")
+        self.registry.serving(queues, flows)  # CONFIG_INVALID here, not in the task
         await self.store.get_run(uuid.UUID(int=0))  # the tables are there and reachable
-        task = asyncio.create_task(self.run_worker(concurrency=concurrency), name="iterflow-worker")
+        task = asyncio.create_task(
+            self.run_worker(concurrency=concurrency, queues=queues, flows=flows),
+            name="iterflow-worker",
+        )
         task.add_done_callback(_log_worker_death)
         self._worker_tasks.append(task)
         await asyncio.sleep(0)
@@ -1182,33 +1551,77 @@ class Engine:
                 busy = True
         return attempts
 
-    async def run_worker(self, *, concurrency: int = 4) -> None:
-        """Run a procrastinate worker executing wake-ups until cancelled."""
+    async def run_worker(
+        self,
+        *,
+        concurrency: int = 4,
+        queues: Sequence[str] | None = None,
+        flows: Sequence[str] | None = None,
+    ) -> None:
+        """Run a procrastinate worker executing wake-ups until cancelled.
+
+        It serves the registered flow versions in ``queues`` (their ``queue=``; None: every
+        queue) and named in ``flows`` (None: all): it fetches only their wake-ups, so the runs
+        of any other flow version wait for a worker that serves them (``CONFIG_INVALID`` for a
+        flow name not registered here). Flow versions registered later are served as they are
+        registered."""
         if concurrency < 1:
             raise ConfigInvalid("concurrency must be at least 1")
-        await self.sync_schedules()
-        names = sorted({f.name for f in self.registry.all()})
-        if requeued := await self.store.requeue_parked(names):  # re-check them on this code
-            logger.info("re-checking %d parked run(s) on the flows of this worker", requeued)
-        info = worker_info(self.worker.owner, self.registry, self.settings.queue_name)
-        async with registered(cast(WorkerStore, self.store), info):  # flowctl workers
-            if self._memory is not None:
-                while True:  # the in-memory store has its own in-process queue
-                    await self.drain()
-                    await asyncio.sleep(0.01)
-            if self._listener is not None:
-                await self._listener.start()  # cancel notifications must reach running attempts
-            await run_procrastinate(
-                self.worker,
-                self.settings,
-                self.database_url,
-                reconcile=self.reconcile,
-                sweep_schedules=self.sweep_schedules,
-                sweep_retention=functools.partial(
-                    self.sweep_retention, budget_seconds=stale_worker_seconds(self.settings) / 2
-                ),
-                concurrency=concurrency,
-            )
+        self.worker.serve(queues, flows)
+        served = self.registry.serving(queues, flows)
+        if self._memory is None:  # starts here are claimed at once (runtime/eager.py)
+            self._eager.open(concurrency)
+        try:
+            await self.sync_schedules()
+            names = sorted({f.name for f in served})
+            if requeued := await self.store.requeue_parked(names):  # re-check them on this code
+                logger.info("re-checking %d parked run(s) on the flows of this worker", requeued)
+        except BaseException:
+            await self._eager.close()
+            raise
+
+        def info() -> WorkerInfo:
+            now = self.registry.serving(queues, flows)
+            return worker_info(self.worker.owner, now, sorted({f.queue for f in now}))
+
+        def flow_queues() -> list[str]:
+            base = self.settings.queue_name
+            served = self.registry.serving(queues, flows)
+            return [flow_queue(base, f.name, f.version) for f in served]
+
+        loop = asyncio.get_running_loop()
+        listed, rerouted = asyncio.Event(), asyncio.Event()
+
+        def on_register() -> None:  # a flow version registered while this worker runs
+            loop.call_soon_threadsafe(listed.set)
+            loop.call_soon_threadsafe(rerouted.set)
+
+        unwatch = self.registry.watch(on_register)
+        try:
+            async with registered(cast(WorkerStore, self.store), info, changed=listed):
+                if self._memory is not None:
+                    while True:  # the in-memory store has its own in-process queue
+                        await self.drain()
+                        await asyncio.sleep(0.01)
+                if self._listener is not None:
+                    await self._listener.start()  # cancel notifications reach running attempts
+                await run_procrastinate(
+                    self.worker,
+                    self.settings,
+                    self.database_url,
+                    reconcile=self.reconcile,
+                    sweep_schedules=self.sweep_schedules,
+                    sweep_retention=functools.partial(
+                        self.sweep_retention,
+                        budget_seconds=stale_worker_seconds(self.settings) / 2,
+                    ),
+                    concurrency=concurrency,
+                    queues=flow_queues,
+                    rerouted=rerouted,
+                )
+        finally:
+            unwatch()
+            await self._eager.close()
 
 
 def _hook_failed(hook: Hook, event: str, exc: Exception) -> None:

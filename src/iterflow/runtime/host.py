@@ -8,11 +8,13 @@ owns retries and timers). The reconciler is a periodic task deduplicated across 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
+import select
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from iterflow.core.errors import FlowError
@@ -43,8 +45,16 @@ async def run_procrastinate(
     sweep_schedules: Callable[[], Awaitable[object]] | None = None,
     sweep_retention: Callable[[], Awaitable[object]] | None = None,
     concurrency: int,
+    queues: Callable[[], Sequence[str]],
+    rerouted: asyncio.Event | None = None,
 ) -> None:
-    """Run procrastinate's worker on this engine's queue until cancelled.
+    """Run procrastinate's worker on this engine's queue and ``queues()`` (those of the flow
+    versions this worker serves, ``iterflow.store.outbox.flow_queue``) until cancelled.
+
+    When ``rerouted`` is set (a flow version was registered since), ``queues()`` is read again;
+    if it changed, a worker on the new list starts and the previous one stops as on shutdown
+    (it finishes its running attempts, those still running after 5 s are cancelled and
+    recovered from their leases).
 
     Only cancellation ends it. procrastinate's worker loop stops (or raises) when its fetch or
     LISTEN connection loses the database, e.g. during a PostgreSQL restart (procrastinate issue
@@ -53,20 +63,25 @@ async def run_procrastinate(
     app = _procrastinate_app(
         worker, settings, database_url, reconcile, concurrency, sweep_schedules, sweep_retention
     )
+    options: dict[str, Any] = {
+        "concurrency": concurrency,
+        "wait": True,
+        "fetch_job_polling_interval": settings.worker_poll_interval,
+        "install_signal_handlers": False,
+        "delete_jobs": "successful",
+        "shutdown_graceful_timeout": 5.0,
+        "update_heartbeat_interval": _heartbeat_seconds(settings),
+    }
     failures = 0
     while True:
         started = time.monotonic()
         try:
             async with app.open_async():
-                await app.run_worker_async(
-                    queues=[settings.queue_name],
-                    concurrency=concurrency,
-                    wait=True,
-                    fetch_job_polling_interval=settings.worker_poll_interval,
-                    install_signal_handlers=False,
-                    delete_jobs="successful",
-                    shutdown_graceful_timeout=5.0,
-                    update_heartbeat_interval=_heartbeat_seconds(settings),
+                await _serve(
+                    lambda: [settings.queue_name, *queues()],
+                    rerouted or asyncio.Event(),
+                    app.run_worker_async,
+                    options,
                 )
             reason = "it stopped on its own"
         except Exception as exc:
@@ -77,6 +92,47 @@ async def run_procrastinate(
         delay = min(30.0, 0.5 * 2 ** min(failures - 1, 6)) * (0.5 + random.random() / 2)
         logger.warning("procrastinate worker stopped (%s); restarting it in %.1fs", reason, delay)
         await asyncio.sleep(delay)
+
+
+async def _serve(
+    queues: Callable[[], list[str]],
+    rerouted: asyncio.Event,
+    run_worker: Callable[..., Coroutine[Any, Any, None]],
+    options: dict[str, Any],
+) -> None:
+    """Run ``run_worker(queues=queues(), **options)``, replaced by one on the new queues each
+    time ``rerouted`` is set and ``queues()`` changed; return (or raise) when it stops on its
+    own."""
+    current = queues()
+    task = asyncio.create_task(run_worker(queues=current, **options))
+    retiring: set[asyncio.Task[None]] = set()
+    waiter = asyncio.ensure_future(rerouted.wait())
+    try:
+        while True:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                task.result()  # raises what stopped it
+                return
+            rerouted.clear()
+            waiter = asyncio.ensure_future(rerouted.wait())
+            if (fresh := queues()) == current:
+                continue
+            logger.info("flow versions registered: worker now on queues %s", ", ".join(fresh))
+            task.cancel()  # procrastinate stops it gracefully (see run_procrastinate)
+            retiring.add(task)
+            task.add_done_callback(functools.partial(_retired, retiring))
+            current = fresh
+            task = asyncio.create_task(run_worker(queues=current, **options))
+    finally:  # the replaced ones are stopping already: cancelling again would cut it short
+        waiter.cancel()
+        task.cancel()
+        await asyncio.gather(waiter, task, *retiring, return_exceptions=True)
+
+
+def _retired(retiring: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
+    retiring.discard(task)
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.warning("the replaced procrastinate worker stopped: %s: %s", type(exc).__name__, exc)
 
 
 def reconcile_cron(every_seconds: int) -> str:
@@ -111,7 +167,10 @@ def _procrastinate_app(
 
     app = procrastinate.App(
         connector=procrastinate.PsycopgConnector(
-            conninfo=libpq_url(database_url), min_size=1, max_size=concurrency + 2
+            conninfo=libpq_url(database_url),
+            min_size=1,
+            max_size=concurrency + 2,
+            pool_factory=_pool,
         )
     )
 
@@ -168,6 +227,36 @@ def _procrastinate_app(
                 logger.warning("retention sweep failed: %s", exc)
 
     return app
+
+
+def _pool(**options: Any) -> Any:
+    """procrastinate's psycopg pool, its checkout check replaced by :func:`_check_idle`."""
+    import psycopg_pool
+
+    return psycopg_pool.AsyncConnectionPool(**{**options, "check": _check_idle})
+
+
+async def _check_idle(conn: Any) -> None:
+    """Checkout check of procrastinate's pool without a round trip per checkout.
+
+    procrastinate installs psycopg_pool's ``check_connection`` (an empty query, a round trip
+    per checkout: two per wake-up, the largest item of its fetch and finish under load). A
+    connection waiting in the pool has nothing to read; one the server closed (a restart,
+    ``idle_session_timeout``, a terminated backend) has its socket readable (EOF or the
+    server's error message). Only then, or when it is already closed, run the full check,
+    which raises and makes the pool replace the connection, as before.
+    """
+    import psycopg_pool
+
+    if conn.closed or _readable(conn.pgconn.socket):
+        await psycopg_pool.AsyncConnectionPool.check_connection(conn)
+
+
+def _readable(fd: int) -> bool:
+    """Whether ``fd`` has something to read now (``poll``: no ``FD_SETSIZE`` limit)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _heartbeat_seconds(settings: Settings) -> float:

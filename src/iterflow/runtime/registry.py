@@ -13,9 +13,10 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
 
-from iterflow.core.definition import Registry
+from iterflow.core.definition import FlowDef
 from iterflow.core.errors import FlowError
 from iterflow.core.models import WorkerInfo
 from iterflow.store.base import WorkerStore
@@ -30,29 +31,43 @@ WORKER_STALE_SECONDS = 3 * WORKER_HEARTBEAT_SECONDS
 logger = logging.getLogger(__name__)
 
 
-def worker_info(owner: str, registry: Registry, queue: str) -> WorkerInfo:
-    """This process's registration: its lease owner as id, the ``name@version`` it runs."""
+def worker_info(
+    owner: str, flows: Iterable[FlowDef[Any, Any]], queues: Iterable[str]
+) -> WorkerInfo:
+    """This process's registration: its lease owner as id, the ``name@version`` it serves and
+    the flow queues they are in."""
     return WorkerInfo(
         id=owner,
         host=socket.gethostname(),
         pid=os.getpid(),
-        flows=tuple(sorted(f.key for f in registry.all())),
-        queues=(queue,),
+        flows=tuple(sorted(f.key for f in flows)),
+        queues=tuple(queues),
     )
 
 
 @contextlib.asynccontextmanager
 async def registered(
-    store: WorkerStore, info: WorkerInfo, *, every: float = WORKER_HEARTBEAT_SECONDS
+    store: WorkerStore,
+    info: Callable[[], WorkerInfo],
+    *,
+    every: float = WORKER_HEARTBEAT_SECONDS,
+    changed: asyncio.Event | None = None,
 ) -> AsyncIterator[None]:
-    """Keep ``info`` registered while the block runs (heartbeat every ``every`` seconds)."""
-    await store.register_worker(info)
+    """Keep ``info()`` registered while the block runs: a heartbeat every ``every`` seconds,
+    and at once when ``changed`` is set (the worker serves new flow versions)."""
+    first = info()
+    await store.register_worker(first)
 
     async def heartbeat() -> None:
         while True:
-            await asyncio.sleep(every)
+            if changed is None:
+                await asyncio.sleep(every)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), every)
+                changed.clear()
             try:
-                await store.register_worker(info)
+                await store.register_worker(info())
             except Exception as exc:  # the database is away: the next beat tries again
                 logger.warning("worker heartbeat failed: %s", exc)
 
@@ -64,6 +79,6 @@ async def registered(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         try:
-            await store.remove_worker(info.id)
+            await store.remove_worker(first.id)
         except FlowError as exc:  # it will be listed as stale, then pruned
-            logger.warning("could not unregister worker %s: %s", info.id, exc)
+            logger.warning("could not unregister worker %s: %s", first.id, exc)

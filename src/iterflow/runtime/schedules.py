@@ -37,7 +37,10 @@ from iterflow.core.settings import Settings
 from iterflow.runtime.scheduler import resolve_flow, scheduled_start
 from iterflow.store.base import ScheduleStore
 
-__all__ = ["Schedules"]
+__all__ = ["BACKFILL_BATCH", "Schedules"]
+
+#: Ticks a backfill starts per transaction (progress is reported after each batch).
+BACKFILL_BATCH = 100
 
 _PAUSES = ("paused", "resumed", "removed_from_code")
 
@@ -190,16 +193,29 @@ class Schedules:
         return result
 
     async def backfill(
-        self, store: ScheduleStore, schedule_id: str, start: datetime, end: datetime
+        self,
+        store: ScheduleStore,
+        schedule_id: str,
+        start: datetime,
+        end: datetime,
+        *,
+        progress: Callable[[int, int], None] | None = None,
     ) -> list[StartResult]:
         """Start every tick in ``[start, end]`` with the sweep's idempotency keys: ticks that
-        already ran (or were backfilled) start nothing new."""
+        already ran (or were backfilled) start nothing new. The ticks are started
+        :data:`BACKFILL_BATCH` per transaction, ``progress(done, total)`` told after each."""
         record = await self.get(store, schedule_id)
         spec = record.spec
         ticks = backfill_ticks(parse_schedule(spec.cron, spec.tz), start, end)
         flow = self._flow(spec)
         starts = [scheduled_start(spec, flow, t, self._settings_of(), jitter=False) for t in ticks]
-        return await store.start_scheduled(schedule_id, starts, event="backfilled")
+        results: list[StartResult] = []
+        for i in range(0, len(starts), BACKFILL_BATCH):
+            batch = starts[i : i + BACKFILL_BATCH]
+            results += await store.start_scheduled(schedule_id, batch, event="backfilled")
+            if progress is not None:
+                progress(len(results), len(starts))
+        return results
 
 
 async def _last_pause(store: ScheduleStore, schedule_id: str) -> str | None:

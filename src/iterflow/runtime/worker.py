@@ -20,7 +20,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,7 +32,7 @@ from iterflow.core.errors import (
     DataRejected,
     Drifted,
     FlowError,
-    FlowUnknown,
+    Halted,
     InputInvalid,
     LeaseLost,
     RunAttemptsExhausted,
@@ -50,7 +50,8 @@ from iterflow.core.hooks import (
     wait_reason,
 )
 from iterflow.core.keys import WAITING_RECOVERY
-from iterflow.core.models import RunRecord, RunStatus, SuspendPlan
+from iterflow.core.limits import Gate
+from iterflow.core.models import RunRecord, RunStatus, SignalRecord, SuspendPlan
 from iterflow.core.settings import Settings
 from iterflow.runtime.context import FlowContext
 from iterflow.runtime.executor import keep_traceback
@@ -95,12 +96,51 @@ class Worker:
         self._clock = clock
         #: The engine's hooks (None when none is installed: the hot path tests only this).
         self.hooks = hooks
+        self._serving: tuple[Sequence[str] | None, Sequence[str] | None] = (None, None)
+        self._gate: Gate | None = None
+        self._gate_size = 0
+
+    def serve(
+        self, queues: Sequence[str] | None = None, flows: Sequence[str] | None = None
+    ) -> None:
+        """Claim only the flow versions in ``queues`` and named in ``flows`` (None: all of those
+        registered; ``CONFIG_INVALID`` for an unknown flow name)."""
+        self.registry.serving(queues, flows)  # validates the names now
+        self._serving = (queues, flows)
+        self._gate = None
+
+    @property
+    def gate(self) -> Gate:
+        """What this worker claims (:class:`~iterflow.core.limits.Gate`): the registered flow
+        versions it serves and their limits; runs of any other version stay queued."""
+        size = len(self.registry.all())
+        if self._gate is None or self._gate_size != size:  # flows registered since
+            self._gate, self._gate_size = self.registry.gate(*self._serving), size
+        return self._gate
 
     async def advance(self, run_id: uuid.UUID) -> AttemptOutcome:
         """Make one attempt on ``run_id``; return what happened (for logs and tests)."""
-        claim = await self.store.claim(run_id, self.owner, self.settings.lease_seconds)
+        gate = self.gate
+        claim = await self.store.claim(run_id, self.owner, self.settings.lease_seconds, gate)
         if claim is None:
             return AttemptOutcome.SKIPPED
+        try:
+            return await self._advance(claim)
+        finally:  # its slot is free: wake the held runs of its flow and key there is room for
+            run = claim.run
+            limits = None if run.limit_key is None else gate.limits_of(run.name, run.version)
+            if limits is not None and run.limit_key is not None:
+                with contextlib.suppress(FlowError):
+                    await self.store.release_limit(run.name, run.limit_key, limits)
+
+    async def attempt(self, claim: Claim) -> AttemptOutcome:
+        """Make the attempt of a claim taken elsewhere: the run :meth:`Store.start_claimed
+        <iterflow.store.base.Store.start_claimed>` created already claimed by this worker
+        (no flow-control limit, so no slot to release)."""
+        return await self._advance(claim)
+
+    async def _advance(self, claim: Claim) -> AttemptOutcome:
+        run_id = claim.run.id
         if claim.run.waiting_for == WAITING_RECOVERY:
             last = claim.history[-1].cursor_key if claim.history else "-"
             logger.warning(
@@ -152,20 +192,8 @@ class Worker:
             self._failed(run, err.to_dict(), None)
             return AttemptOutcome.FAILED
         flow = self.registry.get(run.name, run.version)
-        if flow is None:
-            latest = self.registry.latest(run.name)
-            hint = f" (registered: {latest.key})" if latest else ""
-            err2 = FlowUnknown(
-                f"flow {run.name}@{run.version} is not registered in this worker{hint}; deploy "
-                "a worker that registers it, then engine.retry(run_id)",
-                details={"name": run.name, "version": run.version},
-            )
-            if latest is not None and latest.drift_policy == "park":  # policy of the flow name
-                await self.store.park(lease, err2.to_dict())
-                return AttemptOutcome.PARKED
-            await self.store.fail_unclaimed(lease, err2.to_dict())
-            self._failed(run, err2.to_dict(), None)
-            return AttemptOutcome.FAILED
+        if flow is None:  # pragma: no cover - the gate claims registered versions only
+            raise AssertionError(f"claimed {run.name}@{run.version}, which is not registered")
         try:
             value = flow.validate_input(run.input)
         except InputInvalid as exc:
@@ -206,20 +234,31 @@ class Worker:
     ) -> AttemptOutcome:
         """Run the body, classify how it ended, and write that end."""
         result: Any = None
-        raised: Suspended | Drifted | Aborted | LeaseLost | Exception | None = None
+        raised: Suspended | Drifted | Aborted | Halted | LeaseLost | Exception | None = None
         canceled = False
         try:
-            result = await self._body_unless_canceled(flow, ctx, value, claim, lost)
+            result = await self._body_unless_canceled(flow.body(ctx, value), claim, lost)
             ctx.check_complete()
         except _CanceledElsewhere:
             canceled = True
         except _DeadlinePassed:
             return await self._expire(claim)
-        except (Suspended, Drifted, Aborted, LeaseLost, Exception) as exc:
+        except (Suspended, Drifted, Aborted, Halted, LeaseLost, Exception) as exc:
             raised = exc
         end = decisions.classify_attempt(
-            raised, ctx.interrupted, drift_policy=flow.drift_policy, canceled=canceled
+            raised,
+            ctx.interrupted,
+            drift_policy=flow.drift_policy,
+            canceled=canceled,
+            halting=ctx.cancel is not None,
         )
+        if isinstance(end, decisions.EndHalted) or (
+            isinstance(end, decisions.EndFailed) and ctx.compensations
+        ):
+            compensated = await self._compensate(flow, ctx, claim, lost, end)
+            if compensated is None:
+                return await self._expire(claim)
+            end = compensated
         lease = claim.lease
         run = claim.run
         match end:
@@ -241,11 +280,46 @@ class Worker:
                 data = error.to_dict()
                 await self.store.finish(lease, RunStatus.FAILED, None, data)
                 self._failed(run, data, ctx.failed_step or _step_of(error))
+            case decisions.EndCompensated(status=status, error=data):
+                await self.store.finish(lease, status, None, data)
+                self._failed(run, data, ctx.failed_step, status)
             case decisions.EndAborted(error=error):
                 await self._abort(lease, error, claim, clock())
             case decisions.EndLeaseLost():
                 raise LeaseLost(lease.run_id)
         return end.outcome
+
+    async def _compensate(
+        self,
+        flow: FlowDef[Any, Any],
+        ctx: FlowContext,
+        claim: Claim,
+        lost: asyncio.Event,
+        end: decisions.EndHalted | decisions.EndFailed,
+    ) -> decisions.AttemptEnd | None:
+        """Run the compensation phase (the body failed, or halted for a pending
+        ``cancel(compensate=True)``) under the same cancel/lease/deadline watch as the body;
+        return how the attempt ends (None: the deadline passed meanwhile)."""
+        if isinstance(end, decisions.EndFailed):
+            keep_traceback(end.error, end.error.__cause__ or end.error)
+            original = end.error.to_dict()
+        else:
+            original = decisions.canceled_error(ctx.cancel.reason if ctx.cancel else "canceled")
+        raised: Suspended | Drifted | Aborted | LeaseLost | Exception | None = None
+        try:
+            outcome = await self._body_unless_canceled(ctx.compensate(), claim, lost)
+        except _CanceledElsewhere:
+            return decisions.EndCanceled()
+        except _DeadlinePassed:
+            return None
+        except (Suspended, Drifted, Aborted, LeaseLost, Exception) as exc:
+            raised = exc
+        if raised is not None:
+            return decisions.classify_attempt(
+                raised, ctx.interrupted, drift_policy=flow.drift_policy
+            )
+        canceled = isinstance(end, decisions.EndHalted)
+        return decisions.compensated_end(original, outcome, canceled=canceled)
 
     async def _finish(
         self, flow: FlowDef[Any, Any], lease: Lease, result: Any, run: RunRecord
@@ -283,10 +357,18 @@ class Worker:
         self._failed(run, error, None)
         return AttemptOutcome.FAILED
 
-    def _failed(self, run: RunRecord, error: dict[str, Any], step: str | None) -> None:
-        """Log a failed run at WARNING and tell the hooks."""
+    def _failed(
+        self,
+        run: RunRecord,
+        error: dict[str, Any],
+        step: str | None,
+        status: RunStatus = RunStatus.FAILED,
+    ) -> None:
+        """Log a failed run at WARNING and tell the hooks (``status``: ``failed``, or how a run
+        with compensations ended)."""
         logger.warning(
-            "run failed: run=%s flow=%s step=%s error=[%s] %s",
+            "run %s: run=%s flow=%s step=%s error=[%s] %s",
+            status.value,
             run.id,
             run.name,
             step or "-",
@@ -296,24 +378,17 @@ class Worker:
         )
         if self.hooks is not None:
             self.hooks.run_finished(
-                RunFinishedInfo(
-                    run.id, run.name, run.version, RunStatus.FAILED, error, run.parent_run_id
-                )
+                RunFinishedInfo(run.id, run.name, run.version, status, error, run.parent_run_id)
             )
 
     async def _body_unless_canceled(
-        self,
-        flow: FlowDef[Any, Any],
-        ctx: FlowContext,
-        value: Any,
-        claim: Claim,
-        lost: asyncio.Event,
+        self, work: Awaitable[Any], claim: Claim, lost: asyncio.Event
     ) -> Any:
         """Run the body; if the run is canceled (terminal NOTIFY) or the lease is lost (renewal
         refused) meanwhile, cancel the body task — an async step in progress receives
         ``CancelledError`` — and stop without writing anything. At the run's deadline, stop it
         the same way and raise ``_DeadlinePassed``."""
-        body = asyncio.ensure_future(flow.body(ctx, value))
+        body = asyncio.ensure_future(work)
         event, unsubscribe = self._watch(claim.run.id) if self._watch else (lost, _noop)
         deadline = _deadline_timer(claim)
         try:
@@ -420,12 +495,26 @@ def _drifted(run: RunRecord, error: FlowError, then: str) -> None:
 def _attempt_info(claim: Claim) -> AttemptInfo:
     run = claim.run
     now = claim.db_now
-    due = run.wake_at if run.wake_at is not None else (run.created_at if run.claims == 1 else None)
     reason = wait_reason(run.waiting_for)
     waited = keys.parse_waiting_for(run.waiting_for) if run.waiting_for and reason else None
-    if waited is not None and waited.kind is keys.WaitKind.SIGNAL:  # due when the signal came
-        came = [s.received_at for s in claim.inbox if s.name == waited.ref]
-        due = min(came) if came else due
+    # When the run was due: when the awaited signal came or child ended, else its wake-up time
+    # (a sleep, a retry backoff, an outage, a signal's timeout), else its start for a first
+    # attempt; never before it became claimable (``ready_at``: when it suspended, or the retry,
+    # resume, unpark or recovery that set it pending, which alone count when nothing else does:
+    # a recovered run's ``waiting_for`` and ``wake_at`` are those of its crashed attempt).
+    came: datetime | None = None
+    woken_by: SignalRecord | None = None
+    if waited is not None and waited.kind is keys.WaitKind.SIGNAL:
+        woken_by = min((s for s in claim.inbox if s.name == waited.ref), key=_id, default=None)
+        came = None if woken_by is None else woken_by.received_at
+    elif waited is not None and waited.kind is keys.WaitKind.CHILD:
+        # the first child to end while the run waited (one that ended before did not wake it)
+        since = claim.ready_at or run.created_at
+        ended = (c.finished_at for c in claim.children.values() if c.finished_at)
+        came = min((t for t in ended if t >= since), default=None)
+    first = run.created_at if run.claims == 1 else None
+    dues = (came or run.wake_at or first, claim.ready_at)
+    due = max((t for t in dues if t is not None), default=None)
     return AttemptInfo(
         run_id=run.id,
         flow=run.name,
@@ -438,7 +527,13 @@ def _attempt_info(claim: Claim) -> AttemptInfo:
         resumed_reason=reason,
         queue_lag=now - due if due is not None and due <= now else None,
         claimed_at=now,
+        signal_id=None if woken_by is None else woken_by.id,
+        signal_carrier={} if woken_by is None else clean_carrier(woken_by.meta.get(TRACE_META_KEY)),
     )
+
+
+def _id(signal: SignalRecord) -> int:
+    return signal.id
 
 
 def _suspend_info(run: RunRecord, plan: SuspendPlan) -> SuspendInfo:

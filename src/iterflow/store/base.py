@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from iterflow.core.errors import IdempotencyConflict, SignalLimitExceeded
+from iterflow.core.limits import Gate, Limits
 from iterflow.core.models import (
     CancelResult,
     ChildRecord,
@@ -88,6 +89,10 @@ class Claim:
     inbox: Sequence[SignalRecord]
     db_now: datetime
     children: Mapping[str, ChildRecord] = field(default_factory=dict)
+    #: When the run last became claimable by a transition of its own, read before this claim:
+    #: its ``updated_at`` (its start, or the retry, resume, unpark or recovery that set it
+    #: pending), or for a ``running`` run whose lease expired, that expiry.
+    ready_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +123,65 @@ class Store(Protocol):
         transaction), so the run's ``wake_at`` is exactly ``created_at + delay``. With ``conn``,
         join the caller's transaction. An existing idempotency key returns the existing run with
         ``created=False`` and writes nothing; an existing run id is ``DATA_REJECTED``.
+
+        With ``run.run_key`` (:mod:`iterflow.core.debounce`), the starts of one (flow, key) are
+        serialized; a ``debounce`` start joins the key's debounced run of its flow version no
+        worker has begun (its input and limit key replaced for ``"last"``, its due time and
+        queued wake-up moved to ``now + delay``)
+        and a ``singleton`` start returns the key's live run, both with ``created=False``.
         """
         ...
 
-    async def claim(self, run_id: uuid.UUID, owner: str, lease_seconds: float) -> Claim | None:
-        """Take the run if it is resumable (or running with an expired lease)."""
+    async def create_runs(self, runs: Sequence[NewRun], *, conn: Any = None) -> list[StartResult]:
+        """:meth:`create_run` for each run, in order, in **one** transaction (``publish``):
+        all of them or, on any refusal (``IDEMPOTENCY_CONFLICT``, ``DATA_REJECTED``), none.
+        With ``conn`` it runs in a savepoint of the caller's transaction."""
+        ...
+
+    async def signal_with_start(
+        self,
+        run: NewRun,
+        name: str,
+        payload: Any,
+        signal_key: str | None,
+        *,
+        max_signals: int,
+        meta: Mapping[str, Any] | None = None,
+    ) -> tuple[StartResult, SignalResult]:
+        """Start ``run`` (or find the run its idempotency key names already) and deliver signal
+        ``name`` to it as :meth:`deliver_signal` does, in one transaction: a run started now has
+        it ``buffered``. Concurrent callers with one key start one run and each signal reaches
+        it."""
+        ...
+
+    async def start_claimed(
+        self, run: NewRun, owner: str, lease_seconds: float
+    ) -> tuple[StartResult, Claim | None]:
+        """:meth:`create_run` and the run's first :meth:`claim` by ``owner`` in **one**
+        transaction, for a plain start (no ``conn``, run key, delay or limit key: the caller
+        checks): the run is written ``running`` under a fresh lease, with its ``started`` event
+        and **no** wake-up; the caller makes the attempt at once. If the caller dies first, the
+        lease expires and the reconciler recovers the run like any other expired lease.
+        An existing idempotency key returns that run with no claim and writes nothing."""
+        ...
+
+    async def claim(
+        self, run_id: uuid.UUID, owner: str, lease_seconds: float, gate: Gate | None = None
+    ) -> Claim | None:
+        """Take the run if it is resumable (or running with an expired lease), and ``gate``
+        (None: any flow, no limits) serves its flow version and admits it
+        (:func:`iterflow.core.limits.admit`, counted across every worker).
+
+        None, changing nothing, for a run that is not claimable or whose flow version the gate
+        does not serve (a run in the engine's base queue moves to its flow version's queue). A
+        limited run not admitted is **held**: ``held`` records why, no wake-up stays queued, and
+        the first held runs of its flow and key are woken as the decision says."""
+        ...
+
+    async def release_limit(self, name: str, key: str, limits: Limits) -> int:
+        """After an attempt of a run limited under (``name``, ``key``) ended: wake the held runs
+        of that key there is room for now (:func:`iterflow.core.limits.release`), or the first
+        in line when the rate window frees. Returns how many were woken."""
         ...
 
     async def renew(self, lease: Lease) -> None:
@@ -168,7 +227,8 @@ class Store(Protocol):
     ) -> None:
         """Terminal write: status, output or error, event and NOTIFY in one transaction.
 
-        ``status`` is ``done`` or ``failed`` (``ValueError`` otherwise: a cancel is written by
+        ``status`` is ``done`` or ``failed``, or, after compensations, ``canceled`` or
+        ``compensation_failed`` (``ValueError`` otherwise: a plain cancel is written by
         :meth:`cancel`)."""
         ...
 
@@ -194,8 +254,10 @@ class Store(Protocol):
         idempotency_key: str | None,
         *,
         max_signals: int,
+        meta: Mapping[str, Any] | None = None,
     ) -> SignalResult:
-        """Put a signal in the run's inbox, waking the run if it waits for it.
+        """Put a signal in the run's inbox, waking the run if it waits for it. ``meta`` (what the
+        hooks injected where it was sent) is stored with it (:attr:`SignalRecord.meta`).
 
         ``duplicate`` if the key was delivered to this run before (even once the run is
         terminal), ``closed`` for a new key on a terminal run; ``SIGNAL_LIMIT_EXCEEDED`` if the
@@ -203,13 +265,22 @@ class Store(Protocol):
         """
         ...
 
-    async def cancel(self, run_id: uuid.UUID, reason: str) -> CancelResult:
-        """Cancel a live run and its non-detached live descendants in one transaction."""
+    async def cancel(
+        self, run_id: uuid.UUID, reason: str, *, compensate: bool = False
+    ) -> CancelResult:
+        """Cancel a live run and its non-detached live descendants in one transaction.
+
+        ``compensate=True``: the descendants are canceled, but the run itself is set
+        ``pending`` with the request in ``meta`` (:func:`~iterflow.core.decisions.cancel_meta`),
+        its lease cleared (an attempt in flight is fenced), a ``cancel_requested`` event and a
+        wake-up: its next attempt runs its compensations and ends it ``canceled``
+        (``canceling``)."""
         ...
 
     async def retry(self, run_id: uuid.UUID) -> RetryResult:
-        """Reset a failed run so it replays from its failed step; a parked run is only set
-        ``pending`` and woken (nothing of its history is removed)."""
+        """Reset a failed (or ``compensation_failed``) run so it replays from its failed step
+        (:func:`~iterflow.core.decisions.retry_cut`); a parked run is only set ``pending`` and
+        woken (nothing of its history is removed)."""
         ...
 
     async def resume(self, run_id: uuid.UUID) -> RetryResult:
@@ -217,7 +288,8 @@ class Store(Protocol):
         consumed signals), resume its canceled children whose invoke has no memo
         (:func:`~iterflow.core.decisions.resume_children`), record a ``resumed`` event and wake
         it, in one transaction. ``missing``, or ``not_failed`` with the status of a run that is
-        not canceled (nothing changes)."""
+        not canceled, or was canceled after its compensations ran (its completed steps were
+        undone: nothing to resume; nothing changes)."""
         ...
 
     async def fork(
@@ -294,6 +366,15 @@ class Store(Protocol):
         """Runs with an event after the change token ``since`` (an events id), oldest change
         first (each run once, with its status now), and the token to pass next. ``since=None``
         returns no runs and the current token."""
+        ...
+
+    async def running_since(
+        self, since: datetime | None, limit: int
+    ) -> tuple[list[uuid.UUID], datetime]:
+        """Runs ``running`` now whose row was written at or after ``since`` (a claim, which
+        writes no event, or a checkpoint), oldest write first, and the mark to pass next: the
+        database's clock now, or the last run's write time when ``limit`` cut the list.
+        ``since=None`` returns no runs and the database's clock."""
         ...
 
     async def pending_wake(self, run_id: uuid.UUID) -> WakeUp | None:

@@ -1,8 +1,8 @@
 """The PostgreSQL store's plumbing: hot-connection reuse and driver-error mapping.
 
-* :class:`HotConnections` runs one statement as its own transaction on a pooled asyncpg
-  connection, without SQLAlchemy's execution layer, and keeps a few connections checked out
-  between statements (``HOT_IDLE``).
+* :class:`HotConnections` runs one statement as its own transaction (or a few in one
+  transaction) on a pooled asyncpg connection, without SQLAlchemy's execution layer, and keeps a
+  few connections checked out between statements (``HOT_IDLE``).
 * :func:`map_error` turns a driver or pool failure into the stable error of the store boundary:
   data PostgreSQL refuses (SQLSTATE class 22/23) into
   :class:`~iterflow.core.errors.DataRejected`, missing tables into
@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "DATA_REFUSED",
     "HOT_IDLE",
     "SESSION_SAFE",
+    "Fetch",
     "HotConnections",
     "Row",
     "execute_on",
@@ -47,6 +48,8 @@ __all__ = [
 ]
 
 Row = Mapping[Any, Any]
+#: Runs one statement in a :meth:`HotConnections.transaction` and returns its first row.
+Fetch = Callable[[sa.TextClause, dict[str, Any]], Awaitable[Row | None]]
 
 #: Idle hot-path connections a store keeps out of the pool (see :class:`HotConnections`). The
 #: pool must have this much headroom beyond what everything else needs (``Engine`` adds it to
@@ -96,11 +99,37 @@ class HotConnections:
         statements skip the pool's checkout and check-in too (two greenlet switches and the
         reset, ~0.05 ms a statement); each is used by one statement at a time.
         """
+        sql, args = self._bind(stmt, params)
+        async with self._hot() as conn:
+            row: Row | None = await conn.fetchrow(sql, *args)
+        return row
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Fetch]:
+        """Several statements in one transaction on a hot connection, as :meth:`fetchrow` runs
+        one: the block gets a ``fetchrow(stmt, params)``; the transaction commits when the block
+        ends and rolls back if it raises."""
+        async with self._hot() as conn, conn.transaction():
+
+            async def fetchrow(stmt: sa.TextClause, params: dict[str, Any]) -> Row | None:
+                sql, args = self._bind(stmt, params)
+                row: Row | None = await conn.fetchrow(sql, *args)
+                return row
+
+            yield fetchrow
+
+    def _bind(self, stmt: sa.TextClause, params: dict[str, Any]) -> tuple[str, list[Any]]:
+        """``stmt`` compiled for asyncpg (once) and ``params`` in its order."""
         compiled = self._compiled.get(id(stmt))
         if compiled is None:
             c = stmt.compile(dialect=self._engine.dialect)
             compiled = self._compiled[id(stmt)] = (c.string, tuple(c.positiontup or ()))
         sql, names = compiled
+        return sql, [params[n] for n in names]
+
+    @asynccontextmanager
+    async def _hot(self) -> AsyncIterator[Any]:
+        """An asyncpg connection for the block: an idle hot one, else one from the pool."""
         if self.idle:
             raw = self.idle.pop()
         else:
@@ -109,9 +138,10 @@ class HotConnections:
             except Exception as exc:  # the pool raises the driver's errors unwrapped
                 raise map_error(exc) from exc
         try:
-            row: Row | None = await raw.driver_connection.fetchrow(  # type: ignore[union-attr]
-                sql, *[params[n] for n in names]
-            )
+            yield raw.driver_connection
+        except FlowError:  # raised by the block's own code: the session is as it was
+            await self._release(raw)
+            raise
         except BaseException as exc:
             # Only a plain statement error (bad data, constraint, missing table, serialization)
             # leaves the session usable; anything else (terminated backend, lost socket,
@@ -125,11 +155,14 @@ class HotConnections:
             if isinstance(exc, Exception):
                 raise map_error(exc) from exc
             raise
+        await self._release(raw)
+
+    async def _release(self, raw: PoolProxiedConnection) -> None:
+        """Keep ``raw`` idle for the next statement, or give it back to the pool."""
         if self._closed or len(self.idle) >= HOT_IDLE:
             await greenlet_spawn(raw.close)
         else:
             self.idle.append(raw)
-        return row
 
 
 async def execute_on(conn: Any, stmt: sa.TextClause, params: dict[str, Any]) -> Row | None:

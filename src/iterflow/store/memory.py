@@ -22,14 +22,23 @@ import contextlib
 import dataclasses
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from iterflow.core import keys
 from iterflow.core.codec import check_data
-from iterflow.core.decisions import fork_cut, forked_run, resume_children, retry_cut
+from iterflow.core.debounce import DEBOUNCE_META_KEY
+from iterflow.core.decisions import (
+    cancel_meta,
+    fork_cut,
+    forked_run,
+    resume_children,
+    retry_cut,
+    was_compensated,
+)
 from iterflow.core.errors import ConfigInvalid, DataRejected, LeaseLost, PayloadInvalid
+from iterflow.core.limits import Admission, Gate, Limits, LimitState, admit, release
 from iterflow.core.models import (
     CancelResult,
     ChildRecord,
@@ -53,9 +62,11 @@ from iterflow.core.models import (
 from iterflow.core.scheduling import ScheduleEvent, ScheduleRecord, ScheduleSpec
 from iterflow.core.states import (
     RESUMABLE_STATUSES,
+    RETRYABLE_STATUSES,
     TERMINAL_STATUSES,
     TIMED_STATUSES,
     Canceled,
+    CancelRequested,
     EventPayload,
     Forked,
     Parked,
@@ -116,6 +127,9 @@ class _Run:
     finished_at: datetime | None = None
     deadline_at: datetime | None = None
     input_hash: str | None = None
+    run_key: str | None = None
+    limit_key: str | None = None
+    held: dict[str, Any] | None = None
 
     def record(self) -> RunRecord:
         return RunRecord(
@@ -144,6 +158,8 @@ class _Run:
             seq=self.seq,
             meta=dict(self.meta),
             deadline_at=self.deadline_at,
+            limit_key=self.limit_key,
+            held=None if self.held is None else dict(self.held),
         )
 
 
@@ -176,6 +192,7 @@ class MemoryStore:
         self._schedule_events: dict[str, list[ScheduleEvent]] = {}
         self._swept: set[str] = set()  # schedules locked by a sweep in progress
         self._workers: dict[str, WorkerRecord] = {}
+        self._rate_windows: dict[tuple[str, str], tuple[datetime, ...]] = {}  # rate_windows
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -255,22 +272,11 @@ class MemoryStore:
     # -- start --------------------------------------------------------------------------------
 
     async def create_run(self, run: NewRun, *, conn: Any = None) -> StartResult:
-        if conn is not None:
-            raise ConfigInvalid("conn= joins a PostgreSQL transaction; the memory store has none")
-        _storable(
-            "run",
-            run.input,
-            run.meta,
-            texts=(run.name, run.idempotency_key, *run.tags),
-            ints=(run.priority, run.version),
-        )
-        if run.idempotency_key is not None:
-            existing_id = self._idempotent.get((run.name, run.idempotency_key))
-            if existing_id is not None:
-                existing = self._runs[existing_id]
-                if _conflicts(existing.input_hash, run.input_hash):
-                    raise idempotency_conflict(run.name, run.idempotency_key)
-                return StartResult(existing.id, False, existing.status)
+        existing = self._check_start(run, conn)
+        if existing is not None:
+            return StartResult(existing.id, False, existing.status)
+        if run.run_key is not None and (keyed := self._keyed_start(run)) is not None:
+            return keyed
         if run.id in self._runs:
             raise _duplicate("run id", str(run.id))
         now = self.clock()
@@ -281,6 +287,101 @@ class MemoryStore:
         self._log(run.id, Started(version=run.version, delayed_until=delayed_until))
         self._wake(run.id, wake_at, run.priority)
         return StartResult(run.id, True, RunStatus.PENDING)
+
+    async def start_claimed(
+        self, run: NewRun, owner: str, lease_seconds: float
+    ) -> tuple[StartResult, Claim | None]:
+        started = await self.create_run(run)
+        if not started.created:
+            return started, None
+        del self._wakes[run.id]  # the claim below is the start's wake-up
+        claim = await self.claim(run.id, owner, lease_seconds)
+        return dataclasses.replace(started, status=RunStatus.RUNNING), claim
+
+    def _check_start(self, run: NewRun, conn: Any) -> _Run | None:
+        """What PostgreSQL refuses of a start (``DATA_REJECTED``, ``IDEMPOTENCY_CONFLICT``),
+        checked before anything is written; the run its idempotency key names, if any."""
+        if conn is not None:
+            raise ConfigInvalid("conn= joins a PostgreSQL transaction; the memory store has none")
+        _storable(
+            "run",
+            run.input,
+            run.meta,
+            texts=(run.name, run.idempotency_key, run.run_key, *run.tags),
+            ints=(run.priority, run.version),
+        )
+        if run.idempotency_key is None:
+            return None
+        existing_id = self._idempotent.get((run.name, run.idempotency_key))
+        if existing_id is None:
+            return None
+        existing = self._runs[existing_id]
+        if _conflicts(existing.input_hash, run.input_hash):
+            raise idempotency_conflict(run.name, run.idempotency_key)
+        return existing
+
+    def _keyed_start(self, run: NewRun) -> StartResult | None:
+        """A debounced start joins the key's run of its flow version that has not begun (its
+        input and limit key, quiet period and queued wake-up renewed); a singleton start returns
+        the key's live run. None: insert (PostgreSQL's ``pg_starts.py``, serialized there by an
+        advisory lock)."""
+        live = [
+            r
+            for r in self._runs.values()
+            if r.name == run.name
+            and r.run_key == run.run_key
+            and r.finished_at is None
+            and r.status not in TERMINAL_STATUSES
+        ]
+        if run.debounce is not None:
+            waiting = [
+                r
+                for r in live
+                if r.version == run.version
+                and r.status is RunStatus.PENDING
+                and r.started_at is None
+                and DEBOUNCE_META_KEY in r.meta
+            ]
+            if waiting:
+                target = max(waiting, key=lambda r: r.seq)
+                now = self.clock()
+                if run.debounce == "last":
+                    target.input, target.limit_key = run.input, run.limit_key
+                target.wake_at = now + (run.delay or timedelta(0))
+                target.updated_at = now
+                if target.id in self._wakes:
+                    self._wakes[target.id] = WakeUp(target.id, target.wake_at, target.priority)
+                return StartResult(target.id, False, RunStatus.PENDING)
+        if run.singleton and live:
+            newest = max(live, key=lambda r: r.seq)
+            return StartResult(newest.id, False, newest.status)
+        return None
+
+    async def create_runs(self, runs: Sequence[NewRun], *, conn: Any = None) -> list[StartResult]:
+        for run in runs:  # all or nothing, as one PostgreSQL transaction
+            self._check_start(run, conn)
+        return [await self.create_run(run) for run in runs]
+
+    async def signal_with_start(
+        self,
+        run: NewRun,
+        name: str,
+        payload: Any,
+        signal_key: str | None,
+        *,
+        max_signals: int,
+        meta: Mapping[str, Any] | None = None,
+    ) -> tuple[StartResult, SignalResult]:
+        existing = self._check_start(run, None)
+        if existing is not None:
+            started = StartResult(existing.id, False, existing.status)
+        else:
+            _storable("signal", payload, texts=(name, signal_key))  # refused before the start
+            started = await self.create_run(run)
+        delivered = await self.deliver_signal(
+            started.run_id, name, payload, signal_key, max_signals=max_signals, meta=meta
+        )
+        return started, delivered
 
     def _insert(self, run: NewRun, now: datetime) -> None:
         self._seq += 1
@@ -300,6 +401,8 @@ class MemoryStore:
             wake_at=run.wake_at,
             deadline_at=None if run.deadline is None else now + run.deadline,
             input_hash=run.input_hash,
+            run_key=run.run_key,
+            limit_key=run.limit_key,
         )
         if run.parent_run_id is not None:
             self._children.setdefault(run.parent_run_id, []).append(run.id)
@@ -308,7 +411,9 @@ class MemoryStore:
 
     # -- attempts -----------------------------------------------------------------------------
 
-    async def claim(self, run_id: uuid.UUID, owner: str, lease_seconds: float) -> Claim | None:
+    async def claim(
+        self, run_id: uuid.UUID, owner: str, lease_seconds: float, gate: Gate | None = None
+    ) -> Claim | None:
         run = self._runs.get(run_id)
         now = self.clock()
         if run is None:
@@ -320,6 +425,22 @@ class MemoryStore:
         )
         if run.status not in RESUMABLE_STATUSES and not expired:
             return None
+        if gate is not None and not gate.serves(run.name, run.version):
+            return None  # left queued for a worker that serves it (no queues in memory)
+        key = run.limit_key
+        limits = None if gate is None or key is None else gate.limits_of(run.name, run.version)
+        decision = None
+        if limits is not None and key is not None:
+            decision = admit(limits, self._limit_state(run.name, key, run.id), now, key=key)
+            if not decision.admitted:
+                since = (run.held or {}).get("since") or _utc(now).isoformat()
+                run.held = {**(decision.held or {}), "since": since}
+                self._wake_line(run.name, key, run.id, limits, decision)
+                return None
+        run.held = None
+        if decision is not None and limits is not None and key is not None:
+            self._wake_line(run.name, key, run.id, limits, decision)
+        ready_at = run.lease_expires_at if expired else (run.updated_at or run.created_at)
         token = uuid.uuid4()
         run.status = RunStatus.RUNNING
         run.lease_token, run.lease_owner = token, owner
@@ -331,7 +452,9 @@ class MemoryStore:
         steps = self._steps.get(run_id, {})
         memo_keys = {s.cursor_key for s in steps.values()}
         children = {
-            c.parent_cursor_key: ChildRecord(c.id, c.parent_cursor_key, c.status, c.output, c.error)
+            c.parent_cursor_key: ChildRecord(
+                c.id, c.parent_cursor_key, c.status, c.output, c.error, c.finished_at
+            )
             for c in self._children_of(run_id)
             if c.status in TERMINAL_STATUSES
             and c.parent_cursor_key is not None
@@ -345,7 +468,66 @@ class MemoryStore:
             inbox=[s for s in self._signals.get(run_id, []) if s.consumed_at is None],
             db_now=now,
             children=children,
+            ready_at=ready_at,
         )
+
+    def _limit_state(self, name: str, key: str, me: uuid.UUID | None) -> LimitState:
+        """:class:`LimitState` of (``name``, ``key``), as ``Statements.limit_state`` reads it."""
+        live = woken = held = 0
+        for r in self._runs.values():
+            if r.name != name or r.limit_key != key or r.id == me:
+                continue
+            if r.status is RunStatus.RUNNING:
+                live += 1
+            elif r.held is not None and r.status in RESUMABLE_STATUSES:
+                if r.id in self._wakes or r.id in self._doing:
+                    woken += 1
+                else:
+                    held += 1
+        return LimitState(live, self._rate_windows.get((name, key), ()), woken, held)
+
+    def _wake_line(
+        self, name: str, key: str, me: uuid.UUID | None, limits: Limits, decision: Admission
+    ) -> int:
+        """Store the rate window and wake the held line as ``decision`` says (``pg_limits``)."""
+        if limits.rate is not None and decision.admitted:
+            self._rate_windows[(name, key)] = decision.starts
+        n, at = decision.wake_now, None
+        if not n and decision.wake_at is not None:
+            n, at = 1, decision.wake_at
+        line = sorted(
+            (
+                r
+                for r in self._runs.values()
+                if r.name == name
+                and r.limit_key == key
+                and r.held is not None
+                and r.status in RESUMABLE_STATUSES
+                and (r.id == me or (r.id not in self._wakes and r.id not in self._doing))
+            ),
+            key=lambda r: (-r.priority, r.seq),
+        )[:n]
+        for r in line:
+            self._wake(r.id, at, r.priority)
+        return len(line)
+
+    async def release_limit(self, name: str, key: str, limits: Limits) -> int:
+        decision = release(limits, self._limit_state(name, key, None), self.clock())
+        return self._wake_line(name, key, None, limits, decision)
+
+    def _held_head(self, run: _Run) -> bool:
+        """The reconciler wakes a held run first in its line when nothing else would."""
+        for o in self._runs.values():
+            if o.name != run.name or o.limit_key != run.limit_key or o.id == run.id:
+                continue
+            if o.status is RunStatus.RUNNING:
+                return False
+            if o.held is not None and o.status in RESUMABLE_STATUSES:
+                if o.id in self._wakes or o.id in self._doing:
+                    return False
+                if (-o.priority, o.seq) < (-run.priority, run.seq):
+                    return False
+        return True
 
     async def renew(self, lease: Lease) -> None:
         run = self._fenced(lease)  # the expiry only, like PostgreSQL's renew (not updated_at)
@@ -439,7 +621,7 @@ class MemoryStore:
         self, lease: Lease, status: RunStatus, output: Any, error: dict[str, Any] | None
     ) -> None:
         _storable("run result", output, error)
-        event = finished_event(status, error)
+        event = finished_event(status, error, str(lease.run_id))
         run = self._fenced(lease)
         self._terminal(run, status, output, error)
         self._log(run.id, event)
@@ -492,6 +674,7 @@ class MemoryStore:
         idempotency_key: str | None,
         *,
         max_signals: int,
+        meta: Mapping[str, Any] | None = None,
     ) -> SignalResult:
         run = self._runs.get(run_id)
         if run is None:
@@ -505,7 +688,9 @@ class MemoryStore:
             raise signal_limit(run_id, max_signals)
         _storable("signal", payload, texts=(name, idempotency_key))
         self._signal_ids += 1
-        sig = SignalRecord(self._signal_ids, name, payload, idempotency_key, self.clock())
+        sig = SignalRecord(
+            self._signal_ids, name, payload, idempotency_key, self.clock(), meta=dict(meta or {})
+        )
         inbox.append(sig)
         waiting = (
             run.status is RunStatus.AWAITING_SIGNAL
@@ -516,15 +701,30 @@ class MemoryStore:
         self._log(run_id, SignalReceived(name=name, signal_id=sig.id, waiting=waiting))
         return SignalResult("delivered" if waiting else "buffered", signal_id=sig.id)
 
-    async def cancel(self, run_id: uuid.UUID, reason: str) -> CancelResult:
+    async def cancel(
+        self, run_id: uuid.UUID, reason: str, *, compensate: bool = False
+    ) -> CancelResult:
         root = self._runs.get(run_id)
         if root is None:
             return CancelResult("not_found")
         if root.status in TERMINAL_STATUSES:
             return CancelResult("already_terminal", root.status)
         _storable("cancel reason", texts=(reason,))  # refused when written, as in PostgreSQL
-        self._cancel_tree(root, reason)
-        return CancelResult("canceled", RunStatus.CANCELED)
+        if not compensate:
+            self._cancel_tree(root, reason)
+            return CancelResult("canceled", RunStatus.CANCELED)
+        self._cancel_tree(root, reason, keep_root=True)
+        root.meta = {**root.meta, **cancel_meta(reason)}
+        root.status = RunStatus.PENDING
+        root.lease_token = root.lease_owner = root.lease_expires_at = None
+        root.waiting_for = None
+        root.wake_at = None
+        root.updated_at = self.clock()
+        self._log(root.id, CancelRequested(reason=reason))
+        self._wake(root.id, None, root.priority)
+        if self._on_terminal is not None:  # an attempt in flight stops (it is fenced anyway)
+            self._on_terminal(str(root.id))
+        return CancelResult("canceling", RunStatus.PENDING)
 
     def _tree(self, root: _Run, *, all_children: bool = False) -> list[_Run]:
         """``root`` and its descendants (detached ones and theirs only with ``all_children``)."""
@@ -538,10 +738,11 @@ class MemoryStore:
                     frontier.append(child.id)
         return tree
 
-    def _cancel_tree(self, root: _Run, reason: str) -> None:
-        """Cancel the live runs of ``root``'s tree (non-detached); wake their parents that are
-        left live (not the root of an expired tree: it is already terminal)."""
-        tree = self._tree(root)
+    def _cancel_tree(self, root: _Run, reason: str, *, keep_root: bool = False) -> None:
+        """Cancel the live runs of ``root``'s tree (non-detached; ``root`` itself unless
+        ``keep_root``); wake their parents that are left live (not the root of an expired
+        tree: it is already terminal)."""
+        tree = self._tree(root)[1:] if keep_root else self._tree(root)
         canceled = {r.id for r in tree if r.status not in TERMINAL_STATUSES}
         for run in tree:
             if run.id not in canceled:
@@ -562,7 +763,7 @@ class MemoryStore:
         if run.status is RunStatus.PARKED:  # re-check on the code deployed now
             self._unpark(run, "retry")
             return RetryResult("queued", RunStatus.PENDING)
-        if run.status is not RunStatus.FAILED:
+        if run.status not in RETRYABLE_STATUSES:
             return RetryResult("not_failed", run.status)
         steps = self._steps.setdefault(run_id, {})
         inbox = self._signals.get(run_id, [])
@@ -602,6 +803,8 @@ class MemoryStore:
         if run.status is not RunStatus.CANCELED:
             return RetryResult("not_failed", run.status)
         steps = list(self._steps.get(run_id, {}).values())
+        if was_compensated(steps):  # its completed steps were undone: nothing to resume
+            return RetryResult("not_failed", run.status)
         children = resume_children(steps, self._child_records(run_id))
         for child_id in children:
             await self.resume(child_id)
@@ -698,7 +901,7 @@ class MemoryStore:
             if r.status in RESUMABLE_STATUSES
             and r.id not in self._wakes
             and r.id not in self._doing
-            and self._needs_wake(r, now)
+            and (self._held_head(r) if r.held is not None else self._needs_wake(r, now))
         ][:limit]
         for run in stranded:
             self._log(run.id, Rewoken())
@@ -819,6 +1022,22 @@ class MemoryStore:
         ordered_ids = sorted(changed, key=changed.__getitem__)[:limit]
         token = max((changed[r] for r in ordered_ids), default=since)
         return [(r, self._runs[r].status) for r in ordered_ids], token
+
+    async def running_since(
+        self, since: datetime | None, limit: int
+    ) -> tuple[list[uuid.UUID], datetime]:
+        now = self.clock()
+        if since is None:
+            return [], now
+        written = sorted(
+            (run.updated_at, run_id)
+            for run_id, run in self._runs.items()
+            if run.status is RunStatus.RUNNING
+            and run.updated_at is not None
+            and run.updated_at >= since
+        )[:limit]
+        mark = written[-1][0] if len(written) >= limit else now
+        return [run_id for _, run_id in written], mark
 
     async def pending_wake(self, run_id: uuid.UUID) -> WakeUp | None:
         return self._wakes.get(run_id)

@@ -43,6 +43,7 @@ __all__ = [
     "CONNECTION_ATTRIBUTE",
     "DROP_PROCRASTINATE_ATTRIBUTE",
     "MIGRATION_LOCK_KEY",
+    "PROGRESS_ATTRIBUTE",
     "SCHEMA_ATTRIBUTE",
     "URL_ATTRIBUTE",
     "VERSION_TABLE",
@@ -56,6 +57,7 @@ __all__ = [
     "include_object_for",
     "install_procrastinate",
     "make_config",
+    "progress_callbacks",
     "revision_schema",
     "run_migrations",
     "script_location",
@@ -78,6 +80,9 @@ CONNECTION_ATTRIBUTE = "connection"
 
 DROP_PROCRASTINATE_ATTRIBUTE = "iterflow_drop_procrastinate"
 """``Config.attributes`` key: when true, downgrading to base also drops procrastinate's objects."""
+
+PROGRESS_ATTRIBUTE = "iterflow_progress"
+"""``Config.attributes`` key: ``progress(done, total)`` told as each revision is applied."""
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _INSUFFICIENT_PRIVILEGE = "42501"
@@ -135,7 +140,11 @@ def make_config(
 
 
 def run_migrations(
-    database_url: str, *, schema: str = DEFAULT_SCHEMA, revision: str = "head"
+    database_url: str,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    revision: str = "head",
+    progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Upgrade the iterflow tables in ``schema`` (and procrastinate's, once per database).
 
@@ -143,11 +152,41 @@ def run_migrations(
     alembic command at a time per process) and from several processes at once (env.py takes a
     database-wide advisory lock). Raises ``DatabaseUnavailable`` if
     PostgreSQL cannot be reached or refuses the migration; nothing is changed in that case.
+    ``progress(done, total)`` is told once the revisions to apply are known (``0, total``) and
+    after each (in this thread; they all commit together at the end).
     """
     config = make_config(database_url, schema=schema)
+    if progress is not None:
+        config.attributes[PROGRESS_ATTRIBUTE] = progress
     with _ALEMBIC_LOCK, _connection(database_url, schema, "upgrade") as connection:
         config.attributes[CONNECTION_ATTRIBUTE] = connection
         command.upgrade(config, revision)
+
+
+def progress_callbacks(
+    config: Config, connection: Connection, schema: str, destination: Any
+) -> tuple[Callable[..., None], ...]:
+    """alembic ``on_version_apply`` callbacks telling ``config``'s progress callable (if any)
+    ``(done, total)`` for an upgrade of ``schema`` to revision ``destination`` (env.py calls
+    it once it holds the migration lock, so ``total`` counts what this command applies)."""
+    report = config.attributes.get(PROGRESS_ATTRIBUTE)
+    if report is None or not isinstance(destination, str):
+        return ()
+    recorded = MigrationContext.configure(
+        connection, opts={"version_table": VERSION_TABLE, "version_table_schema": schema}
+    )
+    current = recorded.get_current_revision() or "base"
+    script = ScriptDirectory.from_config(config)
+    total = sum(1 for _ in script.iterate_revisions(destination, current))
+    done = 0
+    report(done, total)
+
+    def applied(**_: Any) -> None:
+        nonlocal done
+        done += 1
+        report(done, max(done, total))
+
+    return (applied,)
 
 
 def downgrade(
@@ -394,7 +433,7 @@ def install_procrastinate(connection: Connection) -> bool:
     """Install procrastinate's schema (at the pinned version) if the database has none.
 
     The same steps as revision 0001's: procrastinate's tables, types and functions in the
-    connection's default schema, plus the index the wake-up fetch needs. Returns whether it
+    connection's default schema, plus the indexes the wake-up fetch needs. Returns whether it
     installed anything. A later revision that upgrades procrastinate must update this too.
     """
     if connection.execute(sa.text(outbox.INSTALLED_SQL)).scalar():
@@ -405,6 +444,7 @@ def install_procrastinate(connection: Connection) -> bool:
     # them back into single ones (exec_driver_sql would send them raw and fail).
     connection.execute(sa.text(SchemaManager.get_schema()))
     connection.execute(sa.text(outbox.LOCK_INDEX_SQL))
+    connection.execute(sa.text(outbox.DUE_INDEX_SQL))
     return True
 
 

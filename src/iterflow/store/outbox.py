@@ -14,17 +14,22 @@ the fragments here.
 
 from __future__ import annotations
 
+import hashlib
+
 __all__ = [
+    "DUE_INDEX_SQL",
     "INSTALLED_SQL",
     "LOCK_INDEX_SQL",
     "PENDING_WAKE_SQL",
     "TABLE_PREFIX",
     "TASK_NAME",
     "drop_queued_wakes_sql",
+    "flow_queue",
     "has_live_job_sql",
     "orphaned_jobs_sql",
     "reconcile_task_name",
     "release_doing_sql",
+    "reschedule_wake_sql",
     "retention_task_name",
     "schedule_task_name",
     "wake_insert_sql",
@@ -40,6 +45,14 @@ LOCK_INDEX_SQL = (
     "CREATE INDEX IF NOT EXISTS procrastinate_jobs_lock_priority_idx "
     "ON procrastinate_jobs (lock, priority, id) WHERE status IN ('todo', 'doing')"
 )
+#: procrastinate's fetch reads the ``todo`` jobs in ``(priority, id)`` order and skips those not
+#: due yet: with tens of thousands of sleepers' wake-ups queued ahead of time it read past all of
+#: them on every fetch, idle polls included (18 ms at 90,000, docs/performance.md section 10).
+#: This index lets it look up the due ones by time instead.
+DUE_INDEX_SQL = (
+    "CREATE INDEX IF NOT EXISTS procrastinate_jobs_todo_scheduled_idx "
+    "ON procrastinate_jobs (scheduled_at) WHERE status = 'todo'"
+)
 #: The queued (``todo``) wake-up of a run: bind ``:lock`` (the run id as text).
 PENDING_WAKE_SQL = (
     "SELECT scheduled_at, priority FROM procrastinate_jobs "
@@ -48,6 +61,20 @@ PENDING_WAKE_SQL = (
 
 #: The procrastinate task every wake-up job runs.
 TASK_NAME = "iterflow.advance"
+#: procrastinate NOTIFYs and LISTENs on ``procrastinate_queue_v1#<queue>``; PostgreSQL channel
+#: names stop at 63 bytes, so a queue name is at most this long.
+MAX_QUEUE_BYTES = 63 - len("procrastinate_queue_v1#")
+
+
+def flow_queue(base: str, name: str, version: int) -> str:
+    """The procrastinate queue of the wake-ups of ``name@version`` (``base`` is the engine's
+    queue, ``Settings.queue_name``): ``<base>/<name>@<version>``, or a digest of it when that is
+    too long for a channel name. One queue per flow version: a worker listens only to the queues
+    of the flow versions it serves, so it never fetches another's runs."""
+    plain = f"{base}/{name}@{version}"
+    if len(plain.encode()) <= MAX_QUEUE_BYTES:
+        return plain
+    return "iterflow/" + hashlib.sha256(plain.encode()).hexdigest()[:24]
 
 
 def reconcile_task_name(schema: str) -> str:
@@ -71,17 +98,21 @@ def wake_insert_sql(
     *,
     wake_at: str = ":wake_at",
     priority: str = ":priority",
+    queue: str = "NULL",
 ) -> str:
     """An ``INSERT ... SELECT`` of one wake-up job per row of ``source`` (a CTE or table).
 
-    Bind parameters: ``:queue`` (text); ``wake_at`` (a timestamptz expression, NULL = now) and
-    ``priority`` (an integer expression) default to the parameters ``:wake_at``/``:priority``.
+    Bind parameters: ``:queue`` (text, the engine's base queue); ``wake_at`` (a timestamptz
+    expression, NULL = now) and ``priority`` (an integer expression) default to the parameters
+    ``:wake_at``/``:priority``; ``queue`` is the run's own queue (``runs.queue``, see
+    :func:`flow_queue`), the base queue when NULL.
     """
     rid = f"({run_id_expr})::text"
     return f"""
         INSERT INTO procrastinate_jobs
             (queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at)
-        SELECT CAST(:queue AS varchar), '{TASK_NAME}', CAST({priority} AS integer), {rid}, {rid},
+        SELECT CAST(coalesce({queue}, :queue) AS varchar), '{TASK_NAME}',
+               CAST({priority} AS integer), {rid}, {rid},
                jsonb_build_object('run_id', {rid}), CAST({wake_at} AS timestamptz)
         FROM {source}
         ON CONFLICT (queueing_lock) WHERE status = 'todo'
@@ -123,6 +154,17 @@ def drop_queued_wakes_sql(source: str) -> str:
         RETURNING 1"""
 
 
+def reschedule_wake_sql(source: str) -> str:
+    """Move the queued wake-up of each row of ``source`` (a CTE with ``id`` and ``wake_at``
+    columns) to its ``wake_at``, later or earlier (a debounced run's quiet period restarting).
+    ``RETURNING 1`` per job moved."""
+    return f"""
+        UPDATE procrastinate_jobs AS j SET scheduled_at = {source}.wake_at
+        FROM {source}
+        WHERE j.status = 'todo' AND j.queueing_lock = {source}.id::text
+        RETURNING 1"""
+
+
 def has_live_job_sql(run_id_expr: str) -> str:
     """True when the run ``run_id_expr`` has a wake-up queued or running."""
     return (
@@ -131,24 +173,27 @@ def has_live_job_sql(run_id_expr: str) -> str:
     )
 
 
-def orphaned_jobs_sql(run_is_leased: str) -> str:
-    """End (as ``failed``) the jobs of queue ``:queue`` left ``doing`` by a dead worker.
+def orphaned_jobs_sql(run_is_ours: str, run_is_leased: str) -> str:
+    """End (as ``failed``) this engine's jobs left ``doing`` by a dead worker.
 
-    A wake-up (task ``:task``) left ``doing`` holds its run's job lock, so the run's next wake-up
-    can never be fetched. It is orphaned when no lease owns its run (``run_is_leased``, an SQL
-    condition on ``j.lock``, the run id as text, is false) and either its worker stopped
+    A wake-up (task ``:task``, in the queue of its flow version or the base queue ``:queue``) of
+    one of this engine's runs (``run_is_ours``, an SQL condition on ``j.lock``, the run id as
+    text) left ``doing`` holds its run's job lock, so the run's next wake-up can never be
+    fetched. It is orphaned when no lease owns its run (``run_is_leased``, a condition on
+    ``j.lock`` as well, is false) and either its worker stopped
     heartbeating, or it has been ``doing`` longer than the stale window (``:stale`` seconds): a
     live worker whose ``finish_job`` was lost. A periodic task (``:reconcile_task``,
-    ``:schedule_task`` or ``:retention_task``) left
-    ``doing`` by a killed worker holds no lock, but nothing else would ever end it: the same
-    rule, without the lease, releases it. Returns one row, ``released``.
+    ``:schedule_task`` or ``:retention_task``, in the base queue) left ``doing`` by a killed
+    worker holds no lock, but nothing else would ever end it: the same rule, without the lease,
+    releases it. Returns one row, ``released``.
     """
     return f"""
         WITH released AS (
         UPDATE procrastinate_jobs AS j SET status = 'failed', attempts = attempts + 1
-        WHERE j.status = 'doing' AND j.queue_name = :queue
-          AND (j.task_name IN (:reconcile_task, :schedule_task, :retention_task)
-               OR (j.task_name = :task AND NOT ({run_is_leased})))
+        WHERE j.status = 'doing'
+          AND ((j.queue_name = :queue
+                AND j.task_name IN (:reconcile_task, :schedule_task, :retention_task))
+               OR (j.task_name = :task AND ({run_is_ours}) AND NOT ({run_is_leased})))
           AND (j.worker_id IS NULL
                OR j.worker_id IN (
                     SELECT id FROM procrastinate_workers

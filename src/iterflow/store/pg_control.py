@@ -1,4 +1,4 @@
-"""Resume, fork and the worker registry on PostgreSQL (a mixin of
+"""Resume, fork, cancel with compensation and the worker registry on PostgreSQL (a mixin of
 :class:`~iterflow.store.postgres.PostgresStore`, with its statements).
 
 ``resume`` and ``fork`` are short transactions like ``retry``: the run row is locked first, its
@@ -18,8 +18,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from iterflow.core.decisions import fork_cut, forked_run, resume_children
+from iterflow.core.decisions import (
+    cancel_meta,
+    canceled_error,
+    fork_cut,
+    forked_run,
+    resume_children,
+    was_compensated,
+)
 from iterflow.core.models import (
+    CancelResult,
     ChildRecord,
     RetryResult,
     RunStatus,
@@ -27,11 +35,24 @@ from iterflow.core.models import (
     WorkerInfo,
     WorkerRecord,
 )
-from iterflow.core.states import EventType, Forked, Resumed
+from iterflow.core.states import (
+    LIVE_STATUSES,
+    Canceled,
+    CancelRequested,
+    EventType,
+    Forked,
+    Resumed,
+)
 from iterflow.store.base import WORKER_PRUNE_SECONDS
-from iterflow.store.queries import RUN_COLS, Statements, json_param, start_params
+from iterflow.store.queries import (
+    RUN_COLS,
+    TERMINAL_CHANNEL,
+    Statements,
+    json_param,
+    start_params,
+)
 from iterflow.store.rows import run_record, signal_record, step_record, timer_record
-from iterflow.store.schema import quote_identifier
+from iterflow.store.schema import quote_identifier, status_in
 
 __all__ = ["ControlStatements", "PostgresControl"]
 
@@ -57,6 +78,21 @@ class ControlStatements:
                 finished_at = NULL, stalled_claims = 0, waiting_for = NULL, wake_at = NULL,
                 updated_at = now()
             WHERE id = :run_id AND status = {_CANCELED}""")
+        # cancel(compensate=True): the live non-detached children, each canceled with its tree
+        # by the plain cancel statement; then the run itself is set pending with the request.
+        self.cancel_children = sa.text(f"""
+            SELECT id FROM {s}.runs
+            WHERE parent_run_id = :run_id AND {status_in(LIVE_STATUSES)}
+              AND NOT coalesce((meta ->> 'detached')::boolean, false)""")
+        self.cancel_request = sa.text(f"""
+            WITH run AS (
+                UPDATE {s}.runs SET status = {_PENDING}, meta = meta || CAST(:meta AS jsonb),
+                    lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
+                    waiting_for = NULL, wake_at = NULL, updated_at = now()
+                WHERE id = :run_id AND {status_in(LIVE_STATUSES)}
+                RETURNING id
+            )
+            SELECT pg_notify('{TERMINAL_CHANNEL}', id::text) FROM run""")
         self.worker_register = sa.text(f"""
             WITH pruned AS (
                 DELETE FROM {s}.workers
@@ -74,7 +110,8 @@ class ControlStatements:
 
 
 class PostgresControl:
-    """``resume``, ``fork`` and the worker registry; mixed into ``PostgresStore``."""
+    """``resume``, ``fork``, ``cancel(compensate=True)`` and the worker registry; mixed into
+    ``PostgresStore``."""
 
     _queue: str
     _q: Statements
@@ -92,16 +129,36 @@ class PostgresControl:
         if row.status != RunStatus.CANCELED.value:
             return RetryResult("not_failed", RunStatus(row.status))
         p = {"run_id": run_id}
-        children = resume_children(
-            [step_record(r) for r in (await conn.execute(self._q.retry_steps, p)).mappings()],
-            await self._children(conn, run_id),
-        )
+        steps = [step_record(r) for r in (await conn.execute(self._q.retry_steps, p)).mappings()]
+        if was_compensated(steps):  # its completed steps were undone: nothing to resume
+            return RetryResult("not_failed", RunStatus.CANCELED)
+        children = resume_children(steps, await self._children(conn, run_id))
         for child_id in children:
             await self._resume_in(conn, child_id)
         await conn.execute(self._cq.resume_reset, p)
         await self._event(conn, run_id, EventType.RESUMED, Resumed(children=len(children)))
         await conn.execute(self._q.wake, {"run_id": run_id, "queue": self._queue})
         return RetryResult("queued", RunStatus.PENDING)
+
+    async def _cancel_compensating(
+        self, conn: AsyncConnection, run_id: uuid.UUID, reason: str
+    ) -> CancelResult:
+        """``cancel(run_id, compensate=True)`` of a live run locked by the caller's
+        transaction: cancel its live non-detached children (and their trees), then set it
+        ``pending`` with the request in ``meta``, its lease cleared, a ``cancel_requested``
+        event, a terminal NOTIFY (an attempt in flight stops) and a wake-up."""
+        p = {"run_id": run_id}
+        error = json_param(canceled_error(reason))
+        event = json_param(Canceled(reason=reason, root=str(run_id)).to_data())
+        for child in (await conn.execute(self._cq.cancel_children, p)).scalars().all():
+            await conn.execute(
+                self._q.cancel,
+                {"run_id": child, "error": error, "event": event, "queue": self._queue},
+            )
+        await conn.execute(self._cq.cancel_request, {**p, "meta": json_param(cancel_meta(reason))})
+        await self._event(conn, run_id, EventType.CANCEL_REQUESTED, CancelRequested(reason))
+        await conn.execute(self._q.wake, {**p, "queue": self._queue})
+        return CancelResult("canceling", RunStatus.PENDING)
 
     async def fork(
         self, run_id: uuid.UUID, new_id: uuid.UUID, from_step: str | None

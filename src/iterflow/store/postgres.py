@@ -15,7 +15,7 @@ operation; plumbing is in ``store/connections.py``, row decoding in ``store/rows
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,6 +27,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from iterflow.core.decisions import retry_cut
 from iterflow.core.errors import DatabaseUnavailable, LeaseLost
 from iterflow.core.keys import waiting_for_signal
+from iterflow.core.limits import Gate
 from iterflow.core.models import (
     TERMINAL_STATUSES,
     CancelResult,
@@ -43,6 +44,7 @@ from iterflow.core.models import (
     SuspendPlan,
 )
 from iterflow.core.states import (
+    RETRYABLE_STATUSES,
     Canceled,
     EventPayload,
     Parked,
@@ -58,18 +60,20 @@ from iterflow.store.base import (
     Lease,
     PurgeBatch,
     WakeUp,
-    idempotency_conflict,
     signal_limit,
 )
 from iterflow.store.connections import HOT_IDLE, HotConnections, Row, execute_on, guarded
 from iterflow.store.outbox import (
     TASK_NAME,
+    flow_queue,
     reconcile_task_name,
     retention_task_name,
     schedule_task_name,
 )
 from iterflow.store.pg_control import ControlStatements, PostgresControl
+from iterflow.store.pg_limits import PostgresLimits
 from iterflow.store.pg_schedules import PostgresSchedules
+from iterflow.store.pg_starts import PostgresStarts, StartStatements
 from iterflow.store.queries import (
     RUN_COLS,
     TERMINAL_CHANNEL,
@@ -99,19 +103,30 @@ def _data(payload: EventPayload) -> str | None:
     return _j(payload.to_data())
 
 
-class PostgresStore(PostgresControl, PostgresSchedules):
+class PostgresStore(PostgresControl, PostgresSchedules, PostgresStarts, PostgresLimits):
     """The :class:`~iterflow.store.base.Store` on PostgreSQL (and its
     :class:`~iterflow.store.base.ScheduleStore`, from :mod:`iterflow.store.pg_schedules`)."""
 
-    def __init__(self, engine: AsyncEngine, *, schema: str, queue: str) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        schema: str,
+        queue: str,
+        read_engine: AsyncEngine | None = None,
+    ) -> None:
         self._engine = engine
         self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # read-only inspection (list_runs, count_runs, detail, changes_since): a replica's pool
+        # when ``Settings.read_database_url`` is set, else the primary's
+        self._read_auto = (read_engine or engine).execution_options(isolation_level="AUTOCOMMIT")
         self._queue = queue
         self._translate = schema_tables.translate_map(schema)
         self.schema = schema
         self._q = Statements(schema)
         self._sq = ScheduleStatements(schema)
         self._cq = ControlStatements(schema)
+        self._tq = StartStatements(schema)
         self._conns = HotConnections(engine)
 
     @property
@@ -137,6 +152,12 @@ class PostgresStore(PostgresControl, PostgresSchedules):
         async with guarded(self._auto.connect()) as conn:
             yield conn
 
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        """:meth:`_autocommit` on the read-only inspection pool (a replica, if configured)."""
+        async with guarded(self._read_auto.connect()) as conn:
+            yield conn
+
     async def _one(self, stmt: sa.TextClause, params: dict[str, Any]) -> Row | None:
         """One statement as its own transaction on a hot connection (the hot path)."""
         return await self._conns.fetchrow(stmt, params)
@@ -144,18 +165,15 @@ class PostgresStore(PostgresControl, PostgresSchedules):
     # -- start ------------------------------------------------------------------------------
 
     async def create_run(self, run: NewRun, *, conn: Any = None) -> StartResult:
+        if run.run_key is not None:  # debounce, singleton: pg_starts.py
+            async with self._joined(conn) as tx:
+                return await self._keyed_start(tx, run)
         params = start_params(run, self._queue)
         if conn is not None:
             row = await execute_on(conn, self._q.start, params)
         else:
             row = await self._one(self._q.start, params)
-        if row is not None:
-            return StartResult(run_id=row["id"], created=True, status=RunStatus(row["status"]))
-        existing = await self._existing(run, conn)
-        stored = existing["input_hash"]
-        if stored is not None and run.input_hash is not None and stored != run.input_hash:
-            raise idempotency_conflict(run.name, run.idempotency_key or "")
-        return StartResult(run_id=existing["id"], created=False, status=existing["status"])
+        return await self._created_or_existing(row, run, conn)
 
     async def _existing(self, run: NewRun, conn: Any) -> Row:
         params = {"name": run.name, "idem": run.idempotency_key}
@@ -174,12 +192,24 @@ class PostgresStore(PostgresControl, PostgresSchedules):
 
     # -- attempts ---------------------------------------------------------------------------
 
-    async def claim(self, run_id: uuid.UUID, owner: str, lease_seconds: float) -> Claim | None:
+    async def claim(
+        self, run_id: uuid.UUID, owner: str, lease_seconds: float, gate: Gate | None = None
+    ) -> Claim | None:
         token = uuid.uuid4()
-        row = await self._one(
-            self._q.claim,
-            {"run_id": run_id, "token": token, "owner": owner, "lease": lease_seconds},
-        )
+        served = None if gate is None or gate.served is None else sorted(gate.served)
+        params = {
+            "run_id": run_id,
+            "token": token,
+            "owner": owner,
+            "lease": lease_seconds,
+            "served": served,
+            "admitted": False,
+        }
+        row = None
+        if gate is None or not gate.all_limited:  # else it would refuse: straight to pg_limits.py
+            row = await self._one(self._q.claim, params)
+        if row is None:  # not claimable, another worker's flow, or limited (pg_limits.py)
+            row = await self._claim_refused(run_id, gate, params)
         if row is None:
             return None
         return Claim(
@@ -190,6 +220,7 @@ class PostgresStore(PostgresControl, PostgresSchedules):
             inbox=[signal_record(d) for d in row["inbox"]],
             db_now=row["db_now"],
             children={c.cursor_key: c for c in map(child_record, row["children"])},
+            ready_at=row["ready_at"],
         )
 
     async def renew(self, lease: Lease) -> None:
@@ -249,6 +280,8 @@ class PostgresStore(PostgresControl, PostgresSchedules):
                 "meta": _j(child.meta),
                 "event": _data(Started(version=child.version, parent=str(lease.run_id))),
                 "queue": self._queue,
+                "run_queue": flow_queue(self._queue, child.name, child.version),
+                "limit_key": child.limit_key,
                 "deadline": child.deadline,
             },
         )
@@ -279,7 +312,7 @@ class PostgresStore(PostgresControl, PostgresSchedules):
     async def finish(
         self, lease: Lease, status: RunStatus, output: Any, error: dict[str, Any] | None
     ) -> None:
-        event = finished_event(status, error)
+        event = finished_event(status, error, str(lease.run_id))
         row = await self._one(
             self._q.finish,
             {
@@ -364,58 +397,85 @@ class PostgresStore(PostgresControl, PostgresSchedules):
         idempotency_key: str | None,
         *,
         max_signals: int,
+        meta: Mapping[str, Any] | None = None,
     ) -> SignalResult:
         async with self._tx() as conn:
-            row = (
-                await conn.execute(self._q.signal_lock, {"run_id": run_id, "idem": idempotency_key})
-            ).first()
-            if row is None:
-                return SignalResult("not_found")
-            if row.seen:  # keys are remembered for the life of the run's rows
-                return SignalResult("duplicate")
-            status = RunStatus(row.status)
-            if status in TERMINAL_STATUSES:
-                return SignalResult("closed")
-            if row.held >= max_signals:
-                raise signal_limit(run_id, max_signals)
-            inserted = (
-                await conn.execute(
-                    self._q.signal_insert,
-                    {
-                        "run_id": run_id,
-                        "name": name,
-                        "payload": _j(payload),
-                        "idem": idempotency_key,
-                    },
-                )
-            ).first()
-            if inserted is None:
-                return SignalResult("duplicate")
-            awaited = waiting_for_signal(name)
-            waiting = status is RunStatus.AWAITING_SIGNAL and row.waiting_for == awaited
-            if waiting or status is RunStatus.RUNNING:
-                # A running attempt may be about to wait for it: a queued wake-up (blocked by
-                # the run's job lock until the attempt ends) makes sure it is seen.
-                await conn.execute(self._q.wake, {"run_id": run_id, "queue": self._queue})
+            return await self._deliver_on(
+                conn, run_id, name, payload, idempotency_key, max_signals=max_signals, meta=meta
+            )
+
+    async def _deliver_on(
+        self,
+        conn: AsyncConnection,
+        run_id: uuid.UUID,
+        name: str,
+        payload: Any,
+        idempotency_key: str | None,
+        *,
+        max_signals: int,
+        meta: Mapping[str, Any] | None,
+    ) -> SignalResult:
+        """:meth:`deliver_signal` in ``conn``'s transaction (``signal_with_start``'s too)."""
+        row = (
+            await conn.execute(self._q.signal_lock, {"run_id": run_id, "idem": idempotency_key})
+        ).first()
+        if row is None:
+            return SignalResult("not_found")
+        if row.seen:  # keys are remembered for the life of the run's rows
+            return SignalResult("duplicate")
+        status = RunStatus(row.status)
+        if status in TERMINAL_STATUSES:
+            return SignalResult("closed")
+        if row.held >= max_signals:
+            raise signal_limit(run_id, max_signals)
+        inserted = (
             await conn.execute(
-                self._q.event,
+                self._q.signal_insert,
                 {
                     "run_id": run_id,
-                    "type": SignalReceived.type.value,
-                    "cursor_key": None,
-                    "data": _data(SignalReceived(name, inserted.id, waiting)),
+                    "name": name,
+                    "payload": _j(payload),
+                    "idem": idempotency_key,
+                    "meta": _j(dict(meta)) if meta else None,
                 },
             )
-            return SignalResult("delivered" if waiting else "buffered", signal_id=inserted.id)
+        ).first()
+        if inserted is None:
+            return SignalResult("duplicate")
+        awaited = waiting_for_signal(name)
+        waiting = status is RunStatus.AWAITING_SIGNAL and row.waiting_for == awaited
+        if waiting or status is RunStatus.RUNNING:
+            # A running attempt may be about to wait for it: a queued wake-up (blocked by
+            # the run's job lock until the attempt ends) makes sure it is seen.
+            await conn.execute(self._q.wake, {"run_id": run_id, "queue": self._queue})
+        else:
+            # A claim blocked behind this row lock reads the inbox with its statement's
+            # snapshot, without this signal: a wake-up at the run's own due time (merged into
+            # its queued one otherwise) makes the attempt after it see the signal.
+            await conn.execute(self._q.wake_when_due, {"run_id": run_id, "queue": self._queue})
+        await conn.execute(
+            self._q.event,
+            {
+                "run_id": run_id,
+                "type": SignalReceived.type.value,
+                "cursor_key": None,
+                "data": _data(SignalReceived(name, inserted.id, waiting)),
+            },
+        )
+        return SignalResult("delivered" if waiting else "buffered", signal_id=inserted.id)
 
-    async def cancel(self, run_id: uuid.UUID, reason: str) -> CancelResult:
+    async def cancel(
+        self, run_id: uuid.UUID, reason: str, *, compensate: bool = False
+    ) -> CancelResult:
         async with self._tx() as conn:
             row = (await conn.execute(self._q.cancel_lock, {"run_id": run_id})).first()
             if row is None:
                 return CancelResult("not_found")
             status = RunStatus(row.status)
-            if status in (RunStatus.DONE, RunStatus.FAILED, RunStatus.CANCELED):
+            if status in TERMINAL_STATUSES:
                 return CancelResult("already_terminal", status)
+            if compensate:
+                return await self._cancel_compensating(conn, run_id, reason)
             await conn.execute(
                 self._q.cancel,
                 {
@@ -448,7 +508,7 @@ class PostgresStore(PostgresControl, PostgresSchedules):
             )
             await conn.execute(self._q.wake, {"run_id": run_id, "queue": self._queue})
             return RetryResult("queued", RunStatus.PENDING)
-        if row.status != RunStatus.FAILED.value:
+        if RunStatus(row.status) not in RETRYABLE_STATUSES:
             return RetryResult("not_failed", RunStatus(row.status))
         p = {"run_id": run_id}
         cut = retry_cut(
@@ -533,7 +593,7 @@ class PostgresStore(PostgresControl, PostgresSchedules):
             stmt = stmt.where(runs.c.seq > after_seq)
         order = runs.c.seq.asc() if after_seq is not None else runs.c.seq.desc()
         stmt = stmt.order_by(order).limit(limit)
-        async with self._autocommit() as conn:
+        async with self._read() as conn:
             result = await conn.execute(
                 stmt, execution_options={"schema_translate_map": self._translate}
             )
@@ -547,7 +607,7 @@ class PostgresStore(PostgresControl, PostgresSchedules):
             .where(*run_filter_clauses(runs, filters))
             .group_by(runs.c.status)
         )
-        async with self._autocommit() as conn:
+        async with self._read() as conn:
             result = await conn.execute(
                 stmt, execution_options={"schema_translate_map": self._translate}
             )
@@ -557,7 +617,7 @@ class PostgresStore(PostgresControl, PostgresSchedules):
     async def changes_since(
         self, since: int | None, limit: int
     ) -> tuple[list[tuple[uuid.UUID, RunStatus]], int]:
-        async with self._autocommit() as conn:
+        async with self._read() as conn:
             if since is None:
                 token = (await conn.execute(self._q.change_token)).scalar_one()
                 return [], int(token)
@@ -567,6 +627,16 @@ class PostgresStore(PostgresControl, PostgresSchedules):
             return [], since
         changed = [(r["run_id"], RunStatus(r["status"])) for r in rows]
         return changed, int(rows[0]["token"])
+
+    async def running_since(
+        self, since: datetime | None, limit: int
+    ) -> tuple[list[uuid.UUID], datetime]:
+        params = {"since": since, "limit": limit}
+        async with self._autocommit() as conn:
+            rows = (await conn.execute(self._q.running_since, params)).mappings().all()
+        ids = [r["id"] for r in rows if r["id"] is not None]
+        mark: datetime = rows[-1]["updated_at"] if len(ids) >= limit else rows[0]["db_now"]
+        return ids, mark
 
     # -- retention --------------------------------------------------------------------------
 
@@ -605,7 +675,7 @@ class PostgresStore(PostgresControl, PostgresSchedules):
         return None if row is None else run_record(row)
 
     async def detail(self, run_id: uuid.UUID) -> RunDetail | None:
-        async with self._autocommit() as conn:
+        async with self._read() as conn:
             p = {"run_id": run_id}
             run_row = (await conn.execute(self._q.get_run, p)).mappings().first()
             if run_row is None:

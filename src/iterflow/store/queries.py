@@ -21,6 +21,7 @@ from iterflow.core.models import NewRun, RunFilter
 from iterflow.core.states import (
     LIVE_STATUSES,
     RESUMABLE_STATUSES,
+    RETRYABLE_STATUSES,
     TERMINAL_STATUSES,
     TIMED_STATUSES,
     EventPayload,
@@ -35,6 +36,7 @@ from iterflow.core.states import (
 from iterflow.store.outbox import (
     PENDING_WAKE_SQL,
     drop_queued_wakes_sql,
+    flow_queue,
     has_live_job_sql,
     orphaned_jobs_sql,
     release_doing_sql,
@@ -58,7 +60,7 @@ RUN_COLS = (
     "id, seq, name, version, status, input, output, error, idempotency_key, parent_run_id, "
     "parent_cursor_key, tags, priority, lease_owner, lease_expires_at, claims, "
     "stalled_claims, waiting_for, wake_at, created_at, updated_at, started_at, finished_at, meta, "
-    "deadline_at"
+    "deadline_at, limit_key, held"
 )
 
 
@@ -93,6 +95,9 @@ def start_params(run: NewRun, queue: str) -> dict[str, Any]:
         "queue": queue,
         "deadline": run.deadline,
         "input_hash": run.input_hash,
+        "run_queue": flow_queue(queue, run.name, run.version),
+        "limit_key": run.limit_key,
+        "run_key": run.run_key,
     }
 
 
@@ -105,11 +110,11 @@ def run_filter_clauses(runs: sa.Table, where: RunFilter) -> list[sa.ColumnElemen
         clauses.append(c.name == where.name)
     if where.version is not None:
         clauses.append(c.version == where.version)
-    if where.statuses:
+    if where.statuses:  # ix_runs_status_seq
         clauses.append(c.status.in_([s.value for s in where.statuses]))
     if where.tags:  # the GIN index on tags
         clauses.append(c.tags.contains(list(where.tags)))
-    if where.idempotency_key is not None:  # the unique (name, idempotency_key) index
+    if where.idempotency_key is not None:  # (name, idempotency_key) or (idempotency_key, seq)
         clauses.append(c.idempotency_key == where.idempotency_key)
     if where.created_after is not None:
         clauses.append(c.created_at >= where.created_after)
@@ -121,11 +126,27 @@ def run_filter_clauses(runs: sa.Table, where: RunFilter) -> list[sa.ColumnElemen
         clauses.append(c.finished_at < where.finished_before)
     if where.parent_run_id is not None:  # ix_runs_parent_run_id
         clauses.append(c.parent_run_id == where.parent_run_id)
-    if where.schedule_id is not None:
-        clauses.append(c.meta["schedule_id"].astext == where.schedule_id)
+    if where.schedule_id is not None:  # ix_runs_schedule_id_seq: the key written literally
+        clauses.append(
+            c.meta.op("->>", return_type=sa.Text)(sa.literal_column("'schedule_id'"))
+            == where.schedule_id
+        )
     if (bounds := where.id_bounds()) is not None:  # a range scan of the primary key
         clauses.append(c.id.between(*bounds))
     return clauses
+
+
+def _held_head(s: str) -> str:
+    """A held run ``r`` the reconciler wakes: no attempt of its flow and key is live (whose end
+    would wake the line), none of its line has a wake-up queued, and it is first in line."""
+    return f"""NOT EXISTS (
+                    SELECT 1 FROM {s}.runs AS o
+                    WHERE o.name = r.name AND o.limit_key = r.limit_key AND o.id <> r.id
+                      AND (o.status = {_RUNNING}
+                           OR (o.held IS NOT NULL AND {status_in(RESUMABLE_STATUSES, "o.status")}
+                               AND ({has_live_job_sql("o.id")}
+                                    OR o.priority > r.priority
+                                    OR (o.priority = r.priority AND o.seq < r.seq)))))"""
 
 
 def _jsonb(payload: EventPayload) -> str:
@@ -164,21 +185,22 @@ class Statements:
             WITH ins AS (
                 INSERT INTO {s}.runs (id, name, version, status, input, idempotency_key, tags,
                     priority, wake_at, parent_run_id, parent_cursor_key, meta, deadline_at,
-                    input_hash)
+                    input_hash, run_key, queue, limit_key)
                 VALUES (:id, :name, :version, {_PENDING}, CAST(:input AS jsonb), :idem,
                     CAST(:tags AS text[]), :priority,
                     coalesce(CAST(:wake_at AS timestamptz), now() + CAST(:delay AS interval)),
                     :parent_run_id, :parent_cursor_key, CAST(:meta AS jsonb),
-                    now() + CAST(:deadline AS interval), CAST(:input_hash AS text))
+                    now() + CAST(:deadline AS interval), CAST(:input_hash AS text),
+                    CAST(:run_key AS text), :run_queue, CAST(:limit_key AS text))
                 ON CONFLICT (name, idempotency_key) WHERE idempotency_key IS NOT NULL
                 DO NOTHING
-                RETURNING id, status, wake_at
+                RETURNING id, status, wake_at, queue
             ), ev AS (
                 INSERT INTO {s}.events (run_id, type, data)
                 SELECT id, {_v(EventType.STARTED)}, CAST(:event AS jsonb)
                     || jsonb_build_object('delayed_until', {_iso_utc("wake_at")})
                 FROM ins RETURNING 1
-            ), job AS ({wake_insert_sql("ins", wake_at="ins.wake_at")})
+            ), job AS ({wake_insert_sql("ins", wake_at="ins.wake_at", queue="ins.queue")})
             SELECT id, status, true AS created, (SELECT count(*) FROM job) AS jobs FROM ins""")
         self.existing = sa.text(
             f"SELECT id, status, input_hash FROM {s}.runs "
@@ -190,9 +212,14 @@ class Statements:
                     lease_owner = :owner,
                     lease_expires_at = now() + make_interval(secs => :lease),
                     claims = claims + 1, stalled_claims = stalled_claims + 1,
-                    started_at = coalesce(started_at, now()), updated_at = now()
+                    started_at = coalesce(started_at, now()), updated_at = now(), held = NULL
                 WHERE id = :run_id AND ({status_in(RESUMABLE_STATUSES)}
                     OR (status = {_RUNNING} AND lease_expires_at < now()))
+                    -- flow control (iterflow.core.limits): a flow version this worker serves
+                    -- (NULL: any), and a limited run only once admitted (:admitted)
+                    AND (CAST(:served AS text[]) IS NULL
+                         OR name || '@' || version = ANY(CAST(:served AS text[])))
+                    AND (limit_key IS NULL OR CAST(:admitted AS boolean))
                 RETURNING {RUN_COLS}
             )
             SELECT claimed.*, now() AS db_now,
@@ -209,17 +236,23 @@ class Statements:
                 (SELECT coalesce(json_agg(json_build_object(
                     'id', id, 'name', name, 'payload', payload,
                     'idempotency_key', idempotency_key, 'received_at', received_at,
-                    'consumed_by', consumed_by, 'consumed_at', consumed_at) ORDER BY id),
+                    'consumed_by', consumed_by, 'consumed_at', consumed_at, 'meta', meta)
+                    ORDER BY id),
                     '[]'::json)
                  FROM {s}.signals WHERE run_id = :run_id AND consumed_at IS NULL) AS inbox,
                 (SELECT coalesce(json_agg(json_build_object(
                     'id', c.id, 'cursor_key', c.parent_cursor_key, 'status', c.status,
-                    'output', c.output, 'error', c.error)), '[]'::json)
+                    'output', c.output, 'error', c.error, 'finished_at', c.finished_at)),
+                    '[]'::json)
                  FROM {s}.runs AS c
                  WHERE c.parent_run_id = :run_id AND {status_in(TERMINAL_STATUSES, "c.status")}
                    AND NOT EXISTS (SELECT 1 FROM {s}.steps AS m
                                    WHERE m.run_id = :run_id
-                                     AND m.cursor_key = c.parent_cursor_key)) AS children
+                                     AND m.cursor_key = c.parent_cursor_key)) AS children,
+                -- The row as it was before this claim (same snapshot): when it became claimable.
+                (SELECT CASE WHEN p.status = {_RUNNING} THEN p.lease_expires_at
+                             ELSE p.updated_at END
+                 FROM {s}.runs AS p WHERE p.id = :run_id) AS ready_at
             FROM claimed""")
         self.renew = sa.text(f"""
             UPDATE {s}.runs SET lease_expires_at = now() + make_interval(secs => :lease)
@@ -283,7 +316,7 @@ class Statements:
                     lease_owner = NULL, lease_expires_at = NULL, updated_at = now(),
                     stalled_claims = CASE WHEN :progress THEN 0 ELSE stalled_claims END
                 WHERE id = :run_id AND lease_token = :token AND status = {_RUNNING}
-                RETURNING id, priority, wake_at
+                RETURNING id, priority, wake_at, queue
             ), timer AS (
                 INSERT INTO {s}.timers (run_id, cursor_key, fire_at)
                 SELECT run.id, t.key, t.fire_at FROM run,
@@ -298,7 +331,10 @@ class Statements:
             ), job AS (
                 {
             wake_insert_sql(
-                "run WHERE run.wake_at IS NOT NULL", wake_at="run.wake_at", priority="run.priority"
+                "run WHERE run.wake_at IS NOT NULL",
+                wake_at="run.wake_at",
+                priority="run.priority",
+                queue="run.queue",
             )
         }
             )
@@ -317,7 +353,11 @@ class Statements:
             ), parent AS (
                 {
             wake_insert_sql(
-                "run WHERE parent_run_id IS NOT NULL", "parent_run_id", wake_at="NULL", priority="0"
+                "run WHERE parent_run_id IS NOT NULL",
+                "parent_run_id",
+                wake_at="NULL",
+                priority="0",
+                queue=f"(SELECT p.queue FROM {s}.runs AS p WHERE p.id = run.parent_run_id)",
             )
         }
             ), notified AS (
@@ -334,15 +374,28 @@ class Statements:
                            AND g.idempotency_key = CAST(:idem AS text)) AS seen
             FROM {s}.runs r WHERE r.id = :run_id FOR UPDATE OF r""")
         self.signal_insert = sa.text(f"""
-            INSERT INTO {s}.signals (run_id, name, payload, idempotency_key)
-            VALUES (:run_id, :name, CAST(:payload AS jsonb), :idem)
+            INSERT INTO {s}.signals (run_id, name, payload, idempotency_key, meta)
+            VALUES (:run_id, :name, CAST(:payload AS jsonb), :idem, CAST(:meta AS jsonb))
             ON CONFLICT (run_id, idempotency_key) DO NOTHING
             RETURNING id""")
         self.event = sa.text(f"""
             INSERT INTO {s}.events (run_id, type, cursor_key, data)
             VALUES (:run_id, :type, :cursor_key, CAST(:data AS jsonb))""")
         self.wake = sa.text(
-            wake_insert_sql(f"{s}.runs WHERE id = :run_id", wake_at="NULL", priority="priority")
+            wake_insert_sql(
+                f"{s}.runs WHERE id = :run_id", wake_at="NULL", priority="priority", queue="queue"
+            )
+        )
+        #: A wake-up at the run's own due time (NULL: now), for a pending run or one with a due
+        #: time: merged into its queued wake-up it changes nothing; it matters when a claim is
+        #: in flight (see ``PostgresStore.deliver_signal``).
+        self.wake_when_due = sa.text(
+            wake_insert_sql(
+                f"{s}.runs WHERE id = :run_id AND (wake_at IS NOT NULL OR status = {_PENDING})",
+                wake_at="wake_at",
+                priority="priority",
+                queue="queue",
+            )
         )
         self.get_run = sa.text(f"SELECT {RUN_COLS} FROM {s}.runs WHERE id = :run_id")
         self.retry_lock = sa.text(f"SELECT status FROM {s}.runs WHERE id = :run_id FOR UPDATE")
@@ -373,7 +426,7 @@ class Statements:
             UPDATE {s}.runs SET status = {_PENDING}, error = NULL, output = NULL,
                 finished_at = NULL, stalled_claims = 0, waiting_for = NULL,
                 wake_at = NULL, deadline_at = NULL, updated_at = now()
-            WHERE id = :run_id AND status = {_v(RunStatus.FAILED)}""")
+            WHERE id = :run_id AND {status_in(RETRYABLE_STATUSES)}""")
         self.recover_expired = sa.text(f"""
             WITH stale AS (
                 SELECT id FROM {s}.runs
@@ -385,13 +438,15 @@ class Statements:
                     lease_owner = NULL, lease_expires_at = NULL,
                     waiting_for = {_v(WaitKind.RECOVERY)}, updated_at = now()
                 FROM stale WHERE r.id = stale.id
-                RETURNING r.id, r.priority
+                RETURNING r.id, r.priority, r.queue
             ), stuck AS ({release_doing_sql("reset")}
             ), ev AS (
                 INSERT INTO {s}.events (run_id, type, data)
                 SELECT id, {_v(EventType.RECOVERED)}, {_jsonb(Recovered())} FROM reset
                 RETURNING 1
-            ), job AS ({wake_insert_sql("reset", wake_at="NULL", priority="reset.priority")})
+            ), job AS ({
+            wake_insert_sql("reset", wake_at="NULL", priority="reset.priority", queue="reset.queue")
+        })
             SELECT (SELECT count(*) FROM reset) AS recovered,
                    (SELECT count(*) FROM stuck) AS released""")
         self.spawn = sa.text(f"""
@@ -402,17 +457,18 @@ class Statements:
                 RETURNING id
             ), ins AS (
                 INSERT INTO {s}.runs (id, name, version, status, input, tags, priority,
-                    parent_run_id, parent_cursor_key, meta, deadline_at)
+                    parent_run_id, parent_cursor_key, meta, deadline_at, queue, limit_key)
                 SELECT :id, :name, :version, {_PENDING}, CAST(:input AS jsonb),
                     CAST(:tags AS text[]), :priority, lease.id, :parent_cursor_key,
-                    CAST(:meta AS jsonb), now() + CAST(:deadline AS interval)
+                    CAST(:meta AS jsonb), now() + CAST(:deadline AS interval), :run_queue,
+                    CAST(:limit_key AS text)
                 FROM lease
                 ON CONFLICT (id) DO NOTHING
-                RETURNING id
+                RETURNING id, queue
             ), ev AS (
                 INSERT INTO {s}.events (run_id, type, data)
                 SELECT id, {_v(EventType.STARTED)}, CAST(:event AS jsonb) FROM ins RETURNING 1
-            ), job AS ({wake_insert_sql("ins", wake_at="NULL")})
+            ), job AS ({wake_insert_sql("ins", wake_at="NULL", queue="ins.queue")})
             SELECT (SELECT count(*) FROM lease) AS leased, (SELECT count(*) FROM ins) AS created,
                    (SELECT count(*) FROM job) AS jobs""")
         self.cancel_lock = sa.text(f"SELECT status FROM {s}.runs WHERE id = :run_id FOR UPDATE")
@@ -447,6 +503,7 @@ class Statements:
                 "parent_run_id",
                 wake_at="NULL",
                 priority="0",
+                queue=f"(SELECT p.queue FROM {s}.runs AS p WHERE p.id = upd.parent_run_id)",
             )
         }
             ), notified AS (
@@ -455,19 +512,36 @@ class Statements:
             SELECT (SELECT count(*) FROM upd) AS canceled,
                    (SELECT count(*) FROM notified) AS notified,
                    (SELECT count(*) FROM dropped) AS dropped""")
-        # A wake-up or periodic sweep left ``doing`` by a dead worker (see orphaned_jobs_sql).
+        # A wake-up or periodic sweep left ``doing`` by a dead worker (see orphaned_jobs_sql);
+        # a wake-up's lock is its run id (the CASE casts only those: other locks are any text).
+        run = f"{s}.runs AS r WHERE r.id = CASE WHEN j.task_name = :task THEN j.lock::uuid END"
         self.release_orphans = sa.text(
             orphaned_jobs_sql(
-                f"EXISTS (SELECT 1 FROM {s}.runs AS r WHERE r.id::text = j.lock "
-                f"AND r.status = {_RUNNING} AND r.lease_expires_at >= now())"
+                f"EXISTS (SELECT 1 FROM {run})",
+                f"EXISTS (SELECT 1 FROM {run} "
+                f"AND r.status = {_RUNNING} AND r.lease_expires_at >= now())",
             )
         )
+        # The runs that may be stranded, one index-driven branch per cause (the conditions
+        # below then decide): a sweep reads what is held, overdue or due, not every live run.
         self.rewake = sa.text(f"""
-            WITH stranded AS (
-                SELECT r.id, r.priority FROM {s}.runs AS r
-                WHERE {status_in(RESUMABLE_STATUSES, "r.status")}
+            WITH candidate AS (
+                SELECT id FROM {s}.runs WHERE held IS NOT NULL
+                UNION SELECT id FROM {s}.runs
+                      WHERE deadline_at <= now() AND {status_in(LIVE_STATUSES)}
+                UNION SELECT id FROM {s}.runs
+                      WHERE status = {_PENDING} AND (wake_at IS NULL OR wake_at <= now())
+                UNION SELECT id FROM {s}.runs
+                      WHERE {status_in([RunStatus.RETRYING, RunStatus.AWAITING_CHILD])}
+                UNION SELECT run_id FROM {s}.timers WHERE fired_at IS NULL AND fire_at <= now()
+                UNION SELECT run_id FROM {s}.signals WHERE consumed_at IS NULL
+            ), stranded AS (
+                SELECT r.id, r.priority, r.queue FROM {s}.runs AS r
+                WHERE r.id IN (SELECT id FROM candidate)
+                  AND {status_in(RESUMABLE_STATUSES, "r.status")}
                   AND NOT {has_live_job_sql("r.id")}
-                  AND (
+                  AND (r.held IS NULL OR {_held_head(s)})
+                  AND (r.held IS NOT NULL OR
                     r.deadline_at <= now()
                     OR (r.status = {_PENDING} AND (r.wake_at IS NULL OR r.wake_at <= now()))
                     OR (r.status = {_RETRYING}
@@ -498,10 +572,15 @@ class Statements:
                 INSERT INTO {s}.events (run_id, type, data)
                 SELECT id, {_v(EventType.REWOKEN)}, {_jsonb(Rewoken())} FROM stranded
                 RETURNING 1
-            ), job AS ({wake_insert_sql("stranded", wake_at="NULL", priority="stranded.priority")})
+            ), job AS ({
+            wake_insert_sql(
+                "stranded", wake_at="NULL", priority="stranded.priority", queue="stranded.queue"
+            )
+        })
             SELECT (SELECT count(*) FROM stranded) AS rewoken""")
         self.pending_wake = sa.text(PENDING_WAKE_SQL)
         self._retention(s)
+        self._limits(s)
         self.detail_steps = sa.text(
             f"SELECT * FROM {s}.steps WHERE run_id = :run_id ORDER BY position"
         )
@@ -522,6 +601,16 @@ class Statements:
             FROM e JOIN {s}.runs r ON r.id = e.run_id
             GROUP BY e.run_id, r.status ORDER BY last
         """)
+        # ... and the claims it cannot see (a claim writes no event): the running runs whose row
+        # was written at or after :since, over the live-status partial index (few rows)
+        self.running_since = sa.text(f"""
+            WITH c AS (
+                SELECT id, updated_at FROM {s}.runs
+                WHERE status = {_RUNNING} AND updated_at >= CAST(:since AS timestamptz)
+                ORDER BY updated_at LIMIT :limit
+            )
+            SELECT now() AS db_now, c.id, c.updated_at FROM (SELECT 1) AS one
+            LEFT JOIN c ON true ORDER BY c.updated_at""")
         self.park = sa.text(f"""
             WITH run AS (
                 UPDATE {s}.runs SET status = {_PARKED}, error = CAST(:error AS jsonb),
@@ -549,13 +638,91 @@ class Statements:
             ), upd AS (
                 UPDATE {s}.runs AS r SET {_unpark_set}
                 FROM parked WHERE r.id = parked.id
-                RETURNING r.id, r.priority
+                RETURNING r.id, r.priority, r.queue
             ), ev AS (
                 INSERT INTO {s}.events (run_id, type, data)
                 SELECT id, {_v(EventType.UNPARKED)}, {_jsonb(Unparked("worker_start"))} FROM upd
                 RETURNING 1
-            ), job AS ({wake_insert_sql("upd", wake_at="NULL", priority="upd.priority")})
+            ), job AS ({
+            wake_insert_sql("upd", wake_at="NULL", priority="upd.priority", queue="upd.queue")
+        })
             SELECT (SELECT count(*) FROM upd) AS requeued""")
+
+    def _limits(self, s: str) -> None:
+        """Flow control's statements (:mod:`iterflow.core.limits`): the limited claim runs in a
+        transaction that first takes the advisory lock of the run's flow and key, so every
+        count below sees every committed claim of that key and no other claim runs meanwhile.
+        ``:run_id`` (NULL after an attempt ended) is left out of the counts."""
+        me = "CAST(:run_id AS uuid)"
+        resumable = status_in(RESUMABLE_STATUSES, "h.status")
+        lock = "pg_advisory_xact_lock(hashtext(:ns), hashtext({name} || chr(31) || {key}))"
+        #: A run the fast claim refused: why (not claimable, a flow version not served, limited);
+        #: a limited run's lock is taken by the same statement.
+        self.limit_probe = sa.text(f"""
+            SELECT name, version, limit_key, queue,
+                ({status_in(RESUMABLE_STATUSES)}
+                 OR (status = {_RUNNING} AND lease_expires_at < now())) AS claimable,
+                CASE WHEN limit_key IS NOT NULL
+                     THEN {lock.format(name="name", key="limit_key")} END AS locked
+            FROM {s}.runs WHERE id = :run_id""")
+        self.limit_lock = sa.text(f"SELECT {lock.format(name=':name', key=':key')}")
+        self.limit_state = sa.text(f"""
+            SELECT now() AS db_now,
+                (SELECT count(*) FROM {s}.runs
+                 WHERE name = :name AND limit_key = :key AND status = {_RUNNING}
+                   AND id IS DISTINCT FROM {me}) AS live,
+                (SELECT starts FROM {s}.rate_windows
+                 WHERE name = :name AND limit_key = :key) AS starts,
+                (SELECT count(*) FROM {s}.runs AS h
+                 WHERE h.name = :name AND h.limit_key = :key AND h.held IS NOT NULL
+                   AND {resumable} AND h.id IS DISTINCT FROM {me}
+                   AND {has_live_job_sql("h.id")}) AS woken,
+                (SELECT count(*) FROM {s}.runs AS h
+                 WHERE h.name = :name AND h.limit_key = :key AND h.held IS NOT NULL
+                   AND {resumable} AND h.id IS DISTINCT FROM {me}
+                   AND NOT {has_live_job_sql("h.id")}) AS held""")
+        #: Whether any run of the key is held (the release's lock-free first look).
+        self.limit_any_held = sa.text(f"""
+            SELECT EXISTS (SELECT 1 FROM {s}.runs
+                           WHERE name = :name AND limit_key = :key AND held IS NOT NULL) AS held""")
+        self.limit_hold = sa.text(f"""
+            UPDATE {s}.runs SET held = CAST(:held AS jsonb)
+                || jsonb_build_object('since', coalesce(held ->> 'since', {_iso_utc("now()")}))
+            WHERE id = :run_id""")
+        #: Wake the first ``:n`` held runs of the key in line (highest priority, then oldest)
+        #: that have no wake-up queued (the run being claimed counts as having none).
+        self.limit_wake = sa.text(f"""
+            WITH heads AS (
+                SELECT h.id, h.priority, h.queue FROM {s}.runs AS h
+                WHERE h.name = :name AND h.limit_key = :key AND h.held IS NOT NULL
+                  AND {resumable}
+                  AND (h.id = {me} OR NOT {has_live_job_sql("h.id")})
+                ORDER BY h.priority DESC, h.seq
+                LIMIT :n
+            ), job AS ({
+            wake_insert_sql(
+                "heads",
+                wake_at="CAST(:wake_at AS timestamptz)",
+                priority="heads.priority",
+                queue="heads.queue",
+            )
+        })
+            SELECT (SELECT count(*) FROM job) AS woken""")
+        self.limit_window = sa.text(f"""
+            INSERT INTO {s}.rate_windows (name, limit_key, starts)
+            VALUES (:name, :key, CAST(:starts AS timestamptz[]))
+            ON CONFLICT (name, limit_key) DO UPDATE SET starts = EXCLUDED.starts""")
+        #: A run fetched from a queue by a worker that does not serve its flow version (a run
+        #: queued before its flow had a queue of its own): move it to its own queue.
+        self.route = sa.text(f"""
+            WITH moved AS (
+                UPDATE {s}.runs SET queue = :run_queue
+                WHERE id = :run_id AND queue IS DISTINCT FROM :run_queue
+                RETURNING id, priority, queue
+            ), job AS ({
+            wake_insert_sql("moved", wake_at="NULL", priority="moved.priority", queue="moved.queue")
+        })
+            SELECT (SELECT count(*) FROM job) AS routed""")
 
     def _retention(self, s: str) -> None:
         """Retention's statements: one batch of finished top-level runs (oldest first, locked

@@ -70,6 +70,8 @@ def run_record(row: Row) -> RunRecord:
         finished_at=row["finished_at"],
         meta=dict(row["meta"] or {}),
         deadline_at=_ts(row.get("deadline_at")),
+        limit_key=row.get("limit_key"),
+        held=row.get("held"),
     )
 
 
@@ -99,6 +101,7 @@ def signal_record(d: Row) -> SignalRecord:
         received_at=cast(datetime, _ts(d["received_at"])),
         consumed_by=d["consumed_by"],
         consumed_at=_ts(d["consumed_at"]),
+        meta=d.get("meta") or {},
     )
 
 
@@ -119,6 +122,7 @@ def child_record(d: Row) -> ChildRecord:
         status=RunStatus(d["status"]),
         output=d["output"],
         error=d["error"],
+        finished_at=_ts(d.get("finished_at")),
     )
 
 

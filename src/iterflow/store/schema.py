@@ -106,6 +106,14 @@ runs = sa.Table(
     sa.Column("deadline_at", sa.DateTime(timezone=True)),
     # sha256 of the input's canonical JSON: a reused idempotency key with another input conflicts.
     sa.Column("input_hash", sa.Text),
+    # The key of a debounced or singleton start (iterflow.core.debounce; migration 0007).
+    sa.Column("run_key", sa.Text),
+    # Flow control (iterflow.core.limits; migration 0008): the procrastinate queue of the run's
+    # wake-ups (NULL: the engine's base queue), the key its flow's limits count it under, and
+    # why it is held back by a limit (NULL: it is not).
+    sa.Column("queue", sa.Text),
+    sa.Column("limit_key", sa.Text),
+    sa.Column("held", pg.JSONB),
     sa.CheckConstraint(status_in(RunStatus), name="status"),
     sa.Index(
         "ix_runs_name_idempotency_key",
@@ -122,9 +130,51 @@ runs = sa.Table(
         "parent_run_id",
         postgresql_where=sa.text("parent_run_id IS NOT NULL"),
     ),
+    # Debounce and singleton lookups: the live runs of a flow with a run key.
+    sa.Index(
+        "ix_runs_name_run_key",
+        "name",
+        "run_key",
+        postgresql_where=sa.text("run_key IS NOT NULL AND finished_at IS NULL"),
+    ),
+    # Limits: the live attempts of a flow and key, and its line of held runs.
+    sa.Index(
+        "ix_runs_limit_running",
+        "name",
+        "limit_key",
+        postgresql_where=sa.text(f"limit_key IS NOT NULL AND {status_in([RunStatus.RUNNING])}"),
+    ),
+    sa.Index(
+        "ix_runs_limit_held",
+        "name",
+        "limit_key",
+        sa.text("priority DESC"),
+        "seq",
+        postgresql_where=sa.text("held IS NOT NULL"),
+    ),
     sa.Index("ix_runs_tags", "tags", postgresql_using="gin"),
     sa.Index("ix_runs_seq", "seq", unique=True),
     sa.Index("ix_runs_name_seq", "name", "seq"),
+    # list_runs' status, schedule and idempotency key filters in seq order (migration 0010).
+    sa.Index("ix_runs_status_seq", "status", "seq"),
+    sa.Index(
+        "ix_runs_schedule_id_seq",
+        sa.text("(meta ->> 'schedule_id')"),
+        "seq",
+        postgresql_where=sa.text("(meta ->> 'schedule_id') IS NOT NULL"),
+    ),
+    sa.Index(
+        "ix_runs_idempotency_key_seq",
+        "idempotency_key",
+        "seq",
+        postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+    ),
+    # The reconciler's overdue deadlines (migration 0010).
+    sa.Index(
+        "ix_runs_deadline_at",
+        "deadline_at",
+        postgresql_where=sa.text(f"deadline_at IS NOT NULL AND {LIVE_STATUS_SQL}"),
+    ),
     # Retention's sweep: finished top-level runs by status and age (children go with them).
     sa.Index(
         "ix_runs_status_finished_at",
@@ -173,6 +223,8 @@ signals = sa.Table(
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
     sa.Column("consumed_by", sa.Text),
     sa.Column("consumed_at", sa.DateTime(timezone=True)),
+    # What the hooks injected where the signal was sent (the sender's trace; migration 0006).
+    sa.Column("meta", pg.JSONB),
     sa.UniqueConstraint("run_id", "idempotency_key", name="uq_signals_run_id_idempotency_key"),
     sa.Index(
         "ix_signals_inbox",
@@ -311,3 +363,14 @@ def quote_identifier(name: str) -> str:
 def translate_map(schema: str) -> dict[str | None, str | None]:
     """The ``schema_translate_map`` that places the tables in ``schema``."""
     return {DEFAULT_SCHEMA: schema}
+
+
+# The attempt starts of each flow and key in its rate window (iterflow.core.limits; migration
+# 0008), written under the advisory lock of that flow and key.
+rate_windows = sa.Table(
+    "rate_windows",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("limit_key", sa.Text, primary_key=True),
+    sa.Column("starts", pg.ARRAY(sa.DateTime(timezone=True)), nullable=False),
+)

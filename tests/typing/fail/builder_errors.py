@@ -58,3 +58,10 @@ charged.signal(Signal("approve", Approval), Approval)  # expect-error
 charged.signal(Signal("approve", Approval), merge=merge_order)  # expect-error
 # a loop body keeps the value's type
 start.loop(until=lambda o: o.amount > 0, body=charge_in_loop)  # expect-error
+
+# .map: the step takes an Order, the items are str
+start.map("m", charge, over=lambda o: [o.id])  # expect-error
+# .map: the child takes a str, the items are Orders
+start.map(child, over=lambda o: [o])  # expect-error
+# .map: the value after a map is a list, not a Charged
+start.map("m", charge, over=lambda o: [o]).step("d", describe_charge)  # expect-error

@@ -98,3 +98,29 @@ async def result(h: FlowHandle[Order, str]) -> str:
 
 
 typed_built: BuiltFlow[Order, str] = built
+
+
+# .map: a list of the step's (or child flow's) results, whatever the items
+class Basket(BaseModel):
+    orders: list[Order]
+
+
+def charge_line(order: Order, step: StepContext[Basket]) -> Charged:
+    return Charged(id=order.id, cents=order.amount)
+
+
+async def total(charged: Charged) -> int:
+    return charged.cents
+
+
+basket = flow("basket").input(Basket)
+mapped_steps = basket.map("charge-line", charge_line, over=lambda b: b.orders, concurrency=3)
+assert_type(mapped_steps, FlowBuilder[Basket, list[Charged]])
+mapped_async = mapped_steps.map("total", total, over=lambda charged: charged, retries=2)
+assert_type(mapped_async, FlowBuilder[Basket, list[int]])
+order_flow = flow("one-order").input(Order).step("charge", charge).build()
+mapped_flows = basket.map(order_flow, over=lambda b: b.orders, concurrency=2)
+assert_type(mapped_flows, FlowBuilder[Basket, list[Charged]])
+assert_type(mapped_flows.build(), BuiltFlow[Basket, list[Charged]])
+mapped_handles = basket.map(engine.register(order_flow), over=lambda b: b.orders)
+assert_type(mapped_handles, FlowBuilder[Basket, list[Charged]])

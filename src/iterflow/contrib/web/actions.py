@@ -1,8 +1,10 @@
 """The dashboard's acting side: the forms of the run, start and schedules pages and the POST
 routes behind them, every one through the engine's public API and :func:`security.guard`.
 
-* ``POST /runs/{id}/cancel`` (the form lists the live children the cascade cancels too),
-  ``POST /runs/{id}/retry``, ``POST /runs/{id}/signal/{name}`` (a form generated from the
+* ``POST /runs/{id}/cancel`` (the form lists the live children the cascade cancels too;
+  ``compensate=1`` runs the saga's compensations first: ``canceling``),
+  ``POST /runs/{id}/retry`` (with ``resume=1``: resume a canceled run),
+  ``POST /runs/{id}/signal/{name}`` (a form generated from the
   signal's declared model, validated before sending; a model-less or unknown flow gets a JSON
   textarea and ``POST /runs/{id}/signal`` with the name as a field): redirect (303) to the run
   page with ``?action=<action>&result=<typed result>``, which the run page shows in
@@ -43,6 +45,7 @@ from iterflow.contrib.web.html import esc, href, page
 from iterflow.contrib.web.security import Action, Denied, can, guard
 from iterflow.contrib.web.state import DashboardEngine, get_state
 from iterflow.core import codec, inputs, keys
+from iterflow.core.decisions import was_compensated
 from iterflow.core.definition import FlowDef, Registry
 from iterflow.core.errors import FlowError, FlowUnknown, InputInvalid
 from iterflow.core.models import RunDetail, RunRecord, RunStatus
@@ -62,8 +65,9 @@ _CASCADE_SHOWN = 50
 _CASCADE_VISITED = 1_000
 #: Typed results a redirect may carry, by action (anything else in the query is ignored).
 _RESULTS: Mapping[str, frozenset[str]] = {
-    "cancel": frozenset({"canceled", "not_found", "already_terminal"}),
+    "cancel": frozenset({"canceled", "canceling", "not_found", "already_terminal"}),
     "retry": frozenset({"queued", "missing", "not_failed"}),
+    "resume": frozenset({"queued", "missing", "not_failed"}),
     "signal": frozenset({"delivered", "buffered", "duplicate", "not_found", "closed"}),
     "start": frozenset({"created", "existing"}),
     "trigger": frozenset({"created", "existing"}),
@@ -158,10 +162,23 @@ def _signal_form(
     errors: Mapping[str, str] | None = None,
 ) -> str:
     fields = model_form(form_model(model), values=values, errors=errors)
-    waits = run.waiting_for == keys.waiting_for_signal(name)
+    waits = run.status is RunStatus.AWAITING_SIGNAL and run.waiting_for == keys.waiting_for_signal(
+        name
+    )  # ``waiting_for`` outlives the wait: a claimed run keeps it while it runs
     waiting = " (the run waits for it)" if waits else ""
+    effect = (
+        "The run resumes as soon as it is delivered."
+        if waits
+        else "The run does not wait for it now: it is kept in the run's inbox (buffered) until "
+        "the flow asks for it."
+    )
+    help_text = (
+        f"Sends <code>{esc(name)}</code> to this run. The payload is checked against the "
+        f"signal's declared model first: nothing is sent while a field is invalid. {effect}"
+    )
     inner = (
-        f"<fieldset><legend>Signal <code>{esc(name)}</code>{esc(waiting)}</legend>{fields}"
+        f"<fieldset><legend>Signal <code>{esc(name)}</code>{esc(waiting)}</legend>"
+        f'<p class="form-help" data-testid="signal-help">{help_text}</p>{fields}'
         f'<button type="submit">Send {esc(name)}</button></fieldset>'
     )
     path = f"/runs/{run.id}/signal/{name}"
@@ -177,9 +194,38 @@ def _any_signal_form(request: Request, run: RunRecord) -> str:
     return post_form(request, f"/runs/{run.id}/signal", inner, data_signal="", data_action="signal")
 
 
+#: What Retry does, by the status it is offered on (``RETRYABLE_STATUSES``).
+_RETRY_EFFECT: Mapping[RunStatus, str] = {
+    RunStatus.PARKED: "Wake the parked run to check it against the code deployed now.",
+    RunStatus.FAILED: "Replay the run from its failed step (its completed steps are kept; if "
+    "its compensations ran, from its earliest compensated step).",
+    RunStatus.COMPENSATION_FAILED: "Resume the compensations from the one that failed (those "
+    "that ran are not repeated); the run then ends failed or canceled.",
+}
+
+
+def _resume_form(request: Request, run: RunDetail) -> str:
+    """Resume for a canceled run, only where ``engine.retry(resume=True)`` accepts it: a run
+    whose compensations ran (``cancel(compensate=True)``) had its steps undone."""
+    if was_compensated(run.steps):
+        return (
+            '<p class="form-help" data-testid="no-resume">Its compensations ran: this canceled '
+            "run cannot be resumed (its completed steps were undone).</p>"
+        )
+    inner = (
+        "<fieldset><legend>Resume</legend><p>Resume the canceled run where it stopped (its "
+        "whole history is kept; the canceled children it awaits resume with it).</p>"
+        '<input type="hidden" name="resume" value="1">'
+        '<button type="submit">Resume run</button></fieldset>'
+    )
+    return post_form(request, f"/runs/{run.run.id}/retry", inner, data_action="resume")
+
+
 async def run_actions_html(request: Request, run: RunDetail) -> str:
     """The action forms of a run page, each posting with a hidden ``csrf_token``: cancel (live
-    runs; lists the live children canceled with it), retry (failed or parked runs), one signal
+    runs; lists the live children canceled with it; a ``compensate`` box cancels with
+    ``compensate=True``), retry (failed, compensation_failed or parked runs), resume (canceled
+    runs whose compensations did not run: ``engine.retry(run_id, resume=True)``), one signal
     form per signal the run's flow version declares (``form[data-signal="<name>"]``; the newest
     registered version's when that version is not registered here, a JSON form when none is).
     Shows the typed result of the action that redirected here. Without permission: no form, a
@@ -200,20 +246,21 @@ async def run_actions_html(request: Request, run: RunDetail) -> str:
         inner = (
             f"<fieldset><legend>Cancel</legend>{_cascade_html(request, children, cut)}"
             '<label>reason (optional) <input type="text" name="reason" maxlength="1000">'
+            '</label><label class="compensate"><input type="checkbox" name="compensate" '
+            'value="1" data-testid="cancel-compensate"> run the compensations of its completed '
+            "steps first (saga: the run ends canceled once they ran, compensation_failed if one "
+            "fails; it cannot be resumed)"
             '</label><button type="submit" class="danger">Cancel run</button></fieldset>'
         )
         parts.append(post_form(request, f"/runs/{record.id}/cancel", inner, data_action="cancel"))
     if allowed["retry"] and record.status in RETRYABLE_STATUSES:
-        what = (
-            "Wake the parked run to check it against the code deployed now."
-            if record.status is RunStatus.PARKED
-            else "Replay the run from its failed step (its completed steps are kept)."
-        )
         inner = (
-            f"<fieldset><legend>Retry</legend><p>{esc(what)}</p>"
+            f"<fieldset><legend>Retry</legend><p>{esc(_RETRY_EFFECT[record.status])}</p>"
             '<button type="submit">Retry run</button></fieldset>'
         )
         parts.append(post_form(request, f"/runs/{record.id}/retry", inner, data_action="retry"))
+    if allowed["retry"] and record.status is RunStatus.CANCELED:
+        parts.append(_resume_form(request, run))
     if allowed["signal"] and live:
         flow = _definition(engine.registry, record.name, record.version)
         if flow is None:
@@ -232,7 +279,8 @@ async def _cancel(request: Request) -> Response:
         form = await guard(request, "cancel")
         run_id = _run_id(request)
         reason = str(form.get("reason") or "").strip() or None
-        outcome = await _engine(request).cancel(run_id, reason=reason)
+        compensate = form.get("compensate") == "1"
+        outcome = await _engine(request).cancel(run_id, reason=reason, compensate=compensate)
     except (Denied, FlowError) as error:
         return error_page(request, error)
     return _redirect(request, f"/runs/{run_id}", "cancel", outcome.kind)
@@ -240,12 +288,13 @@ async def _cancel(request: Request) -> Response:
 
 async def _retry(request: Request) -> Response:
     try:
-        await guard(request, "retry")
+        form = await guard(request, "retry")
         run_id = _run_id(request)
-        outcome = await _engine(request).retry(run_id)
+        resume = form.get("resume") == "1"
+        outcome = await _engine(request).retry(run_id, resume=resume)
     except (Denied, FlowError) as error:
         return error_page(request, error)
-    return _redirect(request, f"/runs/{run_id}", "retry", outcome.kind)
+    return _redirect(request, f"/runs/{run_id}", "resume" if resume else "retry", outcome.kind)
 
 
 async def _signal(request: Request) -> Response:
@@ -363,7 +412,13 @@ async def _start_index(request: Request) -> Response:
         for name, version in sorted(newest.items())
     )
     listing = f'<ul id="start-flows">{items}</ul>' if items else "<p>No flow is registered.</p>"
-    return page(request, title="Start a run", body=f"<h1>Start a run</h1>{listing}")
+    note = (
+        ""
+        if await can(request, "start")
+        else '<p class="read-only-note" data-testid="read-only-note">Read-only: you may not '
+        "start runs.</p>"
+    )
+    return page(request, title="Start a run", body=f"<h1>Start a run</h1>{note}{listing}")
 
 
 def _tags(text: str) -> list[str]:

@@ -1,10 +1,13 @@
-"""Bulk cancel and retry over a runs-list filter: the runs list's form, a dry run counting the
-runs an action would touch (``engine.count_runs``) with a confirmation step, then the action on
-each run (``engine.cancel`` / ``engine.retry``, page by page on the keyset cursor) and the count
-of each typed result (``canceled``, ``already_terminal``, ``queued``, ``not_failed``...).
+"""Bulk cancel, retry and resume over a runs-list filter: the runs list's form, a dry run
+counting the runs an action would touch (``engine.count_runs``) with a confirmation step (for
+cancel, a ``compensate`` box: ``engine.cancel(compensate=True)``, sagas), then the action on
+each run (``engine.cancel`` / ``engine.retry`` / ``engine.retry(resume=True)``, through
+``engine.bulk``) and the count of each typed result (``canceled``, ``canceling``,
+``already_terminal``, ``queued``, ``not_failed``...).
 
 Only the runs an action can change are selected: live runs for cancel, failed and parked runs
-for retry (narrowed by the filter's statuses), so the dry run's count is the work to do.
+for retry, canceled runs for resume (narrowed by the filter's statuses), so the dry run's count
+is the work to do. Resume is a retry for ``authorize`` (``bulk_retry``).
 """
 
 from __future__ import annotations
@@ -26,13 +29,20 @@ from iterflow.core import inputs
 from iterflow.core.errors import FlowError, InputInvalid
 from iterflow.core.models import RunStatus
 from iterflow.core.states import LIVE_STATUSES
+from iterflow.core.states import RETRYABLE_STATUSES as REPLAYABLE
 
 __all__ = ["BULK_LIMIT", "RETRYABLE_STATUSES", "bulk", "bulk_form_html"]
 
 #: The most runs one confirmed bulk request acts on (submit again for the rest).
 BULK_LIMIT = 10_000
 #: The statuses ``engine.retry`` acts on (a parked run is woken to be re-checked).
-RETRYABLE_STATUSES = frozenset({RunStatus.FAILED, RunStatus.PARKED})
+RETRYABLE_STATUSES = frozenset({*REPLAYABLE, RunStatus.PARKED})
+#: The statuses each bulk action selects.
+_ACTED: Mapping[str, frozenset[RunStatus]] = {
+    "cancel": LIVE_STATUSES,
+    "retry": RETRYABLE_STATUSES,
+    "resume": frozenset({RunStatus.CANCELED}),
+}
 _PAGE = 200
 
 
@@ -52,7 +62,7 @@ def _filters(form: FormData) -> dict[str, Any]:
 
 def _acted_statuses(action: str, filters: Mapping[str, Any]) -> list[RunStatus]:
     """The statuses a bulk action applies to, narrowed by the filter's statuses."""
-    wanted = LIVE_STATUSES if action == "cancel" else RETRYABLE_STATUSES
+    wanted = _ACTED[action]
     chosen = set(inputs.statuses(filters.get("status"))) or set(RunStatus)
     return sorted(wanted & chosen)
 
@@ -72,7 +82,11 @@ async def bulk_form_html(request: Request) -> str:
     do neither."""
     buttons = [
         f'<button type="submit" name="action" value="{action}">{label}</button>'
-        for action, label in (("cancel", "Cancel matching runs…"), ("retry", "Retry matching…"))
+        for action, label in (
+            ("cancel", "Cancel matching runs…"),
+            ("retry", "Retry matching…"),
+            ("resume", "Resume matching canceled…"),
+        )
         if await can(request, "bulk_cancel" if action == "cancel" else "bulk_retry")
     ]
     if not buttons:
@@ -101,6 +115,8 @@ async def bulk(request: Request) -> Response:
             done = await engine.bulk(
                 "cancel" if action == "cancel" else "retry",
                 reason="canceled in bulk" if action == "cancel" else None,
+                compensate=action == "cancel" and form.get("compensate") == "1",
+                resume=action == "resume",
                 limit=BULK_LIMIT,
                 **acted,
             )
@@ -121,9 +137,9 @@ async def bulk(request: Request) -> Response:
 async def _guard_bulk(request: Request) -> FormData:
     """Guard a bulk request as ``bulk_cancel`` or ``bulk_retry`` (its ``action`` field)."""
     action = (await read_form(request)).get("action")
-    form = await guard(request, "bulk_retry" if action == "retry" else "bulk_cancel")
-    if action not in ("cancel", "retry"):
-        raise Denied(422, "FORM_INVALID", "action must be cancel or retry")
+    form = await guard(request, "bulk_cancel" if action == "cancel" else "bulk_retry")
+    if action not in _ACTED:
+        raise Denied(422, "FORM_INVALID", "action must be cancel, retry or resume")
     return form
 
 
@@ -168,10 +184,17 @@ def _dry_run_page(
     )
     confirm = ""
     if total:
+        compensate = (
+            '<label class="compensate"><input type="checkbox" name="compensate" value="1" '
+            'data-testid="bulk-compensate"> run the compensations of their completed steps '
+            "first (sagas: such runs cannot be resumed)</label>"
+            if action == "cancel"
+            else ""
+        )
         inner = (
             f"{_filter_inputs(form)}"
             f'<input type="hidden" name="action" value="{esc(action)}">'
-            '<input type="hidden" name="confirm" value="1">'
+            f'<input type="hidden" name="confirm" value="1">{compensate}'
             f'<button type="submit" class="danger" data-testid="bulk-confirm">'
             f"{esc(action.capitalize())} {total} run(s)</button>"
         )

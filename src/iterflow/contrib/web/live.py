@@ -1,12 +1,17 @@
 """Live updates: ``/events`` (Server-Sent Events) and ``/changes`` (the polling fallback).
 
-Both read the engine's change feed, :meth:`iterflow.Engine.changed_runs`: a range scan of the
-events' primary key after a change token, so a poll costs an index probe whatever the number of
-runs. ``/events`` holds the connection open and re-reads the feed as soon as the engine's
-``LISTEN`` connection reports a run reaching a terminal status
-(:meth:`iterflow.Engine.on_terminal`), and every :data:`POLL_SECONDS` otherwise (suspensions,
-retries and signals write an event but no NOTIFY). ``app.js`` falls back to ``/changes`` when
-``EventSource`` fails (a proxy that buffers or cuts streams).
+Both read the engine's two change feeds: :meth:`iterflow.Engine.changed_runs` (a range scan of
+the events' primary key after a change token, so a poll costs an index probe whatever the
+number of runs) and :meth:`iterflow.Engine.claimed_runs` (the running runs claimed since a
+mark: a claim writes no event, so this is how ``pending`` or waiting becomes ``running`` live;
+a read of the few running runs, nothing added to the claim). The page carries both positions in
+one token, ``<events token>.<claims mark in microseconds>`` (:class:`Position`).
+
+``/events`` holds the connection open and re-reads the feeds as soon as the engine's ``LISTEN``
+connection reports a run reaching a terminal status (:meth:`iterflow.Engine.on_terminal`), and
+every :data:`POLL_SECONDS` otherwise (claims, suspensions, retries and signals send no NOTIFY).
+``app.js`` falls back to ``/changes`` when ``EventSource`` fails (a proxy that buffers or cuts
+streams).
 """
 
 from __future__ import annotations
@@ -16,29 +21,72 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from iterflow.contrib.web.state import get_state
+from iterflow.contrib.web.state import DashboardEngine, get_state
+from iterflow.core.models import RunStatus
 
-__all__ = ["POLL_SECONDS", "live_routes"]
+__all__ = ["POLL_SECONDS", "Position", "live_routes"]
 
-#: How often an open ``/events`` stream re-reads the change feed without a notification.
+#: How often an open ``/events`` stream re-reads the change feeds without a notification.
 POLL_SECONDS = 2.0
 #: A comment line is sent after this many quiet seconds so proxies keep the stream open.
 KEEPALIVE_SECONDS = 15.0
 _BATCH = 500
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+#: An open stream forgets the statuses it sent beyond this many runs (it may repeat one then).
+_REMEMBERED = 10_000
+_BAD_TOKEN = "since must be a change token returned by /changes or /events"
 
 
-def _token(raw: str | None) -> int | None:
-    if raw is None or not raw.strip():
-        return None
-    raw = raw.strip()
-    if not raw.isdigit() or len(raw) > 18:
-        raise ValueError("since must be a change token returned by /changes or /events")
-    return int(raw)
+@dataclass(frozen=True)
+class Position:
+    """Where a page or a stream is in the two feeds: the events token and the claims mark."""
+
+    events: int
+    claims: datetime
+
+    def __str__(self) -> str:
+        return f"{self.events}.{(self.claims - _EPOCH) // _MICROSECOND}"
+
+    @staticmethod
+    async def now(engine: DashboardEngine) -> Position:
+        """The current position: a page is rendered after it, so later changes reach it."""
+        _, events = await engine.changed_runs(None)
+        _, claims = await engine.claimed_runs(None)
+        return Position(events, claims)
+
+    @staticmethod
+    async def parse(engine: DashboardEngine, raw: str | None) -> Position | None:
+        """A token from a page, ``/changes`` or ``Last-Event-ID`` (``ValueError`` when it is
+        not one); None for none. A bare events token (an older page) reads claims from now."""
+        if raw is None or not raw.strip():
+            return None
+        parts = raw.strip().split(".")
+        if len(parts) > 2 or not all(p.isdigit() and len(p) <= 18 for p in parts):
+            raise ValueError(_BAD_TOKEN)
+        if len(parts) == 1:
+            _, mark = await engine.claimed_runs(None)
+            return Position(int(parts[0]), mark)
+        try:
+            return Position(int(parts[0]), _EPOCH + int(parts[1]) * _MICROSECOND)
+        except OverflowError:
+            raise ValueError(_BAD_TOKEN) from None
+
+    async def read(self, engine: DashboardEngine) -> tuple[list[tuple[str, str]], Position]:
+        """The ``(run_id, status)`` changes after this position (events first, then claims:
+        the later read is the fresher), and the position after them."""
+        changed, events = await engine.changed_runs(self.events, limit=_BATCH)
+        claimed, claims = await engine.claimed_runs(self.claims, limit=_BATCH)
+        found = [(str(rid), status.value) for rid, status in changed]
+        found += [(str(rid), RunStatus.RUNNING.value) for rid in claimed]
+        return found, Position(events, claims)
 
 
 def _run_filter(request: Request) -> str | None:
@@ -54,35 +102,38 @@ def _bad_request(message: str) -> Response:
 
 async def changes(request: Request) -> Response:
     """GET ``/changes?since=<token>[&run=<id>]``: ``{"token", "runs": [{"run_id", "status"}]}``,
-    the runs changed after ``since`` (none without ``since``: just the current token)."""
+    the runs changed after ``since`` (none without ``since``: just the current token). A run
+    may be listed twice (a claim is read with a margin); the last entry is its status now."""
+    engine = get_state(request).engine
     try:
-        since = _token(request.query_params.get("since"))
+        since = await Position.parse(engine, request.query_params.get("since"))
         only = _run_filter(request)
     except ValueError as exc:
         return _bad_request(str(exc))
-    engine = get_state(request).engine
-    changed, token = await engine.changed_runs(since, limit=_BATCH)
+    if since is None:
+        return JSONResponse({"token": str(await Position.now(engine)), "runs": []})
+    found, after = await since.read(engine)
     runs = [
-        {"run_id": str(rid), "status": status.value}
-        for rid, status in changed
-        if only is None or str(rid) == only
+        {"run_id": rid, "status": status} for rid, status in found if only is None or rid == only
     ]
-    return JSONResponse({"token": token, "runs": runs})
+    return JSONResponse({"token": str(after), "runs": runs})
 
 
 async def events(request: Request) -> Response:
     """GET ``/events[?run=<id>][&since=<token>]``: a ``text/event-stream`` of ``event: run``
     messages, each ``data: {"run_id", "status"}`` with the change token as its ``id`` (a
     reconnecting ``EventSource`` resumes from ``Last-Event-ID``; ``since`` is the token the page
-    was rendered at, its ``data-since``)."""
+    was rendered at, its ``data-since``). A run's status is sent when it differs from the last
+    one this stream sent for it."""
+    engine = get_state(request).engine
     try:
         only = _run_filter(request)
         # a reconnect resumes after its last event; a page's first connection after the change
         # token the page was rendered at, so a change in between is not missed
-        resume = _token(request.headers.get("last-event-id") or request.query_params.get("since"))
+        raw = request.headers.get("last-event-id") or request.query_params.get("since")
+        resume = await Position.parse(engine, raw)
     except ValueError as exc:
         return _bad_request(str(exc))
-    engine = get_state(request).engine
     wake = asyncio.Event()
 
     def notified(run_id: str) -> None:
@@ -92,30 +143,32 @@ async def events(request: Request) -> Response:
     loop = asyncio.get_running_loop()
 
     async def stream() -> AsyncIterator[str]:
-        token = resume
-        if token is None:
-            _, token = await engine.changed_runs(None)
-        unsubscribe = engine.on_terminal(notified)  # changes before it are in the feed
+        position = resume or await Position.now(engine)
+        unsubscribe = engine.on_terminal(notified)  # changes before it are in the feeds
+        sent: dict[str, str] = {}
         try:
-            yield f"retry: 3000\nid: {token}\n: connected\n\n"
+            yield f"retry: 3000\nid: {position}\n: connected\n\n"
             quiet_since = loop.time()
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), POLL_SECONDS)
                 wake.clear()
-                changed, token = await engine.changed_runs(token, limit=_BATCH)
-                sent = False
-                for rid, status in changed:
-                    if only is not None and str(rid) != only:
+                found, position = await position.read(engine)
+                fresh = False
+                for rid, status in found:
+                    if (only is not None and rid != only) or sent.get(rid) == status:
                         continue
-                    data = json.dumps({"run_id": str(rid), "status": status.value})
-                    yield f"id: {token}\nevent: run\ndata: {data}\n\n"
-                    sent = True
-                if sent:
+                    if len(sent) >= _REMEMBERED:
+                        sent.clear()
+                    sent[rid] = status
+                    data = json.dumps({"run_id": rid, "status": status})
+                    yield f"id: {position}\nevent: run\ndata: {data}\n\n"
+                    fresh = True
+                if fresh:
                     quiet_since = loop.time()
                 elif loop.time() - quiet_since >= KEEPALIVE_SECONDS:
                     quiet_since = loop.time()
-                    yield f"id: {token}\n: keepalive\n\n"
+                    yield f"id: {position}\n: keepalive\n\n"
         finally:
             unsubscribe()
 

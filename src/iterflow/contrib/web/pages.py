@@ -8,6 +8,7 @@ and event data are replaced by a note, and the value route answers 403.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Callable, Mapping
@@ -26,6 +27,8 @@ from iterflow.contrib.web.actions import (
 )
 from iterflow.contrib.web.filters import FILTER_PARAMS, FilterError, list_filters
 from iterflow.contrib.web.html import esc, fmt_time, href, page, status_badge
+from iterflow.contrib.web.live import Position
+from iterflow.contrib.web.security import can
 from iterflow.contrib.web.state import DashboardEngine, get_state
 from iterflow.contrib.web.svg import graph_svg, timeline_svg
 from iterflow.core.errors import FlowError, RunNotFound
@@ -176,7 +179,7 @@ def _runs_table(
 async def runs_list(request: Request) -> Response:
     """GET ``/``: the runs list for the filter in the query string."""
     engine = get_state(request).engine
-    _, since = await engine.changed_runs(None)  # before reading: later changes reach app.js
+    since = await Position.now(engine)  # before reading: later changes reach app.js
     error = ""
     counts: Mapping[RunStatus, int] = {}
     runs: tuple[RunRecord, ...] = ()
@@ -200,8 +203,14 @@ async def runs_list(request: Request) -> Response:
     if next_cursor is not None:
         link = href(request, "/", **_query(request), cursor=str(next_cursor))
         nav.append(f'<a rel="next" href="{esc(link)}">next page →</a>')
+    start = (
+        f' <a class="start-link" data-testid="start-link" href="{esc(href(request, "/start"))}">'
+        "Start a run</a>"
+        if await can(request, "start")
+        else ""
+    )
     body = (
-        f'<h1>Runs</h1><div class="layout-list" data-since="{since}">'
+        f'<h1>Runs{start}</h1><div class="layout-list" data-since="{since}">'
         f"{_filter_form(request, error)}"
         f"{_counts_html(request, counts)}"
         f"{await bulk_form_html(request) if not error else ''}"
@@ -406,9 +415,26 @@ def _header(request: Request, detail: RunDetail, now: datetime) -> str:
     return f'<table class="kv" id="header">{cells}</table>'
 
 
+def _without_messages(run: RunRecord) -> RunRecord:
+    """``run`` as redact mode explains it: the failed compensation's error message (a saga's
+    ``details.compensation.failed.error``) hidden, its code kept, as the error cells do."""
+    error = run.error or {}
+    details = error.get("details")
+    if not isinstance(details, dict):
+        return run
+    record = details.get("compensation")
+    if not isinstance(record, dict) or not isinstance(record.get("failed"), dict):
+        return run
+    failed = record["failed"]
+    cause = failed.get("error")
+    code = cause.get("code") if isinstance(cause, dict) else None
+    hidden = {**record, "failed": {**failed, "error": {"code": code, "message": "redacted"}}}
+    return dataclasses.replace(run, error={**error, "details": {**details, "compensation": hidden}})
+
+
 async def _why(request: Request, detail: RunDetail, now: datetime) -> str:
     state = get_state(request)
-    run = detail.run
+    run = _without_messages(detail.run) if state.redact else detail.run
     why = explain(run, now=now, served=await served_callback(state.engine))
     if run.is_terminal:
         outcome = f'<p class="outcome" data-testid="outcome">{esc(why.summary)}</p>'
@@ -509,7 +535,7 @@ async def _children_html(request: Request, detail: RunDetail) -> str:
 async def run_page(request: Request) -> Response:
     """GET ``/runs/{run_id}``: everything about one run."""
     state = get_state(request)
-    _, since = await state.engine.changed_runs(None)  # before reading: later changes reach app.js
+    since = await Position.now(state.engine)  # before reading: later changes reach app.js
     detail = await _detail(request)
     if detail is None:
         return _not_found(request)

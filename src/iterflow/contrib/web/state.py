@@ -119,6 +119,7 @@ class DashboardEngine(Protocol):
         dry_run: bool = ...,
         resume: bool = ...,
         reason: str | None = ...,
+        compensate: bool = ...,
         progress: Callable[[int, int], None] | None = ...,
         limit: int | None = ...,
         **filters: Unpack[RunQuery],
@@ -132,6 +133,12 @@ class DashboardEngine(Protocol):
         """Runs whose row changed after the change token ``since``, and the new token."""
         ...
 
+    async def claimed_runs(
+        self, since: datetime | None = ..., *, limit: int = ...
+    ) -> tuple[list[uuid.UUID], datetime]:
+        """Runs running now that were claimed at or after ``since``, and the next mark."""
+        ...
+
     def on_terminal(self, callback: Callable[[str], None]) -> Callable[[], None]:
         """Call ``callback(run_id)`` whenever a run ends; returns the unsubscribe function."""
         ...
@@ -140,12 +147,15 @@ class DashboardEngine(Protocol):
         """The registered workers with the ``name@version`` flows each runs."""
         ...
 
-    async def cancel(self, run_id: uuid.UUID | str, *, reason: str | None = ...) -> CancelResult:
-        """Cancel a live run and its non-detached live children."""
+    async def cancel(
+        self, run_id: uuid.UUID | str, *, reason: str | None = ..., compensate: bool = ...
+    ) -> CancelResult:
+        """Cancel a live run and its non-detached live children (``compensate=True``: run the
+        saga's compensations first)."""
         ...
 
-    async def retry(self, run_id: uuid.UUID | str) -> RetryResult:
-        """Replay a failed (or parked) run."""
+    async def retry(self, run_id: uuid.UUID | str, *, resume: bool = ...) -> RetryResult:
+        """Replay a failed (or parked) run; ``resume=True`` also resumes a canceled one."""
         ...
 
     async def signal(

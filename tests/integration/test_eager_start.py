@@ -1,0 +1,184 @@
+"""A start in a process whose worker runs is written already claimed and attempted at once
+(``iterflow.runtime.eager``): one commit for start and claim, no wake-up job. Runs it cannot
+take that way (a flow-control limit, a delay, a run key, a flow version it does not serve, no
+free slot) go through the queue as before; a crash of the starting process is recovered from
+the lease by another worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from iterflow import Engine, FlowContext
+from iterflow.core.models import RunStatus
+from tests.integration.flows import sql
+
+ROOT = Path(__file__).parent.parent.parent
+
+
+class Num(BaseModel):
+    n: int
+
+
+async def add(ctx: FlowContext, x: Num) -> int:
+    total = x.n
+    for i in range(3):
+
+        async def one_more(t: int = total) -> int:
+            return t + 1
+
+        total = await ctx.step(f"add-{i}", one_more)
+    return total
+
+
+def queued_jobs(url: str, run_id: uuid.UUID) -> int:
+    """The run's wake-up jobs in procrastinate's table (a finished one is deleted)."""
+    return sql(url, "SELECT count(*) FROM procrastinate_jobs WHERE lock = %s", str(run_id))[0][0]
+
+
+async def test_a_start_with_a_worker_here_is_claimed_in_its_commit_and_finishes(
+    engine: Engine, database_url: str
+) -> None:
+    handle = engine.flow("eager-add", input=Num, output=int)(add)
+    await engine.listen(concurrency=2)
+    started = await handle.start(Num(n=1))
+    assert started.created and started.status is RunStatus.RUNNING
+    assert queued_jobs(database_url, started.run_id) == 0  # no wake-up was queued for it
+    assert await handle.result(started.run_id, timeout=15) == 4
+    detail = await engine.status(started.run_id)
+    assert detail.run.claims == 1 and detail.run.status is RunStatus.DONE
+    types = [e.type for e in detail.events]
+    assert types[0] == "started" and types[-1] == "completed"
+
+
+async def test_limited_delayed_and_unserved_flows_go_through_the_queue(engine: Engine) -> None:
+    limited = engine.flow("eager-limited", input=Num, output=int, concurrency=1)(add)
+    plain = engine.flow("eager-add", input=Num, output=int)(add)
+    other = engine.flow("eager-other", input=Num, output=int)(add)
+    await engine.listen(concurrency=2, flows=["eager-limited", "eager-add"])
+    held = await limited.start(Num(n=1))
+    later = await plain.start(Num(n=2), delay="1h")
+    unserved = await other.start(Num(n=3))
+    assert held.status is RunStatus.PENDING
+    assert later.status is RunStatus.PENDING
+    assert unserved.status is RunStatus.PENDING
+    assert await limited.result(held.run_id, timeout=15) == 4
+
+
+async def test_no_free_slot_queues_the_start(engine: Engine) -> None:
+    gate = asyncio.Event()
+
+    @engine.flow("eager-block", input=Num, output=int)
+    async def block(ctx: FlowContext, x: Num) -> int:
+        await ctx.step("wait", gate.wait)
+        return x.n
+
+    await engine.listen(concurrency=1)
+    first = await block.start(Num(n=1))
+    second = await block.start(Num(n=2))
+    assert first.status is RunStatus.RUNNING  # took the one slot
+    assert second.status is RunStatus.PENDING  # queued: procrastinate runs it
+    gate.set()
+    assert await block.result(first.run_id, timeout=15) == 1
+    assert await block.result(second.run_id, timeout=15) == 2
+
+
+async def test_two_engines_starting_concurrently(database_url: str) -> None:
+    runs: list[int] = []
+    async with Engine(database_url, pool_size=4) as a, Engine(database_url, pool_size=4) as b:
+        handles = []
+        for eng in (a, b):
+
+            @eng.flow("eager-count", input=Num, output=int)
+            async def count(ctx: FlowContext, x: Num) -> int:
+                def once() -> int:
+                    runs.append(x.n)
+                    return x.n
+
+                return await ctx.step("once", once)
+
+            handles.append(count)
+            await eng.listen(concurrency=4)
+        starts = [h.start(Num(n=i)) for i in range(8) for h in handles]
+        keyed = [h.start(Num(n=100), idempotency_key="same") for h in handles]
+        results = await asyncio.gather(*starts, *keyed)
+        ids = {r.run_id for r in results}
+        assert len(ids) == 17  # 16 plain runs and one for the shared key
+        created = [r for r in results[16:] if r.created]
+        assert len(created) == 1
+        for r in results:
+            assert await handles[0].result(r.run_id, timeout=30) in {*range(8), 100}
+    assert sorted(runs) == sorted([*range(8), *range(8), 100])  # every step ran once
+
+
+CRASHING = textwrap.dedent("""
+    import asyncio, sys
+    from pydantic import BaseModel
+    from iterflow import Engine, FlowContext
+
+    class Num(BaseModel):
+        n: int
+
+    async def main() -> None:
+        async with Engine(sys.argv[1], pool_size=2, lease_seconds=2) as engine:
+            async def hang() -> int:
+                print("stepped", flush=True)
+                await asyncio.sleep(3600)
+                return 0
+
+            @engine.flow("eager-crash", input=Num, output=int)
+            async def crash(ctx: FlowContext, x: Num) -> int:
+                await ctx.step("first", lambda: 1)
+                return await ctx.step("hang", hang)
+
+            await engine.listen(concurrency=2)
+            started = await crash.start(Num(n=5))
+            print(started.run_id, started.status.value, flush=True)
+            await asyncio.sleep(3600)
+
+    asyncio.run(main())
+""")
+
+
+async def test_a_crash_of_the_starting_process_is_recovered_by_another_worker(
+    database_url: str,
+) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CRASHING,
+        database_url,
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        run_id, status = line.decode().split()
+        assert status == "running"
+        stepped = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert stepped.decode().strip() == "stepped"
+    finally:
+        proc.kill()
+        await proc.wait()
+    # A worker at the default settings: its periodic reconciler recovers the expired lease.
+    async with Engine(database_url, pool_size=4) as engine:
+
+        @engine.flow("eager-crash", input=Num, output=int)
+        async def crash(ctx: FlowContext, x: Num) -> int:
+            first = await ctx.step("first", lambda: 1)
+            return await ctx.step("hang", lambda: first + x.n)
+
+        await engine.listen(concurrency=2)
+        assert await crash.result(uuid.UUID(run_id), timeout=60) == 6
+        detail = await engine.status(uuid.UUID(run_id))
+        assert detail.run.claims == 2
+        assert "recovered" in [e.type for e in detail.events]

@@ -1,0 +1,42 @@
+"""``signal_with_start`` mistakes a type checker reports: with a handle, an input that is not the
+flow's, and a payload that is not the signal descriptor's model.
+
+Each ``# expect-error`` line must be an error under mypy --strict and pyright strict, and nothing
+else may be (``tests/typing/check.py``).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from iterflow import Engine, FlowContext, Signal
+
+
+class Cart(BaseModel):
+    cart: str
+
+
+class Item(BaseModel):
+    sku: str
+
+
+class Order(BaseModel):
+    skus: list[str]
+
+
+add = Signal("add", Item)
+engine = Engine("memory://")
+
+
+@engine.flow("cart", input=Cart, output=Order, signals=[add])
+async def cart(ctx: FlowContext, inp: Cart) -> Order:
+    return Order(skus=[(await ctx.signal(add)).sku])
+
+
+async def wrong_values() -> None:
+    start = engine.signal_with_start
+    c, i = Cart(cart="c"), Item(sku="a")
+    await start(cart, i, add, i, idempotency_key="k")  # expect-error
+    await start(cart, c, add, c, idempotency_key="k")  # expect-error
+    await start(cart, c, add, {"sku": "a"}, idempotency_key="k")  # expect-error
+    await start(cart, c, "add", {"sku": "a"})  # expect-error
