@@ -442,48 +442,29 @@ def signal_webhook(
     :data:`STATUS_BY_CODE` with a problem body: **422** for an invalid payload (nothing is
     written), **503** when the database is unavailable (a retry can succeed), ...
     """
-    keys = _secrets(secret)
-    if scheme not in _DEFAULT_HEADER:
-        raise ValueError(f"scheme must be 'stripe' or 'github', not {scheme!r}")
-    if tolerance is not None and not tolerance > 0:
-        raise ValueError("tolerance must be a positive number of seconds (or None)")
-    if max_body_bytes is not None and (isinstance(max_body_bytes, bool) or max_body_bytes < 1):
-        raise ValueError("max_body_bytes must be a positive integer")
     if not 200 <= not_found_status <= 599:
         raise ValueError("not_found_status must be an HTTP status (200-599)")
     if not callable(resolve):
         raise TypeError("resolve must be a function: resolve(event) -> (run_id, signal, ...)")
-    signature_header = header or _DEFAULT_HEADER[scheme]
-    key_header = _DEFAULT_DELIVERY_HEADER[scheme] if delivery_header is _UNSET else delivery_header
 
-    async def endpoint(request: Request) -> Response:
-        try:
-            cap = max_body_bytes or engine.settings.max_payload_bytes
-            event = await _verified_event(
-                request, keys, scheme, signature_header, tolerance, cap, clock
-            )
-        except _Rejected as rejected:
-            logger.info("webhook delivery refused (%d): %s", rejected.status, rejected.detail)
-            return _problem(rejected.status, rejected.code, rejected.detail)
-        try:
-            resolved = resolve(event)
-            if inspect.isawaitable(resolved):
-                resolved = await resolved
-            if resolved is None:
-                return JSONResponse({"result": "ignored"})
-            run_id, name, payload, idempotency_key = resolved
-            if idempotency_key is None and key_header is not None:
-                idempotency_key = request.headers.get(key_header)
-            outcome = await engine.signal(run_id, name, payload, idempotency_key=idempotency_key)
-        except FlowError as error:
-            return problem_response(error)
+    async def deliver(event: dict[str, Any], delivery: str | None) -> Response:
+        resolved = resolve(event)
+        if inspect.isawaitable(resolved):
+            resolved = await resolved
+        if resolved is None:
+            return JSONResponse({"result": "ignored"})
+        run_id, name, payload, idempotency_key = resolved
+        key = delivery if idempotency_key is None else idempotency_key
+        outcome = await engine.signal(run_id, name, payload, idempotency_key=key)
         body_out = {"result": outcome.kind, "run_id": str(run_id), "signal": name}
         if outcome.kind == "not_found":
             logger.warning("webhook signal %r for run %s: no such run", name, run_id)
             return JSONResponse(body_out, status_code=not_found_status)
         return JSONResponse(body_out)
 
-    return endpoint
+    return _signed_endpoint(
+        engine, secret, scheme, header, tolerance, max_body_bytes, delivery_header, clock, deliver
+    )
 
 
 #: What a publish ``resolve`` returns: ``(event name, payload, idempotency_key)``, or None to
@@ -519,6 +500,43 @@ def publish_webhook(
     (``EVENT_INPUT_INVALID``, nothing started), **409** for the same key with another payload,
     **503** when the database is unavailable.
     """
+    if not callable(resolve):
+        raise TypeError("resolve must be a function: resolve(event) -> (name, payload, key)")
+
+    async def publish(event: dict[str, Any], delivery: str | None) -> Response:
+        resolved = resolve(event)
+        if inspect.isawaitable(resolved):
+            resolved = await resolved
+        if resolved is None:
+            return JSONResponse({"result": "ignored"})
+        name, payload, idempotency_key = resolved
+        key = delivery if idempotency_key is None else idempotency_key
+        published = await engine.publish(name, payload, idempotency_key=key)
+        runs = [
+            {"flow": r.flow, "run_id": str(r.run_id), "created": r.created} for r in published.runs
+        ]
+        return JSONResponse({"result": "published", "event": published.event, "runs": runs})
+
+    return _signed_endpoint(
+        engine, secret, scheme, header, tolerance, max_body_bytes, delivery_header, clock, publish
+    )
+
+
+def _signed_endpoint(
+    engine: EngineAPI,
+    secret: str | bytes | Sequence[str | bytes],
+    scheme: Scheme,
+    header: str | None,
+    tolerance: float | None,
+    max_body_bytes: int | None,
+    delivery_header: str | None,
+    clock: Callable[[], float],
+    act: Callable[[dict[str, Any], str | None], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """The endpoint both webhook factories return: options checked now; per request the body
+    capped, the signature verified, the JSON object parsed (413/401/400 with a problem body),
+    then ``act(event, delivery id header value)``, a :class:`iterflow.FlowError` from it
+    answered with :data:`STATUS_BY_CODE`."""
     keys = _secrets(secret)
     if scheme not in _DEFAULT_HEADER:
         raise ValueError(f"scheme must be 'stripe' or 'github', not {scheme!r}")
@@ -526,8 +544,6 @@ def publish_webhook(
         raise ValueError("tolerance must be a positive number of seconds (or None)")
     if max_body_bytes is not None and (isinstance(max_body_bytes, bool) or max_body_bytes < 1):
         raise ValueError("max_body_bytes must be a positive integer")
-    if not callable(resolve):
-        raise TypeError("resolve must be a function: resolve(event) -> (name, payload, key)")
     signature_header = header or _DEFAULT_HEADER[scheme]
     key_header = _DEFAULT_DELIVERY_HEADER[scheme] if delivery_header is _UNSET else delivery_header
 
@@ -540,21 +556,10 @@ def publish_webhook(
         except _Rejected as rejected:
             logger.info("webhook delivery refused (%d): %s", rejected.status, rejected.detail)
             return _problem(rejected.status, rejected.code, rejected.detail)
+        delivery = None if key_header is None else request.headers.get(key_header)
         try:
-            resolved = resolve(event)
-            if inspect.isawaitable(resolved):
-                resolved = await resolved
-            if resolved is None:
-                return JSONResponse({"result": "ignored"})
-            name, payload, idempotency_key = resolved
-            if idempotency_key is None and key_header is not None:
-                idempotency_key = request.headers.get(key_header)
-            published = await engine.publish(name, payload, idempotency_key=idempotency_key)
+            return await act(event, delivery)
         except FlowError as error:
             return problem_response(error)
-        runs = [
-            {"flow": r.flow, "run_id": str(r.run_id), "created": r.created} for r in published.runs
-        ]
-        return JSONResponse({"result": "published", "event": published.event, "runs": runs})
 
     return endpoint
