@@ -126,7 +126,22 @@ async def _serve(
     finally:  # the replaced ones are stopping already: cancelling again would cut it short
         waiter.cancel()
         task.cancel()
-        await asyncio.gather(waiter, task, *retiring, return_exceptions=True)
+        await _stopped({waiter, task, *retiring}, options["shutdown_graceful_timeout"] + 5.0)
+
+
+async def _stopped(tasks: set[asyncio.Task[Any] | asyncio.Future[Any]], patience: float) -> None:
+    """Wait for cancelled ``tasks`` to end. One still running after ``patience`` seconds
+    (a procrastinate worker cancelled while it was starting can miss that cancellation) is
+    cancelled again, so stopping an engine never hangs on it."""
+    _, stuck = await asyncio.wait(tasks, timeout=patience)
+    if stuck:
+        logger.warning("a procrastinate worker ignored its stop for %.0fs; cancelling it", patience)
+        for task in stuck:
+            task.cancel()
+        await asyncio.wait(stuck, timeout=patience)
+    for task in tasks:  # retrieve what they raised (logged where it matters: _retired)
+        if task.done() and not task.cancelled():
+            task.exception()
 
 
 def _retired(retiring: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
