@@ -20,3 +20,13 @@ async def eng(request: pytest.FixtureRequest) -> AsyncIterator[Engine]:
     async with Engine(url, pool_size=4) as pg:
         await pg.listen(concurrency=2)
         yield pg
+
+
+@pytest.fixture(params=["postgres", "memory"])
+def fresh(request: pytest.FixtureRequest) -> Engine:
+    """An engine not yet open, on PostgreSQL (per-test database) or in memory: register the
+    flows, then open it with :func:`tests.integration.flows.running` (a worker serves the flows
+    registered before it starts)."""
+    if request.param == "memory":
+        return Engine.in_memory()
+    return Engine(request.getfixturevalue("database_url"), pool_size=4)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
@@ -96,3 +97,12 @@ async def settle(engine: Engine, run_id: uuid.UUID) -> RunDetail:
 
     await eventually(terminal, timeout=30, what=f"run {run_id} to end")
     return await engine.status(run_id)
+
+
+@asynccontextmanager
+async def running(engine: Engine) -> AsyncIterator[Engine]:
+    """Open ``engine`` with an in-process worker (in memory: ``settle`` drains instead)."""
+    async with engine:
+        if engine.database_url != "memory://":
+            await engine.listen(concurrency=2)
+        yield engine

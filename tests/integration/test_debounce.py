@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,28 +20,9 @@ from iterflow import Engine, FlowContext, FlowError
 from iterflow.core.models import RunStatus
 from iterflow.runtime.engine import FlowHandle
 from iterflow.store.urls import asyncpg_url
-from tests.integration.flows import counts, eventually, settle, sql
+from tests.integration.flows import counts, eventually, running, settle, sql
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(params=["postgres", "memory"])
-def fresh(request: pytest.FixtureRequest) -> Engine:
-    """An engine not yet open, on PostgreSQL (per-test database) or in memory: register the
-    flows, then open it with :func:`running` (a worker serves the flows registered before it
-    starts)."""
-    if request.param == "memory":
-        return Engine.in_memory()
-    return Engine(request.getfixturevalue("database_url"), pool_size=4)
-
-
-@asynccontextmanager
-async def running(engine: Engine) -> AsyncIterator[Engine]:
-    """Open ``engine`` with an in-process worker (in memory: ``settle`` drains instead)."""
-    async with engine:
-        if engine.database_url != "memory://":
-            await engine.listen(concurrency=2)
-        yield engine
 
 
 class Edit(BaseModel):

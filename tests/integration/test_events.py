@@ -11,8 +11,6 @@ import hmac
 import importlib.util
 import json
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,29 +26,10 @@ from iterflow.contrib.starlette import Publication, iterflow_lifespan, publish_w
 from iterflow.core.events import event_run_key
 from iterflow.runtime.engine import FlowHandle
 from iterflow.store.urls import asyncpg_url
-from tests.integration.flows import counts, settle, sql
+from tests.integration.flows import counts, running, settle, sql
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "whsec_events"
-
-
-@pytest.fixture(params=["postgres", "memory"])
-def fresh(request: pytest.FixtureRequest) -> Engine:
-    """An engine not yet open, on PostgreSQL (per-test database) or in memory: register the
-    flows, then open it with :func:`running` (a worker serves the flows registered before it
-    starts)."""
-    if request.param == "memory":
-        return Engine.in_memory()
-    return Engine(request.getfixturevalue("database_url"), pool_size=4)
-
-
-@asynccontextmanager
-async def running(engine: Engine) -> AsyncIterator[Engine]:
-    """Open ``engine`` with an in-process worker (in memory: ``settle`` drains instead)."""
-    async with engine:
-        if engine.database_url != "memory://":
-            await engine.listen(concurrency=2)
-        yield engine
 
 
 class SignedUp(BaseModel):
