@@ -31,7 +31,7 @@ from iterflow.store.urls import asyncpg_url, libpq_url
 from .config import Context
 from .report import Section, spread
 
-__all__ = ["INSERT_SQL", "make_sa_engine", "run"]
+__all__ = ["INSERT_SQL", "make_sa_engine", "measure", "run"]
 
 SCRATCH_DDL = """
 CREATE TABLE IF NOT EXISTS bench_scratch (

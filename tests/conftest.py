@@ -6,7 +6,11 @@ its own database created with ``CREATE DATABASE ... TEMPLATE``, so tests are iso
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
+import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,6 +22,62 @@ from sqlalchemy.engine import make_url
 from iterflow.store.urls import libpq_url
 
 TEMPLATE = "iterflow_template"
+
+#: A test still running this long before its timeout (pytest-timeout) prints its asyncio tasks.
+HANG_DUMP_BEFORE_TIMEOUT = 20.0
+
+
+def _dump_tasks() -> None:
+    """Print every unfinished asyncio task with the chain of coroutines it is awaiting:
+    pytest-timeout shows the threads, and a hung test's main thread is just its event loop
+    waiting in ``select``."""
+    tasks = [t for t in list(getattr(asyncio.tasks, "_all_tasks", ())) if not t.done()]
+    lines = [f"--- {len(tasks)} asyncio task(s) still running ---"]
+    for task in tasks:
+        lines.append(f"task {task.get_name()}:")
+        awaited: object = task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+            if frame is not None:
+                code = frame.f_code
+                lines.append(f"    {code.co_filename}:{frame.f_lineno} in {code.co_name}")
+            else:
+                lines.append(f"    awaiting {awaited!r}")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Format a failure with the garbage collector off, after a collection.
+
+    CPython 3.11.7 keeps the AST converter's recursion depth in interpreter-wide state: a
+    finalizer run by the collector in the middle of pytest's ``ast.parse`` of a traceback's
+    source (an asyncio task or future logging its unretrieved exception, whose traceback
+    formatting parses too) resets it, and the report fails with ``SystemError: AST constructor
+    recursion depth mismatch``, ending the session as an INTERNALERROR that hides the failure.
+    """
+    if call.excinfo is None:
+        yield
+        return
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+@pytest.fixture(autouse=True)
+def _hang_dump(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Diagnose a hang: the asyncio tasks of a test still running shortly before its timeout."""
+    marker = request.node.get_closest_marker("timeout")
+    timeout = float(marker.args[0]) if marker else float(request.config.getini("timeout"))
+    timer = threading.Timer(max(1.0, timeout - HANG_DUMP_BEFORE_TIMEOUT), _dump_tasks)
+    timer.daemon = True
+    timer.start()
+    yield
+    timer.cancel()
 
 
 def _admin_exec(url: str, *statements: str) -> None:

@@ -7,16 +7,19 @@ the lease by another worker."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import textwrap
 import uuid
 from pathlib import Path
 
+import pytest
 from pydantic import BaseModel
 
 from iterflow import Engine, FlowContext
 from iterflow.core.models import RunStatus
+from iterflow.runtime.notify import TerminalListener
 from tests.integration.flows import sql
 
 ROOT = Path(__file__).parent.parent.parent
@@ -182,3 +185,41 @@ async def test_a_crash_of_the_starting_process_is_recovered_by_another_worker(
         detail = await engine.status(uuid.UUID(run_id))
         assert detail.run.claims == 2
         assert "recovered" in [e.type for e in detail.events]
+
+
+async def test_closing_right_after_an_eager_run_while_the_worker_starts_never_hangs(
+    database_url: str,
+) -> None:
+    """The run finishes in the starting process before its worker is up: the engine closes
+    while the worker is still starting (seen hanging a close when the cancellation was lost)."""
+    for _ in range(5):
+        async with Engine(database_url) as eng:
+            handle = eng.flow("eager-close", input=Num, output=int)(add)
+            await eng.listen()
+            started = await handle.start(Num(n=0))
+            assert await handle.result(started.run_id, timeout=15) == 3
+            worker = eng._worker_tasks[0]
+        assert worker.done()
+
+
+async def test_a_worker_whose_cancellation_is_lost_while_starting_still_stops_at_close(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.11's ``asyncio.wait_for`` (in libraries the worker's startup awaits) returns
+    normally when it is cancelled just as what it waits for completes. The close's stop event
+    ends the worker all the same."""
+    original = TerminalListener.start
+    entered = asyncio.Event()
+
+    async def start_losing_a_cancel(self: TerminalListener, timeout: float = 10.0) -> None:
+        entered.set()
+        with contextlib.suppress(asyncio.CancelledError):  # lost, as wait_for loses it
+            await asyncio.sleep(0.5)
+        await original(self, timeout)
+
+    monkeypatch.setattr(TerminalListener, "start", start_losing_a_cancel)
+    async with Engine(database_url) as eng:
+        await eng.listen()
+        await entered.wait()
+        worker = eng._worker_tasks[0]
+    assert worker.done() and not worker.cancelled()  # it returned: stopped by the event

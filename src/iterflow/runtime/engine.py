@@ -9,7 +9,6 @@ database lives in ``runtime/backend.py``, waiting for a result in ``runtime/resu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -107,6 +106,9 @@ logger = logging.getLogger(__name__)
 #: How far :meth:`Engine.claimed_runs`'s mark trails the database's clock: longer than a claim
 #: statement takes to commit, so a claim read late by one poll is seen by the next.
 CLAIM_MARGIN = timedelta(seconds=5)
+#: How long :meth:`Engine.close` waits for its in-process workers (a graceful stop takes at
+#: most ~15 s: procrastinate's 5 s window, then attempts still running are cancelled).
+CLOSE_PATIENCE_SECONDS = 30.0
 
 
 class FlowHandle(Generic[In, Out]):
@@ -266,6 +268,8 @@ class Engine:
         self._worker: Worker | None = None
         self._listener: TerminalListener | None = None
         self._worker_tasks: list[asyncio.Task[None]] = []
+        #: Set by :meth:`close`: the in-process workers stop even if a cancellation is lost.
+        self._stop = asyncio.Event()
         self._eager = EagerAttempts()
         self._reconciler: Reconciler | None = None
         self._memory: MemoryStore | None = None
@@ -369,6 +373,7 @@ class Engine:
         """Start the embedded server if needed and create the connection pool."""
         if self._store is not None:
             return
+        self._stop = asyncio.Event()
         if self._memory is not None:
             self._url = "memory://"
             self._store = self._memory
@@ -403,11 +408,14 @@ class Engine:
 
     async def close(self) -> None:
         """Stop workers and the listener, dispose the pool, release the embedded server."""
+        self._stop.set()
         for task in self._worker_tasks:
             task.cancel()
-        for task in self._worker_tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._worker_tasks:
+            _, stuck = await asyncio.wait(self._worker_tasks, timeout=CLOSE_PATIENCE_SECONDS)
+            for task in stuck:  # never expected (the stop event ends them): do not hang on it
+                logger.error("an in-process worker ignored its stop; cancelling it again")
+                task.cancel()
         self._worker_tasks.clear()
         self._listener = self._notifier = None
         self._store = None
@@ -1600,9 +1608,10 @@ class Engine:
         try:
             async with registered(cast(WorkerStore, self.store), info, changed=listed):
                 if self._memory is not None:
-                    while True:  # the in-memory store has its own in-process queue
+                    while not self._stop.is_set():  # the in-memory store's in-process queue
                         await self.drain()
                         await asyncio.sleep(0.01)
+                    return
                 if self._listener is not None:
                     await self._listener.start()  # cancel notifications reach running attempts
                 await run_procrastinate(
@@ -1618,6 +1627,7 @@ class Engine:
                     concurrency=concurrency,
                     queues=flow_queues,
                     rerouted=rerouted,
+                    stop=self._stop,
                 )
         finally:
             unwatch()

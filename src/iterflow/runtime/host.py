@@ -8,6 +8,7 @@ owns retries and timers). The reconciler is a periodic task deduplicated across 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -47,18 +48,25 @@ async def run_procrastinate(
     concurrency: int,
     queues: Callable[[], Sequence[str]],
     rerouted: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
 ) -> None:
     """Run procrastinate's worker on this engine's queue and ``queues()`` (those of the flow
-    versions this worker serves, ``iterflow.store.outbox.flow_queue``) until cancelled.
+    versions this worker serves, ``iterflow.store.outbox.flow_queue``) until cancelled or until
+    ``stop`` is set (both stop it gracefully).
 
     When ``rerouted`` is set (a flow version was registered since), ``queues()`` is read again;
     if it changed, a worker on the new list starts and the previous one stops as on shutdown
     (it finishes its running attempts, those still running after 5 s are cancelled and
     recovered from their leases).
 
-    Only cancellation ends it. procrastinate's worker loop stops (or raises) when its fetch or
-    LISTEN connection loses the database, e.g. during a PostgreSQL restart (procrastinate issue
-    #1116); runs are safe in PostgreSQL, so the loop is started again with backoff.
+    Only cancellation or ``stop`` ends it. procrastinate's worker loop stops (or raises) when
+    its fetch or LISTEN connection loses the database, e.g. during a PostgreSQL restart
+    (procrastinate issue #1116); runs are safe in PostgreSQL, so the loop is started again with
+    backoff.
+
+    ``stop`` is what an engine's close sets before cancelling: a cancellation can be lost in a
+    library's startup (a ``wait_for`` cancelled as what it waits for completes, Python 3.11),
+    the event cannot.
     """
     app = _procrastinate_app(
         worker, settings, database_url, reconcile, concurrency, sweep_schedules, sweep_retention
@@ -72,17 +80,21 @@ async def run_procrastinate(
         "shutdown_graceful_timeout": 5.0,
         "update_heartbeat_interval": _heartbeat_seconds(settings),
     }
+    stop = stop or asyncio.Event()
     failures = 0
-    while True:
+    while not stop.is_set():
         started = time.monotonic()
         try:
             async with app.open_async():
                 await _serve(
                     lambda: [settings.queue_name, *queues()],
                     rerouted or asyncio.Event(),
+                    stop,
                     app.run_worker_async,
                     options,
                 )
+            if stop.is_set():
+                return
             reason = "it stopped on its own"
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
@@ -91,25 +103,31 @@ async def run_procrastinate(
         failures += 1
         delay = min(30.0, 0.5 * 2 ** min(failures - 1, 6)) * (0.5 + random.random() / 2)
         logger.warning("procrastinate worker stopped (%s); restarting it in %.1fs", reason, delay)
-        await asyncio.sleep(delay)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await stop.wait()
 
 
 async def _serve(
     queues: Callable[[], list[str]],
     rerouted: asyncio.Event,
+    stop: asyncio.Event,
     run_worker: Callable[..., Coroutine[Any, Any, None]],
     options: dict[str, Any],
 ) -> None:
     """Run ``run_worker(queues=queues(), **options)``, replaced by one on the new queues each
     time ``rerouted`` is set and ``queues()`` changed; return (or raise) when it stops on its
-    own."""
+    own, and stop it (as on cancellation) when ``stop`` is set."""
     current = queues()
     task = asyncio.create_task(run_worker(queues=current, **options))
     retiring: set[asyncio.Task[None]] = set()
     waiter = asyncio.ensure_future(rerouted.wait())
+    stopping = asyncio.ensure_future(stop.wait())
     try:
         while True:
-            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({task, waiter, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if stopping.done():
+                return  # finally: stopped as on cancellation
             if task.done():
                 task.result()  # raises what stopped it
                 return
@@ -125,8 +143,11 @@ async def _serve(
             task = asyncio.create_task(run_worker(queues=current, **options))
     finally:  # the replaced ones are stopping already: cancelling again would cut it short
         waiter.cancel()
+        stopping.cancel()
         task.cancel()
-        await _stopped({waiter, task, *retiring}, options["shutdown_graceful_timeout"] + 5.0)
+        await _stopped(
+            {waiter, stopping, task, *retiring}, options["shutdown_graceful_timeout"] + 5.0
+        )
 
 
 async def _stopped(tasks: set[asyncio.Task[Any] | asyncio.Future[Any]], patience: float) -> None:

@@ -2,6 +2,11 @@
 
 NOTIFY is a latency hint only: callers of ``handle.result`` also poll with backoff, so a
 notification lost while the connection was down costs latency, never correctness.
+
+Bounded waits in the runtime use ``asyncio.timeout``, never ``asyncio.wait_for``: on Python
+3.11, ``wait_for`` returns normally when it is cancelled just as what it waits for completes,
+so the task's cancellation is lost and a task stopped that way (a worker or this listener at an
+engine's close) runs on and the close hangs.
 """
 
 from __future__ import annotations
@@ -109,7 +114,8 @@ class TerminalListener:
     async def start(self, timeout: float = 10.0) -> None:
         """Start listening now and wait (up to ``timeout``) until LISTEN is active."""
         self._ensure_started()
-        await asyncio.wait_for(self.connected.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self.connected.wait()
 
     def _ensure_started(self) -> None:
         if self._task is None or self._task.done():
@@ -142,13 +148,16 @@ class TerminalListener:
                 failures = 0
                 while not lost.is_set():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), self._health_interval)
+                        async with asyncio.timeout(self._health_interval):
+                            await lost.wait()
                     if not lost.is_set():
-                        await asyncio.wait_for(conn.execute("SELECT 1"), self._health_interval)
+                        async with asyncio.timeout(self._health_interval):
+                            await conn.execute("SELECT 1")
             except asyncio.CancelledError:
                 if conn is not None:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 1.0)
+                        async with asyncio.timeout(1.0):
+                            await conn.close()
                 raise
             except Exception as exc:
                 logger.warning("notification listener lost its connection: %s", exc)
@@ -164,6 +173,7 @@ class TerminalListener:
 
     async def backend_pid(self) -> int | None:
         """The server pid of the LISTEN connection (for fault-injection tests)."""
-        await asyncio.wait_for(self.connected.wait(), 10)
+        async with asyncio.timeout(10):
+            await self.connected.wait()
         conn = self._conn
         return None if conn is None else int(conn.get_server_pid())

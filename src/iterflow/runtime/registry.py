@@ -64,7 +64,8 @@ async def registered(
                 await asyncio.sleep(every)
             else:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), every)
+                    async with asyncio.timeout(every):  # never wait_for: see runtime/notify.py
+                        await changed.wait()
                 changed.clear()
             try:
                 await store.register_worker(info())

@@ -72,7 +72,8 @@ async def wait_for_end(
                     raise ResultTimeout(_still_running(run, timeout))
                 wait_for = min(wait_for, remaining)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), wait_for)
+                async with asyncio.timeout(wait_for):  # never wait_for: see runtime/notify.py
+                    await event.wait()
             event.clear()
             delay *= 2
     finally:

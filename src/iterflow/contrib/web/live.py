@@ -151,7 +151,8 @@ async def events(request: Request) -> Response:
             quiet_since = loop.time()
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), POLL_SECONDS)
+                    async with asyncio.timeout(POLL_SECONDS):  # not wait_for (runtime/notify.py)
+                        await wake.wait()
                 wake.clear()
                 found, position = await position.read(engine)
                 fresh = False
