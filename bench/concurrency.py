@@ -85,15 +85,22 @@ async def _once(
             elapsed = t_done - t0
             cpu_w = sum(w.cpu_seconds() for w in workers) - cpu_w0
             cpu_c, pg1 = time.process_time() - cpu_c0, pg.seconds()
-            drain = await _drain(engine, flows.steps, runs, sizes.concurrent_steps, gate)
+            drain = await _drain(
+                engine, flows.steps, runs, sizes.concurrent_steps, gate, workers, pg
+            )
     finally:
         for w in workers:
             w.stop()
     pg_cpu = None if pg0 is None or pg1 is None else pg1 - pg0
     busy = cpu_w + cpu_c + (pg_cpu or 0.0)
+    steps = runs * sizes.concurrent_steps
     return {
-        "drain_seconds": drain,
-        "drain_steps_per_s": runs * sizes.concurrent_steps / drain,
+        "drain_seconds": drain["seconds"],
+        "drain_steps_per_s": steps / drain["seconds"],
+        "drain_worker_cpu_ms_per_step": drain["worker_cpu_s"] * 1000 / steps,
+        "drain_pg_cpu_ms_per_step": (
+            None if drain["pg_cpu_s"] is None else drain["pg_cpu_s"] * 1000 / steps
+        ),
         "seconds": elapsed,
         "start_seconds": t_started - t0,
         "runs_per_s": runs / elapsed,
@@ -106,11 +113,18 @@ async def _once(
 
 
 async def _drain(
-    engine: Engine, handle: FlowHandle[Steps, Any], runs: int, steps: int, gate: asyncio.Semaphore
-) -> float:
+    engine: Engine,
+    handle: FlowHandle[Steps, Any],
+    runs: int,
+    steps: int,
+    gate: asyncio.Semaphore,
+    workers: list[WorkerProcess],
+    pg: PgCpu,
+) -> dict[str, Any]:
     """The workers' own rate, without the client's start rate in it: ``runs`` runs started
     due at one instant (a delayed start), then the span on the database's clock from the first
-    of their first steps to the last finish."""
+    of their first steps to the last finish; and the CPU the workers and PostgreSQL used from
+    the last start (before the runs are due) to the last finish."""
     due_in = timedelta(seconds=1.0 + runs / 200)
 
     async def start_one() -> uuid.UUID:
@@ -118,9 +132,11 @@ async def _drain(
             return (await handle.start(Steps(n=steps), delay=due_in)).run_id
 
     ids = await asyncio.gather(*(start_one() for _ in range(runs)))
+    cpu_w0, pg0 = sum(w.cpu_seconds() for w in workers), pg.seconds()
     schema = engine.settings.db_schema
     done = f"SELECT count(*) FROM {schema}.runs WHERE status = 'done' AND id = ANY(:ids)"
     await wait_for_count(engine, done, runs, timeout=300, params={"ids": ids})
+    cpu_w, pg1 = sum(w.cpu_seconds() for w in workers) - cpu_w0, pg.seconds()
     span = f"""
         SELECT extract(epoch FROM max(r.finished_at) - min(s.finished_at))
         FROM {schema}.runs AS r JOIN {schema}.steps AS s ON s.run_id = r.id AND s.position = 0
@@ -128,7 +144,11 @@ async def _drain(
     async with engine.sqlalchemy_engine.connect() as conn:
         seconds = (await conn.execute(sa.text(span), {"ids": ids})).scalar()
     assert seconds is not None
-    return float(seconds)
+    return {
+        "seconds": float(seconds),
+        "worker_cpu_s": cpu_w,
+        "pg_cpu_s": None if pg0 is None or pg1 is None else pg1 - pg0,
+    }
 
 
 async def run(ctx: Context) -> Section:
@@ -164,6 +184,18 @@ async def run(ctx: Context) -> Section:
         drained[name] = drain["median"]
         note = f"min-max {drain['min']:,.0f}-{drain['max']:,.0f}" if drain["n"] > 1 else ""
         section.add(f"steps/s draining a queue, {name}", drain["median"], "/s", note=note)
+        worker_ms = statistics.median(r["drain_worker_cpu_ms_per_step"] for r in rs)
+        pg_ms = [r["drain_pg_cpu_ms_per_step"] for r in rs if r["drain_pg_cpu_ms_per_step"]]
+        section.add(f"worker CPU per step draining, {name}", worker_ms, "ms")
+        if pg_ms:
+            section.add(
+                f"PostgreSQL CPU per step draining, {name}",
+                statistics.median(pg_ms),
+                "ms",
+                note=f"{os.cpu_count()} cores: at most "
+                f"{(os.cpu_count() or 1) * 1000 / (statistics.median(pg_ms) + worker_ms):,.0f}"
+                " steps/s at this CPU per step",
+            )
         section.add(
             f"steps/s end to end (starts from one client included), {name}",
             statistics.median(r["steps_per_s"] for r in rs),

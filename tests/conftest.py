@@ -2,6 +2,8 @@
 
 ``DATABASE_URL`` (an admin URL on a real server) replaces the embedded server. Each test gets
 its own database created with ``CREATE DATABASE ... TEMPLATE``, so tests are isolated and fast.
+``./scripts/test`` runs the suite on a few pytest-xdist workers, each with its own embedded
+server (or its own template on ``DATABASE_URL``'s server).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from sqlalchemy.engine import make_url
 
 from iterflow.store.urls import libpq_url
 
-TEMPLATE = "iterflow_template"
+#: The migrated template database; one per pytest-xdist worker (on a shared ``DATABASE_URL``
+#: server, workers must not drop each other's template).
+TEMPLATE = f"iterflow_template_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
 
 #: A test still running this long before its timeout (pytest-timeout) prints its asyncio tasks.
 HANG_DUMP_BEFORE_TIMEOUT = 20.0

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,8 +59,12 @@ CHROMIUM_ARGS = (
 #: Playwright's waits (expect, wait_for): a deadline, never a sleep.
 TIMEOUT_MS = 15_000
 
+#: The skip reason of a browser test that could not run.
+NOT_RUN = "BROWSER TEST NOT RUN"
+
 _not_run: list[tuple[str, str]] = []
-_screenshots: list[Path] = []
+#: When this run collected these tests: the screenshots written since are its own.
+_BEGAN = time.time()
 
 
 def chromium_executable() -> str | None:
@@ -94,16 +99,14 @@ def chromium_path() -> str:
         return path
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         raise RuntimeError(f"browser tests cannot run under CI: {problem}")
-    pytest.skip(f"BROWSER TEST NOT RUN: {problem}")
+    pytest.skip(f"{NOT_RUN}: {problem}")
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """Remember each browser test that could not run (for the terminal summary)."""
-    outcome = yield
-    report = outcome.get_result()
-    if report.skipped and "chromium_path" in getattr(item, "fixturenames", ()):
-        _not_run.append((item.nodeid, str(_missing())))
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Remember each browser test that could not run (for the terminal summary). Called where
+    the summary is written, also for the reports of pytest-xdist's worker processes."""
+    if report.skipped and NOT_RUN in str(report.longrepr):
+        _not_run.append((report.nodeid, str(_missing())))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -119,9 +122,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             "CI (CI=true) fails instead; run `apt-get install -y chromium` to run them here.",
             red=True,
         )
-    if _screenshots:
+    shots = sorted(p for p in SCREENSHOTS.glob("*.png") if p.stat().st_mtime >= _BEGAN)
+    if shots:
         terminalreporter.write_sep("-", "dashboard screenshots")
-        for path in _screenshots:
+        for path in shots:
             terminalreporter.write_line(str(path))
 
 
@@ -341,10 +345,9 @@ async def new_page(context: BrowserContext) -> Page:
 
 
 async def screenshot(page: Page, name: str) -> Path:
-    """Write a full-page screenshot to ``screenshots/<name>.png``; print and record its path."""
+    """Write a full-page screenshot to ``screenshots/<name>.png`` and print its path."""
     SCREENSHOTS.mkdir(exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
     await page.screenshot(path=str(path), full_page=True)
-    _screenshots.append(path)
     print(f"screenshot: {path}")
     return path
