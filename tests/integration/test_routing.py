@@ -47,9 +47,9 @@ def record_advances(engine: Engine) -> list[uuid.UUID]:
     seen: list[uuid.UUID] = []
     advance = engine.worker.advance
 
-    async def recording(run_id: uuid.UUID) -> AttemptOutcome:
+    async def recording(run_id: uuid.UUID, job_id: int | None = None) -> AttemptOutcome:
         seen.append(run_id)
-        return await advance(run_id)
+        return await advance(run_id, job_id)
 
     engine.worker.advance = recording  # type: ignore[method-assign]
     return seen

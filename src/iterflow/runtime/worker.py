@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -57,7 +58,18 @@ from iterflow.runtime.context import FlowContext
 from iterflow.runtime.executor import keep_traceback
 from iterflow.store.base import Claim, Lease, Store
 
-__all__ = ["AttemptOutcome", "Worker", "default_owner"]
+__all__ = ["SETTLED", "AttemptOutcome", "Worker", "default_owner"]
+
+#: Outcomes whose attempt committed its last write (finish, suspend or park): the wake-up job
+#: it ran, if any, was deleted in that write's transaction.
+SETTLED = frozenset(
+    {
+        AttemptOutcome.DONE,
+        AttemptOutcome.FAILED,
+        AttemptOutcome.SUSPENDED,
+        AttemptOutcome.PARKED,
+    }
+)
 
 logger = logging.getLogger(__name__)
 
@@ -118,12 +130,18 @@ class Worker:
             self._gate, self._gate_size = self.registry.gate(*self._serving), size
         return self._gate
 
-    async def advance(self, run_id: uuid.UUID) -> AttemptOutcome:
-        """Make one attempt on ``run_id``; return what happened (for logs and tests)."""
+    async def advance(self, run_id: uuid.UUID, job_id: int | None = None) -> AttemptOutcome:
+        """Make one attempt on ``run_id``; return what happened (for logs and tests).
+
+        ``job_id`` is the procrastinate job that woke it: the attempt's last write deletes it
+        (an outcome in :data:`SETTLED` says that write committed)."""
         gate = self.gate
         claim = await self.store.claim(run_id, self.owner, self.settings.lease_seconds, gate)
         if claim is None:
             return AttemptOutcome.SKIPPED
+        if job_id is not None:
+            lease = dataclasses.replace(claim.lease, job_id=job_id)
+            claim = dataclasses.replace(claim, lease=lease)
         try:
             return await self._advance(claim)
         finally:  # its slot is free: wake the held runs of its flow and key there is room for

@@ -76,6 +76,9 @@ class Lease:
     token: uuid.UUID
     owner: str
     seconds: float
+    #: The procrastinate job this attempt runs (None: none, e.g. a start claimed in its
+    #: commit): the attempt's last write (suspend, finish, park) deletes it in its transaction.
+    job_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

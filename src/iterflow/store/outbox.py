@@ -24,6 +24,7 @@ __all__ = [
     "TABLE_PREFIX",
     "TASK_NAME",
     "drop_queued_wakes_sql",
+    "end_own_wake_sql",
     "flow_queue",
     "has_live_job_sql",
     "orphaned_jobs_sql",
@@ -142,6 +143,18 @@ def release_doing_sql(source: str) -> str:
     return f"""
         UPDATE procrastinate_jobs SET status = 'failed', attempts = attempts + 1
         WHERE status = 'doing' AND lock IN (SELECT id::text FROM {source})
+        RETURNING 1"""
+
+
+def end_own_wake_sql(source: str) -> str:
+    """Delete the wake-up job ``:job_id`` the attempt is running (procrastinate's ``doing``
+    row; NULL for an attempt that came from no job) when ``source`` has a row: the attempt's
+    last write ends its job in the same transaction, so the job and the run never disagree and
+    procrastinate's own ``finish_job`` is skipped (``runtime/host.py``). ``RETURNING 1``."""
+    return f"""
+        DELETE FROM procrastinate_jobs
+        WHERE id = CAST(:job_id AS bigint) AND status = 'doing'
+          AND EXISTS (SELECT 1 FROM {source})
         RETURNING 1"""
 
 

@@ -304,6 +304,7 @@ class PostgresStore(PostgresControl, PostgresSchedules, PostgresStarts, Postgres
                 "cursor_key": plan.cursor_key,
                 "event": _data(Suspended(reason=plan.reason, wake_at=_iso(plan.wake_at))),
                 "queue": self._queue,
+                "job_id": lease.job_id,
             },
         )
         if row is None or not row["leased"]:
@@ -324,6 +325,7 @@ class PostgresStore(PostgresControl, PostgresSchedules, PostgresStarts, Postgres
                 "event_type": event.type.value,
                 "event": _data(event),
                 "queue": self._queue,
+                "job_id": lease.job_id,
             },
         )
         if row is None or not row["leased"]:
@@ -349,6 +351,7 @@ class PostgresStore(PostgresControl, PostgresSchedules, PostgresStarts, Postgres
                             "event_type": event.type.value,
                             "event": _data(event),
                             "queue": self._queue,
+                            "job_id": lease.job_id,
                         },
                     )
                 )
@@ -376,6 +379,7 @@ class PostgresStore(PostgresControl, PostgresSchedules, PostgresStarts, Postgres
                 "token": lease.token,
                 "error": _j(error),
                 "event": _data(Parked(code=error.get("code"), message=error.get("message"))),
+                "job_id": lease.job_id,
             },
         )
         if row is None or not row["leased"]:

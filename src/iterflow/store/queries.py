@@ -36,6 +36,7 @@ from iterflow.core.states import (
 from iterflow.store.outbox import (
     PENDING_WAKE_SQL,
     drop_queued_wakes_sql,
+    end_own_wake_sql,
     flow_queue,
     has_live_job_sql,
     orphaned_jobs_sql,
@@ -337,7 +338,7 @@ class Statements:
                 queue="run.queue",
             )
         }
-            )
+            ), own_job AS ({end_own_wake_sql("run")})
             SELECT (SELECT count(*) FROM run) AS leased""")
         self.finish = sa.text(f"""
             WITH run AS (
@@ -362,7 +363,7 @@ class Statements:
         }
             ), notified AS (
                 SELECT pg_notify('{TERMINAL_CHANNEL}', id::text) FROM run
-            )
+            ), own_job AS ({end_own_wake_sql("run")})
             SELECT (SELECT count(*) FROM run) AS leased,
                    (SELECT count(*) FROM notified) AS notified""")
         # The run row locked, with what the delivery rules need: how many signals it holds
@@ -621,7 +622,7 @@ class Statements:
             ), ev AS (
                 INSERT INTO {s}.events (run_id, type, data)
                 SELECT id, {_v(EventType.PARKED)}, CAST(:event AS jsonb) FROM run RETURNING 1
-            )
+            ), own_job AS ({end_own_wake_sql("run")})
             SELECT (SELECT count(*) FROM run) AS leased""")
         _unpark_set = (
             f"status = {_PENDING}, error = NULL, waiting_for = NULL, wake_at = NULL, "

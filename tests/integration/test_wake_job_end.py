@@ -1,0 +1,95 @@
+"""An attempt woken by a procrastinate job ends that job in its own last write (finish, suspend,
+park): the job and the run never disagree, and procrastinate's ``finish_job`` (a commit and a
+round trip per attempt) is skipped for it. When the attempt's end is not known to have
+committed, procrastinate's ``finish_job`` runs and a job already gone is not an error."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from procrastinate import App, PsycopgConnector, jobs, manager
+from pydantic import BaseModel
+
+from iterflow import Engine, FlowContext
+from iterflow.core.decisions import AttemptOutcome
+from iterflow.core.models import RunStatus
+from iterflow.runtime.host import _settling_jobs
+from iterflow.store.outbox import TASK_NAME
+from iterflow.store.urls import libpq_url
+from tests.integration.flows import eventually, sql
+
+
+class Go(BaseModel):
+    ok: bool = True
+
+
+def jobs_of(url: str, run_id: uuid.UUID) -> list[tuple[Any, ...]]:
+    return sql(url, "SELECT id, status FROM procrastinate_jobs WHERE lock = %s", str(run_id))
+
+
+async def test_queued_attempts_end_their_own_jobs_and_procrastinate_does_not_finish_them(
+    engine: Engine, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    finished: list[int] = []  # the wake-ups procrastinate itself finished
+    original = manager.JobManager.finish_job
+
+    async def spy(self: manager.JobManager, job: Any, status: Any, delete_job: bool) -> None:
+        if job.task_name == TASK_NAME:
+            finished.append(job.id)
+        await original(self, job=job, status=status, delete_job=delete_job)
+
+    monkeypatch.setattr(manager.JobManager, "finish_job", spy)
+
+    @engine.flow("gated-end", input=Go, output=bool, signals={"go": Go})
+    async def gated(ctx: FlowContext, x: Go) -> bool:
+        await ctx.step("before", lambda: 1)
+        return (await ctx.signal("go", Go, timeout="1h")).ok
+
+    run = await gated.start(Go())  # no worker in this process yet: queued as a job
+    assert [s for _, s in jobs_of(database_url, run.run_id)] == ["todo"]
+    await engine.listen()
+
+    async def suspended() -> bool:
+        return (await engine.status(run.run_id)).run.status is RunStatus.AWAITING_SIGNAL
+
+    await eventually(suspended, what="the run to wait for its signal")
+    # the start's job was deleted by the suspension's transaction; the timeout's job is queued
+    assert [status for _, status in jobs_of(database_url, run.run_id)] == ["todo"]
+    await engine.signal(run.run_id, "go", Go())
+    assert await gated.result(run.run_id, timeout=15) is True
+    assert jobs_of(database_url, run.run_id) == []
+    assert finished == []  # procrastinate's finish_job ran for neither of the run's wake-ups
+
+
+async def test_a_wake_up_whose_attempt_is_skipped_is_finished_by_procrastinate(
+    engine: Engine, database_url: str
+) -> None:
+    @engine.flow("skip-end", input=Go, output=bool)
+    async def quick(ctx: FlowContext, x: Go) -> bool:
+        return x.ok
+
+    run = await quick.start(Go())
+    assert await engine.worker.advance(run.run_id) == AttemptOutcome.DONE  # no job id given
+    assert [s for _, s in jobs_of(database_url, run.run_id)] == ["todo"]  # untouched
+    await engine.listen()  # its wake-up finds the run done: skipped, procrastinate deletes it
+
+    async def gone() -> bool:
+        return jobs_of(database_url, run.run_id) == []
+
+    await eventually(gone, what="the skipped wake-up to be finished")
+
+
+async def test_finishing_a_job_the_attempt_already_deleted_is_not_an_error(
+    engine: Engine,
+) -> None:
+    app = App(connector=PsycopgConnector(conninfo=libpq_url(engine.database_url)))
+    async with app.open_async():
+        settled: set[int] = {7}
+        jm = _settling_jobs(app.connector, settled)
+        job = jobs.Job(id=123456789, queue="q", lock=None, queueing_lock=None, task_name="t")
+        await jm.finish_job(job=job, status=jobs.Status.SUCCEEDED, delete_job=True)  # gone: ok
+        settled_job = jobs.Job(id=7, queue="q", lock=None, queueing_lock=None, task_name="t")
+        await jm.finish_job(job=settled_job, status=jobs.Status.SUCCEEDED, delete_job=True)
+        assert settled == set()  # skipped, and forgotten
