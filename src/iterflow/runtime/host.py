@@ -2,7 +2,9 @@
 
 The only runtime module that imports procrastinate. One task, ``iterflow.advance(run_id)``, run
 by procrastinate workers on psycopg; procrastinate's own retry is never used for it (the engine
-owns retries and timers). The reconciler is a periodic task deduplicated across workers.
+owns retries and timers), and its ``finish_job`` is skipped when the attempt's last write ended
+the job itself (:func:`_settling_jobs`). The reconciler is a periodic task deduplicated across
+workers.
 """
 
 from __future__ import annotations
