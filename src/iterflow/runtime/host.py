@@ -337,10 +337,11 @@ def _heartbeat_seconds(settings: Settings) -> float:
 def stale_worker_seconds(settings: Settings) -> float:
     """A worker silent this long is dead: the reconciler releases its ``doing`` wake-ups.
 
-    A worker killed between an attempt's last commit (suspend/finish) and procrastinate's
-    ``finish_job`` leaves the job ``doing``, holding the run's job lock, so the run's next
-    wake-up cannot be fetched; the lease does not help (the run is no longer ``running``).
-    Tying this to the lease bounds that stall like a lease expiry instead of procrastinate's
-    fixed 30 s.
+    An attempt that ends with a write deletes its job in that write (:func:`_settling_jobs`),
+    but one that ends without one (its run was already terminal, canceled elsewhere, or its
+    lease lost) leaves the job to procrastinate's ``finish_job``: a worker killed just before
+    that leaves the job ``doing``, holding the run's job lock, so the run's next wake-up cannot
+    be fetched; the lease does not help (the run is not ``running`` under it). Tying this to the
+    lease bounds that stall like a lease expiry instead of procrastinate's fixed 30 s.
     """
     return max(settings.lease_seconds, 3 * _heartbeat_seconds(settings))
