@@ -26,11 +26,12 @@ import sqlalchemy as sa
 
 from iterflow import Engine
 from iterflow.runtime.engine import FlowHandle
+from iterflow.store.schema import LIVE_STATUS_SQL
 
 from . import limits
 from .config import Context
 from .flows import Steps, register
-from .measure import wait_for_count
+from .measure import count_rows, wait_for_count
 from .report import Section, Target, spread
 from .stats import PgCpu
 from .steps import wait_worker_ready
@@ -134,9 +135,16 @@ async def _drain(
     ids = await asyncio.gather(*(start_one() for _ in range(runs)))
     cpu_w0, pg0 = sum(w.cpu_seconds() for w in workers), pg.seconds()
     schema = engine.settings.db_schema
-    done = f"SELECT count(*) FROM {schema}.runs WHERE status = 'done' AND id = ANY(:ids)"
-    await wait_for_count(engine, done, runs, timeout=300, params={"ids": ids})
+    # The poll must not weigh on the CPU it measures: counting the live runs reads the small
+    # index of live runs (an earlier poll, ``id = ANY(:ids)`` every 20 ms, cost PostgreSQL
+    # 1.4 ms a poll for 1,000 ids: ~7 % of the PostgreSQL CPU per step it reported).
+    live = f"SELECT count(*) FROM {schema}.runs WHERE {LIVE_STATUS_SQL}"
+    await wait_for_count(engine, live, 0, timeout=300, interval=0.05, at_most=True)
     cpu_w, pg1 = sum(w.cpu_seconds() for w in workers) - cpu_w0, pg.seconds()
+    done = f"SELECT count(*) FROM {schema}.runs WHERE status = 'done' AND id = ANY(:ids)"
+    finished = await count_rows(engine, done, {"ids": ids})
+    if finished != runs:
+        raise RuntimeError(f"drain: {finished} of {runs} runs done (the others failed)")
     span = f"""
         SELECT extract(epoch FROM max(r.finished_at) - min(s.finished_at))
         FROM {schema}.runs AS r JOIN {schema}.steps AS s ON s.run_id = r.id AND s.position = 0

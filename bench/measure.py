@@ -70,11 +70,14 @@ async def wait_for_count(
     timeout: float,
     interval: float = 0.02,
     params: dict[str, Any] | None = None,
+    at_most: bool = False,
 ) -> float:
-    """Poll ``sql`` (a count) until it reaches ``expected``; return ``perf_counter()`` then."""
+    """Poll ``sql`` (a count) until it reaches ``expected`` (falls to it, with ``at_most``);
+    return ``perf_counter()`` then."""
     deadline = time.perf_counter() + timeout
     while True:
-        if await count_rows(engine, sql, params) >= expected:
+        count = await count_rows(engine, sql, params)
+        if (count <= expected) if at_most else (count >= expected):
             return time.perf_counter()
         if time.perf_counter() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {expected} from: {sql}")

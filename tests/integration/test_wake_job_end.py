@@ -6,7 +6,7 @@ committed, procrastinate's ``finish_job`` runs and a job already gone is not an 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from procrastinate import App, PsycopgConnector, jobs, manager
@@ -17,6 +17,7 @@ from iterflow.core.decisions import AttemptOutcome
 from iterflow.core.models import RunStatus
 from iterflow.runtime.host import _settling_jobs
 from iterflow.store.outbox import TASK_NAME
+from iterflow.store.postgres import PostgresStore
 from iterflow.store.urls import libpq_url
 from tests.integration.flows import eventually, sql
 
@@ -93,3 +94,75 @@ async def test_finishing_a_job_the_attempt_already_deleted_is_not_an_error(
         settled_job = jobs.Job(id=7, queue="q", lock=None, queueing_lock=None, task_name="t")
         await jm.finish_job(job=settled_job, status=jobs.Status.SUCCEEDED, delete_job=True)
         assert settled == set()  # skipped, and forgotten
+
+
+async def test_the_worker_fetches_its_wake_ups_on_the_store_hot_path_not_through_psycopg(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """procrastinate's fetch runs on the store's asyncpg connections (``fetch_job``), never on
+    procrastinate's psycopg connector: the same SQL function, without psycopg's pool checkout,
+    transaction and cursor per fetch."""
+    fetched: list[Any] = []
+    through_psycopg: list[str] = []
+    original_fetch = PostgresStore.fetch_job
+
+    async def spy_fetch(self: PostgresStore, queues: Any, worker_id: int) -> Any:
+        row = await original_fetch(self, queues, worker_id)
+        fetched.append(row)
+        return row
+
+    original_one = PsycopgConnector.execute_query_one_async
+
+    async def spy_one(self: PsycopgConnector, query: str, **arguments: Any) -> Any:
+        if "procrastinate_fetch_job" in query:
+            through_psycopg.append(query)
+        return await original_one(self, query, **arguments)
+
+    monkeypatch.setattr(PostgresStore, "fetch_job", spy_fetch)
+    monkeypatch.setattr(PsycopgConnector, "execute_query_one_async", spy_one)
+
+    @engine.flow("fetched", input=Go, output=bool)
+    async def fetched_flow(ctx: FlowContext, x: Go) -> bool:
+        return await ctx.step("one", lambda: x.ok)
+
+    run = await fetched_flow.start(Go())  # no worker in this process yet: queued as a job
+    [(job_id, _)] = jobs_of(engine.database_url, run.run_id)
+    await engine.listen()
+    assert await fetched_flow.result(run.run_id, timeout=15) is True
+    woke = [row for row in fetched if row is not None and row["task_name"] == TASK_NAME]
+    assert [(row["id"], row["task_name"], row["args"]) for row in woke] == [
+        (job_id, TASK_NAME, {"run_id": str(run.run_id)})
+    ]
+    assert woke[0]["status"] == "doing" and woke[0]["worker_id"] is not None
+    assert through_psycopg == []
+
+
+async def test_fetch_job_marks_the_first_due_job_doing_or_returns_none(engine: Engine) -> None:
+    """The store's ``fetch_job`` is procrastinate's fetch: nothing due gives None; a due job of
+    the asked queues comes back ``doing`` for the worker; a job in another queue stays."""
+    url = engine.database_url
+    store = cast(PostgresStore, engine.store)
+    [(worker_id,)] = sql(url, "INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id")
+    assert await store.fetch_job(["nothing-here"], worker_id) is None
+
+    @engine.flow("fetch-direct", input=Go, output=bool)
+    async def direct(ctx: FlowContext, x: Go) -> bool:
+        return x.ok
+
+    run = await direct.start(Go())
+    [(job_id, queue)] = sql(
+        url, "SELECT id, queue_name FROM procrastinate_jobs WHERE lock = %s", str(run.run_id)
+    )
+    assert await store.fetch_job(["another-queue"], worker_id) is None
+    row = await store.fetch_job([queue], worker_id)
+    assert row is not None
+    assert (row["id"], row["status"], row["worker_id"], row["queue_name"]) == (
+        job_id,
+        "doing",
+        worker_id,
+        queue,
+    )
+    job = jobs.Job.from_row(dict(row))  # what procrastinate's worker gets
+    assert job.task_kwargs == {"run_id": str(run.run_id)} and job.task_name == TASK_NAME
+    assert jobs_of(url, run.run_id) == [(job_id, "doing")]
+    assert await store.fetch_job([queue], worker_id) is None  # nothing else is due

@@ -1628,6 +1628,7 @@ class Engine:
                     queues=flow_queues,
                     rerouted=rerouted,
                     stop=self._stop,
+                    fetch_job=None if self._backend is None else self._backend.store.fetch_job,
                 )
         finally:
             unwatch()

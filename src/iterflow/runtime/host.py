@@ -1,10 +1,10 @@
 """The procrastinate host: the wake-up task, the periodic reconciler, and the worker loop.
 
 The only runtime module that imports procrastinate. One task, ``iterflow.advance(run_id)``, run
-by procrastinate workers on psycopg; procrastinate's own retry is never used for it (the engine
-owns retries and timers), and its ``finish_job`` is skipped when the attempt's last write ended
-the job itself (:func:`_settling_jobs`). The reconciler is a periodic task deduplicated across
-workers.
+by procrastinate workers; procrastinate's own retry is never used for it (the engine owns
+retries and timers), its fetch runs on the store's asyncpg hot path instead of its psycopg
+connector, and its ``finish_job`` is skipped when the attempt's last write ended the job itself
+(:func:`_settling_jobs`). The reconciler is a periodic task deduplicated across workers.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import random
 import select
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from iterflow.core.errors import FlowError
@@ -36,6 +36,9 @@ __all__ = ["SCHEDULE_SWEEP_SECONDS", "reconcile_cron", "run_procrastinate", "sta
 #: The schedule sweep's period: ticks start within about a second of their time.
 SCHEDULE_SWEEP_SECONDS = 1
 
+#: procrastinate's fetch of one due job for a procrastinate worker id: the job's row, or None.
+FetchJob = Callable[[Sequence[str] | None, int], Awaitable[Mapping[str, Any] | None]]
+
 logger = logging.getLogger(__name__)
 
 
@@ -51,6 +54,7 @@ async def run_procrastinate(
     queues: Callable[[], Sequence[str]],
     rerouted: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    fetch_job: FetchJob | None = None,
 ) -> None:
     """Run procrastinate's worker on this engine's queue and ``queues()`` (those of the flow
     versions this worker serves, ``iterflow.store.outbox.flow_queue``) until cancelled or until
@@ -69,9 +73,21 @@ async def run_procrastinate(
     ``stop`` is what an engine's close sets before cancelling: a cancellation can be lost in a
     library's startup (a ``wait_for`` cancelled as what it waits for completes, Python 3.11),
     the event cannot.
+
+    ``fetch_job`` (the Postgres store's :meth:`~iterflow.store.postgres.PostgresStore.fetch_job`)
+    replaces the fetch of procrastinate's psycopg connector: the same SQL function on the
+    store's asyncpg hot path, without psycopg's pool checkout, explicit transaction and cursor
+    (a quarter of a worker's CPU under load, docs/performance.md section 5).
     """
     app = _procrastinate_app(
-        worker, settings, database_url, reconcile, concurrency, sweep_schedules, sweep_retention
+        worker,
+        settings,
+        database_url,
+        reconcile,
+        concurrency,
+        sweep_schedules,
+        sweep_retention,
+        fetch_job,
     )
     options: dict[str, Any] = {
         "concurrency": concurrency,
@@ -197,6 +213,7 @@ def _procrastinate_app(
     concurrency: int,
     sweep_schedules: Callable[[], Awaitable[object]] | None = None,
     sweep_retention: Callable[[], Awaitable[object]] | None = None,
+    fetch_job: FetchJob | None = None,
 ) -> Any:
     """The procrastinate app: the wake-up task, the periodic reconciler, the periodic
     schedule sweep and, with ``Settings.retention``, the periodic retention sweep (no retry
@@ -212,7 +229,7 @@ def _procrastinate_app(
         )
     )
     settled: set[int] = set()
-    app.job_manager = _settling_jobs(app.connector, settled)
+    app.job_manager = _settling_jobs(app.connector, settled, fetch_job)
 
     @app.task(name=TASK_NAME, queue=settings.queue_name, pass_context=True)
     async def advance(context: Any, run_id: str) -> None:
@@ -273,8 +290,9 @@ def _procrastinate_app(
     return app
 
 
-def _settling_jobs(connector: Any, settled: set[int]) -> Any:
-    """procrastinate's job manager, except for the wake-ups an attempt ended itself.
+def _settling_jobs(connector: Any, settled: set[int], fetch_job: FetchJob | None = None) -> Any:
+    """procrastinate's job manager, except for the wake-ups an attempt ended itself, and with
+    ``fetch_job`` (when given) as its fetch.
 
     An attempt's last write (finish, suspend, park) deletes the job it runs in the same
     transaction (``Lease.job_id``, ``store/outbox.py``'s ``end_own_wake_sql``): one commit and
@@ -283,9 +301,15 @@ def _settling_jobs(connector: Any, settled: set[int]) -> Any:
     an attempt whose end is not known to have committed (storage lost mid-write), it runs, and
     "not found" means the attempt's write had deleted the job after all.
     """
-    from procrastinate import exceptions, manager
+    from procrastinate import exceptions, jobs, manager
 
     class SettlingJobManager(manager.JobManager):
+        async def fetch_job(self, queues: Any, worker_id: int) -> Any:
+            if fetch_job is None:
+                return await super().fetch_job(queues=queues, worker_id=worker_id)
+            row = await fetch_job(None if queues is None else list(queues), worker_id)
+            return None if row is None else jobs.Job.from_row(dict(row))
+
         async def finish_job(self, job: Any, status: Any, delete_job: bool) -> None:
             if job.id in settled:
                 settled.discard(job.id)

@@ -18,6 +18,7 @@ import hashlib
 
 __all__ = [
     "DUE_INDEX_SQL",
+    "FETCH_JOB_SQL",
     "INSTALLED_SQL",
     "LOCK_INDEX_SQL",
     "PENDING_WAKE_SQL",
@@ -53,6 +54,15 @@ LOCK_INDEX_SQL = (
 DUE_INDEX_SQL = (
     "CREATE INDEX IF NOT EXISTS procrastinate_jobs_todo_scheduled_idx "
     "ON procrastinate_jobs (scheduled_at) WHERE status = 'todo'"
+)
+#: procrastinate's own fetch (its ``fetch_job`` query, the same function and columns): the first
+#: due job of ``:queues`` whose lock is free, marked ``doing`` for procrastinate worker
+#: ``:worker_id``. A row of NULLs when there is none. iterflow's worker runs it on its asyncpg
+#: hot path (``runtime/host.py``) instead of procrastinate's psycopg connector.
+FETCH_JOB_SQL = (
+    "SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, "
+    "queue_name, attempts, worker_id "
+    "FROM procrastinate_fetch_job_v2(CAST(:queues AS varchar[]), CAST(:worker_id AS bigint))"
 )
 #: The queued (``todo``) wake-up of a run: bind ``:lock`` (the run id as text).
 PENDING_WAKE_SQL = (

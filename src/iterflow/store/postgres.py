@@ -64,6 +64,7 @@ from iterflow.store.base import (
 )
 from iterflow.store.connections import HOT_IDLE, HotConnections, Row, execute_on, guarded
 from iterflow.store.outbox import (
+    FETCH_JOB_SQL,
     TASK_NAME,
     flow_queue,
     reconcile_task_name,
@@ -128,6 +129,7 @@ class PostgresStore(PostgresControl, PostgresSchedules, PostgresStarts, Postgres
         self._cq = ControlStatements(schema)
         self._tq = StartStatements(schema)
         self._conns = HotConnections(engine)
+        self._fetch_job = sa.text(FETCH_JOB_SQL)
 
     @property
     def _hot(self) -> list[PoolProxiedConnection]:
@@ -191,6 +193,14 @@ class PostgresStore(PostgresControl, PostgresSchedules, PostgresStarts, Postgres
         }
 
     # -- attempts ---------------------------------------------------------------------------
+
+    async def fetch_job(self, queues: Sequence[str] | None, worker_id: int) -> Row | None:
+        """procrastinate's fetch of a wake-up (``outbox.FETCH_JOB_SQL``) for procrastinate
+        worker ``worker_id``, on the hot path: the job's row (procrastinate's ``Job.from_row``
+        reads it), or None when nothing is due."""
+        params = {"queues": None if queues is None else list(queues), "worker_id": worker_id}
+        row = await self._one(self._fetch_job, params)
+        return None if row is None or row["id"] is None else row
 
     async def claim(
         self, run_id: uuid.UUID, owner: str, lease_seconds: float, gate: Gate | None = None
