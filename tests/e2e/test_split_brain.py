@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from iterflow import Engine
+from iterflow.core.errors import ResultTimeout
 from tests.e2e.chaos_app import HoldJob, hold
 from tests.e2e.chaos_app import engine as app
 from tests.e2e.harness import WorkerPool, drained, read_executions, undrained, until
@@ -34,6 +35,32 @@ def run_rows(database_url: str, run_id: str) -> dict[str, Any]:
         "WHERE lock = %s::text ORDER BY id",
     }
     return {k: sql(database_url, v, run_id) for k, v in q.items()}
+
+
+def stuck_state(database_url: str, run_id: str) -> str:
+    """The run, its jobs and events, every procrastinate job and worker: why nobody took over."""
+    rows = run_rows(database_url, run_id)
+    everything = {
+        "all jobs": sql(
+            database_url,
+            "SELECT id, queue_name, task_name, status, lock, worker_id, scheduled_at "
+            "FROM procrastinate_jobs ORDER BY id",
+        ),
+        "procrastinate workers": sql(
+            database_url, "SELECT id, last_heartbeat, now() FROM procrastinate_workers"
+        ),
+        "sessions": sql(
+            database_url,
+            "SELECT pid, state, wait_event_type, wait_event, xact_start, left(query, 100) "
+            "FROM pg_stat_activity WHERE datname = current_database() ORDER BY xact_start",
+        ),
+        "job events": sql(
+            database_url,
+            "SELECT job_id, type, at FROM procrastinate_events ORDER BY id DESC LIMIT 30",
+        ),
+    }
+    lines = [f"{k}: {v}" for k, v in {**rows, **everything}.items() if k != "steps"]
+    return "\n".join(lines)
 
 
 async def test_sigstopped_worker_is_fenced_after_lease_expiry(
@@ -66,7 +93,10 @@ async def test_sigstopped_worker_is_fenced_after_lease_expiry(
                 f"(pid {b_pid}) idle"
             )
             try:
-                out = await handle.result(run.run_id, timeout=60)
+                try:
+                    out = await handle.result(run.run_id, timeout=60)
+                except ResultTimeout as exc:  # say where it stood, for the flake hunt
+                    raise AssertionError(f"{exc}\n{stuck_state(database_url, rid)}") from exc
                 await until(
                     lambda: drained(database_url),
                     timeout=30,

@@ -522,7 +522,12 @@ def test_a_worker_process_registers_logs_json_and_unregisters_on_sigterm(
         assert worker["id"].startswith(f"{worker['host']}:{proc.pid}:")
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            raise AssertionError(f"the worker did not stop on SIGTERM; its log:\n{err}") from None
     assert proc.returncode == 0, err
     records = [json.loads(line) for line in err.splitlines() if line.strip()]
     messages = [r["message"] for r in records]

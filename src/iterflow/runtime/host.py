@@ -324,10 +324,31 @@ def _settling_jobs(connector: Any, settled: set[int], fetch_job: FetchJob | None
 
 
 def _pool(**options: Any) -> Any:
-    """procrastinate's psycopg pool, its checkout check replaced by :func:`_check_idle`."""
+    """procrastinate's psycopg pool, its checkout check replaced by :func:`_check_idle`, its
+    connections in autocommit.
+
+    Every query procrastinate runs on the pool is one statement (a function call) in its own
+    transaction, committed when the connection goes back; psycopg wraps it in ``BEGIN`` ...
+    ``COMMIT``. A worker frozen between its statement and its ``COMMIT`` (SIGSTOP, a VM stall,
+    a long GC pause) kept that transaction open, and its locks with it: the unique entry of
+    the periodic defer it had just made, on which the same defer of every other worker then
+    waited. No worker deferred the reconciler any more, so nothing recovered the frozen
+    worker's runs (tests/e2e/test_split_brain.py, 1 run in about 10 under load). In
+    autocommit each statement commits as it ends: a frozen client holds no lock, and two round
+    trips per query are gone.
+    """
     import psycopg_pool
 
-    return psycopg_pool.AsyncConnectionPool(**{**options, "check": _check_idle})
+    return psycopg_pool.AsyncConnectionPool(
+        **{**options, "check": _check_idle, "configure": _autocommit}
+    )
+
+
+async def _autocommit(conn: Any) -> None:
+    """Put a new connection of procrastinate's pool in autocommit (see :func:`_pool`); set
+    here rather than as a connection argument, which procrastinate's LISTEN connection (made
+    from the same arguments, already in autocommit) would get twice."""
+    await conn.set_autocommit(True)
 
 
 async def _check_idle(conn: Any) -> None:
