@@ -37,7 +37,7 @@ from .stats import PgCpu
 from .steps import wait_worker_ready
 from .workers import WorkerProcess
 
-__all__ = ["run"]
+__all__ = ["drain", "run"]
 
 WARMUP = 5
 
@@ -86,7 +86,7 @@ async def _once(
             elapsed = t_done - t0
             cpu_w = sum(w.cpu_seconds() for w in workers) - cpu_w0
             cpu_c, pg1 = time.process_time() - cpu_c0, pg.seconds()
-            drain = await _drain(
+            drained = await drain(
                 engine, flows.steps, runs, sizes.concurrent_steps, gate, workers, pg
             )
     finally:
@@ -96,11 +96,11 @@ async def _once(
     busy = cpu_w + cpu_c + (pg_cpu or 0.0)
     steps = runs * sizes.concurrent_steps
     return {
-        "drain_seconds": drain["seconds"],
-        "drain_steps_per_s": steps / drain["seconds"],
-        "drain_worker_cpu_ms_per_step": drain["worker_cpu_s"] * 1000 / steps,
+        "drain_seconds": drained["seconds"],
+        "drain_steps_per_s": steps / drained["seconds"],
+        "drain_worker_cpu_ms_per_step": drained["worker_cpu_s"] * 1000 / steps,
         "drain_pg_cpu_ms_per_step": (
-            None if drain["pg_cpu_s"] is None else drain["pg_cpu_s"] * 1000 / steps
+            None if drained["pg_cpu_s"] is None else drained["pg_cpu_s"] * 1000 / steps
         ),
         "seconds": elapsed,
         "start_seconds": t_started - t0,
@@ -113,7 +113,7 @@ async def _once(
     }
 
 
-async def _drain(
+async def drain(
     engine: Engine,
     handle: FlowHandle[Steps, Any],
     runs: int,
@@ -188,10 +188,10 @@ async def run(ctx: Context) -> Section:
     section.add("raw asyncpg INSERT+COMMIT/s, 8 connections (same server)", raw8, "/s")
     drained: dict[str, float] = {}
     for name, rs in results.items():
-        drain = spread([r["drain_steps_per_s"] for r in rs])
-        drained[name] = drain["median"]
-        note = f"min-max {drain['min']:,.0f}-{drain['max']:,.0f}" if drain["n"] > 1 else ""
-        section.add(f"steps/s draining a queue, {name}", drain["median"], "/s", note=note)
+        rate = spread([r["drain_steps_per_s"] for r in rs])
+        drained[name] = rate["median"]
+        note = f"min-max {rate['min']:,.0f}-{rate['max']:,.0f}" if rate["n"] > 1 else ""
+        section.add(f"steps/s draining a queue, {name}", rate["median"], "/s", note=note)
         worker_ms = statistics.median(r["drain_worker_cpu_ms_per_step"] for r in rs)
         pg_ms = [r["drain_pg_cpu_ms_per_step"] for r in rs if r["drain_pg_cpu_ms_per_step"]]
         section.add(f"worker CPU per step draining, {name}", worker_ms, "ms")

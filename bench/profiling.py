@@ -5,7 +5,9 @@
 * cProfile (deterministic) for call counts per step — how many event-loop iterations, greenlet
   switches, socket sends and JSON encodings one checkpointed step costs — in ``cprofile.txt``;
 * pyinstrument inside a ``flowctl worker`` process running 200 concurrent 10-step runs, in
-  ``profile-worker.txt``.
+  ``profile-worker.txt``;
+* PostgreSQL's CPU per statement while a worker drains 200 runs, per run (the embedded server
+  only: ``log_statement_stats``, read back from its log by ``bench/pglog.py``).
 """
 
 from __future__ import annotations
@@ -18,12 +20,18 @@ import signal
 import time
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 from iterflow import Engine
 
+from . import concurrency
 from .config import Context
 from .flows import Steps, register
 from .measure import wait_for_count
+from .pglog import statement_cpu
 from .report import Section
+from .server import admin_exec
+from .stats import PgCpu
 from .steps import wait_worker_ready
 from .workers import WorkerProcess
 
@@ -110,7 +118,60 @@ async def run(ctx: Context) -> Section:
         "ms",
         note=f"tree in {ctx.results_dir / 'profile-worker.txt'}",
     )
+    await _statement_profile(ctx, section)
     return section
+
+
+async def _statement_profile(ctx: Context, section: Section) -> None:
+    """PostgreSQL's CPU per statement while a worker drains ``concurrent_runs`` 10-step runs
+    (their starts included), per run: ``log_statement_stats`` on the profile's own database,
+    read back from the embedded server's log (``bench/pglog.py``)."""
+    sizes = ctx.sizes
+    log = ctx.server.log_path()
+    if log is None:
+        section.add("PostgreSQL CPU per statement", None, note="needs the embedded server's log")
+        return
+    runs = sizes.concurrent_runs
+    with ctx.server.database("profile_sql") as url:
+        name = make_url(url).database
+        admin_exec(ctx.server.admin_url, f"ALTER DATABASE {name} SET log_statement_stats = on")
+        worker = WorkerProcess(
+            url, ctx.log_dir, name="profile-sql", concurrency=sizes.worker_concurrency
+        ).start()
+        try:
+            engine = Engine(url, pool_size=10)
+            flows = register(engine)
+            async with engine:
+                await wait_worker_ready(engine, [worker], 60)
+                offset = log.stat().st_size
+                await concurrency.drain(
+                    engine,
+                    flows.steps,
+                    runs,
+                    sizes.concurrent_steps,
+                    asyncio.Semaphore(10),
+                    [worker],
+                    PgCpu(None),
+                )
+            with log.open("rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace")
+        finally:
+            worker.stop()
+    rows = [r for r in statement_cpu(text) if r.seconds * 1e6 / runs >= 5]
+    total = sum(r.seconds for r in rows)
+    for row in rows[:12]:
+        section.add(
+            f"PostgreSQL CPU per run: {row.label}",
+            row.seconds * 1e6 / runs,
+            "us",
+            note=f"{row.calls / runs:.2f} per run, {row.seconds / total * 100:.0f} % of the logged",
+        )
+    section.raw = {
+        **(section.raw or {}),
+        "statement_cpu": [[r.label, r.calls, r.seconds] for r in rows],
+        "statement_cpu_runs": runs,
+    }
 
 
 async def _profile_worker(ctx: Context, url: str) -> tuple[int, float]:

@@ -138,6 +138,10 @@ class BenchServer:
         except (OSError, ValueError, IndexError):
             return None
 
+    def log_path(self) -> Path | None:
+        """The embedded server's log file (None for a server at a URL)."""
+        return None if self.data_dir is None else self.data_dir / "pgdata" / "log"
+
     def stop(self) -> None:
         """Drop leftover databases and the template; stop and remove the embedded server."""
         if self.url is not None:
