@@ -537,6 +537,68 @@ def test_a_worker_process_registers_logs_json_and_unregisters_on_sigterm(
     assert json.loads(capsys.readouterr().out) == {"workers": []}  # a clean stop unregisters
 
 
+def test_sigterm_stops_a_worker_even_when_a_library_loses_the_cancellation(
+    database_url: str, tmp_path: Path
+) -> None:
+    """SIGTERM cancels the worker's task and asks the engine to stop (``stop_worker``). Here the
+    cancellation lands in code that swallows it, as psycopg_pool's open can on Python 3.11
+    (``asyncio.wait_for`` returning normally when cancelled as what it waits for completes):
+    the worker must still stop, cleanly. Cancelling alone left it running for good."""
+    import os
+    import signal
+    import time
+
+    root = Path(__file__).resolve().parents[2]
+    mark = tmp_path / "in-lossy-code"
+    (tmp_path / "lossy_app.py").write_text(
+        "import asyncio, os, pathlib\n"
+        "from collections import Counter\n"
+        "from iterflow import Engine\n"
+        "from iterflow.runtime import engine as engine_module\n"
+        "from tests.integration.test_flows import order_flow\n"
+        "original = engine_module.Engine.sync_schedules\n"
+        "async def lossy(self):\n"
+        "    await original(self)\n"
+        "    pathlib.Path(os.environ['LOSSY_MARK']).write_text('in')\n"
+        "    try:\n"
+        "        await asyncio.sleep(30)\n"
+        "    except asyncio.CancelledError:\n"
+        "        pass  # lost, as a library can lose it\n"
+        "engine_module.Engine.sync_schedules = lossy\n"
+        "engine = Engine()\n"
+        "order_flow(engine, Counter())\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), str(tmp_path)]),
+        "LOSSY_MARK": str(mark),
+    }
+    argv = ["--database-url", database_url, "worker", "lossy_app:engine"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iterflow.cli", *argv],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not mark.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the worker did not start"
+            time.sleep(0.05)  # polling an external process, with a deadline
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            _, err = proc.communicate()
+            raise AssertionError(f"the worker did not stop on SIGTERM; its log:\n{err}")
+    assert proc.returncode == 0, err
+    assert "worker stopped" in err
+
+
 async def test_show_prints_the_traceback_a_failed_step_stored(
     database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

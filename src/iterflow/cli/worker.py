@@ -56,20 +56,27 @@ async def _worker(args: argparse.Namespace) -> None:
     # SIGTERM (docker stop, systemd, Kubernetes) stops the worker gracefully, like Ctrl-C:
     # procrastinate stops fetching, lets running attempts finish (up to its graceful timeout)
     # and unregisters the worker. Python's default for SIGTERM would kill it on the spot.
+    # Both the stop request and the cancellation: a library can lose a cancellation that
+    # arrives while it starts (Engine.stop_worker), the request cannot be lost.
     main = asyncio.current_task()
+
+    def terminate() -> None:
+        engine.stop_worker()
+        if main is not None:
+            main.cancel()
+
     if main is not None and hasattr(signal, "SIGTERM"):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
     async with engine:
         served = engine.registry.serving(args.queues, args.flows)  # CONFIG_INVALID early
         names = ", ".join(f.key for f in served) or "none"
         logging.getLogger("iterflow").info("worker started; flows: %s", names)
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await engine.run_worker(
                 concurrency=args.concurrency, queues=args.queues, flows=args.flows
             )
-        except asyncio.CancelledError:
-            logging.getLogger("iterflow").info("worker stopped")
+        logging.getLogger("iterflow").info("worker stopped")
 
 
 def _names(value: str) -> list[str]:

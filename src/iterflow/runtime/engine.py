@@ -1559,6 +1559,18 @@ class Engine:
                 busy = True
         return attempts
 
+    def stop_worker(self) -> None:
+        """Ask :meth:`run_worker` to stop as on cancellation: it finishes its running attempts
+        (those still running after 5 s are cancelled and recovered from their leases) and
+        returns. Safe from a signal handler; the engine runs no worker again until it is
+        reopened.
+
+        Stopping by cancelling the task alone is not enough: a library can lose a cancellation
+        that arrives while it is starting (on Python 3.11, ``asyncio.wait_for`` returns
+        normally when cancelled as what it waits for completes, as psycopg_pool's open does);
+        this request cannot be lost. ``flowctl worker`` does both on SIGTERM."""
+        self._stop.set()
+
     async def run_worker(
         self,
         *,
@@ -1566,7 +1578,8 @@ class Engine:
         queues: Sequence[str] | None = None,
         flows: Sequence[str] | None = None,
     ) -> None:
-        """Run a procrastinate worker executing wake-ups until cancelled.
+        """Run a procrastinate worker executing wake-ups until cancelled or
+        :meth:`stop_worker`.
 
         It serves the registered flow versions in ``queues`` (their ``queue=``; None: every
         queue) and named in ``flows`` (None: all): it fetches only their wake-ups, so the runs
