@@ -79,16 +79,6 @@ async def run_procrastinate(
     store's asyncpg hot path, without psycopg's pool checkout, explicit transaction and cursor
     (a quarter of a worker's CPU under load, docs/performance.md section 5).
     """
-    app = _procrastinate_app(
-        worker,
-        settings,
-        database_url,
-        reconcile,
-        concurrency,
-        sweep_schedules,
-        sweep_retention,
-        fetch_job,
-    )
     options: dict[str, Any] = {
         "concurrency": concurrency,
         "wait": True,
@@ -102,15 +92,36 @@ async def run_procrastinate(
     failures = 0
     while not stop.is_set():
         started = time.monotonic()
+        app = _procrastinate_app(
+            worker,
+            settings,
+            database_url,
+            reconcile,
+            concurrency,
+            sweep_schedules,
+            sweep_retention,
+            fetch_job,
+        )
+        # The pool is ours to open and close: procrastinate leaves the one it opens itself
+        # behind when its opening is interrupted (the engine closed as its worker started),
+        # and psycopg_pool's tasks, still connecting, swallow the cancellation at the event
+        # loop's shutdown, which then waits for them for good.
+        pool = _pool(
+            conninfo=libpq_url(database_url), min_size=1, max_size=concurrency + 2, open=False
+        )
         try:
-            async with app.open_async():
-                await _serve(
-                    lambda: [settings.queue_name, *queues()],
-                    rerouted or asyncio.Event(),
-                    stop,
-                    app.run_worker_async,
-                    options,
-                )
+            try:
+                await pool.open(wait=True)
+                async with app.open_async(pool=pool):
+                    await _serve(
+                        lambda: [settings.queue_name, *queues()],
+                        rerouted or asyncio.Event(),
+                        stop,
+                        app.run_worker_async,
+                        options,
+                    )
+            finally:
+                await asyncio.shield(pool.close())
             if stop.is_set():
                 return
             reason = "it stopped on its own"
@@ -220,13 +231,8 @@ def _procrastinate_app(
     strategy: the engine owns retries and timers)."""
     import procrastinate
 
-    app = procrastinate.App(
-        connector=procrastinate.PsycopgConnector(
-            conninfo=libpq_url(database_url),
-            min_size=1,
-            max_size=concurrency + 2,
-            pool_factory=_pool,
-        )
+    app = procrastinate.App(  # run_procrastinate opens it on a pool of its own (_pool)
+        connector=procrastinate.PsycopgConnector(conninfo=libpq_url(database_url))
     )
     settled: set[int] = set()
     app.job_manager = _settling_jobs(app.connector, settled, fetch_job)
