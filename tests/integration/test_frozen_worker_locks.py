@@ -1,22 +1,33 @@
-"""A worker frozen right after one of procrastinate's queries (SIGSTOP, a VM stall, a long GC
-pause) must hold no lock: its pool runs each query in autocommit (``runtime/host.py``'s
-``_pool``). With psycopg's default, the query's transaction stayed open until the frozen
-worker's ``COMMIT``; the periodic defer it had just made then blocked the same defer of every
-other worker, so no worker deferred the reconciler any more and nothing recovered the frozen
-worker's runs (the split-brain e2e test's rare failure, tests/e2e/test_split_brain.py)."""
+"""A frozen worker (SIGSTOP, a VM stall, a long GC pause) must not hold locks the others need.
+
+Right after one of procrastinate's queries it holds none: its pool runs each query in autocommit
+(``runtime/host.py``'s ``_pool``). With psycopg's default, the query's transaction stayed open
+until the frozen worker's ``COMMIT``; the periodic defer it had just made then blocked the same
+defer of every other worker, so no worker deferred the reconciler any more and nothing recovered
+the frozen worker's runs (the split-brain e2e test's rare failure, tests/e2e/test_split_brain.py).
+
+Inside one of its own multi-statement transactions (flow control), PostgreSQL ends the
+transaction once it has been idle for the lease."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import psycopg
 import psycopg_pool
+import pytest
 from procrastinate import App, PsycopgConnector
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from iterflow import Engine
+from iterflow.core.errors import DatabaseUnavailable
+from iterflow.core.limits import Gate, Limits
 from iterflow.runtime.host import _pool
-from iterflow.store.urls import libpq_url
+from iterflow.store.postgres import PostgresStore
+from iterflow.store.urls import asyncpg_url, libpq_url
+from tests.contract.support import LEASE, new_run
 
 DEFER = (
     "SELECT procrastinate_defer_periodic_job_v2("
@@ -56,3 +67,45 @@ async def test_without_autocommit_the_frozen_query_blocks_the_other_workers_defe
         return psycopg_pool.AsyncConnectionPool(**options)
 
     assert await _defer_and_freeze(engine.database_url, plain) == "blocked"
+
+
+async def test_a_frozen_workers_flow_control_transaction_ends_with_its_lease(
+    database_url: str,
+) -> None:
+    """A worker frozen inside a flow-control transaction holds the advisory lock of a flow and
+    key, which every other worker's claim of that key waits for. PostgreSQL ends that
+    transaction once it has been idle for the store's ``transaction_idle_seconds`` (the
+    engine's lease), so the other workers go on; without it they waited until the frozen
+    worker resumed."""
+    engine = create_async_engine(asyncpg_url(database_url), pool_size=4)
+    frozen = PostgresStore(
+        engine, schema="iterflow", queue="iterflow.iterflow", transaction_idle_seconds=1.0
+    )
+    other = PostgresStore(engine, schema="iterflow", queue="iterflow.iterflow")
+    limits = Limits(concurrency=2, key=lambda i: i)
+    flow_gate = Gate(frozenset({"f@1"}), {"f@1": limits})
+    holding, resume = asyncio.Event(), asyncio.Event()
+
+    async def freeze() -> None:
+        async with frozen._conns.transaction() as fetch:
+            await fetch(frozen._q.limit_lock, {"ns": frozen._lock_ns, "name": "f", "key": "k"})
+            holding.set()
+            await resume.wait()  # frozen, the flow and key's lock held
+            await fetch(frozen._q.limit_lock, {"ns": frozen._lock_ns, "name": "f", "key": "k"})
+
+    try:
+        run = new_run(limit_key="k")
+        await other.create_run(run)
+        stuck = asyncio.create_task(freeze())
+        await holding.wait()
+        async with asyncio.timeout(15):  # 1 s of idleness, then the lock is gone
+            claim = await other.claim(run.id, "w2", LEASE, flow_gate)
+        assert claim is not None and claim.run.id == run.id
+        resume.set()
+        with pytest.raises(DatabaseUnavailable):  # its session was ended: nothing it wrote stays
+            await stuck
+    finally:
+        resume.set()
+        await frozen.close()
+        await other.close()
+        await engine.dispose()

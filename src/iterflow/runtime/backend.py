@@ -99,7 +99,11 @@ async def open_backend(settings: Settings) -> Backend:
         )
     )
     store = PostgresStore(
-        sa, schema=settings.db_schema, queue=settings.queue_name, read_engine=read_sa
+        sa,
+        schema=settings.db_schema,
+        queue=settings.queue_name,
+        read_engine=read_sa,
+        transaction_idle_seconds=settings.lease_seconds,
     )
     dsn = libpq_url(url)
 

@@ -66,8 +66,17 @@ DATA_REFUSED = frozenset({"22", "23"})
 class HotConnections:
     """One-statement transactions on pooled asyncpg connections, a few kept checked out."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, idle_seconds: float | None = None) -> None:
         self._engine = engine
+        #: A transaction of :meth:`transaction` left idle this long (its process frozen: SIGSTOP,
+        #: a VM stall) is ended by PostgreSQL, with its locks (``SET LOCAL
+        #: idle_in_transaction_session_timeout``); None: never.
+        self._idle_sql = (
+            None
+            if idle_seconds is None
+            else "SET LOCAL idle_in_transaction_session_timeout = "
+            f"{max(1, round(idle_seconds * 1000))}"
+        )
         self._compiled: dict[int, tuple[str, tuple[str, ...]]] = {}
         #: Idle connections kept checked out of SQLAlchemy's pool between statements.
         self.idle: list[PoolProxiedConnection] = []
@@ -108,8 +117,14 @@ class HotConnections:
     async def transaction(self) -> AsyncIterator[Fetch]:
         """Several statements in one transaction on a hot connection, as :meth:`fetchrow` runs
         one: the block gets a ``fetchrow(stmt, params)``; the transaction commits when the block
-        ends and rolls back if it raises."""
+        ends and rolls back if it raises.
+
+        Its locks (the flow-control ones are per flow and key, for every worker) must not
+        outlive a frozen process: with ``idle_seconds``, PostgreSQL ends the transaction, and
+        the session, once it has been idle that long between statements."""
         async with self._hot() as conn, conn.transaction():
+            if self._idle_sql is not None:
+                await conn.execute(self._idle_sql)
 
             async def fetchrow(stmt: sa.TextClause, params: dict[str, Any]) -> Row | None:
                 sql, args = self._bind(stmt, params)

@@ -115,6 +115,7 @@ class PostgresStore(PostgresControl, PostgresSchedules, PostgresStarts, Postgres
         schema: str,
         queue: str,
         read_engine: AsyncEngine | None = None,
+        transaction_idle_seconds: float | None = None,
     ) -> None:
         self._engine = engine
         self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -128,7 +129,8 @@ class PostgresStore(PostgresControl, PostgresSchedules, PostgresStarts, Postgres
         self._sq = ScheduleStatements(schema)
         self._cq = ControlStatements(schema)
         self._tq = StartStatements(schema)
-        self._conns = HotConnections(engine)
+        # a frozen process's multi-statement transaction ends with its lease (HotConnections)
+        self._conns = HotConnections(engine, idle_seconds=transaction_idle_seconds)
         self._fetch_job = sa.text(FETCH_JOB_SQL)
 
     @property
