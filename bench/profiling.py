@@ -13,11 +13,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import cProfile
 import io
 import pstats
 import signal
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -26,7 +29,7 @@ from iterflow import Engine
 
 from . import concurrency
 from .config import Context
-from .flows import Steps, register
+from .flows import BenchFlows, Steps, register
 from .measure import wait_for_count
 from .pglog import statement_cpu
 from .report import Section
@@ -135,29 +138,20 @@ async def _statement_profile(ctx: Context, section: Section) -> None:
     with ctx.server.database("profile_sql") as url:
         name = make_url(url).database
         admin_exec(ctx.server.admin_url, f"ALTER DATABASE {name} SET log_statement_stats = on")
-        worker = WorkerProcess(
-            url, ctx.log_dir, name="profile-sql", concurrency=sizes.worker_concurrency
-        ).start()
-        try:
-            engine = Engine(url, pool_size=10)
-            flows = register(engine)
-            async with engine:
-                await wait_worker_ready(engine, [worker], 60)
-                offset = log.stat().st_size
-                await concurrency.drain(
-                    engine,
-                    flows.steps,
-                    runs,
-                    sizes.concurrent_steps,
-                    asyncio.Semaphore(10),
-                    [worker],
-                    PgCpu(None),
-                )
-            with log.open("rb") as f:
-                f.seek(offset)
-                text = f.read().decode(errors="replace")
-        finally:
-            worker.stop()
+        async with _worker_and_engine(ctx, url, "profile-sql") as (worker, engine, flows):
+            offset = log.stat().st_size
+            await concurrency.drain(
+                engine,
+                flows.steps,
+                runs,
+                sizes.concurrent_steps,
+                asyncio.Semaphore(10),
+                [worker],
+                PgCpu(None),
+            )
+        with log.open("rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
     rows = [r for r in statement_cpu(text) if r.seconds * 1e6 / runs >= 5]
     total = sum(r.seconds for r in rows)
     for row in rows[:12]:
@@ -177,29 +171,37 @@ async def _statement_profile(ctx: Context, section: Section) -> None:
 async def _profile_worker(ctx: Context, url: str) -> tuple[int, float]:
     """A ``flowctl worker`` under pyinstrument while it runs the concurrency workload."""
     sizes = ctx.sizes
+    profile = ctx.results_dir / "profile-worker.txt"
+    async with _worker_and_engine(ctx, url, "profile-worker", profile) as (worker, engine, flows):
+        gate = asyncio.Semaphore(10)
+
+        async def start_one() -> None:
+            async with gate:
+                await flows.steps.start(Steps(n=sizes.concurrent_steps))
+
+        cpu0 = worker.cpu_seconds()
+        await asyncio.gather(*(start_one() for _ in range(sizes.concurrent_runs)))
+        done = f"SELECT count(*) FROM {engine.settings.db_schema}.runs WHERE status = 'done'"
+        await wait_for_count(engine, done, sizes.concurrent_runs, timeout=300)
+        cpu = worker.cpu_seconds() - cpu0
+    return sizes.concurrent_runs * sizes.concurrent_steps, cpu
+
+
+@contextlib.asynccontextmanager
+async def _worker_and_engine(
+    ctx: Context, url: str, name: str, profile: Path | None = None
+) -> AsyncIterator[tuple[WorkerProcess, Engine, BenchFlows]]:
+    """A ``flowctl worker`` process on the bench flows (under pyinstrument with ``profile``;
+    stopped with SIGINT, which writes it) and an open engine with them registered, the worker
+    ready."""
     worker = WorkerProcess(
-        url,
-        ctx.log_dir,
-        name="profile-worker",
-        concurrency=sizes.worker_concurrency,
-        profile=ctx.results_dir / "profile-worker.txt",
+        url, ctx.log_dir, name=name, concurrency=ctx.sizes.worker_concurrency, profile=profile
     ).start()
     try:
         engine = Engine(url, pool_size=10)
         flows = register(engine)
         async with engine:
             await wait_worker_ready(engine, [worker], 60)
-            gate = asyncio.Semaphore(10)
-
-            async def start_one() -> None:
-                async with gate:
-                    await flows.steps.start(Steps(n=sizes.concurrent_steps))
-
-            cpu0 = worker.cpu_seconds()
-            await asyncio.gather(*(start_one() for _ in range(sizes.concurrent_runs)))
-            done = f"SELECT count(*) FROM {engine.settings.db_schema}.runs WHERE status = 'done'"
-            await wait_for_count(engine, done, sizes.concurrent_runs, timeout=300)
-            cpu = worker.cpu_seconds() - cpu0
+            yield worker, engine, flows
     finally:
         worker.stop(signal.SIGINT)
-    return sizes.concurrent_runs * sizes.concurrent_steps, cpu

@@ -482,31 +482,42 @@ async def test_the_operations_example_is_in_the_page_and_runs() -> None:
     }
 
 
+def _worker_process(
+    tmp_path: Path, app: str, argv: list[str], env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """``python -m iterflow.cli <argv>``, with ``app`` (a module's source) importable under the
+    module name of argv's ``<module>:engine``."""
+    import os
+
+    root = Path(__file__).resolve().parents[2]
+    module = next(a for a in argv if a.endswith(":engine")).split(":")[0]
+    (tmp_path / f"{module}.py").write_text(app)
+    paths = os.pathsep.join([str(root), str(tmp_path)])
+    return subprocess.Popen(
+        [sys.executable, "-m", "iterflow.cli", *argv],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": paths, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_a_worker_process_registers_logs_json_and_unregisters_on_sigterm(
     database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import os
     import signal
     import time
 
-    root = Path(__file__).resolve().parents[2]
-    (tmp_path / "wk_app.py").write_text(
+    app = (
         "from collections import Counter\n"
         "from iterflow import Engine\n"
         "from tests.integration.test_flows import order_flow\n"
         "engine = Engine()\n"
         "order_flow(engine, Counter())\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(tmp_path)])}
     argv = ["--json", "--database-url", database_url, "worker", "wk_app:engine"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "iterflow.cli", *argv],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _worker_process(tmp_path, app, argv)
     try:
         deadline = time.monotonic() + 60
         workers: list[dict[str, Any]] = []
@@ -544,13 +555,11 @@ def test_sigterm_stops_a_worker_even_when_a_library_loses_the_cancellation(
     cancellation lands in code that swallows it, as psycopg_pool's open can on Python 3.11
     (``asyncio.wait_for`` returning normally when cancelled as what it waits for completes):
     the worker must still stop, cleanly. Cancelling alone left it running for good."""
-    import os
     import signal
     import time
 
-    root = Path(__file__).resolve().parents[2]
     mark = tmp_path / "in-lossy-code"
-    (tmp_path / "lossy_app.py").write_text(
+    app = (
         "import asyncio, os, pathlib\n"
         "from collections import Counter\n"
         "from iterflow import Engine\n"
@@ -568,20 +577,8 @@ def test_sigterm_stops_a_worker_even_when_a_library_loses_the_cancellation(
         "engine = Engine()\n"
         "order_flow(engine, Counter())\n"
     )
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(root), str(tmp_path)]),
-        "LOSSY_MARK": str(mark),
-    }
     argv = ["--database-url", database_url, "worker", "lossy_app:engine"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "iterflow.cli", *argv],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _worker_process(tmp_path, app, argv, {"LOSSY_MARK": str(mark)})
     try:
         deadline = time.monotonic() + 60
         while not mark.exists():
