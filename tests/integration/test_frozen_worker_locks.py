@@ -6,8 +6,8 @@ until the frozen worker's ``COMMIT``; the periodic defer it had just made then b
 defer of every other worker, so no worker deferred the reconciler any more and nothing recovered
 the frozen worker's runs (the split-brain e2e test's rare failure, tests/e2e/test_split_brain.py).
 
-Inside one of its own multi-statement transactions (flow control), PostgreSQL ends the
-transaction once it has been idle for the lease."""
+Inside one of its own multi-statement transactions (flow control, or the store's SQLAlchemy
+ones), PostgreSQL ends the transaction once it has been idle for the lease."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 import psycopg_pool
 import pytest
+import sqlalchemy as sa
 from procrastinate import App, PsycopgConnector
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -103,6 +104,43 @@ async def test_a_frozen_workers_flow_control_transaction_ends_with_its_lease(
         assert claim is not None and claim.run.id == run.id
         resume.set()
         with pytest.raises(DatabaseUnavailable):  # its session was ended: nothing it wrote stays
+            await stuck
+    finally:
+        resume.set()
+        await frozen.close()
+        await other.close()
+        await engine.dispose()
+
+
+async def test_a_frozen_process_s_own_transaction_ends_with_its_lease(database_url: str) -> None:
+    """The same for the store's own SQLAlchemy transactions (a signal's delivery, a cancel, a
+    retry, the sweeps): a process frozen inside one, holding a run's row lock, stalled the run's
+    worker (its claim, renewal and checkpoints wait for that lock) until it resumed."""
+    engine = create_async_engine(asyncpg_url(database_url), pool_size=4)
+    frozen = PostgresStore(
+        engine, schema="iterflow", queue="iterflow.iterflow", transaction_idle_seconds=1.0
+    )
+    other = PostgresStore(engine, schema="iterflow", queue="iterflow.iterflow")
+    holding, resume = asyncio.Event(), asyncio.Event()
+    run = new_run()
+
+    async def freeze() -> None:
+        async with frozen._tx() as conn:
+            lock = sa.text("SELECT id FROM iterflow.runs WHERE id = :id FOR UPDATE")
+            await conn.execute(lock, {"id": run.id})
+            holding.set()
+            await resume.wait()  # frozen, the run's row locked
+            await conn.execute(lock, {"id": run.id})
+
+    try:
+        await other.create_run(run)
+        stuck = asyncio.create_task(freeze())
+        await holding.wait()
+        async with asyncio.timeout(15):  # 1 s of idleness, then the lock is gone
+            claim = await other.claim(run.id, "w2", LEASE)
+        assert claim is not None and claim.run.id == run.id
+        resume.set()
+        with pytest.raises(DatabaseUnavailable):
             await stuck
     finally:
         resume.set()

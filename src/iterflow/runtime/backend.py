@@ -103,7 +103,9 @@ async def open_backend(settings: Settings) -> Backend:
         schema=settings.db_schema,
         queue=settings.queue_name,
         read_engine=read_sa,
-        transaction_idle_seconds=settings.lease_seconds,
+        # a frozen process's transactions end with its lease, never sooner than 5 s: a
+        # long garbage-collector pause must not end a live one
+        transaction_idle_seconds=max(settings.lease_seconds, 5.0),
     )
     dsn = libpq_url(url)
 

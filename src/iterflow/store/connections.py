@@ -68,10 +68,11 @@ class HotConnections:
 
     def __init__(self, engine: AsyncEngine, *, idle_seconds: float | None = None) -> None:
         self._engine = engine
-        #: A transaction of :meth:`transaction` left idle this long (its process frozen: SIGSTOP,
-        #: a VM stall) is ended by PostgreSQL, with its locks (``SET LOCAL
-        #: idle_in_transaction_session_timeout``); None: never.
-        self._idle_sql = (
+        #: The statement that makes PostgreSQL end a transaction left idle ``idle_seconds`` (its
+        #: process frozen: SIGSTOP, a VM stall), and its locks with it: ``SET LOCAL
+        #: idle_in_transaction_session_timeout``, the first of each of :meth:`transaction` and of
+        #: the store's own SQLAlchemy transactions; None: never.
+        self.idle_sql = (
             None
             if idle_seconds is None
             else "SET LOCAL idle_in_transaction_session_timeout = "
@@ -123,8 +124,8 @@ class HotConnections:
         outlive a frozen process: with ``idle_seconds``, PostgreSQL ends the transaction, and
         the session, once it has been idle that long between statements."""
         async with self._hot() as conn, conn.transaction():
-            if self._idle_sql is not None:
-                await conn.execute(self._idle_sql)
+            if self.idle_sql is not None:
+                await conn.execute(self.idle_sql)
 
             async def fetchrow(stmt: sa.TextClause, params: dict[str, Any]) -> Row | None:
                 sql, args = self._bind(stmt, params)

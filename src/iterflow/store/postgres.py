@@ -129,7 +129,7 @@ class PostgresStore(PostgresControl, PostgresSchedules, PostgresStarts, Postgres
         self._sq = ScheduleStatements(schema)
         self._cq = ControlStatements(schema)
         self._tq = StartStatements(schema)
-        # a frozen process's multi-statement transaction ends with its lease (HotConnections)
+        # a frozen process's own multi-statement transactions end with its lease (_tx too)
         self._conns = HotConnections(engine, idle_seconds=transaction_idle_seconds)
         self._fetch_job = sa.text(FETCH_JOB_SQL)
 
@@ -146,8 +146,12 @@ class PostgresStore(PostgresControl, PostgresSchedules, PostgresStarts, Postgres
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction; failures leave as ``DatabaseUnavailable``/``SchemaMissing``."""
+        """A transaction; failures leave as ``DatabaseUnavailable``/``SchemaMissing``. Its
+        locks do not outlive a frozen process: PostgreSQL ends it once idle for the lease
+        (``transaction_idle_seconds``, :class:`HotConnections`)."""
         async with guarded(self._engine.begin()) as conn:
+            if self._conns.idle_sql is not None:
+                await conn.exec_driver_sql(self._conns.idle_sql)
             yield conn
 
     @asynccontextmanager
