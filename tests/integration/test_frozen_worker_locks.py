@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -25,10 +26,14 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from iterflow import Engine
 from iterflow.core.errors import DatabaseUnavailable
 from iterflow.core.limits import Gate, Limits
+from iterflow.core.models import NewRun
 from iterflow.runtime.host import _pool
 from iterflow.store.postgres import PostgresStore
 from iterflow.store.urls import asyncpg_url, libpq_url
 from tests.contract.support import LEASE, new_run
+
+#: Takes a lock in a transaction of the store, sets the first event, waits for the second.
+Freeze = Callable[[PostgresStore, asyncio.Event, asyncio.Event], Awaitable[None]]
 
 DEFER = (
     "SELECT procrastinate_defer_periodic_job_v2("
@@ -70,37 +75,24 @@ async def test_without_autocommit_the_frozen_query_blocks_the_other_workers_defe
     assert await _defer_and_freeze(engine.database_url, plain) == "blocked"
 
 
-async def test_a_frozen_workers_flow_control_transaction_ends_with_its_lease(
-    database_url: str,
+async def _claim_goes_on(
+    database_url: str, freeze: Freeze, run: NewRun, gate: Gate | None = None
 ) -> None:
-    """A worker frozen inside a flow-control transaction holds the advisory lock of a flow and
-    key, which every other worker's claim of that key waits for. PostgreSQL ends that
-    transaction once it has been idle for the store's ``transaction_idle_seconds`` (the
-    engine's lease), so the other workers go on; without it they waited until the frozen
-    worker resumed."""
+    """Store A (its transactions end once idle for 1 s) runs ``freeze``, which takes a lock,
+    sets ``holding`` and waits for ``resume`` (frozen) inside one of its transactions; store B's
+    claim of ``run`` must go on within a few seconds, and A's next statement must fail."""
     engine = create_async_engine(asyncpg_url(database_url), pool_size=4)
     frozen = PostgresStore(
         engine, schema="iterflow", queue="iterflow.iterflow", transaction_idle_seconds=1.0
     )
     other = PostgresStore(engine, schema="iterflow", queue="iterflow.iterflow")
-    limits = Limits(concurrency=2, key=lambda i: i)
-    flow_gate = Gate(frozenset({"f@1"}), {"f@1": limits})
     holding, resume = asyncio.Event(), asyncio.Event()
-
-    async def freeze() -> None:
-        async with frozen._conns.transaction() as fetch:
-            await fetch(frozen._q.limit_lock, {"ns": frozen._lock_ns, "name": "f", "key": "k"})
-            holding.set()
-            await resume.wait()  # frozen, the flow and key's lock held
-            await fetch(frozen._q.limit_lock, {"ns": frozen._lock_ns, "name": "f", "key": "k"})
-
     try:
-        run = new_run(limit_key="k")
         await other.create_run(run)
-        stuck = asyncio.create_task(freeze())
+        stuck = asyncio.create_task(freeze(frozen, holding, resume))
         await holding.wait()
         async with asyncio.timeout(15):  # 1 s of idleness, then the lock is gone
-            claim = await other.claim(run.id, "w2", LEASE, flow_gate)
+            claim = await other.claim(run.id, "w2", LEASE, gate)
         assert claim is not None and claim.run.id == run.id
         resume.set()
         with pytest.raises(DatabaseUnavailable):  # its session was ended: nothing it wrote stays
@@ -112,38 +104,40 @@ async def test_a_frozen_workers_flow_control_transaction_ends_with_its_lease(
         await engine.dispose()
 
 
+async def test_a_frozen_workers_flow_control_transaction_ends_with_its_lease(
+    database_url: str,
+) -> None:
+    """A worker frozen inside a flow-control transaction holds the advisory lock of a flow and
+    key, which every other worker's claim of that key waits for. PostgreSQL ends that
+    transaction once it has been idle for the store's ``transaction_idle_seconds`` (the
+    engine's lease), so the other workers go on; without it they waited until the frozen
+    worker resumed."""
+
+    async def freeze(store: PostgresStore, holding: asyncio.Event, resume: asyncio.Event) -> None:
+        key = {"ns": store._lock_ns, "name": "f", "key": "k"}
+        async with store._conns.transaction() as fetch:
+            await fetch(store._q.limit_lock, key)
+            holding.set()
+            await resume.wait()  # frozen, the flow and key's lock held
+            await fetch(store._q.limit_lock, key)
+
+    limits = Limits(concurrency=2, key=lambda i: i)
+    flow_gate = Gate(frozenset({"f@1"}), {"f@1": limits})
+    await _claim_goes_on(database_url, freeze, new_run(limit_key="k"), flow_gate)
+
+
 async def test_a_frozen_process_s_own_transaction_ends_with_its_lease(database_url: str) -> None:
     """The same for the store's own SQLAlchemy transactions (a signal's delivery, a cancel, a
     retry, the sweeps): a process frozen inside one, holding a run's row lock, stalled the run's
     worker (its claim, renewal and checkpoints wait for that lock) until it resumed."""
-    engine = create_async_engine(asyncpg_url(database_url), pool_size=4)
-    frozen = PostgresStore(
-        engine, schema="iterflow", queue="iterflow.iterflow", transaction_idle_seconds=1.0
-    )
-    other = PostgresStore(engine, schema="iterflow", queue="iterflow.iterflow")
-    holding, resume = asyncio.Event(), asyncio.Event()
     run = new_run()
 
-    async def freeze() -> None:
-        async with frozen._tx() as conn:
-            lock = sa.text("SELECT id FROM iterflow.runs WHERE id = :id FOR UPDATE")
+    async def freeze(store: PostgresStore, holding: asyncio.Event, resume: asyncio.Event) -> None:
+        lock = sa.text("SELECT id FROM iterflow.runs WHERE id = :id FOR UPDATE")
+        async with store._tx() as conn:
             await conn.execute(lock, {"id": run.id})
             holding.set()
             await resume.wait()  # frozen, the run's row locked
             await conn.execute(lock, {"id": run.id})
 
-    try:
-        await other.create_run(run)
-        stuck = asyncio.create_task(freeze())
-        await holding.wait()
-        async with asyncio.timeout(15):  # 1 s of idleness, then the lock is gone
-            claim = await other.claim(run.id, "w2", LEASE)
-        assert claim is not None and claim.run.id == run.id
-        resume.set()
-        with pytest.raises(DatabaseUnavailable):
-            await stuck
-    finally:
-        resume.set()
-        await frozen.close()
-        await other.close()
-        await engine.dispose()
+    await _claim_goes_on(database_url, freeze, run)
