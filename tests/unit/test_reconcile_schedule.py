@@ -46,7 +46,7 @@ def registered(every: int) -> periodic.PeriodicTask:
     """The periodic task that the worker's procrastinate app registers (no connection opened)."""
     settings = Settings(database_url="postgresql://u@localhost/x", reconcile_every_seconds=every)
     worker = Worker(cast(Any, None), cast(Any, None), settings)
-    app = _procrastinate_app(worker, settings, "postgresql://u@localhost/x", _never, 1)
+    app = _procrastinate_app(worker, settings, "postgresql://u@localhost/x", _never)
     tasks = list(app.periodic_registry.periodic_tasks.values())
     assert [t.task.name for t in tasks] == [reconcile_task_name(settings.db_schema)]
     return cast(periodic.PeriodicTask, tasks[0])
