@@ -76,22 +76,29 @@ async def test_without_autocommit_the_frozen_query_blocks_the_other_workers_defe
 
 
 async def _claim_goes_on(
-    database_url: str, freeze: Freeze, run: NewRun, gate: Gate | None = None
+    database_url: str,
+    freeze: Freeze,
+    run: NewRun,
+    gate: Gate | None = None,
+    frozen: PostgresStore | None = None,
 ) -> None:
-    """Store A (its transactions end once idle for 1 s) runs ``freeze``, which takes a lock,
-    sets ``holding`` and waits for ``resume`` (frozen) inside one of its transactions; store B's
-    claim of ``run`` must go on within a few seconds, and A's next statement must fail."""
+    """Store A (``frozen``, else one whose transactions end once idle for 1 s) runs ``freeze``,
+    which takes a lock, sets ``holding`` and waits for ``resume`` (frozen) inside one of its
+    transactions; store B's claim of ``run`` must go on once A's transaction has been idle that
+    long, and A's next statement must fail."""
     engine = create_async_engine(asyncpg_url(database_url), pool_size=4)
-    frozen = PostgresStore(
-        engine, schema="iterflow", queue="iterflow.iterflow", transaction_idle_seconds=1.0
-    )
+    own = frozen is None
+    if frozen is None:
+        frozen = PostgresStore(
+            engine, schema="iterflow", queue="iterflow.iterflow", transaction_idle_seconds=1.0
+        )
     other = PostgresStore(engine, schema="iterflow", queue="iterflow.iterflow")
     holding, resume = asyncio.Event(), asyncio.Event()
     try:
         await other.create_run(run)
         stuck = asyncio.create_task(freeze(frozen, holding, resume))
         await holding.wait()
-        async with asyncio.timeout(15):  # 1 s of idleness, then the lock is gone
+        async with asyncio.timeout(60):  # the idle time, then the lock is gone
             claim = await other.claim(run.id, "w2", LEASE, gate)
         assert claim is not None and claim.run.id == run.id
         resume.set()
@@ -99,9 +106,24 @@ async def _claim_goes_on(
             await stuck
     finally:
         resume.set()
-        await frozen.close()
+        if own:
+            await frozen.close()
         await other.close()
         await engine.dispose()
+
+
+def _lock_the_run(run: NewRun) -> Freeze:
+    """A ``Freeze`` holding ``run``'s row lock in one of the store's SQLAlchemy transactions."""
+
+    async def freeze(store: PostgresStore, holding: asyncio.Event, resume: asyncio.Event) -> None:
+        lock = sa.text("SELECT id FROM iterflow.runs WHERE id = :id FOR UPDATE")
+        async with store._tx() as conn:
+            await conn.execute(lock, {"id": run.id})
+            holding.set()
+            await resume.wait()  # frozen, the run's row locked
+            await conn.execute(lock, {"id": run.id})
+
+    return freeze
 
 
 async def test_a_frozen_workers_flow_control_transaction_ends_with_its_lease(
@@ -131,13 +153,19 @@ async def test_a_frozen_process_s_own_transaction_ends_with_its_lease(database_u
     retry, the sweeps): a process frozen inside one, holding a run's row lock, stalled the run's
     worker (its claim, renewal and checkpoints wait for that lock) until it resumed."""
     run = new_run()
+    await _claim_goes_on(database_url, _lock_the_run(run), run)
 
-    async def freeze(store: PostgresStore, holding: asyncio.Event, resume: asyncio.Event) -> None:
-        lock = sa.text("SELECT id FROM iterflow.runs WHERE id = :id FOR UPDATE")
-        async with store._tx() as conn:
-            await conn.execute(lock, {"id": run.id})
-            holding.set()
-            await resume.wait()  # frozen, the run's row locked
-            await conn.execute(lock, {"id": run.id})
 
-    await _claim_goes_on(database_url, freeze, run)
+async def test_at_default_settings_a_frozen_transaction_ends_after_the_lease(
+    database_url: str,
+) -> None:
+    """The engine's own store at the default settings: its transactions end once idle for the
+    default lease (20 s), so a run's worker waits that long for a frozen process, not for good."""
+    async with Engine(database_url) as engine:
+        assert engine.settings.lease_seconds == 20.0
+        store = engine.store
+        assert isinstance(store, PostgresStore)
+        run = new_run()
+        began = time.monotonic()
+        await _claim_goes_on(database_url, _lock_the_run(run), run, frozen=store)
+        assert time.monotonic() - began >= 19  # not before the lease: live ones are left alone
