@@ -117,6 +117,7 @@ class PostgresControl:
     _q: Statements
     _cq: ControlStatements
     _tx: Callable[[], AbstractAsyncContextManager[AsyncConnection]]
+    _autocommit: Callable[[], AbstractAsyncContextManager[AsyncConnection]]
 
     async def resume(self, run_id: uuid.UUID) -> RetryResult:
         async with self._tx() as conn:
@@ -209,7 +210,7 @@ class PostgresControl:
     # -- workers ----------------------------------------------------------------------------
 
     async def register_worker(self, info: WorkerInfo) -> None:
-        async with self._tx() as conn:
+        async with self._autocommit() as conn:  # one statement: no transaction block
             await conn.execute(
                 self._cq.worker_register,
                 {
@@ -223,11 +224,11 @@ class PostgresControl:
             )
 
     async def remove_worker(self, worker_id: str) -> None:
-        async with self._tx() as conn:
+        async with self._autocommit() as conn:
             await conn.execute(self._cq.worker_remove, {"id": worker_id})
 
     async def list_workers(self, stale_seconds: float) -> list[WorkerRecord]:
-        async with self._tx() as conn:
+        async with self._autocommit() as conn:
             rows = (
                 (await conn.execute(self._cq.worker_list, {"stale": stale_seconds}))
                 .mappings()

@@ -93,10 +93,11 @@ class PostgresSchedules:
     _q: Statements
     _sq: ScheduleStatements
     _tx: Callable[[], AbstractAsyncContextManager[AsyncConnection]]
+    _autocommit: Callable[[], AbstractAsyncContextManager[AsyncConnection]]
     schema: str
 
     async def _schedule_one(self, stmt: sa.TextClause, params: dict[str, Any]) -> Row | None:
-        async with self._tx() as conn:
+        async with self._autocommit() as conn:  # one statement: no transaction block
             return (await conn.execute(stmt, params)).mappings().first()
 
     async def schedule_now(self) -> datetime:
@@ -165,12 +166,12 @@ class PostgresSchedules:
         return None if row is None else schedule_record(row)
 
     async def list_schedules(self) -> list[ScheduleRecord]:
-        async with self._tx() as conn:
+        async with self._autocommit() as conn:
             rows = (await conn.execute(self._sq.list)).mappings().all()
         return [schedule_record(r) for r in rows]
 
     async def schedule_events(self, schedule_id: str, *, limit: int) -> list[ScheduleEvent]:
-        async with self._tx() as conn:
+        async with self._autocommit() as conn:
             rows = (
                 await conn.execute(self._sq.events, {"id": schedule_id, "limit": limit})
             ).mappings()

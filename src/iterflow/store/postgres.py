@@ -677,7 +677,7 @@ class PostgresStore(PostgresControl, PostgresSchedules, PostgresStarts, Postgres
             "exclude": list(exclude),
             "limit": limit,
         }
-        async with self._tx() as conn:
+        async with self._autocommit() as conn:  # one statement: no transaction block
             stmt = self._q.purge_count if dry_run else self._q.purge
             row = (await conn.execute(stmt, params)).mappings().one()
         return PurgeBatch(top_level=int(row["top_level"]), runs=int(row["runs"]))
