@@ -66,7 +66,10 @@ async def test_the_profile_names_the_engines_hot_statements_on_a_real_server(
         label: calls / section.raw["statement_cpu_runs"]
         for label, calls, _ in section.raw["statement_cpu"]
     }
-    assert per_run["checkpoint (memo under the share-lock fence)"] == 9
+    # the 9 plain checkpoints of a run: alone, or with other runs' in one statement
+    alone = per_run["checkpoint (memo under the share-lock fence)"]
+    together = per_run.get("checkpoints of several runs (group commit)", 0)
+    assert 0 < alone + together <= 9
     assert per_run["checkpoint (renewing the lease)"] == 1
     assert per_run["claim"] == 1
     assert per_run["finish / suspend / park (ends its own job)"] == 1

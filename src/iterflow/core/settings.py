@@ -201,6 +201,15 @@ class Settings(BaseModel):
         description="How often the reconciler sweeps (a procrastinate periodic task).",
     )
     reconcile_batch: int = Field(default=500, ge=1, description="Runs per reconciler batch.")
+    group_commit: bool = Field(
+        default=True,
+        description=(
+            "Commit the plain checkpoints of concurrent runs together when they are due at "
+            "the same time (one statement and one commit for several runs; each step still "
+            "waits for the commit of its own memo). A quiet worker commits each alone, at "
+            "once. False: every checkpoint in its own statement."
+        ),
+    )
     max_invoke_depth: int = Field(default=10, ge=1, description="Maximum child-flow nesting.")
     max_children_per_run: int = Field(
         default=1000, ge=1, description="Maximum child runs one run may start."

@@ -106,6 +106,7 @@ async def open_backend(settings: Settings) -> Backend:
         # a frozen process's transactions end with its lease, never sooner than 5 s: a
         # long garbage-collector pause must not end a live one
         transaction_idle_seconds=max(settings.lease_seconds, 5.0),
+        group_commit=settings.group_commit,
     )
     dsn = libpq_url(url)
 

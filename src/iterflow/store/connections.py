@@ -114,6 +114,13 @@ class HotConnections:
             row: Row | None = await conn.fetchrow(sql, *args)
         return row
 
+    async def fetch(self, stmt: sa.TextClause, params: dict[str, Any]) -> list[Row]:
+        """:meth:`fetchrow`, returning every row."""
+        sql, args = self._bind(stmt, params)
+        async with self._hot() as conn:
+            rows: list[Row] = await conn.fetch(sql, *args)
+        return rows
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Fetch]:
         """Several statements in one transaction on a hot connection, as :meth:`fetchrow` runs

@@ -63,6 +63,7 @@ from iterflow.store.base import (
     signal_limit,
 )
 from iterflow.store.connections import HOT_IDLE, HotConnections, Row, execute_on, guarded
+from iterflow.store.group_commit import CheckpointBatcher, Key
 from iterflow.store.outbox import (
     FETCH_JOB_SQL,
     TASK_NAME,
@@ -116,6 +117,7 @@ class PostgresStore(PostgresControl, PostgresSchedules, PostgresStarts, Postgres
         queue: str,
         read_engine: AsyncEngine | None = None,
         transaction_idle_seconds: float | None = None,
+        group_commit: bool = True,
     ) -> None:
         self._engine = engine
         self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -132,6 +134,12 @@ class PostgresStore(PostgresControl, PostgresSchedules, PostgresStarts, Postgres
         # a frozen process's own multi-statement transactions end with its lease (_tx too)
         self._conns = HotConnections(engine, idle_seconds=transaction_idle_seconds)
         self._fetch_job = sa.text(FETCH_JOB_SQL)
+        # concurrent runs' plain checkpoints share a statement and a commit under load
+        self._batcher = (
+            CheckpointBatcher(self._checkpoint_alone, self._checkpoints_together)
+            if group_commit
+            else None
+        )
 
     @property
     def _hot(self) -> list[PoolProxiedConnection]:
@@ -140,6 +148,8 @@ class PostgresStore(PostgresControl, PostgresSchedules, PostgresStarts, Postgres
 
     async def close(self) -> None:
         """Give the idle hot-path connections back to the pool (before it is disposed)."""
+        if self._batcher is not None:
+            await self._batcher.close()
         await self._conns.close()
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -271,13 +281,44 @@ class PostgresStore(PostgresControl, PostgresSchedules, PostgresStarts, Postgres
         if consume_signal is not None or fire_timer is not None:
             params.update(lease=lease.seconds, signal_id=consume_signal, timer_key=fire_timer)
             row = await self._one(self._q.checkpoint_marked, params)
+            leased = row is not None and bool(row["leased"])
         elif renew or record.attempts > 1:  # a retried step's memo replaces its retrying row
             params["lease"] = lease.seconds
             row = await self._one(self._q.checkpoint, params)
-        else:
-            row = await self._one(self._q.checkpoint_fenced, params)
-        if row is None or not row["leased"]:
+            leased = row is not None and bool(row["leased"])
+        elif self._batcher is None:
+            leased = await self._checkpoint_alone(params)
+        else:  # the plain step: with other runs' plain steps when several are due at once
+            leased = await self._batcher.checkpoint(params)
+        if not leased:
             raise LeaseLost(lease.run_id)
+
+    async def _checkpoint_alone(self, params: dict[str, Any]) -> bool:
+        """One plain checkpoint in its own statement: whether its lease held."""
+        return await self._one(self._q.checkpoint_fenced, params) is not None
+
+    async def _checkpoints_together(self, batch: Sequence[dict[str, Any]]) -> set[Key]:
+        """Plain checkpoints of several runs in one statement and commit, skipping those whose
+        run row is locked: the ones written."""
+        columns = {
+            "run_ids": "run_id",
+            "tokens": "token",
+            "positions": "position",
+            "cursor_keys": "cursor_key",
+            "kinds": "kind",
+            "labels": "label",
+            "statuses": "status",
+            "outputs": "output",
+            "errors": "error",
+            "attempts": "attempts",
+            "started_ats": "started_at",
+        }
+        if len(batch) == 1:  # the same, without the arrays
+            rows = await self._conns.fetch(self._q.checkpoint_skip_locked, batch[0])
+        else:
+            params = {array: [p[name] for p in batch] for array, name in columns.items()}
+            rows = await self._conns.fetch(self._q.checkpoint_batch, params)
+        return {(row["run_id"], row["position"]) for row in rows}
 
     async def spawn_child(self, lease: Lease, child: NewRun) -> bool:
         row = await self._one(

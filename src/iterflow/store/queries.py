@@ -287,15 +287,39 @@ class Statements:
         #: UPDATEs of the row) until this commits, and a takeover committed first changes the
         #: token, so nothing is inserted. No new run-row version, no upsert: a fresh position
         #: (a retried step's memo replaces its ``retrying`` row through ``checkpoint``).
-        self.checkpoint_fenced = sa.text(f"""
+        fenced = f"""
             INSERT INTO {s}.steps (run_id, position, cursor_key, kind, label, status, output,
                 error, attempts, started_at, finished_at)
             SELECT id, :position, :cursor_key, :kind, :label, :status, CAST(:output AS jsonb),
                 CAST(:error AS jsonb), :attempts, CAST(:started_at AS timestamptz), now()
             FROM {s}.runs
             WHERE id = :run_id AND lease_token = :token AND status = {_RUNNING}
-            FOR SHARE
-            RETURNING 1 AS leased""")
+            FOR SHARE"""
+        self.checkpoint_fenced = sa.text(f"{fenced}\n            RETURNING 1 AS leased")
+        #: The same as a batch of one (``store/group_commit.py``): a locked run row is skipped
+        #: instead of waited for, as the batch skips it.
+        self.checkpoint_skip_locked = sa.text(
+            f"{fenced} SKIP LOCKED\n            RETURNING run_id, position"
+        )
+        #: Plain checkpoints of several runs in one statement (``store/group_commit.py``): each
+        #: row fenced as ``checkpoint_fenced`` fences it alone, except that a row whose run row
+        #: is locked is skipped instead of waited for; returns the rows written.
+        self.checkpoint_batch = sa.text(f"""
+            INSERT INTO {s}.steps (run_id, position, cursor_key, kind, label, status, output,
+                error, attempts, started_at, finished_at)
+            SELECT r.id, b.position, b.cursor_key, b.kind, b.label, b.status,
+                CAST(b.output AS jsonb), CAST(b.error AS jsonb), b.attempts, b.started_at, now()
+            FROM unnest(CAST(:run_ids AS uuid[]), CAST(:tokens AS uuid[]),
+                    CAST(:positions AS integer[]), CAST(:cursor_keys AS text[]),
+                    CAST(:kinds AS text[]), CAST(:labels AS text[]), CAST(:statuses AS text[]),
+                    CAST(:outputs AS text[]), CAST(:errors AS text[]),
+                    CAST(:attempts AS integer[]), CAST(:started_ats AS timestamptz[]))
+                AS b(run_id, token, position, cursor_key, kind, label, status, output, error,
+                    attempts, started_at)
+            JOIN {s}.runs AS r ON r.id = b.run_id AND r.lease_token = b.token
+                AND r.status = {_RUNNING}
+            FOR SHARE OF r SKIP LOCKED
+            RETURNING run_id, position""")
         #: The same, also consuming a signal and/or firing a timer (signals, sleeps, retries).
         self.checkpoint_marked = sa.text(f"""{lease_and_memo}, consumed AS (
                 UPDATE {s}.signals SET consumed_by = :cursor_key, consumed_at = now()
