@@ -2,6 +2,12 @@
 then 50 concurrent runs on one process; set against the raw 8-connection INSERT+COMMIT rate
 measured on the same server in the same repetition.
 
+Each worker runs as many attempts at once as the case has runs (``--concurrency 200``: the 200
+runs are concurrent in the worker, not queued behind 10 slots; the two processes split them).
+Two more cases run beside them in the same repetitions: one process with group commit off
+(``Settings.group_commit``: every checkpoint its own commit, as before it existed) and one with
+the ``--concurrency`` of the other sections (10).
+
 Each case gives two figures: end to end (the clock runs from the first ``handle.start`` of one
 client, so the client's start rate is in it) and **draining a queue**: the same number of runs
 started due at one instant (a delayed start) while the warm workers wait, timed on the
@@ -48,6 +54,8 @@ async def _once(
     processes: int,
     pg: PgCpu,
     runs: int | None = None,
+    concurrency: int | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     sizes = ctx.sizes
     runs = runs or sizes.concurrent_runs
@@ -56,7 +64,8 @@ async def _once(
             url,
             ctx.log_dir,
             name=f"conc{processes}-{i}",
-            concurrency=sizes.worker_concurrency,
+            concurrency=concurrency or sizes.worker_concurrency,
+            settings=settings,
         ).start()
         for i in range(processes)
     ]
@@ -166,14 +175,23 @@ async def run(ctx: Context) -> Section:
     section = Section(
         "concurrency",
         f"5. Throughput: {sizes.concurrent_runs} concurrent {sizes.concurrent_steps}-step runs "
-        f"(worker --concurrency {sizes.worker_concurrency})",
+        "(worker --concurrency = the runs, unless named)",
     )
     pg = PgCpu(ctx.server.postmaster_pid())
-    few = max(sizes.concurrent_runs // 4, 1)  # 50 of the full 200: a shorter queue
-    cases: dict[str, tuple[int, int]] = {
-        "1 process": (1, sizes.concurrent_runs),
-        "2 processes": (2, sizes.concurrent_runs),
-        f"1 process, {few} runs": (1, few),
+    n = sizes.concurrent_runs
+    few = max(n // 4, 1)  # 50 of the full 200: a shorter queue
+    # processes, runs, --concurrency of each process, settings of the workers' engine
+    cases: dict[str, tuple[int, int, int, dict[str, Any] | None]] = {
+        "1 process": (1, n, n, None),
+        "1 process, group commit off": (1, n, n, {"group_commit": False}),
+        "2 processes": (2, n, max(n // 2, 1), None),
+        f"1 process, {few} runs": (1, few, few, None),
+        f"1 process, --concurrency {sizes.worker_concurrency}": (
+            1,
+            n,
+            sizes.worker_concurrency,
+            None,
+        ),
     }
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in cases}
     raw: list[float] = []
@@ -181,9 +199,11 @@ async def run(ctx: Context) -> Section:
         with ctx.server.database("conc_raw") as url:
             rates = await limits.measure(url, sizes.paired_insert_rows, sizes.concurrent_seconds)
             raw.append(rates["raw_asyncpg_8"])
-        for name, (processes, runs) in cases.items():
+        for name, (processes, runs, concurrency, settings) in cases.items():
             with ctx.server.database("conc") as url:
-                results[name].append(await _once(ctx, url, processes, pg, runs))
+                results[name].append(
+                    await _once(ctx, url, processes, pg, runs, concurrency, settings)
+                )
     raw8 = statistics.median(raw)
     section.add("raw asyncpg INSERT+COMMIT/s, 8 connections (same server)", raw8, "/s")
     drained: dict[str, float] = {}
@@ -219,6 +239,11 @@ async def run(ctx: Context) -> Section:
     section.add(
         "speed-up, two processes vs one (draining)",
         drained["2 processes"] / drained["1 process"],
+        "x",
+    )
+    section.add(
+        "speed-up, group commit on vs off (draining, 1 process)",
+        drained["1 process"] / drained["1 process, group commit off"],
         "x",
     )
     for name in ("1 process", f"1 process, {few} runs"):

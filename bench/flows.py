@@ -10,6 +10,8 @@ changing what they do:
   transaction has committed (the store's ``finish`` returned), to time ``handle.result``.
 * ``BENCH_PYINSTRUMENT``: a file that receives a pyinstrument profile of the whole worker when
   it is stopped with SIGINT.
+* ``BENCH_SETTINGS``: a JSON object of :class:`~iterflow.Settings` fields for the worker's
+  engine (the concurrency section turns ``group_commit`` off for its paired baseline).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 import psutil  # type: ignore[import-untyped,unused-ignore]
 from pydantic import BaseModel
 
-from iterflow import Engine, FlowContext, Tick
+from iterflow import Engine, FlowContext, Settings, Tick
 from iterflow.runtime.engine import FlowHandle
 
 __all__ = ["BenchEngine", "BenchFlows", "engine", "flows", "register"]
@@ -191,5 +193,11 @@ async def _monitor(path: str) -> None:
             await asyncio.sleep(0.5)
 
 
-engine = BenchEngine()
+def _settings() -> Settings:
+    """The worker's settings: the defaults, with ``BENCH_SETTINGS`` (a JSON object) over them."""
+    overrides = os.environ.get("BENCH_SETTINGS")
+    return Settings(**json.loads(overrides)) if overrides else Settings()
+
+
+engine = BenchEngine(settings=_settings())
 flows = register(engine)

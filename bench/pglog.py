@@ -27,6 +27,7 @@ _USAGE = re.compile(r"!\t([\d.]+) s user, ([\d.]+) s system")
 LABELS: tuple[tuple[str, str], ...] = (
     ("procrastinate_fetch_job", "procrastinate's fetch"),
     ("WITH claimed AS", "claim"),
+    ("AS b(run_id, token, position", "checkpoints of several runs (group commit)"),
     ("FOR SHARE", "checkpoint (memo under the share-lock fence)"),
     ("WITH lease AS", "checkpoint (renewing the lease)"),
     ("own_job", "finish / suspend / park (ends its own job)"),

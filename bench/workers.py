@@ -30,8 +30,10 @@ class WorkerProcess:
         monitor: bool = False,
         finish_log: bool = False,
         profile: Path | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         self.database_url = database_url
+        self.settings = settings
         self.concurrency = concurrency
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log = log_dir / f"{name}.log"
@@ -54,6 +56,8 @@ class WorkerProcess:
             env["BENCH_FINISH_LOG"] = str(self.finish_file)
         if self.profile is not None:
             env["BENCH_PYINSTRUMENT"] = str(self.profile)
+        if self.settings:
+            env["BENCH_SETTINGS"] = json.dumps(self.settings)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [
