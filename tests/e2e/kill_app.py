@@ -1,7 +1,9 @@
-"""A worker app for the SIGKILL test: four steps that append to a counter file.
+"""A worker app for the SIGKILL tests: flows whose steps append to a counter file.
 
-Step 3 blocks until a release file exists, so the test can kill the worker mid-step with steps
-1-2 checkpointed. Run with ``flowctl worker kill_app:engine`` (``PYTHONPATH`` = this folder).
+``four-steps``: step 3 blocks until a release file exists, so the test can kill the worker
+mid-step with steps 1-2 checkpointed. ``burst``: ten quick steps, for many concurrent runs whose
+checkpoints are committed together (group commit). Run with ``flowctl worker kill_app:engine``
+(``PYTHONPATH`` = this folder).
 """
 
 from __future__ import annotations
@@ -36,3 +38,23 @@ async def four_steps(ctx: FlowContext, job: Job) -> list[str]:
         return name
 
     return [await ctx.step(n, step, n) for n in ("s1", "s2", "s3", "s4")]
+
+
+class Burst(BaseModel):
+    counter_file: str
+    n: int
+
+
+@engine.flow("burst", input=Burst, output=int)
+async def burst(ctx: FlowContext, job: Burst) -> int:
+    """Ten quick steps that each append ``<n> <step>`` to the counter file: concurrent runs'
+    checkpoints fall due together (group commit)."""
+
+    def step(name: str) -> int:
+        _count(job.counter_file, f"{job.n} {name}")
+        return 1
+
+    total = 0
+    for i in range(10):
+        total += await ctx.step(f"b{i}", step, f"b{i}")
+    return total

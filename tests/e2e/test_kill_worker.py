@@ -13,7 +13,7 @@ from iterflow.store.outbox import reconcile_task_name, retention_task_name
 from iterflow.store.urls import libpq_url
 from tests.e2e.chaos_app import engine as chaos_app
 from tests.e2e.harness import drained, undrained, until
-from tests.e2e.kill_app import Job, four_steps
+from tests.e2e.kill_app import Burst, Job, burst, four_steps
 from tests.e2e.workers import kill, start_worker, stop
 from tests.integration.flows import eventually, sql
 
@@ -139,3 +139,80 @@ async def test_sigkill_during_a_reconciler_sweep(database_url: str, tmp_path: Pa
         stop(second)
     assert status == dict.fromkeys([*stuck, bait], "failed"), status
     print(f"verified: the killed sweep's job(s) and the orphan being released ended {status}")
+
+
+async def test_sigkill_while_concurrent_runs_commit_their_checkpoints_together(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A worker running many runs at once commits their plain checkpoints in shared
+    statements (group commit), and is SIGKILLed mid-drain. Another worker finishes every run;
+    no step whose memo was committed runs again, and each run re-runs at most the one step it
+    was in when the worker died."""
+    runs = 120
+    counter = tmp_path / "counts.txt"
+    counter.touch()
+    async with Engine(database_url, pool_size=2) as client:
+        handle = client.register(burst.definition)
+        started = [await handle.start(Burst(counter_file=str(counter), n=n)) for n in range(runs)]
+        first = start_worker(
+            "kill_app:engine", database_url, tmp_path / "worker1.log", concurrency=40
+        )
+        try:
+
+            async def some_memos() -> bool:
+                [(memos,)] = sql(database_url, "SELECT count(*) FROM iterflow.steps")
+                return bool(memos >= runs * 10 // 4)
+
+            await eventually(some_memos, timeout=60, what="a quarter of the memos")
+        finally:
+            kill(first)
+        [(done_before,)] = sql(
+            database_url, "SELECT count(*) FROM iterflow.runs WHERE status = 'done'"
+        )
+        print(f"injected: SIGKILL worker pid {first.pid} with {done_before} of {runs} runs done")
+
+        async def dead_worker_settled() -> bool:
+            """A statement the dead worker left running in PostgreSQL has ended (so the
+            memos below are every memo it wrote)."""
+            [(active,)] = sql(
+                database_url,
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND state = 'active' AND pid <> pg_backend_pid()",
+            )
+            return bool(active == 0)
+
+        await eventually(dead_worker_settled, what="the dead worker's statements to end")
+        memos_before = {
+            (str(run), key)
+            for run, key in sql(database_url, "SELECT run_id, cursor_key FROM iterflow.steps")
+        }
+        shared = sql(
+            database_url,
+            "SELECT count(*) FROM (SELECT finished_at FROM iterflow.steps "
+            "GROUP BY finished_at HAVING count(DISTINCT run_id) > 1) AS together",
+        )[0][0]
+        second = start_worker(
+            "kill_app:engine", database_url, tmp_path / "worker2.log", concurrency=40
+        )
+        try:
+            results = [await handle.result(run.run_id, timeout=90) for run in started]
+        finally:
+            stop(second)
+
+    assert results == [10] * runs
+    # memos of one transaction share its now(): several runs' memos in one commit
+    assert shared > 0, "the first worker never committed two runs' checkpoints together"
+    by_n = {n: str(run.run_id) for n, run in enumerate(started)}
+    executions = Counter(
+        (by_n[int(n)], key)
+        for n, key in (line.split() for line in counter.read_text().split("\n") if line)
+    )
+    rerun = {k: c for k, c in executions.items() if c > 1}
+    assert not set(rerun) & memos_before, "a step ran again after its memo was committed"
+    assert all(c == 2 for c in rerun.values()), rerun
+    assert len({run for run, _ in rerun}) == len(rerun), "a run re-ran more than one step"
+    assert len(executions) == runs * 10 and all(c >= 1 for c in executions.values())
+    print(
+        f"verified: {shared} commits held several runs' memos; {len(memos_before)} memos "
+        f"before the kill, none re-run; {len(rerun)} steps in flight at the kill ran twice"
+    )
