@@ -115,6 +115,44 @@ async def test_concurrent_plain_checkpoints_of_different_runs_share_one_statemen
         assert _outputs(database_url, leases, 0) == [{"step": 0}] * 10
 
 
+async def test_an_attempts_first_checkpoint_renews_its_lease_in_the_shared_statement(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt's first checkpoint renews the lease and resets the no-progress count; in a
+    shared statement it still does, for its own run only, beside plain checkpoints that touch
+    no run row."""
+    async with _engine(database_url) as (_, store):
+        leases = await _leases(store, 6)
+        ids = [lease.run_id for lease in leases]
+        sql(
+            database_url,
+            "UPDATE iterflow.runs SET stalled_claims = 3, "
+            "lease_expires_at = now() + interval '1 second' WHERE id = ANY(%s)",
+            ids,
+        )
+        seen = _spy(store, monkeypatch)
+        await asyncio.gather(
+            *(store.checkpoint(lease, _memo(0), renew=i < 3) for i, lease in enumerate(leases))
+        )
+        assert seen == [("checkpoint_batch", 1), ("checkpoint_batch", 5)]
+        assert _outputs(database_url, leases, 0) == [{"step": 0}] * 6
+        rows = dict(
+            (run_id, (stalled, left))
+            for run_id, stalled, left in sql(
+                database_url,
+                "SELECT id, stalled_claims, extract(epoch FROM lease_expires_at - now()) "
+                "FROM iterflow.runs WHERE id = ANY(%s)",
+                ids,
+            )
+        )
+        for i, run_id in enumerate(ids):
+            stalled, left = rows[run_id]
+            if i < 3:  # renewed: the 30 s lease of the claim, from now
+                assert stalled == 0 and left > 20, (i, stalled, left)
+            else:  # untouched
+                assert stalled == 3 and left < 2, (i, stalled, left)
+
+
 async def test_a_quiet_checkpoint_runs_alone_at_once(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -143,9 +181,10 @@ async def test_a_run_that_lost_its_lease_is_refused_and_the_rest_of_its_batch_co
         assert _outputs(database_url, leases, 0) == [{"step": 0}] * 2 + [None] + [{"step": 0}] * 2
 
 
+@pytest.mark.parametrize("renew", [False, True], ids=["plain", "renewing"])
 @pytest.mark.parametrize("locked", [0, 3], ids=["the-first-alone", "one-in-the-batch"])
 async def test_a_locked_run_row_holds_up_only_its_own_checkpoint(
-    database_url: str, locked: int
+    database_url: str, locked: int, renew: bool
 ) -> None:
     """A run whose row another transaction locks (a signal being delivered, a cancel, a frozen
     process) waits alone: the other runs' checkpoints, in flight with it or batched after it,
@@ -160,7 +199,7 @@ async def test_a_locked_run_row_holds_up_only_its_own_checkpoint(
                 "SELECT 1 FROM iterflow.runs WHERE id = $1 FOR UPDATE", leases[locked].run_id
             )
             tasks = [
-                asyncio.ensure_future(store.checkpoint(lease, _memo(0), renew=False))
+                asyncio.ensure_future(store.checkpoint(lease, _memo(0), renew=renew))
                 for lease in leases
             ]
             others = [task for i, task in enumerate(tasks) if i != locked]

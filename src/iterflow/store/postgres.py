@@ -282,24 +282,28 @@ class PostgresStore(PostgresControl, PostgresSchedules, PostgresStarts, Postgres
             params.update(lease=lease.seconds, signal_id=consume_signal, timer_key=fire_timer)
             row = await self._one(self._q.checkpoint_marked, params)
             leased = row is not None and bool(row["leased"])
-        elif renew or record.attempts > 1:  # a retried step's memo replaces its retrying row
-            params["lease"] = lease.seconds
-            row = await self._one(self._q.checkpoint, params)
-            leased = row is not None and bool(row["leased"])
-        elif self._batcher is None:
-            leased = await self._checkpoint_alone(params)
-        else:  # the plain step: with other runs' plain steps when several are due at once
-            leased = await self._batcher.checkpoint(params)
+        else:
+            # the attempt's first checkpoint renews the lease; a retried step's memo replaces
+            # its retrying row (an upsert: always alone)
+            params.update(renew=renew or record.attempts > 1, lease=lease.seconds)
+            if self._batcher is None or record.attempts > 1:
+                leased = await self._checkpoint_alone(params)
+            else:  # with other runs' checkpoints when several are due at once
+                leased = await self._batcher.checkpoint(params)
         if not leased:
             raise LeaseLost(lease.run_id)
 
     async def _checkpoint_alone(self, params: dict[str, Any]) -> bool:
-        """One plain checkpoint in its own statement: whether its lease held."""
+        """One checkpoint in its own statement, waiting for its run row if it is locked:
+        whether its lease held."""
+        if params["renew"]:
+            row = await self._one(self._q.checkpoint, params)
+            return row is not None and bool(row["leased"])
         return await self._one(self._q.checkpoint_fenced, params) is not None
 
     async def _checkpoints_together(self, batch: Sequence[dict[str, Any]]) -> set[Key]:
-        """Plain checkpoints of several runs in one statement and commit, skipping those whose
-        run row is locked: the ones written."""
+        """Checkpoints of several runs in one statement and commit, skipping those whose run
+        row is locked: the ones written."""
         columns = {
             "run_ids": "run_id",
             "tokens": "token",
@@ -312,8 +316,10 @@ class PostgresStore(PostgresControl, PostgresSchedules, PostgresStarts, Postgres
             "errors": "error",
             "attempts": "attempts",
             "started_ats": "started_at",
+            "renews": "renew",
+            "leases": "lease",
         }
-        if len(batch) == 1:  # the same, without the arrays
+        if len(batch) == 1 and not batch[0]["renew"]:  # a plain one: without the arrays
             rows = await self._conns.fetch(self._q.checkpoint_skip_locked, batch[0])
         else:
             params = {array: [p[name] for p in batch] for array, name in columns.items()}

@@ -301,24 +301,46 @@ class Statements:
         self.checkpoint_skip_locked = sa.text(
             f"{fenced} SKIP LOCKED\n            RETURNING run_id, position"
         )
-        #: Plain checkpoints of several runs in one statement (``store/group_commit.py``): each
-        #: row fenced as ``checkpoint_fenced`` fences it alone, except that a row whose run row
-        #: is locked is skipped instead of waited for; returns the rows written.
+        #: Checkpoints of several runs in one statement (``store/group_commit.py``): plain ones
+        #: fenced as ``checkpoint_fenced`` fences them alone, an attempt's first one (``renew``)
+        #: renewing the lease and resetting the no-progress count as ``checkpoint`` does; a row
+        #: whose run row is locked elsewhere is skipped instead of waited for. Returns the rows
+        #: written. (A run's row is taken once: the lock of one CTE, then at most one update.)
         self.checkpoint_batch = sa.text(f"""
-            INSERT INTO {s}.steps (run_id, position, cursor_key, kind, label, status, output,
-                error, attempts, started_at, finished_at)
-            SELECT r.id, b.position, b.cursor_key, b.kind, b.label, b.status,
-                CAST(b.output AS jsonb), CAST(b.error AS jsonb), b.attempts, b.started_at, now()
-            FROM unnest(CAST(:run_ids AS uuid[]), CAST(:tokens AS uuid[]),
+            WITH b AS (
+                SELECT * FROM unnest(CAST(:run_ids AS uuid[]), CAST(:tokens AS uuid[]),
                     CAST(:positions AS integer[]), CAST(:cursor_keys AS text[]),
                     CAST(:kinds AS text[]), CAST(:labels AS text[]), CAST(:statuses AS text[]),
                     CAST(:outputs AS text[]), CAST(:errors AS text[]),
-                    CAST(:attempts AS integer[]), CAST(:started_ats AS timestamptz[]))
+                    CAST(:attempts AS integer[]), CAST(:started_ats AS timestamptz[]),
+                    CAST(:renews AS boolean[]), CAST(:leases AS float8[]))
                 AS b(run_id, token, position, cursor_key, kind, label, status, output, error,
-                    attempts, started_at)
-            JOIN {s}.runs AS r ON r.id = b.run_id AND r.lease_token = b.token
-                AND r.status = {_RUNNING}
-            FOR SHARE OF r SKIP LOCKED
+                    attempts, started_at, renew, lease)
+            ), shared AS (
+                SELECT r.id FROM {s}.runs AS r
+                JOIN b ON r.id = b.run_id AND r.lease_token = b.token AND NOT b.renew
+                WHERE r.status = {_RUNNING}
+                FOR SHARE OF r SKIP LOCKED
+            ), renewing AS (
+                SELECT r.id FROM {s}.runs AS r
+                JOIN b ON r.id = b.run_id AND r.lease_token = b.token AND b.renew
+                WHERE r.status = {_RUNNING}
+                FOR NO KEY UPDATE OF r SKIP LOCKED
+            ), lease AS (
+                UPDATE {s}.runs AS r
+                SET lease_expires_at = now() + make_interval(secs => b.lease),
+                    stalled_claims = 0, updated_at = now()
+                FROM b
+                WHERE r.id = b.run_id AND b.renew AND r.id IN (SELECT id FROM renewing)
+                RETURNING r.id
+            )
+            INSERT INTO {s}.steps (run_id, position, cursor_key, kind, label, status, output,
+                error, attempts, started_at, finished_at)
+            SELECT b.run_id, b.position, b.cursor_key, b.kind, b.label, b.status,
+                CAST(b.output AS jsonb), CAST(b.error AS jsonb), b.attempts, b.started_at, now()
+            FROM b
+            WHERE (NOT b.renew AND b.run_id IN (SELECT id FROM shared))
+               OR (b.renew AND b.run_id IN (SELECT id FROM lease))
             RETURNING run_id, position""")
         #: The same, also consuming a signal and/or firing a timer (signals, sleeps, retries).
         self.checkpoint_marked = sa.text(f"""{lease_and_memo}, consumed AS (
