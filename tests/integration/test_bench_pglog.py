@@ -66,11 +66,12 @@ async def test_the_profile_names_the_engines_hot_statements_on_a_real_server(
         label: calls / section.raw["statement_cpu_runs"]
         for label, calls, _ in section.raw["statement_cpu"]
     }
-    # the 9 plain checkpoints of a run: alone, or with other runs' in one statement
-    alone = per_run["checkpoint (memo under the share-lock fence)"]
-    together = per_run.get("checkpoints of several runs (group commit)", 0)
-    assert 0 < alone + together <= 9
-    assert per_run["checkpoint (renewing the lease)"] == 1
+    # a run's 10 checkpoints (the first renews the lease): alone, or with other runs' in one
+    # statement (the first, when alone, too: its lock is skipped, not waited for)
+    alone = per_run.get("checkpoint (memo under the share-lock fence)", 0)
+    together = per_run["checkpoints of several runs (group commit)"]
+    assert 1 <= alone + together <= 10
+    assert "checkpoint (renewing the lease)" not in per_run  # only a retried step's, alone
     assert per_run["claim"] == 1
     assert per_run["finish / suspend / park (ends its own job)"] == 1
     assert per_run["start"] == 1
