@@ -134,10 +134,11 @@ class CheckpointBatcher:
             for params, future in batch:
                 if not future.done():
                     future.set_result(_key(params) in written)
-        except BaseException as exc:  # cancelled (the store closing): nobody waits for good
-            for _, future in batch:
+        except BaseException as exc:  # cancelled (the store closing), or a bug: nobody waits
+            for _, future in batch:  # for good, and each caller gets what happened
                 _fail(future, exc)
-            raise
+            if not isinstance(exc, Exception):
+                raise
         finally:
             self._done()
 
