@@ -60,13 +60,19 @@ async def test_batches_are_cut_by_rows_and_by_bytes() -> None:
     assert db.calls == [("together", 1), ("together", 2), ("together", 1)]
 
 
-async def test_a_caller_cancelled_while_it_waits_leaves_the_others_answered() -> None:
-    db = Statements()
+async def _queued(db: Statements) -> tuple[asyncio.Future[bool], list[asyncio.Future[bool]]]:
+    """A first checkpoint in its statement, held by ``db.gate``, and three queued behind it."""
     db.gate.clear()
     batcher = CheckpointBatcher(db.alone, db.together)
     first = asyncio.ensure_future(batcher.checkpoint(_params()))
     waiting = [asyncio.ensure_future(batcher.checkpoint(_params())) for _ in range(3)]
-    await asyncio.sleep(0)  # everyone is queued behind the first statement
+    await asyncio.sleep(0)
+    return first, waiting
+
+
+async def test_a_caller_cancelled_while_it_waits_leaves_the_others_answered() -> None:
+    db = Statements()
+    first, waiting = await _queued(db)
     waiting[1].cancel()
     db.gate.set()
     assert await first is True
@@ -76,11 +82,7 @@ async def test_a_caller_cancelled_while_it_waits_leaves_the_others_answered() ->
 
 async def test_a_statement_that_breaks_tells_every_caller_of_it() -> None:
     db = Statements()
-    db.gate.clear()
-    batcher = CheckpointBatcher(db.alone, db.together)
-    first = asyncio.ensure_future(batcher.checkpoint(_params()))
-    waiting = [asyncio.ensure_future(batcher.checkpoint(_params())) for _ in range(3)]
-    await asyncio.sleep(0)
+    first, waiting = await _queued(db)
     db.error = RuntimeError("a bug")
     db.gate.set()
     for task in (first, *waiting):
