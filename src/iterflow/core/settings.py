@@ -204,7 +204,7 @@ class Settings(BaseModel):
     group_commit: bool = Field(
         default=True,
         description=(
-            "Commit the plain checkpoints of concurrent runs together when they are due at "
+            "Commit the step checkpoints of concurrent runs together when they are due at "
             "the same time (one statement and one commit for several runs; each step still "
             "waits for the commit of its own memo). A quiet worker commits each alone, at "
             "once. False: every checkpoint in its own statement."

@@ -134,7 +134,7 @@ class PostgresStore(PostgresControl, PostgresSchedules, PostgresStarts, Postgres
         # a frozen process's own multi-statement transactions end with its lease (_tx too)
         self._conns = HotConnections(engine, idle_seconds=transaction_idle_seconds)
         self._fetch_job = sa.text(FETCH_JOB_SQL)
-        # concurrent runs' plain checkpoints share a statement and a commit under load
+        # concurrent runs' checkpoints share a statement and a commit under load
         self._batcher = (
             CheckpointBatcher(self._checkpoint_alone, self._checkpoints_together)
             if group_commit
