@@ -122,6 +122,10 @@ async def test_exactly_one_run_per_tick_when_a_worker_is_killed_mid_sweep(
         handle = client.register(minutely.definition)
         for sid in ids:
             await client.schedule(handle, cron="* * * * *", id=sid, catchup="10m", overlap="allow")
+        # Paused until the watermarks are rewound below, in the same transaction. Else a minute
+        # turning before then lets a worker start tick m0 early (the schedules created before
+        # it turned), and the rewound sweep finds that run and records a second ``started``.
+        sql(database_url, "UPDATE iterflow.schedules SET paused = true WHERE id = ANY(%s)", ids)
         first, first_id = await spawn(workers, database_url, tmp_path)
         second, second_id = await spawn(workers, database_url, tmp_path)
         by_worker = {first_id: first, second_id: second}
@@ -145,7 +149,8 @@ async def test_exactly_one_run_per_tick_when_a_worker_is_killed_mid_sweep(
         with psycopg.connect(libpq_url(database_url)) as conn:
             for sid, last in initial.items():
                 conn.execute(
-                    "UPDATE iterflow.schedules SET last_tick = %s, next_tick = %s WHERE id = %s",
+                    "UPDATE iterflow.schedules SET last_tick = %s, next_tick = %s, paused = false "
+                    "WHERE id = %s",
                     (last, last + MINUTE, sid),
                 )
 
