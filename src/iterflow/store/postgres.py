@@ -100,6 +100,24 @@ __all__ = ["HOT_IDLE", "TERMINAL_CHANNEL", "PostgresStore"]
 _j = json_param
 
 
+#: ``Statements.checkpoint_batch``'s array parameters, each from one checkpoint parameter.
+_BATCH_COLUMNS = {
+    "run_ids": "run_id",
+    "tokens": "token",
+    "positions": "position",
+    "cursor_keys": "cursor_key",
+    "kinds": "kind",
+    "labels": "label",
+    "statuses": "status",
+    "outputs": "output",
+    "errors": "error",
+    "attempts": "attempts",
+    "started_ats": "started_at",
+    "renews": "renew",
+    "leases": "lease",
+}
+
+
 def _data(payload: EventPayload) -> str | None:
     """An event's payload as the JSON text bound to ``events.data``."""
     return _j(payload.to_data())
@@ -304,25 +322,10 @@ class PostgresStore(PostgresControl, PostgresSchedules, PostgresStarts, Postgres
     async def _checkpoints_together(self, batch: Sequence[dict[str, Any]]) -> set[Key]:
         """Checkpoints of several runs in one statement and commit, skipping those whose run
         row is locked: the ones written."""
-        columns = {
-            "run_ids": "run_id",
-            "tokens": "token",
-            "positions": "position",
-            "cursor_keys": "cursor_key",
-            "kinds": "kind",
-            "labels": "label",
-            "statuses": "status",
-            "outputs": "output",
-            "errors": "error",
-            "attempts": "attempts",
-            "started_ats": "started_at",
-            "renews": "renew",
-            "leases": "lease",
-        }
         if len(batch) == 1 and not batch[0]["renew"]:  # a plain one: without the arrays
             rows = await self._conns.fetch(self._q.checkpoint_skip_locked, batch[0])
         else:
-            params = {array: [p[name] for p in batch] for array, name in columns.items()}
+            params = {array: [p[name] for p in batch] for array, name in _BATCH_COLUMNS.items()}
             rows = await self._conns.fetch(self._q.checkpoint_batch, params)
         return {(row["run_id"], row["position"]) for row in rows}
 
