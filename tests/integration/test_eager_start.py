@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sys
 import textwrap
 import uuid
 from pathlib import Path
 
+import asyncpg
 import pytest
 from pydantic import BaseModel
 
 from iterflow import Engine, FlowContext
 from iterflow.core.models import RunStatus
 from iterflow.runtime.notify import TerminalListener
-from tests.integration.flows import sql
+from iterflow.store.outbox import flow_queue
+from iterflow.store.urls import libpq_url
+from tests.integration.flows import eventually, sql
 
 ROOT = Path(__file__).parent.parent.parent
 
@@ -40,9 +44,11 @@ async def add(ctx: FlowContext, x: Num) -> int:
     return total
 
 
-def queued_jobs(url: str, run_id: uuid.UUID) -> int:
-    """The run's wake-up jobs in procrastinate's table (a finished one is deleted)."""
-    return sql(url, "SELECT count(*) FROM procrastinate_jobs WHERE lock = %s", str(run_id))[0][0]
+def jobs_of(url: str, run_id: uuid.UUID) -> list[str]:
+    """The statuses of the run's wake-up jobs in procrastinate's table (an ended one is
+    deleted), oldest first."""
+    query = "SELECT status::text FROM procrastinate_jobs WHERE lock = %s ORDER BY id"
+    return [status for (status,) in sql(url, query, str(run_id))]
 
 
 async def test_a_start_with_a_worker_here_is_claimed_in_its_commit_and_finishes(
@@ -52,8 +58,9 @@ async def test_a_start_with_a_worker_here_is_claimed_in_its_commit_and_finishes(
     await engine.listen(concurrency=2)
     started = await handle.start(Num(n=1))
     assert started.created and started.status is RunStatus.RUNNING
-    assert queued_jobs(database_url, started.run_id) == 0  # no wake-up was queued for it
+    assert "todo" not in jobs_of(database_url, started.run_id)  # no wake-up was queued for it
     assert await handle.result(started.run_id, timeout=15) == 4
+    assert jobs_of(database_url, started.run_id) == []  # its finish ended the job it held
     detail = await engine.status(started.run_id)
     assert detail.run.claims == 1 and detail.run.status is RunStatus.DONE
     types = [e.type for e in detail.events]
@@ -118,6 +125,94 @@ async def test_two_engines_starting_concurrently(database_url: str) -> None:
         for r in results:
             assert await handles[0].result(r.run_id, timeout=30) in {*range(8), 100}
     assert sorted(runs) == sorted([*range(8), *range(8), 100])  # every step ran once
+
+
+class Go(BaseModel):
+    ok: bool
+
+
+async def test_a_signal_delivered_during_the_attempt_wakes_the_run_when_it_waits(
+    database_url: str,
+) -> None:
+    """At the default settings. The attempt of a start claimed at once holds its run's job lock
+    (a ``doing`` job), as a fetched wake-up does: the wake-up a signal queues while the attempt
+    runs is not fetched (it used to be, refused by the claim and deleted, and the run waited
+    for its signal until the reconciler's sweep found it stranded: a ``rewoken`` event). The
+    attempt's suspend ends the held job and NOTIFYs the queued one, which wakes the run."""
+    entered, gate = asyncio.Event(), asyncio.Event()
+    notified: list[str] = []
+    async with Engine(database_url) as engine:
+
+        async def slow() -> int:
+            entered.set()
+            await gate.wait()
+            return 1
+
+        @engine.flow("eager-signal", input=Go, output=bool, signals={"go": Go})
+        async def waits(ctx: FlowContext, x: Go) -> bool:
+            await ctx.step("slow", slow)
+            return (await ctx.signal("go", Go)).ok
+
+        await engine.listen(concurrency=2)
+        started = await waits.start(Go(ok=False))
+        assert started.status is RunStatus.RUNNING
+        await asyncio.wait_for(entered.wait(), 15)
+        assert jobs_of(database_url, started.run_id) == ["doing"]  # the lock its attempt holds
+        await engine.signal(started.run_id, "go", Go(ok=True))
+        assert jobs_of(database_url, started.run_id) == ["doing", "todo"]
+        queue = flow_queue(engine.settings.queue_name, "eager-signal", 1)
+        # procrastinate's own fetch does not hand out the signal's wake-up meanwhile
+        fetch = "SELECT id FROM procrastinate_fetch_job_v2(%s, NULL)"
+        assert sql(database_url, fetch, [queue]) == [(None,)]
+        [(job_id,)] = sql(
+            database_url,
+            "SELECT id FROM procrastinate_jobs WHERE lock = %s AND status = 'todo'",
+            str(started.run_id),
+        )
+        listener = await asyncpg.connect(libpq_url(database_url))
+        try:
+            await listener.add_listener(
+                f"procrastinate_queue_v1#{queue}", lambda *args: notified.append(args[3])
+            )
+            gate.set()
+            assert await waits.result(started.run_id, timeout=30) is True
+        finally:
+            await listener.close()
+        detail = await engine.status(started.run_id)
+    types = [e.type for e in detail.events]
+    assert "rewoken" not in types and types[-1] == "completed"
+    assert detail.run.claims == 2  # the eager attempt, then the one the signal woke
+    woken = [json.loads(n) for n in notified]
+    assert {"type": "job_inserted", "job_id": job_id} in woken  # sent by the suspend's commit
+
+
+async def test_an_attempt_that_ends_without_a_write_ends_the_job_it_holds(
+    engine: Engine, database_url: str
+) -> None:
+    """A run canceled during its eager attempt: the attempt stops without a last write of its
+    own, and ends the ``doing`` job it held (a retry is then fetched at once, not after the
+    reconciler released an orphan)."""
+    entered = asyncio.Event()
+
+    async def forever() -> int:
+        entered.set()
+        await asyncio.sleep(3600)
+        return 0
+
+    @engine.flow("eager-cancel", input=Num, output=int)
+    async def stuck(ctx: FlowContext, x: Num) -> int:
+        return await ctx.step("forever", forever)
+
+    await engine.listen(concurrency=2)
+    started = await stuck.start(Num(n=1))
+    await asyncio.wait_for(entered.wait(), 15)
+    assert jobs_of(database_url, started.run_id) == ["doing"]
+    await engine.cancel(started.run_id)
+
+    async def ended() -> bool:
+        return jobs_of(database_url, started.run_id) == []
+
+    await eventually(ended, what="the canceled attempt to end the job it held")
 
 
 CRASHING = textwrap.dedent("""

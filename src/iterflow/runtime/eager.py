@@ -2,11 +2,13 @@
 
 A start in a process whose worker is running (``engine.listen()``, ``flowctl worker``), serves
 the run's flow version and has a free slot, is written already claimed
-(:meth:`Store.start_claimed <iterflow.store.base.Store.start_claimed>`: run row and lease in
-the start's one commit, no wake-up job) and its first attempt starts here at once, instead of
-going through the queue (commit, NOTIFY, procrastinate's fetch, claim). Nothing is lost if
+(:meth:`Store.start_claimed <iterflow.store.base.Store.start_claimed>`: run row, lease and a
+``doing`` wake-up job in the start's one commit) and its first attempt starts here at once,
+instead of going through the queue (commit, NOTIFY, procrastinate's fetch, claim). The job
+holds the run's job lock as a fetched one does: a wake-up queued meanwhile (a signal, a child's
+end) is fetched once the attempt has ended, not refused by the claim and lost. Nothing is lost if
 the process dies meanwhile: the run is ``running`` under a lease, and the reconciler recovers an
-expired lease and queues the run's wake-up, so any worker finishes it.
+expired lease, releases the job and queues the run's wake-up, so any worker finishes it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import contextvars
 import logging
 
 from iterflow.core.errors import FlowError
-from iterflow.runtime.worker import Worker
+from iterflow.runtime.worker import SETTLED, Worker
 from iterflow.store.base import Claim
 
 __all__ = ["EagerAttempts"]
@@ -72,7 +74,9 @@ class EagerAttempts:
     @staticmethod
     async def _attempt(worker: Worker, claim: Claim) -> None:
         try:
-            await worker.attempt(claim)
+            outcome = await worker.attempt(claim)
+            if outcome not in SETTLED:  # no last write ended the job it holds: end it here
+                await worker.store.end_wake(claim.lease)
         except FlowError as exc:  # storage down at its end: the lease expiry recovers the run
             logger.error("attempt on run %s failed: %s", claim.run.id, exc)
 

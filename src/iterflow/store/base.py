@@ -76,8 +76,9 @@ class Lease:
     token: uuid.UUID
     owner: str
     seconds: float
-    #: The procrastinate job this attempt runs (None: none, e.g. a start claimed in its
-    #: commit): the attempt's last write (suspend, finish, park) deletes it in its transaction.
+    #: The procrastinate job this attempt runs (the one a worker fetched, or the one a start
+    #: claimed in its commit holds; None: none, as in the in-memory store): the attempt's last
+    #: write (suspend, finish, park) deletes it in its transaction.
     job_id: int | None = None
 
 
@@ -163,8 +164,11 @@ class Store(Protocol):
         """:meth:`create_run` and the run's first :meth:`claim` by ``owner`` in **one**
         transaction, for a plain start (no ``conn``, run key, delay or limit key: the caller
         checks): the run is written ``running`` under a fresh lease, with its ``started`` event
-        and **no** wake-up; the caller makes the attempt at once. If the caller dies first, the
-        lease expires and the reconciler recovers the run like any other expired lease.
+        and no queued wake-up; the caller makes the attempt at once. The attempt holds the
+        run's job lock as a fetched wake-up's does (``lease.job_id``, ended by its last write or
+        :meth:`end_wake`), so a wake-up queued meanwhile waits for its end. If the caller dies
+        first, the lease expires and the reconciler recovers the run like any other expired
+        lease.
         An existing idempotency key returns that run with no claim and writes nothing."""
         ...
 
@@ -237,6 +241,13 @@ class Store(Protocol):
 
     async def fail_unclaimed(self, lease: Lease, error: dict[str, Any]) -> None:
         """Fail a claimed run before its body ran (unknown flow, bad stored input...)."""
+        ...
+
+    async def end_wake(self, lease: Lease) -> None:
+        """End the wake-up job of an attempt that ended without a last write of its own (its
+        run was canceled meanwhile, or its lease lost): ``lease.job_id``, when it is still
+        ``doing``, and nothing else. A worker leaves this to procrastinate's ``finish_job`` for
+        the jobs it fetched; a start claimed at once calls it for the job it holds."""
         ...
 
     async def park(self, lease: Lease, error: dict[str, Any]) -> None:

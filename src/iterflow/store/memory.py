@@ -628,6 +628,9 @@ class MemoryStore:
         if run.parent_run_id is not None:
             self._wake(run.parent_run_id, None, 0)
 
+    async def end_wake(self, lease: Lease) -> None:
+        return None  # attempts here hold no job (the in-process queue tracks them: wake_done)
+
     async def fail_unclaimed(self, lease: Lease, error: dict[str, Any]) -> None:
         await self.finish(lease, RunStatus.FAILED, None, error)
 

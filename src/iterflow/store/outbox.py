@@ -24,6 +24,7 @@ __all__ = [
     "PENDING_WAKE_SQL",
     "TABLE_PREFIX",
     "TASK_NAME",
+    "claimed_wake_insert_sql",
     "drop_queued_wakes_sql",
     "end_own_wake_sql",
     "flow_queue",
@@ -158,14 +159,43 @@ def release_doing_sql(source: str) -> str:
 
 def end_own_wake_sql(source: str) -> str:
     """Delete the wake-up job ``:job_id`` the attempt is running (procrastinate's ``doing``
-    row; NULL for an attempt that came from no job) when ``source`` has a row: the attempt's
-    last write ends its job in the same transaction, so the job and the run never disagree and
-    procrastinate's own ``finish_job`` is skipped (``runtime/host.py``). ``RETURNING 1``."""
+    row, or the one a start claimed at once holds: :func:`claimed_wake_insert_sql`; NULL for
+    none) when ``source`` has a row: the attempt's last write ends its job in the same
+    transaction, so the job and the run never disagree and procrastinate's own ``finish_job``
+    is skipped (``runtime/host.py``).
+
+    The run's next wake-up, queued while the attempt ran (a signal, a child's end), could not
+    be fetched until now (the job lock) and its insert's NOTIFY has passed: when it is due, the
+    same commit sends procrastinate's ``job_inserted`` for it, so a worker fetches it at once
+    rather than at its next poll. ``RETURNING`` those notifications (0 or 1) per job ended."""
     return f"""
-        DELETE FROM procrastinate_jobs
-        WHERE id = CAST(:job_id AS bigint) AND status = 'doing'
+        DELETE FROM procrastinate_jobs AS own
+        WHERE own.id = CAST(:job_id AS bigint) AND own.status = 'doing'
           AND EXISTS (SELECT 1 FROM {source})
-        RETURNING 1"""
+        RETURNING (
+            SELECT count(pg_notify('procrastinate_queue_v1#' || j.queue_name,
+                                   json_build_object('type', 'job_inserted',
+                                                     'job_id', j.id)::text))
+            FROM procrastinate_jobs AS j
+            WHERE j.queueing_lock = own.lock AND j.status = 'todo'
+              AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())) AS notified"""
+
+
+def claimed_wake_insert_sql(source: str) -> str:
+    """The ``doing`` wake-up job of each run of ``source`` (a CTE with ``id``, ``priority`` and
+    ``queue`` columns) written already claimed by a start (``Store.start_claimed``): it holds
+    the run's job lock, as the job a worker fetched does, so a wake-up queued while the attempt
+    runs (a signal, a child's end) waits for the attempt's end instead of being fetched, refused
+    by the claim and lost. The attempt's last write deletes it (:func:`end_own_wake_sql`); a
+    dead process's is released with its run's expired lease. Bind ``:queue`` (the base queue).
+    ``RETURNING id``."""
+    rid = "(id)::text"
+    return f"""
+        INSERT INTO procrastinate_jobs (queue_name, task_name, priority, lock, args, status)
+        SELECT CAST(coalesce(queue, :queue) AS varchar), '{TASK_NAME}', priority, {rid},
+               jsonb_build_object('run_id', {rid}), 'doing'
+        FROM {source}
+        RETURNING id"""
 
 
 def drop_queued_wakes_sql(source: str) -> str:

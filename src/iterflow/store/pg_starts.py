@@ -28,7 +28,7 @@ from iterflow.core.models import NewRun, RunStatus, SignalResult, StartResult
 from iterflow.core.states import LIVE_STATUSES, EventType
 from iterflow.store.base import Claim, Lease, idempotency_conflict
 from iterflow.store.connections import Row, execute_on
-from iterflow.store.outbox import reschedule_wake_sql
+from iterflow.store.outbox import claimed_wake_insert_sql, reschedule_wake_sql
 from iterflow.store.queries import RUN_COLS, Statements, json_param, start_params
 from iterflow.store.rows import run_record
 from iterflow.store.schema import quote_identifier, status_in
@@ -69,9 +69,11 @@ class StartStatements:
             ), job AS ({reschedule_wake_sql("run")})
             SELECT id FROM run""")
         #: A start that is its own first claim (``PostgresStarts.start_claimed``): the run row
-        #: is written ``running`` under the caller's lease, with its ``started`` event and no
-        #: wake-up job; a lease that expires is recovered by the reconciler
-        #: (``Statements.recover_expired``), which queues the run's wake-up then.
+        #: is written ``running`` under the caller's lease, with its ``started`` event and a
+        #: ``doing`` wake-up job that holds the run's job lock while the attempt runs
+        #: (``outbox.claimed_wake_insert_sql``); a lease that expires is recovered by the
+        #: reconciler (``Statements.recover_expired``), which releases that job and queues the
+        #: run's wake-up then.
         self.start_claimed = sa.text(f"""
             WITH ins AS (
                 INSERT INTO {s}.runs (id, name, version, status, input, idempotency_key, tags,
@@ -83,14 +85,14 @@ class StartStatements:
                     :token, :owner, now() + make_interval(secs => :lease), 1, 1, now())
                 ON CONFLICT (name, idempotency_key) WHERE idempotency_key IS NOT NULL
                 DO NOTHING
-                RETURNING {RUN_COLS}
+                RETURNING {RUN_COLS}, queue
             ), ev AS (
                 INSERT INTO {s}.events (run_id, type, data)
                 SELECT id, '{EventType.STARTED.value}',
                     CAST(:event AS jsonb) || jsonb_build_object('delayed_until', NULL)
                 FROM ins RETURNING 1
-            )
-            SELECT ins.*, now() AS db_now FROM ins""")
+            ), job AS ({claimed_wake_insert_sql("ins")})
+            SELECT ins.*, now() AS db_now, (SELECT id FROM job) AS job_id FROM ins""")
         #: The key's live run (a singleton start returns it).
         self.singleton_live = sa.text(f"""
             SELECT id, status FROM {s}.runs
@@ -210,7 +212,13 @@ class PostgresStarts:
             return await self._created_or_existing(None, run, None), None
         claim = Claim(
             run=run_record(row),
-            lease=Lease(run_id=run.id, token=token, owner=owner, seconds=lease_seconds),
+            lease=Lease(
+                run_id=run.id,
+                token=token,
+                owner=owner,
+                seconds=lease_seconds,
+                job_id=row["job_id"],
+            ),
             history=[],
             timers={},
             inbox=[],

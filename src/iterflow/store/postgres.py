@@ -397,6 +397,10 @@ class PostgresStore(PostgresControl, PostgresSchedules, PostgresStarts, Postgres
         if row is None or not row["leased"]:
             raise LeaseLost(lease.run_id)
 
+    async def end_wake(self, lease: Lease) -> None:
+        if lease.job_id is not None:
+            await self._one(self._q.end_wake, {"job_id": lease.job_id})
+
     async def fail_unclaimed(self, lease: Lease, error: dict[str, Any]) -> None:
         await self.finish(lease, RunStatus.FAILED, None, error)
 

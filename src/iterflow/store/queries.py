@@ -658,6 +658,8 @@ class Statements:
             )
             SELECT now() AS db_now, c.id, c.updated_at FROM (SELECT 1) AS one
             LEFT JOIN c ON true ORDER BY c.updated_at""")
+        #: An attempt's job ended without the attempt's write (``Store.end_wake``).
+        self.end_wake = sa.text(end_own_wake_sql("(SELECT 1) AS always"))
         self.park = sa.text(f"""
             WITH run AS (
                 UPDATE {s}.runs SET status = {_PARKED}, error = CAST(:error AS jsonb),
