@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from iterflow.core.models import RunStatus
+from iterflow.core.models import RunStatus, SuspendPlan
 from iterflow.store.base import Store
 from tests.contract.support import LEASE, memo, new_run
 
@@ -38,3 +38,25 @@ async def test_an_expired_lease_of_a_claimed_start_is_recovered_and_woken(store:
     assert await store.pending_wake(run.id) is not None
     again = await store.claim(run.id, "w2", LEASE)
     assert again is not None and again.run.claims == 2
+
+
+async def test_a_wake_up_queued_during_the_attempt_outlives_the_attempts_own_job(
+    store: Store,
+) -> None:
+    """A signal delivered while a claimed start's attempt runs queues a wake-up; ending the
+    attempt's own job (``end_wake``: the attempt ended without a write) leaves that wake-up
+    queued, and so does the attempt's suspend."""
+    run = new_run()
+    _, claim = await store.start_claimed(run, "w1", LEASE)
+    assert claim is not None
+    delivered = await store.deliver_signal(run.id, "go", {"i": 1}, None, max_signals=10)
+    assert delivered.kind == "buffered"
+    assert await store.pending_wake(run.id) is not None
+    await store.end_wake(claim.lease)
+    await store.end_wake(claim.lease)  # once ended, again is nothing
+    assert await store.pending_wake(run.id) is not None
+    wait = SuspendPlan(RunStatus.AWAITING_SIGNAL, "signal", "signal:go", None, "signal:go")
+    await store.suspend(claim.lease, wait)
+    assert await store.pending_wake(run.id) is not None
+    again = await store.claim(run.id, "w2", LEASE)
+    assert again is not None and [s.name for s in again.inbox] == ["go"]
