@@ -25,7 +25,8 @@ _USAGE = re.compile(r"!\t([\d.]+) s user, ([\d.]+) s system")
 
 #: Fragments that name the engine's hot statements (the first that matches wins).
 LABELS: tuple[tuple[str, str], ...] = (
-    ("procrastinate_fetch_job", "procrastinate's fetch"),
+    ("WITH RECURSIVE levels(priority)", "the wake-up fetch"),
+    ("procrastinate_fetch_job", "procrastinate's fetch (every queue)"),
     ("WITH claimed AS", "claim"),
     ("AS b(run_id, token, position", "checkpoints of several runs (group commit)"),
     ("FOR SHARE", "checkpoint (memo under the share-lock fence)"),

@@ -75,5 +75,5 @@ async def test_the_profile_names_the_engines_hot_statements_on_a_real_server(
     assert per_run["claim"] == 1
     assert per_run["finish / suspend / park (ends its own job)"] == 1
     assert per_run["start"] == 1
-    assert per_run["procrastinate's fetch"] >= 1
+    assert per_run["the wake-up fetch"] >= 1
     assert any(row.metric.startswith("PostgreSQL CPU per run: claim") for row in section.rows)

@@ -26,6 +26,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
 from iterflow.core.errors import ConfigInvalid, DatabaseUnavailable, SchemaConflict, SchemaMissing
+from iterflow.store import outbox
 from iterflow.store.migrate import (
     VERSION_TABLE,
     StampResult,
@@ -231,6 +232,13 @@ def test_upgrade_downgrade_upgrade(empty_database_url: str) -> None:
     assert schema_diff(url, "iterflow") == []
 
 
+def _index(url: str, name: str) -> bool:
+    return _scalar(url, f"SELECT to_regclass('public.{name}')") is not None
+
+
+FETCH_INDEXES = ("procrastinate_jobs_todo_now_idx", "procrastinate_jobs_todo_due_idx")
+
+
 def test_revision_0010_adds_the_due_index_to_an_installed_procrastinate(
     empty_database_url: str,
 ) -> None:
@@ -238,9 +246,29 @@ def test_revision_0010_adds_the_due_index_to_an_installed_procrastinate(
     url = empty_database_url
     run_migrations(url, revision="0009")
     with connect(url) as conn:
-        conn.execute(sa.text("DROP INDEX public.procrastinate_jobs_todo_scheduled_idx"))
+        conn.execute(sa.text("DROP INDEX IF EXISTS public.procrastinate_jobs_todo_scheduled_idx"))
+    run_migrations(url, revision="0010")
+    assert _index(url, "procrastinate_jobs_todo_scheduled_idx")
+
+
+def test_revision_0011_replaces_the_due_index_with_the_fetchs_two(
+    empty_database_url: str,
+) -> None:
+    """A database at 0010 (installed with 0010's index, without the fetch's) gets the fetch's
+    two indexes and loses the one they supersede; a downgrade to 0010 brings it back."""
+    url = empty_database_url
+    run_migrations(url, revision="0009")
+    with connect(url) as conn:
+        for name in FETCH_INDEXES:
+            conn.execute(sa.text(f"DROP INDEX public.{name}"))
+        conn.execute(sa.text(outbox.DUE_INDEX_SQL))
+    run_migrations(url, revision="0010")
+    assert not any(_index(url, name) for name in FETCH_INDEXES)
     run_migrations(url)
-    assert _scalar(url, "SELECT to_regclass('public.procrastinate_jobs_todo_scheduled_idx')")
+    assert all(_index(url, name) for name in FETCH_INDEXES)
+    assert not _index(url, "procrastinate_jobs_todo_scheduled_idx")
+    downgrade(url, revision="0010")
+    assert _index(url, "procrastinate_jobs_todo_scheduled_idx")
 
 
 def test_procrastinate_schema_installed_in_public(empty_database_url: str) -> None:
@@ -249,8 +277,9 @@ def test_procrastinate_schema_installed_in_public(empty_database_url: str) -> No
 
     assert _tables(url, "public") >= PROCRASTINATE_TABLES
     assert _scalar(url, "SELECT to_regproc('public.procrastinate_defer_jobs_v1')") is not None
-    assert _scalar(url, "SELECT to_regclass('public.procrastinate_jobs_lock_priority_idx')")
-    assert _scalar(url, "SELECT to_regclass('public.procrastinate_jobs_todo_scheduled_idx')")
+    assert _index(url, "procrastinate_jobs_lock_priority_idx")
+    assert all(_index(url, name) for name in FETCH_INDEXES)
+    assert not _index(url, "procrastinate_jobs_todo_scheduled_idx")  # superseded
     # The % of the RAISE messages reached PostgreSQL single, not doubled by the driver layer.
     body = _scalar(url, "SELECT pg_get_functiondef('public.procrastinate_finish_job_v1'::regproc)")
     assert "(job id: %)" in body
@@ -433,6 +462,22 @@ def test_stamp_adopts_generated_tables(
 def test_stamp_of_a_migrated_schema_is_a_check_only(database_url: str) -> None:
     assert stamp(database_url) == StampResult("iterflow", HEAD, HEAD, False)
     assert _version(database_url, "iterflow") == [HEAD]
+
+
+def test_stamp_brings_the_fetch_indexes_to_an_installed_procrastinate(
+    empty_database_url: str,
+) -> None:
+    """procrastinate installed by an earlier iterflow version (0010's index, not the fetch's
+    two): a stamp runs no revision, so it brings them itself."""
+    url = empty_database_url
+    run_migrations(url)
+    with connect(url) as conn:
+        for name in FETCH_INDEXES:
+            conn.execute(sa.text(f"DROP INDEX public.{name}"))
+        conn.execute(sa.text(outbox.DUE_INDEX_SQL))
+    assert stamp(url) == StampResult("iterflow", HEAD, HEAD, False)
+    assert all(_index(url, name) for name in FETCH_INDEXES)
+    assert not _index(url, "procrastinate_jobs_todo_scheduled_idx")
 
 
 def test_migrate_over_existing_tables_is_a_schema_conflict(empty_database_url: str) -> None:

@@ -52,6 +52,7 @@ __all__ = [
     "configured_url",
     "downgrade",
     "drop_procrastinate_requested",
+    "ensure_job_indexes",
     "head_revision",
     "include_name_for",
     "include_object_for",
@@ -271,7 +272,8 @@ def stamp(database_url: str, *, schema: str = DEFAULT_SCHEMA) -> StampResult:
     your alembic or your DBA, instead of ``run_migrations``: in one transaction, under the
     migration lock, it checks that the tables in ``schema`` are exactly this iterflow version's
     (:func:`table_differences`), installs procrastinate's schema if the database has none (the
-    generated output does not contain it), and records the head revision in
+    generated output does not contain it) and iterflow's indexes on its jobs table
+    (:func:`ensure_job_indexes`), and records the head revision in
     ``<schema>.iterflow_alembic_version`` without running iterflow's DDL. ``flowctl migrate``
     (``run_migrations``) is then a no-op. Run it again after each iterflow upgrade, once your
     migrations have applied the regenerated tables.
@@ -318,6 +320,8 @@ def stamp(database_url: str, *, schema: str = DEFAULT_SCHEMA) -> StampResult:
                 "--stamp` again. Nothing was changed"
             )
         installed = install_procrastinate(connection)
+        if not installed:  # installed before (by an earlier iterflow version, perhaps)
+            ensure_job_indexes(connection)
         if previous != head:
             config.attributes[CONNECTION_ATTRIBUTE] = connection
             command.stamp(config, "head")
@@ -443,9 +447,17 @@ def install_procrastinate(connection: Connection) -> bool:
     # sa.text() on psycopg: SQLAlchemy doubles the % of the RAISE messages and psycopg turns
     # them back into single ones (exec_driver_sql would send them raw and fail).
     connection.execute(sa.text(SchemaManager.get_schema()))
-    connection.execute(sa.text(outbox.LOCK_INDEX_SQL))
-    connection.execute(sa.text(outbox.DUE_INDEX_SQL))
+    ensure_job_indexes(connection)
     return True
+
+
+def ensure_job_indexes(connection: Connection) -> None:
+    """iterflow's indexes on procrastinate's jobs table as the head revision has them (the
+    wake-up fetch's, ``outbox.JOB_INDEXES_SQL``; revision 0010's superseded one dropped).
+    Idempotent: :func:`stamp` runs it, since it runs no revision."""
+    for index in outbox.JOB_INDEXES_SQL:
+        connection.execute(sa.text(index))
+    connection.execute(sa.text(outbox.DROP_DUE_INDEX_SQL))
 
 
 def _first_line(exc: sa.exc.DBAPIError) -> str:

@@ -17,10 +17,16 @@ from __future__ import annotations
 import hashlib
 
 __all__ = [
+    "DROP_DUE_INDEX_SQL",
     "DUE_INDEX_SQL",
+    "DUE_ORDER_INDEX_SQL",
+    "FETCH_ANY_JOB_SQL",
+    "FETCH_CANDIDATES",
     "FETCH_JOB_SQL",
     "INSTALLED_SQL",
+    "JOB_INDEXES_SQL",
     "LOCK_INDEX_SQL",
+    "NOW_INDEX_SQL",
     "PENDING_WAKE_SQL",
     "TABLE_PREFIX",
     "TASK_NAME",
@@ -48,22 +54,125 @@ LOCK_INDEX_SQL = (
     "CREATE INDEX IF NOT EXISTS procrastinate_jobs_lock_priority_idx "
     "ON procrastinate_jobs (lock, priority, id) WHERE status IN ('todo', 'doing')"
 )
-#: procrastinate's fetch reads the ``todo`` jobs in ``(priority, id)`` order and skips those not
-#: due yet: with tens of thousands of sleepers' wake-ups queued ahead of time it read past all of
-#: them on every fetch, idle polls included (18 ms at 90,000, docs/performance.md section 10).
-#: This index lets it look up the due ones by time instead.
+#: Revision 0010's index of the queued jobs by due time, for procrastinate's own fetch (which
+#: the planner did not always use); :data:`DUE_ORDER_INDEX_SQL` supersedes it and revision 0011
+#: drops it (:data:`DROP_DUE_INDEX_SQL`).
 DUE_INDEX_SQL = (
     "CREATE INDEX IF NOT EXISTS procrastinate_jobs_todo_scheduled_idx "
     "ON procrastinate_jobs (scheduled_at) WHERE status = 'todo'"
 )
-#: procrastinate's own fetch (its ``fetch_job`` query, the same function and columns): the first
-#: due job of ``:queues`` whose lock is free, marked ``doing`` for procrastinate worker
-#: ``:worker_id``. A row of NULLs when there is none. iterflow's worker runs it on its asyncpg
-#: hot path (``runtime/host.py``) instead of procrastinate's psycopg connector.
-FETCH_JOB_SQL = (
+DROP_DUE_INDEX_SQL = "DROP INDEX IF EXISTS procrastinate_jobs_todo_scheduled_idx"
+#: The queued jobs due at once (``scheduled_at`` NULL), in fetch order: the first of them is
+#: one index probe however many wake-ups sleeping runs hold.
+NOW_INDEX_SQL = (
+    "CREATE INDEX IF NOT EXISTS procrastinate_jobs_todo_now_idx "
+    "ON procrastinate_jobs (priority DESC, id) "
+    "WHERE status = 'todo' AND scheduled_at IS NULL"
+)
+#: The queued jobs with a due time, earliest due first within a priority: the ones due now come
+#: before the sleepers' (due later), so the first due one is found without reading past those.
+DUE_ORDER_INDEX_SQL = (
+    "CREATE INDEX IF NOT EXISTS procrastinate_jobs_todo_due_idx "
+    "ON procrastinate_jobs (priority DESC, scheduled_at, id) "
+    "WHERE status = 'todo' AND scheduled_at IS NOT NULL"
+)
+#: The indexes iterflow adds to procrastinate's jobs table (installed with it, revision 0011).
+JOB_INDEXES_SQL = (LOCK_INDEX_SQL, NOW_INDEX_SQL, DUE_ORDER_INDEX_SQL)
+#: Free due jobs the fetch below reads from each of its indexes (per priority for the second):
+#: the most fetches in flight at once that can all still find one of them unlocked.
+FETCH_CANDIDATES = 8
+
+
+def _lock_free(job: str) -> str:
+    """procrastinate's lock rule for the job aliased ``job``: no other job of its lock is
+    running (``doing``) or queued ahead of it (a higher priority, or the same and older)."""
+    return f"""NOT coalesce((
+                SELECT true FROM procrastinate_jobs AS other
+                WHERE {job}.lock IS NOT NULL AND other.lock = {job}.lock
+                  AND (other.status = 'doing'
+                       OR (other.status = 'todo'
+                           AND (other.priority > {job}.priority
+                                OR (other.priority = {job}.priority AND other.id < {job}.id))))
+                LIMIT 1), false)"""
+
+
+#: The worker's fetch of one due wake-up, with procrastinate's rules and effects (its
+#: ``procrastinate_fetch_job_v2``: a due ``todo`` job of the served queues, JSON ``:queues``,
+#: that the lock rule lets run, highest priority then oldest, marked ``doing`` for
+#: procrastinate worker ``:worker_id``, row-locked with ``SKIP LOCKED``; the same columns
+#: returned) and a plan that never reads past the wake-ups queued ahead of time.
+#:
+#: procrastinate's query walks every queued job in ``(priority, id)`` order and filters. With
+#: sleeping runs' wake-ups queued (lower ids, due later) it read past all of them on each fetch
+#: whenever the planner chose that walk, which it does once a share of the queued jobs is due:
+#: 100,000 sleepers and 1,000 due jobs cost 18 ms of PostgreSQL CPU per fetch, and an idle
+#: poll 4 ms (docs/performance.md section 5). Here the candidates are the first
+#: :data:`FETCH_CANDIDATES` free jobs due at once (:data:`NOW_INDEX_SQL`, in fetch order) and,
+#: for each priority that has jobs with a due time (one probe each), its first free due ones
+#: (:data:`DUE_ORDER_INDEX_SQL`: an index range that ends at now()); they are taken in
+#: ``(priority, id)`` order, locking the first that no other fetch holds. The lock rule is
+#: checked as the candidates are read, so jobs waiting for running attempts never hide a free
+#: one. Two differences from procrastinate's, neither a change of which jobs may run: among
+#: more than :data:`FETCH_CANDIDATES` due jobs of one priority with a due time, the earliest due
+#: go first (not the oldest); and queued jobs of queues this worker does not serve are read
+#: past, as procrastinate's fetch reads past them. The JSON list keeps one generic plan per
+#: connection (an array's length, known to each custom plan, made PostgreSQL plan every fetch
+#: anew: 0.35 ms).
+FETCH_JOB_SQL = f"""
+    WITH RECURSIVE levels(priority) AS (
+        -- the priorities of the jobs with a due time, highest first, one probe of the
+        -- due-time index each (its order, which procrastinate's priority index lacks, is what
+        -- makes the planner take it); within one, the due jobs are an index range
+        SELECT (SELECT l.priority FROM procrastinate_jobs AS l
+                WHERE l.status = 'todo' AND l.scheduled_at IS NOT NULL
+                ORDER BY l.priority DESC, l.scheduled_at LIMIT 1)
+        UNION ALL
+        SELECT (SELECT l.priority FROM procrastinate_jobs AS l
+                WHERE l.status = 'todo' AND l.scheduled_at IS NOT NULL
+                  AND l.priority < v.priority
+                ORDER BY l.priority DESC, l.scheduled_at LIMIT 1)
+        FROM levels AS v WHERE v.priority IS NOT NULL
+    ), served AS (
+        SELECT ARRAY(SELECT jsonb_array_elements_text(CAST(:queues AS jsonb))) AS queues
+    ), candidate AS (
+        SELECT j.id
+        FROM (
+            SELECT c.id, c.priority
+            FROM (
+                (SELECT n.id, n.priority FROM procrastinate_jobs AS n, served
+                 WHERE n.status = 'todo' AND n.scheduled_at IS NULL
+                   AND n.queue_name = ANY(served.queues) AND {_lock_free("n")}
+                 ORDER BY n.priority DESC, n.id LIMIT {FETCH_CANDIDATES})
+                UNION ALL
+                SELECT d.id, d.priority
+                FROM levels AS v, served
+                CROSS JOIN LATERAL (
+                    SELECT d.id, d.priority FROM procrastinate_jobs AS d
+                    WHERE d.priority = v.priority AND d.status = 'todo'
+                      AND d.scheduled_at IS NOT NULL AND d.scheduled_at <= now()
+                      AND d.queue_name = ANY(served.queues) AND {_lock_free("d")}
+                    ORDER BY d.scheduled_at, d.id LIMIT {FETCH_CANDIDATES}) AS d
+                WHERE v.priority IS NOT NULL
+            ) AS c
+            ORDER BY c.priority DESC, c.id
+            OFFSET 0
+        ) AS first
+        JOIN procrastinate_jobs AS j ON j.id = first.id
+        WHERE j.status = 'todo'
+          AND {_lock_free("j")}
+        ORDER BY first.priority DESC, first.id
+        LIMIT 1
+        FOR UPDATE OF j SKIP LOCKED
+    )
+    UPDATE procrastinate_jobs AS job SET status = 'doing', worker_id = CAST(:worker_id AS bigint)
+    FROM candidate WHERE job.id = candidate.id
+    RETURNING job.id, job.status, job.task_name, job.priority, job.lock, job.queueing_lock,
+        job.args, job.scheduled_at, job.queue_name, job.attempts, job.worker_id"""
+#: procrastinate's own fetch, for a worker on every queue (``queues`` None).
+FETCH_ANY_JOB_SQL = (
     "SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, "
     "queue_name, attempts, worker_id "
-    "FROM procrastinate_fetch_job_v2(CAST(:queues AS varchar[]), CAST(:worker_id AS bigint))"
+    "FROM procrastinate_fetch_job_v2(NULL, CAST(:worker_id AS bigint))"
 )
 #: The queued (``todo``) wake-up of a run: bind ``:lock`` (the run id as text).
 PENDING_WAKE_SQL = (

@@ -14,6 +14,7 @@ operation; plumbing is in ``store/connections.py``, row decoding in ``store/rows
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -65,6 +66,7 @@ from iterflow.store.base import (
 from iterflow.store.connections import HOT_IDLE, HotConnections, Row, execute_on, guarded
 from iterflow.store.group_commit import CheckpointBatcher, Key
 from iterflow.store.outbox import (
+    FETCH_ANY_JOB_SQL,
     FETCH_JOB_SQL,
     TASK_NAME,
     flow_queue,
@@ -152,6 +154,7 @@ class PostgresStore(PostgresControl, PostgresSchedules, PostgresStarts, Postgres
         # a frozen process's own multi-statement transactions end with its lease (_tx too)
         self._conns = HotConnections(engine, idle_seconds=transaction_idle_seconds)
         self._fetch_job = sa.text(FETCH_JOB_SQL)
+        self._fetch_any_job = sa.text(FETCH_ANY_JOB_SQL)
         # concurrent runs' checkpoints share a statement and a commit under load
         self._batcher = (
             CheckpointBatcher(self._checkpoint_alone, self._checkpoints_together)
@@ -229,11 +232,18 @@ class PostgresStore(PostgresControl, PostgresSchedules, PostgresStarts, Postgres
     # -- attempts ---------------------------------------------------------------------------
 
     async def fetch_job(self, queues: Sequence[str] | None, worker_id: int) -> Row | None:
-        """procrastinate's fetch of a wake-up (``outbox.FETCH_JOB_SQL``) for procrastinate
-        worker ``worker_id``, on the hot path: the job's row (procrastinate's ``Job.from_row``
-        reads it), or None when nothing is due."""
-        params = {"queues": None if queues is None else list(queues), "worker_id": worker_id}
-        row = await self._one(self._fetch_job, params)
+        """The fetch of a wake-up for procrastinate worker ``worker_id`` of ``queues``
+        (``outbox.FETCH_JOB_SQL``: procrastinate's rules with a plan that does not read past
+        sleepers' wake-ups; None: every queue, procrastinate's own function), on the hot path:
+        the job's row (procrastinate's ``Job.from_row`` reads it), or None when nothing is
+        due."""
+        if queues is None:
+            row = await self._one(self._fetch_any_job, {"worker_id": worker_id})
+        else:
+            # JSON, not an array: the planner then sizes the queue list alike in every plan
+            # and keeps one generic plan (an array's length made it plan each fetch anew)
+            params = {"queues": json.dumps(list(queues)), "worker_id": worker_id}
+            row = await self._one(self._fetch_job, params)
         return None if row is None or row["id"] is None else row
 
     async def claim(
