@@ -59,6 +59,7 @@ from iterflow.core.states import EventType, Started, StepKind, Suspended
 from iterflow.runtime.engine import FlowHandle
 from iterflow.store import schema as tables
 from iterflow.store.outbox import (
+    FETCH_JOB_SQL,
     TASK_NAME,
     flow_queue,
     reconcile_task_name,
@@ -483,6 +484,59 @@ async def _drop_immediate_wakes(side: Side) -> None:
         )
 
 
+#: A burst of due wake-ups (a queue of their own, which no worker here serves) queued beside the
+#: sleepers' scheduled ones: what a busy production queue looks like.
+BURST = 1_000
+BURST_QUEUE = "bench/burst"
+BURST_SQL = f"""
+    INSERT INTO {JOBS_TABLE} (queue_name, task_name, lock, queueing_lock, args)
+    SELECT :queue, :task, r::text, r::text, jsonb_build_object('run_id', r::text)
+    FROM (SELECT gen_random_uuid() AS r FROM generate_series(1, :n)) AS s"""
+#: procrastinate's own fetch (the worker's before revision 0011), for comparison.
+PROCRASTINATE_FETCH = (
+    "SELECT id FROM procrastinate_fetch_job_v2(CAST(:queues AS varchar[]), CAST(:worker AS bigint))"
+)
+
+
+async def _burst(
+    sides: list[Side], samples: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """One fetch of a due wake-up while :data:`BURST` are due, on each side (the loaded one
+    also holds the sleepers' queued wake-ups): the worker's (``PostgresStore.fetch_job``) and,
+    for comparison, procrastinate's own function, both in autocommit on the engine's pool.
+    Statistics are taken with the burst queued, as autovacuum's would be after one."""
+    workers: dict[str, int] = {}
+    for side in sides:
+        async with side.engine.sqlalchemy_engine.begin() as conn:
+            params = {"queue": BURST_QUEUE, "task": TASK_NAME, "n": BURST}
+            await conn.execute(sa.text(BURST_SQL), params)
+            registered = "INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id"
+            workers[side.label] = int((await conn.execute(sa.text(registered))).scalar_one())
+        async with side.engine.sqlalchemy_engine.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await auto.execute(sa.text(f"ANALYZE {JOBS_TABLE}"))
+
+    async def ours(side: Side, i: int) -> None:
+        params = {"queues": json.dumps([BURST_QUEUE]), "worker_id": workers[side.label]}
+        async with side.engine.sqlalchemy_engine.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            assert (await auto.execute(sa.text(FETCH_JOB_SQL), params)).first() is not None
+
+    async def theirs(side: Side, i: int) -> None:
+        params = {"queues": [BURST_QUEUE], "worker": workers[side.label]}
+        async with side.engine.sqlalchemy_engine.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            assert (await auto.execute(sa.text(PROCRASTINATE_FETCH), params)).scalar() is not None
+
+    timed = await _compare(sides, ours, samples)
+    reference = await _compare(sides, theirs, samples)
+    for side in sides:
+        async with side.engine.sqlalchemy_engine.begin() as conn:
+            drop = f"DELETE FROM {JOBS_TABLE} WHERE queue_name = :queue"
+            await conn.execute(sa.text(drop), {"queue": BURST_QUEUE})
+    return timed, reference
+
+
 # -- EXPLAIN, sizes, dead tuples ----------------------------------------------------------------
 
 
@@ -719,6 +773,8 @@ async def run(ctx: Context) -> Section:
             for side in sides:
                 await _working_set(side, samples)
             timed = await _ops(sides, samples)
+            fetch, reference = await _burst(sides, samples)
+            timed[f"the worker's fetch of a wake-up, {BURST:,} due at once"] = fetch
             plans = await _explain(full)
             timed[
                 "start -> result of a 10-step run through a worker (queue, claim, steps)"
@@ -726,6 +782,13 @@ async def run(ctx: Context) -> Section:
             table_sizes = await asyncio.to_thread(sizes, loaded_url)
             dead = await _dead_under_load(full, ctx.sizes.scale_vacuum_seconds)
     _report(section, n, loaded, rates, timed, plans, table_sizes, dead)
+    for side, label in (("empty", "empty"), ("loaded", f"{n:,} runs")):
+        section.add(
+            f"procrastinate's own fetch, the same burst (before revision 0011): {label}, p50",
+            statistics.median(reference[side]),
+            "ms",
+            note="for comparison: it walks every queued job in (priority, id) order",
+        )
     for label, plan in plans.items():
         print(f"\n-- EXPLAIN (ANALYZE, BUFFERS), {n:,} runs: {label}\n{plan}", flush=True)
     return section
