@@ -6,9 +6,9 @@ Create Date: 2026-12-03
 
 The worker's fetch (``iterflow.store.outbox.FETCH_JOB_SQL``) reads its first due jobs from two
 indexes in its order, so it never reads past the wake-ups queued ahead of time (sleeping
-runs'): procrastinate's own fetch did once a share of the queued jobs was due, 18 ms of
+runs'): procrastinate's own fetch did once a share of the queued jobs was due, 17 ms of
 PostgreSQL CPU per fetch with 100,000 sleepers and 1,000 due jobs (docs/performance.md
-section 5).
+section 10, fix 11).
 
 * ``procrastinate_jobs_todo_now_idx`` ``(priority DESC, id)`` over the queued jobs due at once
   (``scheduled_at`` NULL).

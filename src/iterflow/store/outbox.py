@@ -105,8 +105,8 @@ def _lock_free(job: str) -> str:
 #: procrastinate's query walks every queued job in ``(priority, id)`` order and filters. With
 #: sleeping runs' wake-ups queued (lower ids, due later) it read past all of them on each fetch
 #: whenever the planner chose that walk, which it does once a share of the queued jobs is due:
-#: 100,000 sleepers and 1,000 due jobs cost 18 ms of PostgreSQL CPU per fetch, and an idle
-#: poll 4 ms (docs/performance.md section 5). Here the candidates are the first
+#: 100,000 sleepers and 1,000 due jobs cost 17 ms of PostgreSQL CPU per fetch, and an idle
+#: poll 4 ms (docs/performance.md section 10, fix 11). Here the candidates are the first
 #: :data:`FETCH_CANDIDATES` free jobs due at once (:data:`NOW_INDEX_SQL`, in fetch order) and,
 #: for each priority that has jobs with a due time (one probe each), its first free due ones
 #: (:data:`DUE_ORDER_INDEX_SQL`: an index range that ends at now()); they are taken in
