@@ -2,8 +2,8 @@
 
 The only runtime module that imports procrastinate. One task, ``iterflow.advance(run_id)``, run
 by procrastinate workers; procrastinate's own retry is never used for it (the engine owns
-retries and timers), its fetch runs on the store's asyncpg hot path instead of its psycopg
-connector, and its ``finish_job`` is skipped when the attempt's last write ended the job itself
+retries and timers), its fetch is iterflow's statement with procrastinate's rules, on the
+store's asyncpg hot path instead of its psycopg connector, and its ``finish_job`` is skipped when the attempt's last write ended the job itself
 (:func:`_settling_jobs`). The reconciler is a periodic task deduplicated across workers.
 """
 
@@ -36,7 +36,7 @@ __all__ = ["SCHEDULE_SWEEP_SECONDS", "reconcile_cron", "run_procrastinate", "sta
 #: The schedule sweep's period: ticks start within about a second of their time.
 SCHEDULE_SWEEP_SECONDS = 1
 
-#: procrastinate's fetch of one due job for a procrastinate worker id: the job's row, or None.
+#: The fetch of one due job for a procrastinate worker id: the job's row, or None.
 FetchJob = Callable[[Sequence[str] | None, int], Awaitable[Mapping[str, Any] | None]]
 
 logger = logging.getLogger(__name__)
@@ -75,9 +75,10 @@ async def run_procrastinate(
     the event cannot.
 
     ``fetch_job`` (the Postgres store's :meth:`~iterflow.store.postgres.PostgresStore.fetch_job`)
-    replaces the fetch of procrastinate's psycopg connector: the same SQL function on the
-    store's asyncpg hot path, without psycopg's pool checkout, explicit transaction and cursor
-    (a quarter of a worker's CPU under load, docs/performance.md section 5).
+    replaces the fetch of procrastinate's psycopg connector: procrastinate's rules in iterflow's
+    statement, which never reads past sleeping runs' queued wake-ups, on the store's asyncpg hot
+    path, without psycopg's pool checkout, explicit transaction and cursor (a quarter of a
+    worker's CPU under load; docs/performance.md section 5, fixes 9 and 11).
     """
     options: dict[str, Any] = {
         "concurrency": concurrency,
