@@ -3,8 +3,9 @@
 The only runtime module that imports procrastinate. One task, ``iterflow.advance(run_id)``, run
 by procrastinate workers; procrastinate's own retry is never used for it (the engine owns
 retries and timers), its fetch is iterflow's statement with procrastinate's rules, on the
-store's asyncpg hot path instead of its psycopg connector, and its ``finish_job`` is skipped when the attempt's last write ended the job itself
-(:func:`_settling_jobs`). The reconciler is a periodic task deduplicated across workers.
+store's asyncpg hot path instead of its psycopg connector, and its ``finish_job`` is skipped
+when the attempt's last write ended the job itself (:func:`_settling_jobs`). The reconciler is
+a periodic task deduplicated across workers.
 """
 
 from __future__ import annotations
