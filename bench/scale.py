@@ -502,8 +502,9 @@ async def _burst(
     sides: list[Side], samples: int
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """One fetch of a due wake-up while :data:`BURST` are due, on each side (the loaded one
-    also holds the sleepers' queued wake-ups): the worker's (``PostgresStore.fetch_job``) and,
-    for comparison, procrastinate's own function, both in autocommit on the engine's pool.
+    also holds the sleepers' queued wake-ups): the worker's statement (``FETCH_JOB_SQL``, what
+    ``PostgresStore.fetch_job`` runs) and, for comparison, procrastinate's own function, both in
+    autocommit on the engine's pool (the same overhead around each).
     Statistics are taken with the burst queued, as autovacuum's would be after one."""
     workers: dict[str, int] = {}
     for side in sides:
