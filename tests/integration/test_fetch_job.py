@@ -167,24 +167,33 @@ async def _buffers(engine: Engine, wid: int) -> int:
     return int(top["Shared Hit Blocks"]) + int(top["Shared Read Blocks"])
 
 
-async def test_the_cost_of_a_fetch_does_not_grow_with_sleepers(
-    engine: Engine, database_url: str
+@pytest.mark.parametrize(
+    ("ahead", "due"),
+    [
+        pytest.param({"due_in": 86_400.0}, {"due_in": -1.0}, id="sleepers"),
+        pytest.param({"queue": "default/unserved@1"}, {}, id="another-queue-backlog"),
+    ],
+)
+async def test_the_cost_of_a_fetch_does_not_grow_with_jobs_it_will_not_take(
+    engine: Engine, database_url: str, ahead: dict[str, Any], due: dict[str, Any]
 ) -> None:
-    """Wake-ups queued ahead of time (sleeping runs', lower ids, the same priority) before a
-    due one: the fetch reads about as many pages with 20,000 of them as with 20, when a job is
-    due and when none is (an idle poll). procrastinate's fetch read past all of them."""
+    """Jobs queued ahead of the due ones (lower ids, the same priority) that the fetch will not
+    take: sleeping runs' wake-ups (due later), or the backlog of a queue this worker does not
+    serve (due now). The fetch reads about as many pages with 20,000 of them as with 20, when
+    jobs are due and when none is (an idle poll). procrastinate's fetch read past all of them,
+    and so did this one for another queue's backlog before its index led with the queue."""
     wid = worker_id(database_url)
     costs: dict[tuple[int, str], int] = {}
-    for sleepers in (20, 20_000):
+    for n in (20, 20_000):
         sql(database_url, "DELETE FROM procrastinate_jobs")
-        queue_jobs(database_url, sleepers, due_in=86_400)
+        queue_jobs(database_url, n, **ahead)
         sql(database_url, "ANALYZE procrastinate_jobs")
         await _buffers(engine, wid)  # the session's first plan reads the catalogue
-        costs[sleepers, "idle"] = await _buffers(engine, wid)
-        queue_jobs(database_url, 300, due_in=-1)
+        costs[n, "idle"] = await _buffers(engine, wid)
+        queue_jobs(database_url, 300, **due)
         sql(database_url, "ANALYZE procrastinate_jobs")
-        costs[sleepers, "due"] = await _buffers(engine, wid)
-    # a deeper index costs a few pages more; procrastinate's fetch read 170 and 836 pages here
-    # (11 and 340 with 20 sleepers): it walked the sleepers' jobs
+        costs[n, "due"] = await _buffers(engine, wid)
+    # a deeper index costs a few pages more; procrastinate's fetch read 170 and 836 pages with
+    # 20,000 sleepers (11 and 340 with 20): it walked their jobs
     for case in ("idle", "due"):
         assert costs[20_000, case] <= 2 * costs[20, case] + 20, costs

@@ -62,11 +62,13 @@ DUE_INDEX_SQL = (
     "ON procrastinate_jobs (scheduled_at) WHERE status = 'todo'"
 )
 DROP_DUE_INDEX_SQL = "DROP INDEX IF EXISTS procrastinate_jobs_todo_scheduled_idx"
-#: The queued jobs due at once (``scheduled_at`` NULL), in fetch order: the first of them is
-#: one index probe however many wake-ups sleeping runs hold.
+#: The queued jobs due at once (``scheduled_at`` NULL) of each queue, in fetch order (priority
+#: DESC spelled ``-(priority::bigint)``, an order procrastinate's priority index cannot give, so
+#: that the planner never walks that one through other queues' jobs instead): a queue's first
+#: is one index probe however many jobs sleepers or other queues hold.
 NOW_INDEX_SQL = (
     "CREATE INDEX IF NOT EXISTS procrastinate_jobs_todo_now_idx "
-    "ON procrastinate_jobs (priority DESC, id) "
+    "ON procrastinate_jobs (queue_name, (-(priority::bigint)), id) "
     "WHERE status = 'todo' AND scheduled_at IS NULL"
 )
 #: The queued jobs with a due time, earliest due first within a priority: the ones due now come
@@ -106,18 +108,19 @@ def _lock_free(job: str) -> str:
 #: sleeping runs' wake-ups queued (lower ids, due later) it read past all of them on each fetch
 #: whenever the planner chose that walk, which it does once a share of the queued jobs is due:
 #: 100,000 sleepers and 1,000 due jobs cost 17 ms of PostgreSQL CPU per fetch, and an idle
-#: poll 4 ms (docs/performance.md section 10, fix 11). Here the candidates are the first
-#: :data:`FETCH_CANDIDATES` free jobs due at once (:data:`NOW_INDEX_SQL`, in fetch order) and,
-#: for each priority that has jobs with a due time (one probe each), its first free due ones
-#: (:data:`DUE_ORDER_INDEX_SQL`: an index range that ends at now()); they are taken in
-#: ``(priority, id)`` order, locking the first that no other fetch holds. The lock rule is
-#: checked as the candidates are read, so jobs waiting for running attempts never hide a free
-#: one. Two differences from procrastinate's, neither a change of which jobs may run: among
-#: more than :data:`FETCH_CANDIDATES` due jobs of one priority with a due time, the earliest due
-#: go first (not the oldest); and queued jobs of queues this worker does not serve are read
-#: past, as procrastinate's fetch reads past them. The JSON list keeps one generic plan per
-#: connection (an array's length, known to each custom plan, made PostgreSQL plan every fetch
-#: anew: 0.35 ms).
+#: poll 4 ms (docs/performance.md section 10, fix 11); it read past the backlog of a queue
+#: this worker does not serve the same way. Here the candidates are, for each served queue,
+#: its first :data:`FETCH_CANDIDATES` free jobs due at once (:data:`NOW_INDEX_SQL`, in fetch
+#: order) and, for each priority that has jobs with a due time (one probe each), the first free
+#: due ones of the served queues (:data:`DUE_ORDER_INDEX_SQL`: an index range that ends at
+#: now()); they are taken in ``(priority, id)`` order, locking the first that no other fetch
+#: holds. The lock rule is checked as the candidates are read, so jobs waiting for running
+#: attempts never hide a free one. Two differences from procrastinate's, neither a change of
+#: which jobs may run: among more than :data:`FETCH_CANDIDATES` due jobs of one priority with a
+#: due time, the earliest due go first (not the oldest); and due jobs with a due time of queues
+#: this worker does not serve are still read past (those due at once are not). The JSON list
+#: keeps one generic plan per connection (an array's length, known to each custom plan, made
+#: PostgreSQL plan every fetch anew: 0.35 ms).
 FETCH_JOB_SQL = f"""
     WITH RECURSIVE levels(priority) AS (
         -- the priorities of the jobs with a due time, highest first, one probe of the
@@ -139,10 +142,17 @@ FETCH_JOB_SQL = f"""
         FROM (
             SELECT c.id, c.priority
             FROM (
-                (SELECT n.id, n.priority FROM procrastinate_jobs AS n, served
-                 WHERE n.status = 'todo' AND n.scheduled_at IS NULL
-                   AND n.queue_name = ANY(served.queues) AND {_lock_free("n")}
-                 ORDER BY n.priority DESC, n.id LIMIT {FETCH_CANDIDATES})
+                SELECT n.id, n.priority
+                FROM served CROSS JOIN LATERAL unnest(served.queues) AS q(name)
+                CROSS JOIN LATERAL (
+                    SELECT n.id, n.priority FROM procrastinate_jobs AS n
+                    WHERE n.queue_name = q.name AND n.status = 'todo'
+                      AND n.scheduled_at IS NULL AND {_lock_free("n")}
+                    -- priority DESC spelled as the index's expression, an order that
+                    -- procrastinate's priority index cannot give: otherwise the planner may
+                    -- walk that one, through every other queue's jobs
+                    ORDER BY -(n.priority::bigint), n.id
+                    LIMIT {FETCH_CANDIDATES}) AS n
                 UNION ALL
                 SELECT d.id, d.priority
                 FROM levels AS v, served
