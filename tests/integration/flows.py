@@ -51,6 +51,13 @@ def sql(url: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
         return cur.fetchall() if cur.description else []
 
 
+def jobs_of(url: str, run_id: uuid.UUID) -> list[tuple[int, str]]:
+    """The run's wake-up jobs in procrastinate's table, ``(id, status)`` oldest first (an
+    ended one is deleted)."""
+    query = "SELECT id, status::text FROM procrastinate_jobs WHERE lock = %s ORDER BY id"
+    return [(int(job_id), str(status)) for job_id, status in sql(url, query, str(run_id))]
+
+
 def all_tables(url: str) -> list[str]:
     """Every table of the ``iterflow`` schema (``iterflow.runs``, ...) and every procrastinate
     table (``procrastinate_jobs``, ``procrastinate_events``, ...), as queryable names."""

@@ -24,7 +24,7 @@ from iterflow.core.models import RunStatus
 from iterflow.runtime.notify import TerminalListener
 from iterflow.store.outbox import flow_queue
 from iterflow.store.urls import libpq_url
-from tests.integration.flows import eventually, sql
+from tests.integration.flows import eventually, jobs_of, sql
 
 ROOT = Path(__file__).parent.parent.parent
 
@@ -44,11 +44,8 @@ async def add(ctx: FlowContext, x: Num) -> int:
     return total
 
 
-def jobs_of(url: str, run_id: uuid.UUID) -> list[str]:
-    """The statuses of the run's wake-up jobs in procrastinate's table (an ended one is
-    deleted), oldest first."""
-    query = "SELECT status::text FROM procrastinate_jobs WHERE lock = %s ORDER BY id"
-    return [status for (status,) in sql(url, query, str(run_id))]
+def statuses(url: str, run_id: uuid.UUID) -> list[str]:
+    return [status for _, status in jobs_of(url, run_id)]
 
 
 async def test_a_start_with_a_worker_here_is_claimed_in_its_commit_and_finishes(
@@ -58,9 +55,9 @@ async def test_a_start_with_a_worker_here_is_claimed_in_its_commit_and_finishes(
     await engine.listen(concurrency=2)
     started = await handle.start(Num(n=1))
     assert started.created and started.status is RunStatus.RUNNING
-    assert "todo" not in jobs_of(database_url, started.run_id)  # no wake-up was queued for it
+    assert "todo" not in statuses(database_url, started.run_id)  # no wake-up was queued for it
     assert await handle.result(started.run_id, timeout=15) == 4
-    assert jobs_of(database_url, started.run_id) == []  # its finish ended the job it held
+    assert statuses(database_url, started.run_id) == []  # its finish ended the job it held
     detail = await engine.status(started.run_id)
     assert detail.run.claims == 1 and detail.run.status is RunStatus.DONE
     types = [e.type for e in detail.events]
@@ -157,9 +154,9 @@ async def test_a_signal_delivered_during_the_attempt_wakes_the_run_when_it_waits
         started = await waits.start(Go(ok=False))
         assert started.status is RunStatus.RUNNING
         await asyncio.wait_for(entered.wait(), 15)
-        assert jobs_of(database_url, started.run_id) == ["doing"]  # the lock its attempt holds
+        assert statuses(database_url, started.run_id) == ["doing"]  # the lock its attempt holds
         await engine.signal(started.run_id, "go", Go(ok=True))
-        assert jobs_of(database_url, started.run_id) == ["doing", "todo"]
+        assert statuses(database_url, started.run_id) == ["doing", "todo"]
         queue = flow_queue(engine.settings.queue_name, "eager-signal", 1)
         # procrastinate's own fetch does not hand out the signal's wake-up meanwhile
         fetch = "SELECT id FROM procrastinate_fetch_job_v2(%s, NULL)"
@@ -206,11 +203,11 @@ async def test_an_attempt_that_ends_without_a_write_ends_the_job_it_holds(
     await engine.listen(concurrency=2)
     started = await stuck.start(Num(n=1))
     await asyncio.wait_for(entered.wait(), 15)
-    assert jobs_of(database_url, started.run_id) == ["doing"]
+    assert statuses(database_url, started.run_id) == ["doing"]
     await engine.cancel(started.run_id)
 
     async def ended() -> bool:
-        return jobs_of(database_url, started.run_id) == []
+        return statuses(database_url, started.run_id) == []
 
     await eventually(ended, what="the canceled attempt to end the job it held")
 

@@ -21,10 +21,10 @@ import sqlalchemy as sa
 from iterflow import Engine, Settings
 from iterflow.core.errors import DatabaseUnavailable, DataRejected, LeaseLost
 from iterflow.core.models import NewRun, StepRecord
-from iterflow.core.states import StepKind, StepStatus
 from iterflow.store.base import Lease
 from iterflow.store.postgres import PostgresStore
 from iterflow.store.urls import libpq_url
+from tests.contract.support import memo
 from tests.integration.flows import eventually, sql
 
 STATEMENTS = ("checkpoint_fenced", "checkpoint_skip_locked", "checkpoint_batch")
@@ -49,14 +49,7 @@ async def _leases(store: PostgresStore, n: int) -> list[Lease]:
 
 
 def _memo(position: int, output: Any = None) -> StepRecord:
-    return StepRecord(
-        position=position,
-        cursor_key=f"s{position}",
-        kind=StepKind.STEP,
-        label=f"s{position}",
-        status=StepStatus.OK,
-        output={"step": position} if output is None else output,
-    )
+    return memo(position, f"s{position}", output={"step": position} if output is None else output)
 
 
 def _spy(store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:

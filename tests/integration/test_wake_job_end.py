@@ -5,7 +5,6 @@ committed, procrastinate's ``finish_job`` runs and a job already gone is not an 
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, cast
 
 import pytest
@@ -19,15 +18,11 @@ from iterflow.runtime.host import _settling_jobs
 from iterflow.store.outbox import TASK_NAME
 from iterflow.store.postgres import PostgresStore
 from iterflow.store.urls import libpq_url
-from tests.integration.flows import eventually, sql
+from tests.integration.flows import eventually, jobs_of, sql
 
 
 class Go(BaseModel):
     ok: bool = True
-
-
-def jobs_of(url: str, run_id: uuid.UUID) -> list[tuple[Any, ...]]:
-    return sql(url, "SELECT id, status FROM procrastinate_jobs WHERE lock = %s", str(run_id))
 
 
 async def test_queued_attempts_end_their_own_jobs_and_procrastinate_does_not_finish_them(
