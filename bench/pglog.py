@@ -25,7 +25,7 @@ _USAGE = re.compile(r"!\t([\d.]+) s user, ([\d.]+) s system")
 
 #: Fragments that name the engine's hot statements (the first that matches wins).
 LABELS: tuple[tuple[str, str], ...] = (
-    ("WITH RECURSIVE levels(priority)", "the wake-up fetch"),
+    ("levels(queue, priority) AS", "the wake-up fetch"),
     ("procrastinate_fetch_job", "procrastinate's fetch (every queue)"),
     ("WITH claimed AS", "claim"),
     ("AS b(run_id, token, position", "checkpoints of several runs (group commit)"),

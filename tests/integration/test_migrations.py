@@ -236,7 +236,9 @@ def _index(url: str, name: str) -> bool:
     return _scalar(url, f"SELECT to_regclass('public.{name}')") is not None
 
 
-FETCH_INDEXES = ("procrastinate_jobs_todo_now_idx", "procrastinate_jobs_todo_due_idx")
+FETCH_INDEXES = ("procrastinate_jobs_todo_now_idx", "procrastinate_jobs_todo_queue_due_idx")
+#: Revision 0011's index of due jobs across queues, superseded by revision 0012's per queue.
+DUE_ORDER_INDEX = "procrastinate_jobs_todo_due_idx"
 
 
 def test_revision_0010_adds_the_due_index_to_an_installed_procrastinate(
@@ -255,7 +257,8 @@ def test_revision_0011_replaces_the_due_index_with_the_fetchs_two(
     empty_database_url: str,
 ) -> None:
     """A database at 0010 (installed with 0010's index, without the fetch's) gets the fetch's
-    two indexes and loses the one they supersede; a downgrade to 0010 brings it back."""
+    two indexes of revision 0011 and loses the one they supersede; a downgrade to 0010 brings
+    it back."""
     url = empty_database_url
     run_migrations(url, revision="0009")
     with connect(url) as conn:
@@ -264,11 +267,26 @@ def test_revision_0011_replaces_the_due_index_with_the_fetchs_two(
         conn.execute(sa.text(outbox.DUE_INDEX_SQL))
     run_migrations(url, revision="0010")
     assert not any(_index(url, name) for name in FETCH_INDEXES)
-    run_migrations(url)
-    assert all(_index(url, name) for name in FETCH_INDEXES)
+    run_migrations(url, revision="0011")
+    assert _index(url, "procrastinate_jobs_todo_now_idx") and _index(url, DUE_ORDER_INDEX)
     assert not _index(url, "procrastinate_jobs_todo_scheduled_idx")
     downgrade(url, revision="0010")
     assert _index(url, "procrastinate_jobs_todo_scheduled_idx")
+
+
+def test_revision_0012_gives_the_due_index_per_queue(empty_database_url: str) -> None:
+    """A database at 0011 (its index of due jobs across queues) gets the per-queue one and
+    loses the one it supersedes; a downgrade to 0011 brings that back."""
+    url = empty_database_url
+    run_migrations(url, revision="0011")
+    with connect(url) as conn:
+        conn.execute(sa.text(f"DROP INDEX public.{FETCH_INDEXES[1]}"))
+        conn.execute(sa.text(outbox.DUE_ORDER_INDEX_SQL))
+    run_migrations(url)
+    assert all(_index(url, name) for name in FETCH_INDEXES)
+    assert not _index(url, DUE_ORDER_INDEX)
+    downgrade(url, revision="0011")
+    assert _index(url, DUE_ORDER_INDEX)
 
 
 def test_procrastinate_schema_installed_in_public(empty_database_url: str) -> None:
@@ -280,6 +298,7 @@ def test_procrastinate_schema_installed_in_public(empty_database_url: str) -> No
     assert _index(url, "procrastinate_jobs_lock_priority_idx")
     assert all(_index(url, name) for name in FETCH_INDEXES)
     assert not _index(url, "procrastinate_jobs_todo_scheduled_idx")  # superseded
+    assert not _index(url, DUE_ORDER_INDEX)  # superseded
     # The % of the RAISE messages reached PostgreSQL single, not doubled by the driver layer.
     body = _scalar(url, "SELECT pg_get_functiondef('public.procrastinate_finish_job_v1'::regproc)")
     assert "(job id: %)" in body
@@ -467,17 +486,20 @@ def test_stamp_of_a_migrated_schema_is_a_check_only(database_url: str) -> None:
 def test_stamp_brings_the_fetch_indexes_to_an_installed_procrastinate(
     empty_database_url: str,
 ) -> None:
-    """procrastinate installed by an earlier iterflow version (0010's index, not the fetch's
-    two): a stamp runs no revision, so it brings them itself."""
+    """procrastinate installed by an earlier iterflow version (0010's and 0011's indexes, not
+    the fetch's two of now): a stamp runs no revision, so it brings them itself and drops the
+    ones they supersede."""
     url = empty_database_url
     run_migrations(url)
     with connect(url) as conn:
         for name in FETCH_INDEXES:
             conn.execute(sa.text(f"DROP INDEX public.{name}"))
         conn.execute(sa.text(outbox.DUE_INDEX_SQL))
+        conn.execute(sa.text(outbox.DUE_ORDER_INDEX_SQL))
     assert stamp(url) == StampResult("iterflow", HEAD, HEAD, False)
     assert all(_index(url, name) for name in FETCH_INDEXES)
     assert not _index(url, "procrastinate_jobs_todo_scheduled_idx")
+    assert not _index(url, DUE_ORDER_INDEX)
 
 
 def test_migrate_over_existing_tables_is_a_schema_conflict(empty_database_url: str) -> None:

@@ -453,11 +453,12 @@ def install_procrastinate(connection: Connection) -> bool:
 
 def ensure_job_indexes(connection: Connection) -> None:
     """iterflow's indexes on procrastinate's jobs table as the head revision has them (the
-    wake-up fetch's, ``outbox.JOB_INDEXES_SQL``; revision 0010's superseded one dropped).
-    Idempotent: :func:`stamp` runs it, since it runs no revision."""
+    wake-up fetch's, ``outbox.JOB_INDEXES_SQL``; those of earlier revisions they supersede
+    dropped). Idempotent: :func:`stamp` runs it, since it runs no revision."""
     for index in outbox.JOB_INDEXES_SQL:
         connection.execute(sa.text(index))
-    connection.execute(sa.text(outbox.DROP_DUE_INDEX_SQL))
+    for superseded in outbox.SUPERSEDED_INDEXES_SQL:
+        connection.execute(sa.text(superseded))
 
 
 def _first_line(exc: sa.exc.DBAPIError) -> str:

@@ -18,6 +18,7 @@ import hashlib
 
 __all__ = [
     "DROP_DUE_INDEX_SQL",
+    "DROP_DUE_ORDER_INDEX_SQL",
     "DUE_INDEX_SQL",
     "DUE_ORDER_INDEX_SQL",
     "FETCH_ANY_JOB_SQL",
@@ -28,6 +29,8 @@ __all__ = [
     "LOCK_INDEX_SQL",
     "NOW_INDEX_SQL",
     "PENDING_WAKE_SQL",
+    "QUEUE_DUE_INDEX_SQL",
+    "SUPERSEDED_INDEXES_SQL",
     "TABLE_PREFIX",
     "TASK_NAME",
     "claimed_wake_insert_sql",
@@ -71,15 +74,28 @@ NOW_INDEX_SQL = (
     "ON procrastinate_jobs (queue_name, (-(priority::bigint)), id) "
     "WHERE status = 'todo' AND scheduled_at IS NULL"
 )
-#: The queued jobs with a due time, earliest due first within a priority: the ones due now come
-#: before the sleepers' (due later), so the first due one is found without reading past those.
+#: Revision 0011's index of the queued jobs with a due time, earliest due first within a
+#: priority, across queues; :data:`QUEUE_DUE_INDEX_SQL` supersedes it and revision 0012 drops it
+#: (:data:`DROP_DUE_ORDER_INDEX_SQL`): the fetch read past other queues' due jobs in it.
 DUE_ORDER_INDEX_SQL = (
     "CREATE INDEX IF NOT EXISTS procrastinate_jobs_todo_due_idx "
     "ON procrastinate_jobs (priority DESC, scheduled_at, id) "
     "WHERE status = 'todo' AND scheduled_at IS NOT NULL"
 )
-#: The indexes iterflow adds to procrastinate's jobs table (installed with it, revision 0011).
-JOB_INDEXES_SQL = (LOCK_INDEX_SQL, NOW_INDEX_SQL, DUE_ORDER_INDEX_SQL)
+DROP_DUE_ORDER_INDEX_SQL = "DROP INDEX IF EXISTS procrastinate_jobs_todo_due_idx"
+#: The queued jobs with a due time of each queue, earliest due first within a priority: the
+#: ones due now come before the sleepers' (due later), so a queue's first due one is found
+#: without reading past those, or past any other queue's jobs.
+QUEUE_DUE_INDEX_SQL = (
+    "CREATE INDEX IF NOT EXISTS procrastinate_jobs_todo_queue_due_idx "
+    "ON procrastinate_jobs (queue_name, priority DESC, scheduled_at, id) "
+    "WHERE status = 'todo' AND scheduled_at IS NOT NULL"
+)
+#: The indexes iterflow adds to procrastinate's jobs table (installed with it; the fetch's two
+#: as of revision 0012).
+JOB_INDEXES_SQL = (LOCK_INDEX_SQL, NOW_INDEX_SQL, QUEUE_DUE_INDEX_SQL)
+#: Dropping the indexes of earlier revisions that the ones above supersede.
+SUPERSEDED_INDEXES_SQL = (DROP_DUE_INDEX_SQL, DROP_DUE_ORDER_INDEX_SQL)
 #: Free due jobs the fetch below reads from each of its indexes (per priority for the second):
 #: the most fetches in flight at once that can all still find one of them unlocked.
 FETCH_CANDIDATES = 8
@@ -109,34 +125,37 @@ def _lock_free(job: str) -> str:
 #: whenever the planner chose that walk, which it does once a share of the queued jobs is due:
 #: 100,000 sleepers and 1,000 due jobs cost 17 ms of PostgreSQL CPU per fetch, and an idle
 #: poll 4 ms (docs/performance.md section 10, fix 11); it read past the backlog of a queue
-#: this worker does not serve the same way. Here the candidates are, for each served queue,
-#: its first :data:`FETCH_CANDIDATES` free jobs due at once (:data:`NOW_INDEX_SQL`, in fetch
-#: order) and, for each priority that has jobs with a due time (one probe each), the first free
-#: due ones of the served queues (:data:`DUE_ORDER_INDEX_SQL`: an index range that ends at
-#: now()); they are taken in ``(priority, id)`` order, locking the first that no other fetch
-#: holds. The lock rule is checked as the candidates are read, so jobs waiting for running
-#: attempts never hide a free one. Two differences from procrastinate's, neither a change of
-#: which jobs may run: among more than :data:`FETCH_CANDIDATES` due jobs of one priority with a
-#: due time, the earliest due go first (not the oldest); and due jobs with a due time of queues
-#: this worker does not serve are still read past (those due at once are not). The JSON list
-#: keeps one generic plan per connection (an array's length, known to each custom plan, made
-#: PostgreSQL plan every fetch anew: 0.35 ms).
+#: this worker does not serve the same way. Here the candidates are, for each served queue, its
+#: first :data:`FETCH_CANDIDATES` free jobs due at once (:data:`NOW_INDEX_SQL`, in fetch order)
+#: and, for each priority that has jobs with a due time in that queue (one probe each), its
+#: first free due ones (:data:`QUEUE_DUE_INDEX_SQL`: an index range that ends at now()); they
+#: are taken in ``(priority, id)`` order, locking the first that no other fetch holds. The lock
+#: rule is checked as the candidates are read, so jobs waiting for running attempts never hide
+#: a free one. One difference from procrastinate's, not a change of which jobs may run: among
+#: more than :data:`FETCH_CANDIDATES` due jobs of one queue and priority with a due time, the
+#: earliest due go first (not the oldest). Every index read is per served queue, so the
+#: backlog of a queue this worker does not serve (a flow version no worker runs any more, its
+#: sleepers' wake-ups long due) costs it nothing; with revision 0011's index of due jobs across
+#: queues, each fetch and idle poll read past all of them (702 pages with 20,000). The JSON
+#: list keeps one generic plan per connection (an array's length, known to each custom plan,
+#: made PostgreSQL plan every fetch anew: 0.35 ms).
 FETCH_JOB_SQL = f"""
-    WITH RECURSIVE levels(priority) AS (
-        -- the priorities of the jobs with a due time, highest first, one probe of the
-        -- due-time index each (its order, which procrastinate's priority index lacks, is what
-        -- makes the planner take it); within one, the due jobs are an index range
-        SELECT (SELECT l.priority FROM procrastinate_jobs AS l
-                WHERE l.status = 'todo' AND l.scheduled_at IS NOT NULL
-                ORDER BY l.priority DESC, l.scheduled_at LIMIT 1)
-        UNION ALL
-        SELECT (SELECT l.priority FROM procrastinate_jobs AS l
-                WHERE l.status = 'todo' AND l.scheduled_at IS NOT NULL
-                  AND l.priority < v.priority
-                ORDER BY l.priority DESC, l.scheduled_at LIMIT 1)
-        FROM levels AS v WHERE v.priority IS NOT NULL
-    ), served AS (
+    WITH RECURSIVE served AS (
         SELECT ARRAY(SELECT jsonb_array_elements_text(CAST(:queues AS jsonb))) AS queues
+    ), levels(queue, priority) AS (
+        -- per served queue, the priorities of its jobs with a due time, highest first, one
+        -- probe of its due-time index each; within one, the due jobs are an index range
+        SELECT q.name, (SELECT l.priority FROM procrastinate_jobs AS l
+                        WHERE l.queue_name = q.name AND l.status = 'todo'
+                          AND l.scheduled_at IS NOT NULL
+                        ORDER BY l.priority DESC, l.scheduled_at LIMIT 1)
+        FROM served CROSS JOIN LATERAL unnest(served.queues) AS q(name)
+        UNION ALL
+        SELECT v.queue, (SELECT l.priority FROM procrastinate_jobs AS l
+                         WHERE l.queue_name = v.queue AND l.status = 'todo'
+                           AND l.scheduled_at IS NOT NULL AND l.priority < v.priority
+                         ORDER BY l.priority DESC, l.scheduled_at LIMIT 1)
+        FROM levels AS v WHERE v.priority IS NOT NULL
     ), candidate AS (
         SELECT j.id
         FROM (
@@ -155,12 +174,12 @@ FETCH_JOB_SQL = f"""
                     LIMIT {FETCH_CANDIDATES}) AS n
                 UNION ALL
                 SELECT d.id, d.priority
-                FROM levels AS v, served
+                FROM levels AS v
                 CROSS JOIN LATERAL (
                     SELECT d.id, d.priority FROM procrastinate_jobs AS d
-                    WHERE d.priority = v.priority AND d.status = 'todo'
-                      AND d.scheduled_at IS NOT NULL AND d.scheduled_at <= now()
-                      AND d.queue_name = ANY(served.queues) AND {_lock_free("d")}
+                    WHERE d.queue_name = v.queue AND d.priority = v.priority
+                      AND d.status = 'todo' AND d.scheduled_at IS NOT NULL
+                      AND d.scheduled_at <= now() AND {_lock_free("d")}
                     ORDER BY d.scheduled_at, d.id LIMIT {FETCH_CANDIDATES}) AS d
                 WHERE v.priority IS NOT NULL
             ) AS c
