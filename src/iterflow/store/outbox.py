@@ -96,8 +96,9 @@ QUEUE_DUE_INDEX_SQL = (
 JOB_INDEXES_SQL = (LOCK_INDEX_SQL, NOW_INDEX_SQL, QUEUE_DUE_INDEX_SQL)
 #: Dropping the indexes of earlier revisions that the ones above supersede.
 SUPERSEDED_INDEXES_SQL = (DROP_DUE_INDEX_SQL, DROP_DUE_ORDER_INDEX_SQL)
-#: Free due jobs the fetch below reads from each of its indexes (per priority for the second):
-#: the most fetches in flight at once that can all still find one of them unlocked.
+#: Free due jobs the fetch below reads per served queue from each of its indexes (and per
+#: priority from the second): the most fetches in flight at once that can all still find one of
+#: them unlocked.
 FETCH_CANDIDATES = 8
 
 
