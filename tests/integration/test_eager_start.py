@@ -212,6 +212,41 @@ async def test_an_attempt_that_ends_without_a_write_ends_the_job_it_holds(
     await eventually(ended, what="the canceled attempt to end the job it held")
 
 
+async def test_a_held_job_the_reconciler_released_meanwhile_is_deleted_at_the_attempts_end(
+    engine: Engine, database_url: str
+) -> None:
+    """The reconciler releases (marks ``failed``) a held job whose run has no lease any more,
+    here a run canceled while its attempt still runs; the attempt's end then deletes that job
+    rather than leaving a failed row behind."""
+    entered = asyncio.Event()
+
+    async def forever() -> int:
+        entered.set()
+        await asyncio.sleep(3600)
+        return 0
+
+    @engine.flow("eager-released", input=Num, output=int)
+    async def stuck(ctx: FlowContext, x: Num) -> int:
+        return await ctx.step("forever", forever)
+
+    await engine.listen(concurrency=2)
+    started = await stuck.start(Num(n=1))
+    await asyncio.wait_for(entered.wait(), 15)
+    # what the reconciler's orphan release does to it once the run has no lease
+    sql(
+        database_url,
+        "UPDATE procrastinate_jobs SET status = 'failed' WHERE lock = %s AND status = 'doing'",
+        str(started.run_id),
+    )
+    assert statuses(database_url, started.run_id) == ["failed"]
+    await engine.cancel(started.run_id)
+
+    async def ended() -> bool:
+        return statuses(database_url, started.run_id) == []
+
+    await eventually(ended, what="the attempt's end to delete the released job")
+
+
 CRASHING = textwrap.dedent("""
     import asyncio, sys
     from pydantic import BaseModel

@@ -289,6 +289,27 @@ def test_revision_0012_gives_the_due_index_per_queue(empty_database_url: str) ->
     assert _index(url, DUE_ORDER_INDEX)
 
 
+def _notifies_due_only(url: str) -> bool:
+    """Whether procrastinate's insert NOTIFY is revision 0013's (jobs due now only)."""
+    function = "public.procrastinate_notify_queue_job_inserted_v1"
+    body = _scalar(url, f"SELECT pg_get_functiondef('{function}'::regproc)")
+    return "NEW.scheduled_at > now()" in body
+
+
+def test_revision_0013_notifies_the_workers_of_due_jobs_only(empty_database_url: str) -> None:
+    """A database at 0012 (procrastinate's NOTIFY of every inserted job) gets the NOTIFY of
+    jobs due now only; a downgrade to 0012 restores procrastinate's."""
+    url = empty_database_url
+    run_migrations(url, revision="0012")
+    with connect(url) as conn:
+        conn.execute(sa.text(outbox.NOTIFY_ALWAYS_SQL))
+    assert not _notifies_due_only(url)
+    run_migrations(url)
+    assert _notifies_due_only(url)
+    downgrade(url, revision="0012")
+    assert not _notifies_due_only(url)
+
+
 def test_procrastinate_schema_installed_in_public(empty_database_url: str) -> None:
     url = empty_database_url
     run_migrations(url)
@@ -299,6 +320,7 @@ def test_procrastinate_schema_installed_in_public(empty_database_url: str) -> No
     assert all(_index(url, name) for name in FETCH_INDEXES)
     assert not _index(url, "procrastinate_jobs_todo_scheduled_idx")  # superseded
     assert not _index(url, DUE_ORDER_INDEX)  # superseded
+    assert _notifies_due_only(url)
     # The % of the RAISE messages reached PostgreSQL single, not doubled by the driver layer.
     body = _scalar(url, "SELECT pg_get_functiondef('public.procrastinate_finish_job_v1'::regproc)")
     assert "(job id: %)" in body
@@ -487,8 +509,8 @@ def test_stamp_brings_the_fetch_indexes_to_an_installed_procrastinate(
     empty_database_url: str,
 ) -> None:
     """procrastinate installed by an earlier iterflow version (0010's and 0011's indexes, not
-    the fetch's two of now): a stamp runs no revision, so it brings them itself and drops the
-    ones they supersede."""
+    the fetch's two of now; procrastinate's NOTIFY of every job): a stamp runs no revision, so
+    it brings them itself, drops the indexes they supersede and NOTIFYs due jobs only."""
     url = empty_database_url
     run_migrations(url)
     with connect(url) as conn:
@@ -496,10 +518,12 @@ def test_stamp_brings_the_fetch_indexes_to_an_installed_procrastinate(
             conn.execute(sa.text(f"DROP INDEX public.{name}"))
         conn.execute(sa.text(outbox.DUE_INDEX_SQL))
         conn.execute(sa.text(outbox.DUE_ORDER_INDEX_SQL))
+        conn.execute(sa.text(outbox.NOTIFY_ALWAYS_SQL))
     assert stamp(url) == StampResult("iterflow", HEAD, HEAD, False)
     assert all(_index(url, name) for name in FETCH_INDEXES)
     assert not _index(url, "procrastinate_jobs_todo_scheduled_idx")
     assert not _index(url, DUE_ORDER_INDEX)
+    assert _notifies_due_only(url)
 
 
 def test_migrate_over_existing_tables_is_a_schema_conflict(empty_database_url: str) -> None:

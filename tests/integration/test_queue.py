@@ -62,3 +62,31 @@ async def test_a_later_wake_never_postpones_an_earlier_one(
     assert await engine.worker.advance(run.run_id) == AttemptOutcome.SUSPENDED
     rows = sql(database_url, "SELECT scheduled_at FROM procrastinate_jobs WHERE status = 'todo'")
     assert rows == [(None,)]
+
+
+async def test_only_a_wake_up_due_now_wakes_the_workers(engine: Engine, database_url: str) -> None:
+    """procrastinate NOTIFYs every job it inserts; revision 0013's trigger function NOTIFYs a
+    job due now only. A start due now wakes the flow's workers; a sleep's wake-up, due in an
+    hour, and a delayed start wake none (each worker would fetch and find nothing due)."""
+
+    @engine.flow("napper", input=Go, output=bool)
+    async def napper(ctx: FlowContext, x: Go) -> bool:
+        await ctx.sleep("1h")
+        return True
+
+    channel = f"procrastinate_queue_v1#{flow_queue(engine.settings.queue_name, 'napper', 1)}"
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as listener:
+        listener.execute(f'LISTEN "{channel}"')
+        run = await napper.start(Go())
+        ((now_job,),) = sql(database_url, "SELECT id FROM procrastinate_jobs WHERE status = 'todo'")
+        sql(database_url, "DELETE FROM procrastinate_jobs")  # as if a worker had taken it
+        assert await engine.worker.advance(run.run_id) == AttemptOutcome.SUSPENDED
+        await napper.start(Go(), delay="1h")
+        later = sql(database_url, "SELECT id FROM procrastinate_jobs WHERE status = 'todo'")
+        assert len(later) == 2  # the sleep's wake-up and the delayed start's
+        sql(database_url, f"SELECT pg_notify('{channel}', 'sentinel')")
+        # notifications of committed transactions arrive in commit order: any of the two
+        # inserts' would come before the sentinel
+        payloads = [n.payload for n in listener.notifies(timeout=5, stop_after=2)]
+    assert json.loads(payloads[0]) == {"type": "job_inserted", "job_id": now_job}
+    assert payloads[1:] == ["sentinel"]

@@ -1313,7 +1313,8 @@ class Engine:
     def on_terminal(self, callback: Callable[[str], None]) -> Callable[[], None]:
         """Call ``callback(run_id)`` (in the event loop) whenever a run reaches a terminal status
         (``LISTEN`` on PostgreSQL: a hint, a lost notification is not replayed; the callback
-        may also get ``""`` when the listener reconnected and anything may have changed).
+        may also get ``""`` whenever the listener's LISTEN became active, its first connect or
+        a reconnect, and anything may have changed).
         Returns the function that unsubscribes."""
         notifier = self._notifier
         if notifier is None:

@@ -94,7 +94,9 @@ class TerminalListener:
         self.reconnects = 0
 
     def subscribe(self, run_id: str) -> asyncio.Event:
-        """An event set whenever ``run_id`` is notified (or the listener reconnects)."""
+        """An event set whenever ``run_id`` is notified, and whenever LISTEN becomes active (the
+        first time, which this call may start, and after a reconnect): a NOTIFY sent before
+        then was not heard, so the waiter re-checks."""
         self._ensure_started()
         return self._local.subscribe(run_id)
 
@@ -103,7 +105,8 @@ class TerminalListener:
         self._local.unsubscribe(run_id, event)
 
     def observe(self, callback: Callable[[str], None]) -> None:
-        """Call ``callback(run_id)`` for every notified run (``""`` after a reconnect)."""
+        """Call ``callback(run_id)`` for every notified run (``""`` whenever LISTEN becomes
+        active)."""
         self._ensure_started()
         self._local.observe(callback)
 
@@ -143,8 +146,10 @@ class TerminalListener:
                 await conn.add_listener(self._channel, self._on_notify)
                 self._conn = conn
                 self.connected.set()
-                if failures or self.reconnects:
-                    self._local.notify_all()  # anything may have finished while we were away
+                # Anything may have happened before LISTEN was active (a run canceled or
+                # finished between a waiter's subscription and the first connect) or while it
+                # was away: every waiter re-checks the database.
+                self._local.notify_all()
                 failures = 0
                 while not lost.is_set():
                     with contextlib.suppress(TimeoutError):

@@ -52,7 +52,7 @@ __all__ = [
     "configured_url",
     "downgrade",
     "drop_procrastinate_requested",
-    "ensure_job_indexes",
+    "ensure_queue_objects",
     "head_revision",
     "include_name_for",
     "include_object_for",
@@ -272,8 +272,8 @@ def stamp(database_url: str, *, schema: str = DEFAULT_SCHEMA) -> StampResult:
     your alembic or your DBA, instead of ``run_migrations``: in one transaction, under the
     migration lock, it checks that the tables in ``schema`` are exactly this iterflow version's
     (:func:`table_differences`), installs procrastinate's schema if the database has none (the
-    generated output does not contain it) and iterflow's indexes on its jobs table
-    (:func:`ensure_job_indexes`), and records the head revision in
+    generated output does not contain it) and iterflow's objects on it
+    (:func:`ensure_queue_objects`), and records the head revision in
     ``<schema>.iterflow_alembic_version`` without running iterflow's DDL. ``flowctl migrate``
     (``run_migrations``) is then a no-op. Run it again after each iterflow upgrade, once your
     migrations have applied the regenerated tables.
@@ -321,7 +321,7 @@ def stamp(database_url: str, *, schema: str = DEFAULT_SCHEMA) -> StampResult:
             )
         installed = install_procrastinate(connection)
         if not installed:  # installed before (by an earlier iterflow version, perhaps)
-            ensure_job_indexes(connection)
+            ensure_queue_objects(connection)
         if previous != head:
             config.attributes[CONNECTION_ATTRIBUTE] = connection
             command.stamp(config, "head")
@@ -437,7 +437,8 @@ def install_procrastinate(connection: Connection) -> bool:
     """Install procrastinate's schema (at the pinned version) if the database has none.
 
     The same steps as revision 0001's: procrastinate's tables, types and functions in the
-    connection's default schema, plus the indexes the wake-up fetch needs. Returns whether it
+    connection's default schema, plus iterflow's objects on it (:func:`ensure_queue_objects`:
+    the wake-up fetch's indexes, the NOTIFY of due jobs only). Returns whether it
     installed anything. A later revision that upgrades procrastinate must update this too.
     """
     if connection.execute(sa.text(outbox.INSTALLED_SQL)).scalar():
@@ -447,18 +448,21 @@ def install_procrastinate(connection: Connection) -> bool:
     # sa.text() on psycopg: SQLAlchemy doubles the % of the RAISE messages and psycopg turns
     # them back into single ones (exec_driver_sql would send them raw and fail).
     connection.execute(sa.text(SchemaManager.get_schema()))
-    ensure_job_indexes(connection)
+    ensure_queue_objects(connection)
     return True
 
 
-def ensure_job_indexes(connection: Connection) -> None:
-    """iterflow's indexes on procrastinate's jobs table as the head revision has them (the
-    wake-up fetch's, ``outbox.JOB_INDEXES_SQL``; those of earlier revisions they supersede
-    dropped). Idempotent: :func:`stamp` runs it, since it runs no revision."""
+def ensure_queue_objects(connection: Connection) -> None:
+    """iterflow's objects on procrastinate's queue as the head revision has them: the indexes
+    on its jobs table (the wake-up fetch's, ``outbox.JOB_INDEXES_SQL``; those of earlier
+    revisions they supersede dropped) and its insert NOTIFY for jobs due now only
+    (``outbox.NOTIFY_DUE_ONLY_SQL``). Idempotent: :func:`stamp` runs it, since it runs no
+    revision."""
     for index in outbox.JOB_INDEXES_SQL:
         connection.execute(sa.text(index))
     for superseded in outbox.SUPERSEDED_INDEXES_SQL:
         connection.execute(sa.text(superseded))
+    connection.execute(sa.text(outbox.NOTIFY_DUE_ONLY_SQL))
 
 
 def _first_line(exc: sa.exc.DBAPIError) -> str:

@@ -27,6 +27,8 @@ __all__ = [
     "INSTALLED_SQL",
     "JOB_INDEXES_SQL",
     "LOCK_INDEX_SQL",
+    "NOTIFY_ALWAYS_SQL",
+    "NOTIFY_DUE_ONLY_SQL",
     "NOW_INDEX_SQL",
     "PENDING_WAKE_SQL",
     "QUEUE_DUE_INDEX_SQL",
@@ -204,6 +206,48 @@ FETCH_ANY_JOB_SQL = (
     "queue_name, attempts, worker_id "
     "FROM procrastinate_fetch_job_v2(NULL, CAST(:worker_id AS bigint))"
 )
+
+
+def _notify_inserted_sql(due_only: bool) -> str:
+    """procrastinate's function behind its insert trigger, which NOTIFYs the workers of a new
+    ``todo`` job's queue (and the any-queue channel); with ``due_only``, only for a job due now
+    (no due time, or one already passed)."""
+    skip = (
+        """
+    -- iterflow (revision 0013): a job due later (a sleep's wake-up, a delayed start) wakes no
+    -- worker: each would fetch, find nothing due and wait again; the workers' polls take it
+    -- once it is due, as they did before
+    IF NEW.scheduled_at IS NOT NULL AND NEW.scheduled_at > now() THEN
+        RETURN NEW;
+    END IF;"""
+        if due_only
+        else ""
+    )
+    return f"""
+CREATE OR REPLACE FUNCTION procrastinate_notify_queue_job_inserted_v1()
+    RETURNS trigger
+    LANGUAGE plpgsql
+AS $$
+DECLARE
+    payload TEXT;
+BEGIN{skip}
+    SELECT json_build_object('type', 'job_inserted', 'job_id', NEW.id)::text INTO payload;
+    PERFORM pg_notify('procrastinate_queue_v1#' || NEW.queue_name, payload);
+    PERFORM pg_notify('procrastinate_any_queue_v1', payload);
+    RETURN NEW;
+END;
+$$"""
+
+
+#: procrastinate's NOTIFY of an inserted job, for jobs due now only (revision 0013). procrastinate
+#: NOTIFYs every ``todo`` job it inserts, due now or not; each worker of the queue then runs a
+#: fetch that finds nothing due, so every sleep's wake-up cost PostgreSQL about 70 µs of CPU
+#: per listening worker (docs/performance.md, fix 13). A job due later is fetched by the
+#: workers' polls once due (``Settings.worker_poll_interval``), as before: its NOTIFY, sent at
+#: its insert, never made it fetched earlier.
+NOTIFY_DUE_ONLY_SQL = _notify_inserted_sql(due_only=True)
+#: procrastinate 3.10.0's own body of that function (revision 0013's downgrade).
+NOTIFY_ALWAYS_SQL = _notify_inserted_sql(due_only=False)
 #: The queued (``todo``) wake-up of a run: bind ``:lock`` (the run id as text).
 PENDING_WAKE_SQL = (
     "SELECT scheduled_at, priority FROM procrastinate_jobs "
@@ -301,7 +345,8 @@ def end_own_wake_sql(source: str) -> str:
     row, or the one a start claimed at once holds: :func:`claimed_wake_insert_sql`; NULL for
     none) when ``source`` has a row: the attempt's last write ends its job in the same
     transaction, so the job and the run never disagree and procrastinate's own ``finish_job``
-    is skipped (``runtime/host.py``).
+    is skipped (``runtime/host.py``). A job the reconciler released meanwhile (marked ``failed``:
+    the run had lost its lease, e.g. canceled during the attempt) is deleted the same way.
 
     The run's next wake-up, queued while the attempt ran (a signal, a child's end), could not
     be fetched until now (the job lock) and its insert's NOTIFY has passed: when it is due, the
@@ -309,7 +354,7 @@ def end_own_wake_sql(source: str) -> str:
     rather than at its next poll. ``RETURNING`` those notifications (0 or 1) per job ended."""
     return f"""
         DELETE FROM procrastinate_jobs AS own
-        WHERE own.id = CAST(:job_id AS bigint) AND own.status = 'doing'
+        WHERE own.id = CAST(:job_id AS bigint) AND own.status IN ('doing', 'failed')
           AND EXISTS (SELECT 1 FROM {source})
         RETURNING (
             SELECT count(pg_notify('procrastinate_queue_v1#' || j.queue_name,
