@@ -183,12 +183,9 @@ async def test_a_signal_delivered_during_the_attempt_wakes_the_run_when_it_waits
     assert {"type": "job_inserted", "job_id": job_id} in woken  # sent by the suspend's commit
 
 
-async def test_an_attempt_that_ends_without_a_write_ends_the_job_it_holds(
-    engine: Engine, database_url: str
-) -> None:
-    """A run canceled during its eager attempt: the attempt stops without a last write of its
-    own, and ends the ``doing`` job it held (a retry is then fetched at once, not after the
-    reconciler released an orphan)."""
+async def stuck_eager_run(engine: Engine, name: str) -> uuid.UUID:
+    """A run of a new flow ``name``, claimed at its start by the engine's worker, whose
+    attempt is inside a step that never ends."""
     entered = asyncio.Event()
 
     async def forever() -> int:
@@ -196,20 +193,35 @@ async def test_an_attempt_that_ends_without_a_write_ends_the_job_it_holds(
         await asyncio.sleep(3600)
         return 0
 
-    @engine.flow("eager-cancel", input=Num, output=int)
+    @engine.flow(name, input=Num, output=int)
     async def stuck(ctx: FlowContext, x: Num) -> int:
         return await ctx.step("forever", forever)
 
     await engine.listen(concurrency=2)
     started = await stuck.start(Num(n=1))
     await asyncio.wait_for(entered.wait(), 15)
-    assert statuses(database_url, started.run_id) == ["doing"]
-    await engine.cancel(started.run_id)
+    return started.run_id
+
+
+async def cancel_and_see_its_job_ended(engine: Engine, url: str, run_id: uuid.UUID) -> None:
+    """Cancel ``run_id`` during its attempt; the attempt's end leaves no job of the run."""
+    await engine.cancel(run_id)
 
     async def ended() -> bool:
-        return statuses(database_url, started.run_id) == []
+        return statuses(url, run_id) == []
 
     await eventually(ended, what="the canceled attempt to end the job it held")
+
+
+async def test_an_attempt_that_ends_without_a_write_ends_the_job_it_holds(
+    engine: Engine, database_url: str
+) -> None:
+    """A run canceled during its eager attempt: the attempt stops without a last write of its
+    own, and ends the ``doing`` job it held (a retry is then fetched at once, not after the
+    reconciler released an orphan)."""
+    run_id = await stuck_eager_run(engine, "eager-cancel")
+    assert statuses(database_url, run_id) == ["doing"]
+    await cancel_and_see_its_job_ended(engine, database_url, run_id)
 
 
 async def test_a_held_job_the_reconciler_released_meanwhile_is_deleted_at_the_attempts_end(
@@ -218,33 +230,15 @@ async def test_a_held_job_the_reconciler_released_meanwhile_is_deleted_at_the_at
     """The reconciler releases (marks ``failed``) a held job whose run has no lease any more,
     here a run canceled while its attempt still runs; the attempt's end then deletes that job
     rather than leaving a failed row behind."""
-    entered = asyncio.Event()
-
-    async def forever() -> int:
-        entered.set()
-        await asyncio.sleep(3600)
-        return 0
-
-    @engine.flow("eager-released", input=Num, output=int)
-    async def stuck(ctx: FlowContext, x: Num) -> int:
-        return await ctx.step("forever", forever)
-
-    await engine.listen(concurrency=2)
-    started = await stuck.start(Num(n=1))
-    await asyncio.wait_for(entered.wait(), 15)
+    run_id = await stuck_eager_run(engine, "eager-released")
     # what the reconciler's orphan release does to it once the run has no lease
     sql(
         database_url,
         "UPDATE procrastinate_jobs SET status = 'failed' WHERE lock = %s AND status = 'doing'",
-        str(started.run_id),
+        str(run_id),
     )
-    assert statuses(database_url, started.run_id) == ["failed"]
-    await engine.cancel(started.run_id)
-
-    async def ended() -> bool:
-        return statuses(database_url, started.run_id) == []
-
-    await eventually(ended, what="the attempt's end to delete the released job")
+    assert statuses(database_url, run_id) == ["failed"]
+    await cancel_and_see_its_job_ended(engine, database_url, run_id)
 
 
 CRASHING = textwrap.dedent("""
