@@ -6,9 +6,10 @@ Create Date: 2026-12-03
 
 The worker's fetch (``iterflow.store.outbox.FETCH_JOB_SQL``) reads its first due jobs from two
 indexes in its order, so it never reads past the wake-ups queued ahead of time (sleeping
-runs') or another queue's backlog: procrastinate's own fetch did once a share of the queued
-jobs was due, 17 ms of PostgreSQL CPU per fetch with 100,000 sleepers and 1,000 due jobs
-(docs/performance.md section 10, fix 11).
+runs') or another queue's jobs due at once: procrastinate's own fetch did once a share of the
+queued jobs was due, 17 ms of PostgreSQL CPU per fetch with 100,000 sleepers and 1,000 due jobs
+(docs/performance.md section 10, fix 11). Another queue's jobs with a due time were still read
+past in the second index; revision 0012 replaces it with one per queue.
 
 * ``procrastinate_jobs_todo_now_idx`` ``(queue_name, -(priority::bigint), id)`` over the
   queued jobs due at once (``scheduled_at`` NULL): each served queue's first in fetch order,

@@ -246,8 +246,9 @@ class Store(Protocol):
     async def end_wake(self, lease: Lease) -> None:
         """End the wake-up job of an attempt that ended without a last write of its own (its
         run was canceled meanwhile, or its lease lost): ``lease.job_id``, when it is still
-        ``doing``, and nothing else. A worker leaves this to procrastinate's ``finish_job`` for
-        the jobs it fetched; a start claimed at once calls it for the job it holds."""
+        ``doing`` or the reconciler released it meanwhile (``failed``), and nothing else. A
+        worker leaves this to procrastinate's ``finish_job`` for the jobs it fetched; a start
+        claimed at once calls it for the job it holds."""
         ...
 
     async def park(self, lease: Lease, error: dict[str, Any]) -> None:

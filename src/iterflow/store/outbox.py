@@ -287,6 +287,15 @@ def retention_task_name(schema: str) -> str:
     return f"iterflow.retention.{schema}"
 
 
+def _notify_job_inserted(job: str) -> str:
+    """The ``job_inserted`` NOTIFY procrastinate's insert trigger sends for a job due now, for
+    the job aliased ``job``, on its queue's channel: a worker of that queue fetches it."""
+    return (
+        f"pg_notify('procrastinate_queue_v1#' || {job}.queue_name, "
+        f"json_build_object('type', 'job_inserted', 'job_id', {job}.id)::text)"
+    )
+
+
 def wake_insert_sql(
     source: str,
     run_id_expr: str = "id",
@@ -322,10 +331,8 @@ def wake_insert_sql(
             -- wake the workers itself (delivered at commit, like the insert trigger's).
             args = CASE
                 WHEN EXCLUDED.scheduled_at IS NULL OR EXCLUDED.scheduled_at <= now()
-                THEN (SELECT procrastinate_jobs.args FROM pg_notify(
-                        'procrastinate_queue_v1#' || procrastinate_jobs.queue_name,
-                        json_build_object('type', 'job_inserted',
-                                          'job_id', procrastinate_jobs.id)::text))
+                THEN (SELECT procrastinate_jobs.args
+                      FROM {_notify_job_inserted("procrastinate_jobs")})
                 ELSE procrastinate_jobs.args
             END
         RETURNING id"""
@@ -357,9 +364,7 @@ def end_own_wake_sql(source: str) -> str:
         WHERE own.id = CAST(:job_id AS bigint) AND own.status IN ('doing', 'failed')
           AND EXISTS (SELECT 1 FROM {source})
         RETURNING (
-            SELECT count(pg_notify('procrastinate_queue_v1#' || j.queue_name,
-                                   json_build_object('type', 'job_inserted',
-                                                     'job_id', j.id)::text))
+            SELECT count({_notify_job_inserted("j")})
             FROM procrastinate_jobs AS j
             WHERE j.queueing_lock = own.lock AND j.status = 'todo'
               AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())) AS notified"""
