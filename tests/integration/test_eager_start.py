@@ -224,14 +224,15 @@ async def test_an_attempt_that_ends_without_a_write_ends_the_job_it_holds(
     await cancel_and_see_its_job_ended(engine, database_url, run_id)
 
 
-async def test_a_held_job_the_reconciler_released_meanwhile_is_deleted_at_the_attempts_end(
+async def test_a_held_job_an_older_reconciler_marked_failed_is_deleted_at_the_attempts_end(
     engine: Engine, database_url: str
 ) -> None:
-    """The reconciler releases (marks ``failed``) a held job whose run has no lease any more,
-    here a run canceled while its attempt still runs; the attempt's end then deletes that job
-    rather than leaving a failed row behind."""
+    """An earlier iterflow's reconciler released a held job whose run had no lease any more by
+    marking it ``failed`` (this one deletes it); during a rolling deploy it may still do so to a
+    run canceled while its attempt runs here. The attempt's end deletes that job rather than
+    leaving a failed row behind."""
     run_id = await stuck_eager_run(engine, "eager-released")
-    # what the reconciler's orphan release does to it once the run has no lease
+    # what the older reconciler's orphan release did to it once the run had no lease
     sql(
         database_url,
         "UPDATE procrastinate_jobs SET status = 'failed' WHERE lock = %s AND status = 'doing'",

@@ -339,10 +339,13 @@ def wake_insert_sql(
 
 
 def release_doing_sql(source: str) -> str:
-    """End (as ``failed``) the wake-up left ``doing`` for each run id of ``source`` (a CTE
-    with an ``id`` column): it holds the run's job lock. ``RETURNING 1`` per job released."""
+    """Delete the wake-up left ``doing`` for each run id of ``source`` (a CTE with an ``id``
+    column): it holds the run's job lock, and the run is woken anew by the same statement. A
+    released job is deleted, not left ``failed`` (procrastinate keeps failed jobs for good): a
+    crash or a deploy leaves no row behind (``procrastinate_events`` rows go with it, by
+    procrastinate's cascade). ``RETURNING 1`` per job released."""
     return f"""
-        UPDATE procrastinate_jobs SET status = 'failed', attempts = attempts + 1
+        DELETE FROM procrastinate_jobs
         WHERE status = 'doing' AND lock IN (SELECT id::text FROM {source})
         RETURNING 1"""
 
@@ -352,8 +355,10 @@ def end_own_wake_sql(source: str) -> str:
     row, or the one a start claimed at once holds: :func:`claimed_wake_insert_sql`; NULL for
     none) when ``source`` has a row: the attempt's last write ends its job in the same
     transaction, so the job and the run never disagree and procrastinate's own ``finish_job``
-    is skipped (``runtime/host.py``). A job the reconciler released meanwhile (marked ``failed``:
-    the run had lost its lease, e.g. canceled during the attempt) is deleted the same way.
+    is skipped (``runtime/host.py``). A job the reconciler released meanwhile (the run had lost
+    its lease, e.g. canceled during the attempt) is gone already; one that an older reconciler
+    marked ``failed`` instead (earlier iterflow, during a rolling deploy) is deleted the same
+    way.
 
     The run's next wake-up, queued while the attempt ran (a signal, a child's end), could not
     be fetched until now (the job lock) and its insert's NOTIFY has passed: when it is due, the
@@ -416,7 +421,8 @@ def has_live_job_sql(run_id_expr: str) -> str:
 
 
 def orphaned_jobs_sql(run_is_ours: str, run_is_leased: str) -> str:
-    """End (as ``failed``) this engine's jobs left ``doing`` by a dead worker.
+    """Delete this engine's jobs left ``doing`` by a dead worker (as :func:`release_doing_sql`:
+    no ``failed`` row is left behind).
 
     A wake-up (task ``:task``, in the queue of its flow version or the base queue ``:queue``) of
     one of this engine's runs (``run_is_ours``, an SQL condition on ``j.lock``, the run id as
@@ -431,7 +437,7 @@ def orphaned_jobs_sql(run_is_ours: str, run_is_leased: str) -> str:
     """
     return f"""
         WITH released AS (
-        UPDATE procrastinate_jobs AS j SET status = 'failed', attempts = attempts + 1
+        DELETE FROM procrastinate_jobs AS j
         WHERE j.status = 'doing'
           AND ((j.queue_name = :queue
                 AND j.task_name IN (:reconcile_task, :schedule_task, :retention_task))
