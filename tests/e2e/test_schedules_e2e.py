@@ -256,7 +256,7 @@ async def test_exactly_one_run_per_tick_when_a_worker_is_killed_mid_sweep(
     checked = {(sid, tick) for sid, tick in counts if datetime.fromisoformat(tick) <= marks[sid]}
     assert checked == expected
     status = sql(database_url, "SELECT status::text FROM procrastinate_jobs WHERE id = %s", job_id)
-    assert released and status and status[0][0] != "doing", status
+    assert released and status == [], status  # released by deleting it
     # one ``started`` decision per tick (the killed sweep's rolled back with its runs)
     events = Counter(
         (sid, tick_idempotency_key(sid, tick).rpartition("@")[2])
@@ -278,7 +278,7 @@ async def test_exactly_one_run_per_tick_when_a_worker_is_killed_mid_sweep(
     print(
         f"verified: {len(expected)} ticks of {SCHEDULES} schedules, one run each "
         f"(started and done {started_after:.1f} s after the kill), watermarks at "
-        f"{min(marks.values()).isoformat()} or later; the killed sweep job ended "
-        f"{status[0][0]!r} {released_after:.1f} s after the kill; "
+        f"{min(marks.values()).isoformat()} or later; the killed sweep job released "
+        f"{released_after:.1f} s after the kill; "
         f"test took {time.monotonic() - t_start:.0f} s"
     )
