@@ -5,6 +5,7 @@ committed, procrastinate's ``finish_job`` runs and a job already gone is not an 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
 import pytest
@@ -161,3 +162,32 @@ async def test_fetch_job_marks_the_first_due_job_doing_or_returns_none(engine: E
     assert job.task_kwargs == {"run_id": str(run.run_id)} and job.task_name == TASK_NAME
     assert jobs_of(url, run.run_id) == [(job_id, "doing")]
     assert await store.fetch_job([queue], worker_id) is None  # nothing else is due
+
+
+async def test_an_attempt_cut_short_by_shutdown_leaves_no_job_behind(
+    database_url: str,
+) -> None:
+    """A worker stopping while an attempt runs past the graceful timeout cancels it; procrastinate
+    then records the job ``aborted`` and keeps that row for good. The run is recovered from its
+    lease (its own new wake-up); the aborted wake-up must not stay in procrastinate's table."""
+    entered = asyncio.Event()
+
+    async def forever() -> int:
+        entered.set()
+        await asyncio.sleep(3600)
+        return 0
+
+    async with Engine(database_url, pool_size=2) as client:
+
+        @client.flow("cut-short", input=Go, output=int)
+        async def cut(ctx: FlowContext, x: Go) -> int:
+            return await ctx.step("forever", forever)
+
+        run = await cut.start(Go())  # queued: this process hosts no worker
+        async with Engine(database_url, pool_size=2) as host:
+            host.register(cut.definition)
+            await host.listen(concurrency=2)
+            await asyncio.wait_for(entered.wait(), 30)
+        # host closed: its procrastinate worker waited 5 s, then cancelled the attempt
+    left = [status for _, status in jobs_of(database_url, run.run_id)]
+    assert "aborted" not in left and "failed" not in left, left

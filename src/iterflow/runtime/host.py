@@ -86,7 +86,11 @@ async def run_procrastinate(
         "wait": True,
         "fetch_job_polling_interval": settings.worker_poll_interval,
         "install_signal_handlers": False,
-        "delete_jobs": "successful",
+        # every job ends deleted, whatever its end: an attempt cancelled by a shutdown
+        # (``aborted``) or a task that raised (``failed``) would otherwise stay in procrastinate's
+        # table for good, a row per deploy that cut an attempt short; the runs are iterflow's to
+        # recover (leases, the reconciler), and procrastinate still logs each job's outcome
+        "delete_jobs": "always",
         "shutdown_graceful_timeout": 5.0,
         "update_heartbeat_interval": _heartbeat_seconds(settings),
     }
