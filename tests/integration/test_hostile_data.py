@@ -25,6 +25,13 @@ class In(BaseModel):
     n: int = 0
 
 
+class Bag(BaseModel):
+    """A model whose untyped field pydantic's own config (``ser_json_inf_nan='null'``, its
+    default) would write as null for a NaN or an Infinity."""
+
+    meta: dict[str, Any] = {}
+
+
 HOSTILE_RESULTS: dict[str, Callable[[], Any]] = {
     "nul": lambda: "a\x00b",
     "nul-in-key": lambda: {"k\x00": 1},
@@ -207,3 +214,63 @@ async def test_a_refused_checkpoint_records_the_step_failed_and_never_reruns_it(
     (step,) = detail.steps
     assert step.status is StepStatus.FAILED and step.error is not None
     assert step.error["code"] == "DATA_REJECTED"
+
+
+async def test_nan_inside_a_models_untyped_field_is_refused_at_every_entry_point(
+    eng: Engine,
+) -> None:
+    """A model's own config would write a NaN or an Infinity held in a field typed ``Any``,
+    ``dict`` or ``list`` as null: the value would change silently (and two different inputs
+    would share an idempotency key). Start, signal, output and a second start under the same
+    key all refuse it instead, and nothing is written."""
+    nan = {"v": float("nan")}
+
+    @eng.flow("nan-bag", input=Bag, output=Bag, signals={"note": Bag})
+    async def body(ctx: FlowContext, x: Bag) -> Bag:
+        note = await ctx.signal("note", Bag, timeout="1h")
+        return Bag(meta={"out": float("-inf")} if note.meta.get("poison") else note.meta)
+
+    with pytest.raises(FlowError) as start:
+        await body.start(Bag(meta=nan), idempotency_key="k-nan")
+    assert start.value.error_code == "PAYLOAD_INVALID"
+    assert "NaN or Infinity" in start.value.message
+    assert not (await eng.list_runs(name="nan-bag")).runs
+
+    # the key is free: a start with null (which NaN used to become) creates the run
+    run = await body.start(Bag(meta={"v": None}), idempotency_key="k-nan")
+    assert run.created
+    with pytest.raises(FlowError) as again:
+        await body.start(Bag(meta=nan), idempotency_key="k-nan")
+    assert again.value.error_code == "PAYLOAD_INVALID"  # not the null run's key, reused
+
+    with pytest.raises(FlowError) as signal:
+        await eng.signal(run.run_id, "note", Bag(meta={"x": float("inf")}))
+    assert signal.value.error_code in {"PAYLOAD_INVALID", "SIGNAL_PAYLOAD_INVALID"}
+    detail = await eng.status(run.run_id)
+    assert detail.run.input == {"meta": {"v": None}}
+    await eng.signal(run.run_id, "note", Bag(meta={"poison": True}))
+    ended = await settle(eng, run.run_id)
+    assert ended.run.status is RunStatus.FAILED
+    assert ended.run.error is not None and ended.run.error["code"] == "PAYLOAD_INVALID"
+    assert "output of flow nan-bag@1" in ended.run.error["message"]
+
+
+async def test_a_typed_step_result_with_nan_in_an_untyped_field_fails_the_step_once(
+    eng: Engine,
+) -> None:
+    calls: Counter[str] = Counter()
+
+    def measure() -> Bag:
+        calls["step"] += 1
+        return Bag(meta={"v": [1, {"w": float("nan")}]})
+
+    @eng.flow("nan-step", input=In, output=int)
+    async def body(ctx: FlowContext, _: In) -> int:
+        await ctx.step("measure", measure, retries=2, backoff="10ms")
+        return 1
+
+    run = await body.start(In())
+    detail = await settle(eng, run.run_id)
+    assert calls["step"] == 1  # refused before writing, not retried
+    assert detail.run.error is not None and detail.run.error["code"] == "PAYLOAD_INVALID"
+    assert "result of step 'measure'" in detail.run.error["message"]

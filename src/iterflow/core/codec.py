@@ -17,6 +17,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import re
 import typing
 import weakref
@@ -48,6 +49,7 @@ _KEEP_NAN = ConfigDict(ser_json_inf_nan="constants")
 #: A JSON ``\u0000`` escape that is not itself an escaped backslash: PostgreSQL's jsonb refuses it.
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_NAN = "NaN or Infinity (not JSON; use None or a string)"
 
 
 @functools.lru_cache(maxsize=512)
@@ -90,8 +92,28 @@ def encode(value: Any, tp: Any = Any, *, what: str, limit: int) -> Any:
             "models, dataclasses or JSON-compatible values",
             details={"where": what},
         ) from exc
-    check_data(data, what=what, limit=limit)
+    text, _ = _stored_text(data, what=what, limit=limit)
+    if "null" in text and _non_finite(adapter(tp).dump_python(value, mode="python")):
+        # a pydantic model's own config (``ser_json_inf_nan='null'``, its default) wrote null
+        # for a NaN/Infinity in a field typed Any, dict or list: refused, as the plain one is
+        raise PayloadInvalid(f"{what} cannot be stored: {_NAN}", details={"where": what})
     return data
+
+
+def _non_finite(data: Any) -> bool:
+    """Whether ``data`` (Python-mode pydantic output: containers, scalars) holds a float NaN
+    or Infinity anywhere (iterative: the data may be nested thousands deep)."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+    return False
 
 
 def digest(data: Any) -> str:
@@ -106,11 +128,16 @@ def check_data(data: Any, *, what: str, limit: int) -> int:
 
     The single check behind :func:`encode`, also applied by both stores to whatever they write.
     """
+    return _stored_text(data, what=what, limit=limit)[1]
+
+
+def _stored_text(data: Any, *, what: str, limit: int) -> tuple[str, int]:
+    """:func:`check_data`'s checks; ``data``'s compact JSON text and its size in bytes."""
     try:
         text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (ValueError, TypeError, RecursionError) as exc:
         if "Out of range float" in str(exc):
-            problem = "NaN or Infinity (not JSON; use None or a string)"
+            problem = _NAN
         elif "integer string conversion" in str(exc):
             problem = "an integer of over 4300 digits (store it as a string)"
         else:
@@ -139,7 +166,7 @@ def check_data(data: Any, *, what: str, limit: int) -> int:
             "elsewhere and pass a reference, or raise Settings.max_payload_bytes",
             details={"size": size, "limit": limit, "where": what},
         )
-    return size
+    return text, size
 
 
 def check_text(value: Any, *, what: str, max_chars: int, empty: bool = False) -> str:
