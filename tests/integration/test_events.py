@@ -23,7 +23,7 @@ from starlette.testclient import TestClient
 
 from iterflow import Engine, FlowContext, FlowError
 from iterflow.contrib.starlette import Publication, iterflow_lifespan, publish_webhook
-from iterflow.core.events import event_run_key
+from iterflow.core.events import check_event_name, event_run_key
 from iterflow.runtime.engine import FlowHandle
 from iterflow.store.urls import asyncpg_url
 from tests.integration.flows import counts, running, settle, sql
@@ -126,6 +126,31 @@ async def test_one_subscriber_rejecting_the_payload_refuses_the_whole_publish(
         await engine.publish("user.deleted", {"user": float("nan")})
     assert nan.value.error_code == "PAYLOAD_INVALID"
     assert counts(database_url) == before
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("order placed", "'order placed'"),
+        ("commande.créée", "'commande.créée'"),
+        ("a\ud800", "'a\\ud800'"),
+        ("", "''"),
+    ],
+)
+def test_an_invalid_event_name_is_shown_as_text_with_the_rule(name: str, shown: str) -> None:
+    rule = "an event name is 1-200 ASCII letters, digits or _ . : -, e.g. 'order.placed'"
+    with pytest.raises(FlowError) as published:
+        check_event_name(name)
+    assert published.value.message == f"invalid event name {shown}: {rule}"
+    engine = Engine.in_memory()
+    with pytest.raises(FlowError) as declared:
+
+        @engine.flow("sub", input=SignedUp, output=Done, on=[name])
+        async def sub(ctx: FlowContext, value: SignedUp) -> Done:
+            return Done(user=value.user, by="sub")
+
+    assert declared.value.error_code == "FLOW_DEFINITION_INVALID"
+    assert declared.value.message == f"flow sub@1: invalid event name {shown}: {rule}"
 
 
 async def test_publish_joins_the_callers_transaction(engine: Engine, database_url: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -204,6 +205,34 @@ async def test_refusals_write_nothing(
         await engine.schedule(report, id="bad", **kwargs)
     assert caught.value.error_code == code and text in caught.value.message
     assert await engine.list_schedules() == []
+
+
+@pytest.mark.parametrize("bad", ["\ud800", "report\udfff", "a\x00b", "x" * 201])
+async def test_an_id_postgresql_cannot_store_is_refused_by_every_schedule_call(
+    eng: Engine, bad: str
+) -> None:
+    """Lone surrogates, NUL and overlong ids never reach the store, on both stores: creating
+    is SCHEDULE_INVALID, every lookup SCHEDULE_NOT_FOUND, and nothing is written."""
+    report = _register(eng)
+    with pytest.raises(FlowError) as created:
+        await eng.schedule(report, cron="0 9 * * *", id=bad)
+    assert created.value.error_code == "SCHEDULE_INVALID"
+    assert created.value.message.startswith("a schedule id ")
+    start, end = datetime(2030, 1, 1, tzinfo=UTC), datetime(2030, 1, 2, tzinfo=UTC)
+    lookups: list[Callable[[str], Awaitable[object]]] = [
+        eng.get_schedule,
+        eng.schedule_events,
+        eng.pause,
+        eng.resume,
+        eng.delete_schedule,
+        eng.trigger,
+        lambda schedule_id: eng.backfill(schedule_id, start, end),
+    ]
+    for lookup in lookups:
+        with pytest.raises(FlowError) as caught:
+            await lookup(bad)
+        assert caught.value.error_code == "SCHEDULE_NOT_FOUND", lookup
+    assert await eng.list_schedules() == []
 
 
 async def test_input_and_conflicts(engine: Engine) -> None:

@@ -168,6 +168,27 @@ def test_build_declares_types_signals_policy_and_a_static_graph() -> None:
         (lambda: flow("d").input(N).step("a", inc).input(N), "must come before the first step"),
         (lambda: flow("d").input(N).step("", inc), "non-empty string label"),
         (lambda: flow("d").input(N).step("a#1", inc), "may not contain '#'"),
+        (
+            lambda: flow("d").input(N).step("a\x00b", inc),
+            "flow 'd': step label contains a NUL character, which PostgreSQL refuses: 'a\\x00b'",
+        ),
+        (
+            lambda: flow("d").input(N).step("a\ud800", inc),
+            "step label contains a lone surrogate (invalid Unicode text): 'a\\ud800'",
+        ),
+        (lambda: flow("d").input(N).sleep("1s", label="\udfff"), "sleep label contains a lone"),
+        (
+            lambda: flow("d").input(N).map("m\x00", inc, over=lambda v: [v]),
+            "map label contains a NUL",
+        ),
+        (
+            lambda: flow("d").input(N).loop(until=lambda v: True, body=lambda b: b, label="\x00"),
+            "loop label contains a NUL",
+        ),
+        (
+            lambda: flow("d").input(N).branch(on=lambda v: 1, cases={}, label="b\ud800"),
+            "branch label contains a lone surrogate",
+        ),
         (lambda: flow("d").input(N).sleep("soon"), "sleep"),
         (lambda: flow("d").input(N).step("a", inc, retries=-1), "step 'a'"),
         (
@@ -190,6 +211,48 @@ def test_definition_mistakes_fail_at_build_time(make: object, message: str) -> N
     with pytest.raises(FlowDefinitionError, match=re.escape(message)) as info:
         make()  # type: ignore[operator]
     assert info.value.error_code == "FLOW_DEFINITION_INVALID"
+
+
+def test_a_label_over_the_engines_max_label_chars_fails_at_registration() -> None:
+    """The builder does not know the engine's ``max_label_chars``: ``register`` checks every
+    label its runs would pass to ``ctx`` (nested ones included), never the first run."""
+    long = "L" * 201
+    builds = {
+        "step": flow("d").input(N).step(long, inc).build(),
+        "sleep": flow("d").input(N).sleep("1s", label=long).build(),
+        "map": flow("d").input(N).map(long, inc, over=lambda v: [v]).build(),
+        "step in a loop": (
+            flow("d").input(N).loop(until=lambda v: True, body=lambda b: b.step(long, inc)).build()
+        ),
+        "step in a branch": (
+            flow("d")
+            .input(N)
+            .branch(on=lambda v: 1, cases={1: lambda b: b}, default=lambda b: b.step(long, inc))
+            .build()
+        ),
+    }
+    for where, built in builds.items():
+        engine = Engine.in_memory()
+        with pytest.raises(FlowDefinitionError) as info:
+            engine.register(built)
+        kind = where.split()[0]
+        assert info.value.message.startswith(
+            f"flow 'd': {kind} label is 201 characters, over the limit of 200: 'LLL"
+        ), where
+        assert info.value.message.endswith("(the engine's max_label_chars)")
+        assert engine.registry.all() == []
+        Engine.in_memory(max_label_chars=201).register(built)
+
+
+async def test_a_label_within_a_raised_max_label_chars_runs() -> None:
+    built = flow("long").input(N).step("L" * 300, inc).build()
+    clock = FakeClock()
+    engine = Engine.in_memory(clock=clock, max_label_chars=300)
+    handle = engine.register(built)
+    async with engine:
+        run = await handle.start(N(n=1))
+        await engine.drain()
+        assert await handle.result(run.run_id, timeout=1) == N(n=2)
 
 
 def test_the_same_signal_model_twice_and_unlabelled_repeats_are_allowed() -> None:

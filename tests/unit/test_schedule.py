@@ -472,15 +472,17 @@ def test_idempotency_key() -> None:
     assert tick_idempotency_key("r", odd) == "schedule:r@2026-03-29T01:00:00.000250Z"
     fits = "x" * (200 - len("schedule:@2026-03-29T01:00:00Z"))
     assert tick_idempotency_key(fits, tick) == f"schedule:{fits}@2026-03-29T01:00:00Z"
-    long_a, long_b = "a" * 300 + "1", "a" * 300 + "2"
+    long_a, long_b = "a" * 199 + "1", "a" * 199 + "2"
     key_a = tick_idempotency_key(long_a, tick)
     assert len(key_a) <= 200 and key_a.startswith("schedule~aaa")
     assert key_a.endswith("@2026-03-29T01:00:00Z") and key_a == tick_idempotency_key(long_a, tick)
     assert key_a != tick_idempotency_key(long_b, tick)
     assert len(tick_idempotency_key(fits + "x", odd)) <= 200
-    for bad in ("", "a\x00b", "\ud800", 5):
+    for bad in ("", "a\x00b", "\ud800", "a" * 201, 5):
         with pytest.raises(ScheduleInvalid, match="schedule id"):
             tick_idempotency_key(bad, tick)  # type: ignore[arg-type]
+        with pytest.raises(ScheduleInvalid, match="schedule id"):
+            jitter_delay(bad, tick, timedelta(seconds=1))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

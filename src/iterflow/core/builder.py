@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import types
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar, overload
@@ -34,6 +34,7 @@ from iterflow.core.definition import _NAME, DriftPolicy, FlowDef
 from iterflow.core.durations import DurationLike, WhenLike, due_at, parse_duration
 from iterflow.core.errors import FlowDefinitionError
 from iterflow.core.graph import Branch, FlowGraph, GraphNode, Item, Loop, graph_from_tree
+from iterflow.core.keys import check_label
 from iterflow.core.nodes import (
     BranchNode,
     InvokeNode,
@@ -149,11 +150,26 @@ def _positional_arity(fn: Callable[..., Any]) -> int:
     return sum(1 for p in params if p.kind in kinds)
 
 
-def _check_label(state: _State, label: str, what: str, *, required: bool) -> None:
+def _check_label(
+    label: str, what: str, *, max_chars: int | None, fail: Callable[[str], FlowDefinitionError]
+) -> None:
+    """The runtime's label rule (:func:`~iterflow.core.keys.check_label`): the length only once
+    the engine's ``max_label_chars`` is known (``max_chars``, at registration)."""
+    try:
+        check_label(label, f"{what} label", max_chars=max_chars)
+    except FlowDefinitionError as exc:
+        raise fail(f"{exc.message}: {codec.shown(label, 40)}") from None
+
+
+def _check_new_label(state: _State, label: str, what: str, *, required: bool) -> None:
     if not isinstance(label, str) or (required and not label):
-        raise state.fail(f"{what} needs a non-empty string label, got {label!r}")
+        raise state.fail(f"{what} needs a non-empty string label, got {codec.shown(label, 60)}")
     if "#" in label:
-        raise state.fail(f"{what} label {label!r} may not contain '#' (used for repeat counters)")
+        raise state.fail(
+            f"{what} label {codec.shown(label, 60)} may not contain '#' (used for repeat counters)"
+        )
+    if label:
+        _check_label(label, what, max_chars=None, fail=state.fail)
 
 
 def _describe_duration(value: WhenLike | None) -> str:
@@ -183,7 +199,7 @@ def _step_node(
     compensate: Callable[[Any], object] | None = None,
 ) -> tuple[StepNode, str]:
     """A checked step node (``what``: ``step`` or ``map``) and its graph detail."""
-    _check_label(state, label, what, required=True)
+    _check_new_label(state, label, what, required=True)
     if not callable(fn):
         raise state.fail(f"{what} {label!r}: fn must be callable, got {fn!r}")
     if compensate is not None and not callable(compensate):
@@ -329,7 +345,7 @@ class FlowBuilder(Generic[In, V]):
     def sleep(self, duration: WhenLike, *, label: str = "") -> FlowBuilder[In, V]:
         """A durable wait (``"3d"``, ``timedelta``, seconds, or an aware ``datetime``)."""
         s = self._s
-        _check_label(s, label, "sleep", required=False)
+        _check_new_label(s, label, "sleep", required=False)
         try:
             if isinstance(duration, datetime):
                 due_at(duration, duration)  # must be timezone-aware
@@ -551,7 +567,7 @@ class FlowBuilder(Generic[In, V]):
         (so zero iterations are possible). Each iteration's calls get occurrence keys
         (``poll``, ``poll#1``, ...). ``until`` must be pure: it runs again on every replay."""
         s = self._s
-        _check_label(s, label, "loop", required=False)
+        _check_new_label(s, label, "loop", required=False)
         if not callable(until):
             raise s.fail("loop needs until=<callable>")
         nid = s.new_id(f"loop:{label}" if label else "loop", unique=bool(label), what="loop")
@@ -603,7 +619,7 @@ class FlowBuilder(Generic[In, V]):
         (without a default, the value passes through unchanged). Selection is pure code on the
         value, so replays take the same case; nothing is recorded for it."""
         s = self._s
-        _check_label(s, label, "branch", required=False)
+        _check_new_label(s, label, "branch", required=False)
         if not callable(on):
             raise s.fail("branch needs on=<callable>")
         if not cases:
@@ -703,6 +719,39 @@ class BuiltFlow(FlowDef[In, V]):
     """A :class:`FlowDef` made by the builder; ``graph`` is its static step graph."""
 
     graph: FlowGraph = field(compare=False, repr=False)
+    labels: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
+    """``(kind, label)`` of each step, map and sleep label: those its runs pass to ``ctx``."""
+
+    def check_labels(self, max_chars: int) -> None:
+        """Refuse (``FLOW_DEFINITION_INVALID``) a label longer than ``max_chars``, the engine's
+        ``max_label_chars``, which every run would fail on: ``engine.register`` calls it, the
+        builder having checked all the rest of the label rule while building."""
+        for what, label in self.labels:
+            _check_label(
+                label,
+                what,
+                max_chars=max_chars,
+                fail=lambda message: FlowDefinitionError(
+                    f"flow {self.name!r}: {message} (the engine's max_label_chars)"
+                ),
+            )
+
+
+def _call_labels(nodes: Iterable[Node]) -> Iterator[tuple[str, str]]:
+    """``(kind, label)`` of each label the nodes pass to ``ctx.step``/``ctx.sleep``, nested
+    loop and branch bodies included."""
+    for node in nodes:
+        if isinstance(node, StepNode):
+            yield "step", node.label
+        elif isinstance(node, SleepNode) and node.label:
+            yield "sleep", node.label
+        elif isinstance(node, MapNode) and node.step is not None:
+            yield "map", node.step.label
+        elif isinstance(node, LoopNode):
+            yield from _call_labels(node.body)
+        elif isinstance(node, BranchNode):
+            for _, body in (*node.cases, (None, node.default or ())):
+                yield from _call_labels(body)
 
 
 def _build(s: _State, output: Callable[[Any], Any] | None, output_type: Any) -> BuiltFlow[Any, Any]:
@@ -717,6 +766,7 @@ def _build(s: _State, output: Callable[[Any], Any] | None, output_type: Any) -> 
         signals=dict(s.signals),
         drift_policy=s.drift_policy,
         graph=graph,
+        labels=tuple(_call_labels(s.nodes)),
     )
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from iterflow.core.codec import shown
 from iterflow.core.definition import FlowDef, Registry
 from iterflow.core.errors import FlowDefinitionError, InputInvalid
 from iterflow.core.models import RunStatus, SignalResult
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 _EVENT = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
-_RULE = "1-200 letters, digits or _ . : -"
+_RULE = "1-200 ASCII letters, digits or _ . : -"
 
 #: ``runs.meta`` key of a run ``publish`` started: the event's name.
 EVENT_META_KEY = "event"
@@ -42,9 +43,14 @@ def check_event_name(value: object) -> str:
     if not isinstance(value, str):
         raise InputInvalid(f"event name must be a string, got {type(value).__name__}")
     if not _EVENT.match(value):
-        shown = value if len(value) <= 60 else f"{value[:60]}…"
-        raise InputInvalid(f"invalid event name {shown.encode('unicode_escape')!r}: use {_RULE}")
+        raise InputInvalid(_invalid(value))
     return value
+
+
+def _invalid(name: object) -> str:
+    """The message for an invalid event name: the name as a readable ``str`` repr (escapes only
+    for what cannot be shown) and what a valid one is."""
+    return f"invalid event name {shown(name, 60)}: an event name is {_RULE}, e.g. 'order.placed'"
 
 
 def event_run_key(event: str, key: str) -> str:
@@ -70,7 +76,7 @@ class Subscriptions:
         names: list[str] = []
         for event in events:
             if not isinstance(event, str) or not _EVENT.match(event):
-                raise FlowDefinitionError(f"flow {flow.key}: invalid event name {event!r}: {_RULE}")
+                raise FlowDefinitionError(f"flow {flow.key}: {_invalid(event)}")
             if event not in names:
                 names.append(event)
         return tuple(names)

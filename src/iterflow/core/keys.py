@@ -26,10 +26,13 @@ suffix as the counter. Pass the memo row's kind to parse a key exactly otherwise
 from __future__ import annotations
 
 import re
+import sys
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
+from iterflow.core import codec
+from iterflow.core.errors import FlowDefinitionError, InputInvalid
 from iterflow.core.models import StepKind
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "TimerKey",
     "WaitKind",
     "Waiting",
+    "check_label",
     "compensated_step",
     "compensation_key",
     "cursor_key",
@@ -65,6 +69,19 @@ _COUNTER = re.compile(r"^(.*)#([1-9][0-9]*)$", re.DOTALL)
 
 
 # --- cursor keys --------------------------------------------------------------------------------
+
+
+def check_label(label: object, what: str, *, max_chars: int | None) -> None:
+    """Labels become cursor keys, stored as text: refuse what PostgreSQL would refuse, as a
+    definition error (it is the code, not the data, that is wrong). ``max_chars`` is the
+    engine's ``max_label_chars``; ``None`` (the builder, before an engine is known) checks all
+    but the length."""
+    try:
+        codec.check_text(
+            label, what=what, max_chars=sys.maxsize if max_chars is None else max_chars
+        )
+    except InputInvalid as exc:
+        raise FlowDefinitionError(exc.message) from None
 
 
 def key_base(kind: StepKind, label: str) -> str:

@@ -61,6 +61,8 @@ the same delay. The tick itself (and its idempotency key) does not move.
 **Idempotency key.** :func:`tick_idempotency_key` is ``schedule:<id>@<tick in UTC>``, e.g.
 ``schedule:reports@2026-03-29T01:00:00Z``: two sweeps racing on one tick start one run. An id
 too long for the 200-character key is shortened to a prefix plus a hash (``schedule~…``).
+A schedule id is 1 to 200 characters of text PostgreSQL stores (no NUL, no lone surrogate):
+:func:`check_schedule_id`.
 
 **Overlap.** :func:`decide_overlap` says what to do with a tick when the previous run may still
 be live: ``skip`` (default), ``buffer_one`` (start it when the previous run ends; at most one
@@ -78,11 +80,12 @@ from itertools import islice, takewhile
 from typing import Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from iterflow.core.codec import shown
-from iterflow.core.errors import ScheduleInvalid
+from iterflow.core.codec import check_text, shown
+from iterflow.core.errors import InputInvalid, ScheduleInvalid
 
 __all__ = [
     "DEFAULT_LIMIT",
+    "MAX_ID_CHARS",
     "MAX_KEY_CHARS",
     "MAX_LISTED",
     "OVERLAP_POLICIES",
@@ -92,6 +95,7 @@ __all__ = [
     "ScheduleInvalid",
     "TickPlan",
     "backfill_ticks",
+    "check_schedule_id",
     "decide_overlap",
     "due_ticks",
     "jitter_delay",
@@ -109,6 +113,9 @@ DEFAULT_LIMIT = 100
 MAX_LISTED = 100
 """Skipped ticks :func:`due_ticks` lists at most (all are counted)."""
 MAX_KEY_CHARS = 200
+"""The longest idempotency key a tick gets (:func:`tick_idempotency_key`)."""
+MAX_ID_CHARS = 200
+"""The longest schedule id (:func:`check_schedule_id`)."""
 
 _DAY = timedelta(days=1)
 _US = timedelta(microseconds=1)
@@ -494,20 +501,19 @@ def _tick_text(tick: datetime) -> str:
     return f"{tick:%Y-%m-%dT%H:%M:%S}{fraction}Z"
 
 
-def _check_id(schedule_id: object) -> str:
-    if not isinstance(schedule_id, str) or not schedule_id or "\x00" in schedule_id:
-        raise ScheduleInvalid(f"a schedule id must be a non-empty string, got {shown(schedule_id)}")
+def check_schedule_id(schedule_id: object) -> str:
+    """A schedule id: a string of 1 to :data:`MAX_ID_CHARS` characters that PostgreSQL stores as
+    text (no NUL, no lone surrogate); anything else raises ``SCHEDULE_INVALID``."""
     try:
-        schedule_id.encode()
-    except UnicodeEncodeError:
-        raise ScheduleInvalid("a schedule id must not contain lone surrogates") from None
-    return schedule_id
+        return check_text(schedule_id, what="a schedule id", max_chars=MAX_ID_CHARS)
+    except InputInvalid as exc:
+        raise ScheduleInvalid(f"{exc.message} (got {shown(schedule_id)})") from None
 
 
 def tick_idempotency_key(schedule_id: str, tick: datetime) -> str:
     """``schedule:<id>@<tick in UTC>``, at most 200 characters; a long id becomes
     ``schedule~<prefix>~<sha256>@<tick>``."""
-    text, sid = _tick_text(tick), _check_id(schedule_id)
+    text, sid = _tick_text(tick), check_schedule_id(schedule_id)
     key = f"schedule:{sid}@{text}"
     if len(key) <= MAX_KEY_CHARS:
         return key
@@ -519,7 +525,7 @@ def jitter_delay(schedule_id: str, tick: datetime, jitter: timedelta) -> timedel
     """A delay uniform in ``[0, jitter)``, the same for every caller of one (schedule, tick)."""
     if not isinstance(jitter, timedelta) or jitter < timedelta(0):
         raise ScheduleInvalid(f"jitter must be a timedelta of at least 0, got {shown(jitter)}")
-    seed = f"{_check_id(schedule_id)}\x00{_tick_text(tick)}".encode()
+    seed = f"{check_schedule_id(schedule_id)}\x00{_tick_text(tick)}".encode()
     draw = int.from_bytes(hashlib.sha256(seed).digest()[:8], "big")
     return timedelta(microseconds=(jitter // _US * draw) >> 64)
 

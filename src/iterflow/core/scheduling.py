@@ -35,6 +35,7 @@ from iterflow.core.errors import ScheduleInvalid
 from iterflow.core.schedule import (
     OVERLAP_POLICIES,
     OverlapPolicy,
+    check_schedule_id,
     decide_overlap,
     due_ticks,
     parse_schedule,
@@ -73,7 +74,6 @@ SCHEDULE_EVENT_TYPES = (
     "backfilled",
     "removed_from_code",
 )
-_MAX_ID_CHARS = 200
 _LISTED_SKIPS = 10
 
 
@@ -170,11 +170,7 @@ def schedule_spec(
     The cron expression is kept normalized (macros expanded); ``catchup`` and ``jitter`` are
     whole seconds (a ``timedelta`` or an int); ``start_at``/``end_at`` aware, in UTC.
     """
-    if not isinstance(id, str) or not id or len(id) > _MAX_ID_CHARS or "\x00" in id:
-        raise ScheduleInvalid(
-            f"a schedule id must be a string of 1 to {_MAX_ID_CHARS} characters without NUL, "
-            f"got {shown(id)}"
-        )
+    check_schedule_id(id)
     if not isinstance(flow, str) or not flow:
         raise ScheduleInvalid(f"a schedule's flow must be a flow name, got {shown(flow)}")
     parsed = parse_schedule(cron, tz)

@@ -21,13 +21,8 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Protocol, TypeVar
 
 from iterflow.core import codec
-from iterflow.core.errors import (
-    CtxNested,
-    CtxNotAwaited,
-    FlowDefinitionError,
-    InputInvalid,
-    StepResultUntyped,
-)
+from iterflow.core.errors import CtxNested, CtxNotAwaited, StepResultUntyped
+from iterflow.core.keys import check_label
 
 __all__ = ["CallWatch", "ReplayQuietLogger", "check_label", "check_untyped", "inside_step"]
 
@@ -130,15 +125,6 @@ def check_untyped(value: Any, label: str) -> None:
             f"{type(value).__qualname__}`, a def instead of a lambda), or return JSON data",
             details={"label": label, "type": type(value).__qualname__},
         )
-
-
-def check_label(label: object, what: str, *, max_chars: int) -> None:
-    """Labels become cursor keys, stored as text: refuse what PostgreSQL would refuse, as a
-    definition error (it is the code, not the data, that is wrong)."""
-    try:
-        codec.check_text(label, what=what, max_chars=max_chars)
-    except InputInvalid as exc:
-        raise FlowDefinitionError(exc.message) from None
 
 
 class _Replaying(Protocol):

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from typing_extensions import Unpack
 
 from iterflow.core import codec, inputs
+from iterflow.core.builder import BuiltFlow
 from iterflow.core.debounce import DEBOUNCE_META_KEY, DebounceKeep, start_control
 from iterflow.core.definition import DriftPolicy, FlowDef, Registry, validate_signal_payload
 from iterflow.core.durations import DurationLike, parse_duration
@@ -558,12 +559,16 @@ class Engine:
         name, written when a worker starts (``SCHEDULE_INVALID`` here for a bad expression).
         ``on``: the events whose :meth:`publish` starts it (``FLOW_DEFINITION_INVALID`` for a
         bad name). ``queue``, ``concurrency``, ``concurrency_key`` and ``rate_limit`` route and
-        limit its runs as for :meth:`flow` (given here, they replace the definition's)."""
+        limit its runs as for :meth:`flow` (given here, they replace the definition's). A built
+        flow's step, map and sleep labels must fit ``max_label_chars`` (the builder checks all
+        but their length): ``FLOW_DEFINITION_INVALID`` here, nothing registered."""
         if queue is not None:
             definition = dataclasses.replace(definition, queue=queue)
         if concurrency is not None or concurrency_key is not None or rate_limit is not None:
             limits = flow_limits(concurrency, concurrency_key, rate_limit)
             definition = dataclasses.replace(definition, limits=limits)
+        if isinstance(definition, BuiltFlow):
+            definition.check_labels(self.settings.max_label_chars)
         if schedule is not None:
             self._schedules.declare(definition, schedule, tz)
         events = Subscriptions.checked(definition, on)

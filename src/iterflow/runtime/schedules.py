@@ -22,9 +22,9 @@ from typing import Any
 from iterflow.core import codec
 from iterflow.core.definition import FlowDef, Registry
 from iterflow.core.durations import DurationLike, parse_duration
-from iterflow.core.errors import FlowUnknown, ScheduleConflict, ScheduleNotFound
+from iterflow.core.errors import FlowUnknown, ScheduleConflict, ScheduleInvalid, ScheduleNotFound
 from iterflow.core.models import StartResult
-from iterflow.core.schedule import backfill_ticks, parse_schedule
+from iterflow.core.schedule import backfill_ticks, check_schedule_id, parse_schedule
 from iterflow.core.scheduling import (
     ScheduleEvent,
     ScheduleRecord,
@@ -226,9 +226,11 @@ async def _last_pause(store: ScheduleStore, schedule_id: str) -> str | None:
 
 
 def _check_id(schedule_id: object) -> str:
-    if not isinstance(schedule_id, str) or not schedule_id or "\x00" in schedule_id:
-        raise ScheduleNotFound(f"no schedule {codec.shown(schedule_id)}")
-    return schedule_id
+    """An id no schedule can have (not text PostgreSQL stores) is not found, never queried."""
+    try:
+        return check_schedule_id(schedule_id)
+    except ScheduleInvalid:
+        raise ScheduleNotFound(f"no schedule {codec.shown(schedule_id)}") from None
 
 
 def _default_id(flow: str, cron: str, tz: str, data: Mapping[str, Any] | Any) -> str:
