@@ -22,6 +22,7 @@ from iterflow.core.hooks import Hook, PurgeInfo
 from iterflow.core.models import PurgeReport, RunStatus
 from iterflow.core.settings import Retention, RetentionRule
 from iterflow.store.outbox import retention_task_name
+from iterflow.testing import FakeClock
 from tests.integration.flows import eventually, settle, sql
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -285,3 +286,46 @@ def test_a_bad_policy_is_refused_when_the_engine_is_made(bad: dict[str, Any]) ->
     with pytest.raises(FlowError) as refused:
         Engine("postgresql://unused/db", retention=bad)
     assert refused.value.error_code == "CONFIG_INVALID"
+
+
+async def test_schedule_events_past_their_age_are_deleted_in_batches(database_url: str) -> None:
+    """``Retention(schedule_events=...)``: a sweep deletes the schedules' decisions older than
+    the age, batch by batch, and keeps the newer ones (a schedule ticking every minute would
+    otherwise add half a million rows a year)."""
+    retention = Retention(schedule_events=timedelta(hours=1), batch=2)
+    async with Engine(database_url, pool_size=2, retention=retention) as engine:
+        _, tree, _ = _flows(engine)
+        ids = ("daily-a", "daily-b", "daily-c")
+        for sid in ids:
+            await engine.schedule(tree, cron="0 3 * * *", input=Job(n=1), id=sid)
+            await engine.trigger(sid)
+        # five of the six decisions (created and triggered, each) are two hours old: three
+        # batches of two
+        sql(
+            database_url,
+            "UPDATE iterflow.schedule_events SET at = now() - interval '2 hours' "
+            "WHERE id < (SELECT max(id) FROM iterflow.schedule_events)",
+        )
+        report = await engine.sweep_retention()
+        assert report.schedule_events == 5 and report.runs == 0
+        left = {sid: [e.type for e in await engine.schedule_events(sid)] for sid in ids}
+        assert left == {"daily-a": [], "daily-b": [], "daily-c": ["triggered"]}
+        assert (await engine.sweep_retention()).schedule_events == 0
+
+
+async def test_schedule_events_retention_on_the_in_memory_store() -> None:
+    clock = FakeClock()
+    retention = Retention(schedule_events="1h")
+    async with Engine.in_memory(clock=clock, retention=retention) as engine:
+        _, tree, _ = _flows(engine)
+        await engine.schedule(tree, cron="0 3 * * *", input=Job(n=1), id="daily")
+        clock.advance("2h")
+        await engine.trigger("daily")
+        report = await engine.sweep_retention()
+        assert report.schedule_events == 1  # "created", two hours old
+        assert [e.type for e in await engine.schedule_events("daily")] == ["triggered"]
+
+
+def test_a_bad_schedule_events_age_is_a_config_error() -> None:
+    with pytest.raises(ValueError, match="schedule_events"):
+        Retention(schedule_events="soon")

@@ -369,11 +369,14 @@ class StartOptions:
 class PurgeReport:
     """What ``engine.purge`` (or one retention sweep) deleted, or with ``dry_run`` would delete:
     ``runs`` counts every run row, children included (their steps, signals, timers and events
-    go with them); ``by_status`` counts the top-level runs by their status."""
+    go with them); ``by_status`` counts the top-level runs by their status;
+    ``schedule_events`` counts the schedules' decisions a sweep deleted
+    (``Retention.schedule_events``)."""
 
     runs: int = 0
     by_status: dict[RunStatus, int] = field(default_factory=dict)
     dry_run: bool = False
+    schedule_events: int = 0
 
     @property
     def top_level(self) -> int:

@@ -44,6 +44,16 @@ class RetentionRule:
     exclude: tuple[str, ...] = ()
 
 
+def _age(value: Any) -> timedelta | None:
+    """A retention age: None (keep for ever) or a duration (``"30d"``, a ``timedelta``, seconds)."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except DurationInvalid as exc:
+        raise ValueError(exc.message) from None
+
+
 class RetentionPolicy(BaseModel):
     """How long finished runs are kept, per terminal status: a duration (``"30d"``, ``"12h"``,
     a ``timedelta`` or seconds) counted from the run's end; None keeps them forever."""
@@ -59,12 +69,7 @@ class RetentionPolicy(BaseModel):
     @field_validator("done", "failed", "canceled", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> timedelta | None:
-        if value is None:
-            return None
-        try:
-            return parse_duration(value)
-        except DurationInvalid as exc:
-            raise ValueError(exc.message) from None
+        return _age(value)
 
     def ages(self) -> dict[RunStatus, timedelta]:
         """The statuses this policy purges, with their age."""
@@ -82,6 +87,14 @@ class Retention(RetentionPolicy):
     flows: dict[str, RetentionPolicy] = Field(
         default_factory=dict, description="Per-flow policies, by flow name."
     )
+    schedule_events: timedelta | None = Field(
+        default=None,
+        description=(
+            "Keep schedules' decisions (``engine.schedule_events``: started, skipped, ...) this "
+            "long; None keeps them for ever (a schedule ticking every minute adds 525,600 a "
+            "year). A schedule's events also go when the schedule is deleted."
+        ),
+    )
     batch: int = Field(
         default=500, ge=1, le=10_000, description="Top-level runs deleted per transaction."
     )
@@ -98,6 +111,11 @@ class Retention(RetentionPolicy):
             "(1: flat out)."
         ),
     )
+
+    @field_validator("schedule_events", mode="before")
+    @classmethod
+    def _events_age(cls, value: Any) -> timedelta | None:
+        return _age(value)
 
     @field_validator("flows")
     @classmethod

@@ -1409,7 +1409,9 @@ class Engine:
         return await self._retention().sweep(budget_seconds=budget_seconds)
 
     def _retention(self) -> RetentionSweeper:
-        return RetentionSweeper(self.store, self.settings.retention, hooks=self._hooks)
+        return RetentionSweeper(
+            self.store, self.settings.retention, hooks=self._hooks, schedules=self._schedule_store
+        )
 
     # -- schedules (runtime/schedules.py; semantics in docs/schedules.md) ----------------------
 

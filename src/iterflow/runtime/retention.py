@@ -9,20 +9,23 @@ signals, timers and events go by ``ON DELETE CASCADE``. A rule loops until a bat
 short. Between batches it pauses in proportion to the batch's own duration (``pace``: the share
 of time spent deleting, 10 % by default), so a backlog of a million runs drains in the
 background without crowding out the workload. Deleted rows leave dead tuples that autovacuum
-reclaims as for any delete; new runs reuse the space.
+reclaims as for any delete; new runs reuse the space. With ``Retention.schedule_events`` a
+sweep then deletes the schedules' decisions past that age, in batches paced the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 
 from iterflow.core.hooks import Hooks, PurgeInfo
 from iterflow.core.models import PurgeReport, RunStatus
 from iterflow.core.settings import Retention, RetentionRule
-from iterflow.store.base import Store
+from iterflow.store.base import ScheduleStore, Store
 
 __all__ = ["RetentionSweeper"]
 
@@ -34,9 +37,15 @@ class RetentionSweeper:
     :class:`~iterflow.core.settings.Retention`'s defaults without one)."""
 
     def __init__(
-        self, store: Store, policy: Retention | None, *, hooks: Hooks | None = None
+        self,
+        store: Store,
+        policy: Retention | None,
+        *,
+        hooks: Hooks | None = None,
+        schedules: ScheduleStore | None = None,
     ) -> None:
         self._store = store
+        self._schedules = schedules
         self._policy = policy
         self._hooks = hooks
         settings = policy or Retention()
@@ -49,10 +58,31 @@ class RetentionSweeper:
         workers' periodic task stays short, like every periodic task)."""
         if self._policy is None:
             return PurgeReport()
+        stop = None if budget_seconds is None else time.monotonic() + budget_seconds
         report = await self.purge(self._policy.rules(), budget_seconds=budget_seconds)
         if report.runs:
             logger.info("retention deleted %d run(s) %s", report.runs, dict(report.by_status))
-        return report
+        age, schedules = self._policy.schedule_events, self._schedules
+        if age is None or schedules is None or (stop is not None and time.monotonic() >= stop):
+            return report
+        events = await self._purge_schedule_events(schedules, age, stop)
+        if events:
+            logger.info("retention deleted %d schedule event(s)", events)
+        return dataclasses.replace(report, schedule_events=events)
+
+    async def _purge_schedule_events(
+        self, schedules: ScheduleStore, age: timedelta, stop: float | None
+    ) -> int:
+        """Schedule events older than ``age``, batch after paced batch, as runs are."""
+        total = 0
+        while True:
+            began = time.monotonic()
+            deleted = await schedules.purge_schedule_events(age, limit=self._batch)
+            total += deleted
+            if deleted < self._batch or (stop is not None and time.monotonic() >= stop):
+                return total
+            if self._idle:
+                await asyncio.sleep((time.monotonic() - began) * self._idle)
 
     async def purge(
         self,

@@ -345,7 +345,7 @@ class Store(Protocol):
         ...
 
     async def release_orphaned_jobs(self, stale_seconds: float) -> int:
-        """Fail wake-up jobs left ``doing`` while no lease owns their run, and reconciler sweeps
+        """Delete wake-up jobs left ``doing`` while no lease owns their run, and reconciler sweeps
         left ``doing``: their worker stopped heartbeating, or they have been ``doing`` for
         ``stale_seconds`` (a lost ``finish_job``). Return how many."""
         ...
@@ -510,6 +510,13 @@ class ScheduleStore(Protocol):
 
     async def schedule_events(self, schedule_id: str, *, limit: int) -> list[ScheduleEvent]:
         """A schedule's newest ``limit`` events, newest first."""
+        ...
+
+    async def purge_schedule_events(self, older_than: timedelta, *, limit: int) -> int:
+        """Delete, of the ``limit`` oldest schedule events (every schedule's, by id), those
+        recorded more than ``older_than`` ago (the store's clock), in one transaction; return
+        how many. A batch never reads more than ``limit`` events: the caller goes on while a
+        batch comes back full."""
         ...
 
     def sweep_schedules(

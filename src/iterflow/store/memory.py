@@ -1148,6 +1148,21 @@ class MemoryStore:
     async def schedule_events(self, schedule_id: str, *, limit: int) -> list[ScheduleEvent]:
         return list(reversed(self._schedule_events.get(schedule_id, [])))[:limit]
 
+    async def purge_schedule_events(self, older_than: timedelta, *, limit: int) -> int:
+        events = self._schedule_events  # every event has its id and time (_schedule_event)
+        first = set(sorted(e.id or 0 for kept in events.values() for e in kept)[:limit])
+        cutoff = self.clock() - older_than
+
+        def gone(e: ScheduleEvent) -> bool:
+            return (e.id or 0) in first and e.at is not None and e.at < cutoff
+
+        deleted = 0
+        for schedule_id, kept in events.items():
+            left = [e for e in kept if not gone(e)]
+            deleted += len(kept) - len(left)
+            events[schedule_id] = left
+        return deleted
+
     def _previous_live(self, record: ScheduleRecord) -> bool:
         run = None if record.last_run_id is None else self._runs.get(record.last_run_id)
         return run is not None and run.status not in TERMINAL_STATUSES

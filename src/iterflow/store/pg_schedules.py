@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -179,6 +179,12 @@ class PostgresSchedules:
                 ScheduleEvent(r["type"], r["tick"], r["run_id"], r["data"], r["at"], r["id"])
                 for r in rows
             ]
+
+    async def purge_schedule_events(self, older_than: timedelta, *, limit: int) -> int:
+        params = {"age": older_than.total_seconds(), "limit": limit}
+        row = await self._schedule_one(self._sq.purge_events, params)
+        assert row is not None
+        return int(row["deleted"])
 
     @asynccontextmanager
     async def sweep_schedules(

@@ -118,3 +118,14 @@ class ScheduleStatements:
         self.events = sa.text(f"""
             SELECT id, type, tick, run_id, data, at FROM {s}.schedule_events
             WHERE schedule_id = :id ORDER BY id DESC LIMIT :limit""")
+        # Retention of the decisions: the oldest ``limit`` by id (the primary key, so a batch
+        # reads ``limit`` rows however many newer ones there are), those past the age deleted.
+        self.purge_events = sa.text(f"""
+            WITH oldest AS (
+                SELECT id, at FROM {s}.schedule_events ORDER BY id LIMIT :limit
+            ), gone AS (
+                DELETE FROM {s}.schedule_events AS e USING oldest
+                WHERE e.id = oldest.id AND oldest.at < now() - make_interval(secs => :age)
+                RETURNING 1
+            )
+            SELECT count(*) AS deleted FROM gone""")
