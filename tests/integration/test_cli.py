@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import logging
+import re
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from iterflow import Engine
-from iterflow.cli import EXIT_CODES, main
+from iterflow.cli import EXIT_CODES, _parser, _TextLogFormatter, main
+from iterflow.cli.common import echo, json_text
 from iterflow.store.migrate import head_revision
 from iterflow.store.schemagen import render_sql
 from iterflow.store.urls import libpq_url
@@ -332,3 +337,138 @@ def test_schedules_commands(database_url: str, capsys: pytest.CaptureFixture[str
     assert main([*url, "schedules", "delete", "nightly"]) == 0
     assert main([*url, "schedules", "show", "nightly"]) != 0
     assert "SCHEDULE_NOT_FOUND" in capsys.readouterr().err
+
+
+# --- --json after every command's name ---------------------------------------------------------
+
+
+def _commands(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every runnable (sub)command of ``parser``, nested groups (``schedules``) walked."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, (*path, name))
+            return
+    yield path, parser
+
+
+def _required_arguments(parser: argparse.ArgumentParser) -> list[str]:
+    """Placeholder values for a command's required positionals and options (parsing only)."""
+    argv: list[str] = []
+    for action in parser._actions:
+        if not action.option_strings and action.nargs not in ("?", "*"):
+            argv.append("x")
+        elif action.option_strings and action.required:
+            argv += [action.option_strings[0], "1d"]
+    return argv
+
+
+def test_every_command_takes_json_after_its_name() -> None:
+    commands = list(_commands(_parser()))
+    names = {" ".join(path) for path, _ in commands}
+    assert {"migrate", "generate-schema", "export", "graph", "worker", "ui", "demo"} <= names
+    assert {"list", "show", "signal", "schedules list", "schedules backfill"} <= names
+    for path, sub in commands:
+        args = _parser().parse_args([*path, *_required_arguments(sub), "--json"])
+        assert args.json is True, path
+        assert _parser().parse_args(["--json", *path, *_required_arguments(sub)]).json is True
+        assert _parser().parse_args([*path, *_required_arguments(sub)]).json is False, path
+
+
+# --- a URL from the environment that is not PostgreSQL names its variable ----------------------
+
+
+def test_a_bad_url_from_the_environment_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("ITERFLOW_DATABASE_URL", raising=False)
+    monkeypatch.setenv("DATABASE_URL", "sqlite:///app.db")
+    assert main(["list"]) == 2
+    line = _one_error_line(capsys.readouterr().err, "CONFIG_INVALID")
+    assert "needs PostgreSQL, got 'sqlite' (the URL in $DATABASE_URL)" in line
+    assert "fix or unset $DATABASE_URL, or pass --database-url" in line
+    assert "set $ITERFLOW_DATABASE_URL, which takes precedence over $DATABASE_URL" in line
+
+    monkeypatch.setenv("ITERFLOW_DATABASE_URL", "mysql://u@h/db")
+    monkeypatch.setenv("DATABASE_URL", NOWHERE)
+    assert main(["show", RUN_ID, "--json"]) == 2
+    captured = capsys.readouterr()
+    line = _one_error_line(captured.err, "CONFIG_INVALID")
+    assert "got 'mysql' (the URL in $ITERFLOW_DATABASE_URL)" in line
+    assert "fix or unset $ITERFLOW_DATABASE_URL, or pass --database-url" in line
+    assert "precedence" not in line and "$DATABASE_URL" not in line
+    assert json.loads(captured.out)["error"]["code"] == "CONFIG_INVALID"
+
+    # an explicit --database-url is used as given; the environment is not read
+    assert main(["--database-url", "mysql://u@h/db", "list"]) == 2
+    line = _one_error_line(capsys.readouterr().err, "CONFIG_INVALID")
+    assert line.endswith("iterflow needs PostgreSQL, got 'mysql'")
+
+
+# --- graph: a missing version of a registered flow ----------------------------------------------
+
+
+def test_graph_names_the_missing_version_and_the_registered_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "cli_versions_app.py").write_text(
+        "from iterflow import Engine, FlowContext\n"
+        "engine = Engine()\n"
+        "for version in (1, 2):\n"
+        "    @engine.flow('echo', version=version, input=str, output=str)\n"
+        "    async def echo(ctx: FlowContext, text: str) -> str:\n"
+        "        return await ctx.step('say', lambda: text)\n"
+        "@engine.flow('other', input=str, output=str)\n"
+        "async def other(ctx: FlowContext, text: str) -> str:\n"
+        "    return text\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = "cli_versions_app:engine"
+    assert main(["graph", f"{app}:echo", "--version", "7"]) == 2
+    line = _one_error_line(capsys.readouterr().err, "FLOW_UNKNOWN")
+    assert "no version 7 of flow 'echo' is registered (its versions: 1, 2)" in line
+    assert "--version" in line
+    assert main(["graph", f"{app}:nope", "--version", "1"]) == 2
+    line = _one_error_line(capsys.readouterr().err, "FLOW_UNKNOWN")
+    assert "flow 'nope' is not registered (registered: echo@1, echo@2, other@1)" in line
+    assert main(["graph", f"{app}:echo", "--version", "1", "--input", '"hi"']) == 0
+    assert "flowchart" in capsys.readouterr().out
+
+
+# --- control characters: escaped in text output, error lines and logs ---------------------------
+
+
+def test_text_output_error_lines_and_logs_escape_control_characters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    echo("tag\x1b[2J\rx", "key\n  error: FORGED\x9b\x7f\t\x00")
+    assert capsys.readouterr().out == "tag\\x1b[2J\\rx\nkey\\n  error: FORGED\\x9b\\x7f\\t\\x00\n"
+
+    value = {"tag": "a\x1b[31m\x9b\x85\n"}
+    text = json_text(value)
+    assert re.findall("[\x00-\x09\x0b-\x1f\x7f-\x9f]", text) == []
+    assert json.loads(text) == value
+
+    (tmp_path / "ctl_chars_app.py").write_text(
+        "from iterflow.core.errors import ConfigInvalid\n"
+        "raise ConfigInvalid('bad \\x1b]0;title\\x07 name')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["worker", "ctl_chars_app:engine", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert _one_error_line(captured.err, "CONFIG_INVALID").endswith("bad \\x1b]0;title\\x07 name")
+    assert json.loads(captured.out)["error"]["message"] == "bad \x1b]0;title\x07 name"
+
+    record = logging.LogRecord(
+        "iterflow",
+        logging.ERROR,
+        __file__,
+        1,
+        "run %s failed: %s",
+        ("r1", "x\n  FORGED\x1b[0m"),
+        None,
+    )
+    line = _TextLogFormatter("%(levelname)s %(message)s").format(record)
+    assert line == "ERROR run r1 failed: x\\n  FORGED\\x1b[0m"

@@ -620,3 +620,55 @@ async def test_show_prints_the_traceback_a_failed_step_stored(
     assert "  traceback:\n    Traceback (most recent call last):" in out
     assert "ValueError: cannot take 7" in out.split("traceback:")[1]
     assert "#0   explode  step failed  attempts=" in out
+
+
+# --- control characters in data: escaped in text, exact in JSON --------------------------------
+
+TAGS = ["vip\x1b[2K\r  tags: (none)", "x\n  error: FAKE_CODE forged line"]
+KEY = "evt_1\x1b]0;owned\x07\x9b31m\x7f"
+ERROR = {"code": "BAD\x1b[31m", "message": "boom\n  idempotency key: forged\x1b[0m"}
+
+
+def assert_no_control_characters(text: str) -> None:
+    """Nothing but newlines (between lines) among C0, DEL and C1 characters."""
+    assert re.findall("[\x00-\x09\x0b-\x1f\x7f-\x9f]", text) == [], text
+
+
+async def test_text_output_escapes_control_characters_and_json_keeps_them_exact(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with Engine(database_url) as engine:
+
+        @engine.flow("echo", input=str, output=str)
+        async def echo(ctx: FlowContext, text: str) -> str:
+            return text
+
+        run_id = (await echo.start("in\x1b[8m", tags=TAGS, idempotency_key=KEY)).run_id
+        claim = await engine.store.claim(run_id, "test", 30)
+        assert claim is not None
+        await engine.store.finish(claim.lease, RunStatus.FAILED, None, ERROR)
+
+    status, out, _ = await flowctl(capsys, database_url, "show", str(run_id), "--events")
+    assert status == 0
+    assert_no_control_characters(out)
+    assert "  tags: vip\\x1b[2K\\r  tags: (none), x\\n  error: FAKE_CODE forged line" in out
+    assert "  idempotency key: evt_1\\x1b]0;owned\\x07\\x9b31m\\x7f" in out
+    assert "error: [BAD\\x1b[31m] boom\\n  idempotency key: forged\\x1b[0m" in out
+    assert '"in\\u001b[8m"' in out  # the input, as JSON
+    forged = ("  tags: (none)", "  error: FAKE_CODE", "  idempotency key: forged")
+    assert not [line for line in out.splitlines() if line.startswith(forged)]
+
+    for argv in (["list", "--idempotency-key", KEY], ["explain", str(run_id)]):
+        status, out, _ = await flowctl(capsys, database_url, *argv)
+        assert status == 0
+        assert_no_control_characters(out)
+        assert "BAD\\x1b[31m" in out, argv
+
+    status, out, _ = await flowctl(capsys, database_url, "show", str(run_id), "--json")
+    assert status == 0
+    assert_no_control_characters(out)  # JSON escapes them too (\u001b, \u009b)
+    shown = json.loads(out)["run"]
+    assert shown["tags"] == TAGS and shown["idempotency_key"] == KEY
+    assert shown["error"] == ERROR and shown["input"] == "in\x1b[8m"
+    [listed] = (await as_json(capsys, database_url, "list", "--tag", TAGS[1]))["runs"]
+    assert listed["tags"] == TAGS and listed["error_code"] == ERROR["code"]

@@ -68,6 +68,20 @@ async def test_a_non_postgres_url_from_the_environment_names_its_variable(
         async with Engine():
             pass
     assert "needs PostgreSQL" in caught.value.message
+    assert "set $ITERFLOW_DATABASE_URL, which takes precedence" in caught.value.message
+
+
+async def test_a_bad_url_in_the_variable_that_takes_precedence_is_not_fixed_by_setting_it(
+    no_url_env: pytest.MonkeyPatch,
+) -> None:
+    no_url_env.setenv("ITERFLOW_DATABASE_URL", "sqlite:///app.db")
+
+    with pytest.raises(ConfigInvalid) as caught:
+        async with Engine():
+            pass
+    message = caught.value.message
+    assert "(the URL in $ITERFLOW_DATABASE_URL); fix or unset $ITERFLOW_DATABASE_URL" in message
+    assert "takes precedence" not in message  # that advice would name the broken variable
 
 
 async def test_embedded_fallback_logs_its_data_directory(

@@ -15,7 +15,10 @@ This module is the top-level parser, its global options and the exit statuses. E
 is a module (:mod:`~iterflow.cli.schema`, :mod:`~iterflow.cli.worker`, :mod:`~iterflow.cli.runs`,
 :mod:`~iterflow.cli.show`, :mod:`~iterflow.cli.schedules`, :mod:`~iterflow.cli.graph`,
 :mod:`~iterflow.cli.demo`) whose ``register(subparsers)`` adds its subcommands with
-``set_defaults(func=...)``; :func:`main` calls ``args.func(args)``.
+``set_defaults(func=...)``; :func:`main` calls ``args.func(args)``. Every subcommand's parser is a
+:class:`~iterflow.cli.common.CommandParser`, which takes ``--json`` after the command name. Text
+output goes through :func:`~iterflow.cli.common.echo` (and log lines through a formatter doing the
+same), which escapes control characters that values from the data may carry.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ from iterflow.cli.common import (
     EXIT_NOT_FAILED,
     EXIT_NOT_FOUND,
     Command,
+    CommandParser,
+    escape_controls,
+    json_text,
 )
 from iterflow.core.errors import (
     ConfigInvalid,
@@ -186,7 +192,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log at DEBUG and print errors' tracebacks"
     )
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    # every subcommand's parser (nested ones too) is a CommandParser: it takes --json after its name
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
     for group in _COMMAND_GROUPS:  # each adds its subcommands, with set_defaults(func=...)
         group.register(subparsers)
     return parser
@@ -222,11 +229,18 @@ def _run(args: argparse.Namespace) -> int | None:
     return asyncio.run(pending)
 
 
+class _TextLogFormatter(logging.Formatter):
+    """A log record's line with its control characters escaped (a message may carry data: a
+    tag, an error message), the traceback after it as it is."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+
 class _JsonLogFormatter(logging.Formatter):
     """A log record as ``{"at", "level", "logger", "message"}`` (+ ``"traceback"``)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        import json
         from datetime import UTC, datetime
 
         data = {
@@ -237,7 +251,7 @@ class _JsonLogFormatter(logging.Formatter):
         }
         if record.exc_info:
             data["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(data, ensure_ascii=False, default=str)
+        return json_text(data, indent=None)
 
 
 def _one_line(text: str) -> str:
@@ -255,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:  # one JSON object per log line (flowctl --json worker ...)
         handler.setFormatter(_JsonLogFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_TextLogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     if not args.verbose:
         for noisy in ("procrastinate", "alembic", "pgserver"):
@@ -266,12 +280,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             traceback.print_exception(exc)
         message = _one_line(exc.message)
-        print(f"flowctl: error [{exc.error_code}]: {message}", file=sys.stderr)
+        print(f"flowctl: error [{exc.error_code}]: {escape_controls(message)}", file=sys.stderr)
         if getattr(args, "json", False):
-            import json
-
             error = {"code": exc.error_code, "message": message}
-            print(json.dumps({"error": error, "exit": exit_code(exc)}, indent=2))
+            print(json_text({"error": error, "exit": exit_code(exc)}))
         return exit_code(exc)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

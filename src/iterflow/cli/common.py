@@ -1,7 +1,8 @@
-"""What flowctl's command modules share: the ``--schema`` and ``--json`` options after a
-subcommand, the database URL and an engine on it (never creating an empty embedded cluster for a
-command that only reads), a ``module:engine`` loaded by import path, JSON arguments and output,
-times with their zone, and progress reporting for long commands.
+"""What flowctl's command modules share: the parser of every subcommand (which takes ``--json``
+after the command name) and the ``--schema`` option, the database URL and an engine on it (never
+creating an empty embedded cluster for a command that only reads), a ``module:engine`` loaded by
+import path, JSON arguments and output, human output with its control characters escaped, times
+with their zone, and progress reporting for long commands.
 
 Like every cli module, this one is imported to build the parser (``flowctl --help``), so the
 store and the runtime (SQLAlchemy, asyncpg, procrastinate) are imported only inside functions.
@@ -13,6 +14,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -31,12 +33,16 @@ __all__ = [
     "EXIT_NOT_FOUND",
     "RESULT_EXIT",
     "Command",
+    "CommandParser",
     "Progress",
     "Subparsers",
+    "data_dir",
     "database_url",
+    "echo",
     "embedded_data_dir",
+    "escape_controls",
     "iso",
-    "json_option",
+    "json_text",
     "load_app_engine",
     "load_engine",
     "open_engine",
@@ -78,16 +84,19 @@ def schema_option() -> argparse.ArgumentParser:
     return parent
 
 
-def json_option() -> argparse.ArgumentParser:
-    """A parent parser accepting ``--json`` after the subcommand too (as well as before it)."""
-    parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument(
-        "--json",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="print one JSON document (its shape per command is in docs/operations.md)",
-    )
-    return parent
+class CommandParser(argparse.ArgumentParser):
+    """The parser of every subcommand (:mod:`iterflow.cli` makes it the ``parser_class`` of its
+    subparsers, and nested groups such as ``schedules`` inherit it): it adds ``--json`` itself,
+    so every command takes it after its name too (as well as before it) and none can forget it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument(
+            "--json",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="print one JSON document (its shape per command is in docs/operations.md)",
+        )
 
 
 def wants_json(args: argparse.Namespace) -> bool:
@@ -95,9 +104,35 @@ def wants_json(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "json", False))
 
 
+#: Control characters: C0 (newline and tab included), DEL and C1.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character (C0, DEL, C1) shown as a visible escape (``\\n``,
+    ``\\r``, ``\\t``, else ``\\x1b``...): a value from the data (a tag, a key, an error
+    message) can then neither drive the terminal (escape sequences) nor forge a line."""
+    return _CONTROL.sub(lambda m: _NAMED_ESCAPES.get(m[0], f"\\x{ord(m[0]):02x}"), text)
+
+
+def echo(*lines: str, file: IO[str] | None = None) -> None:
+    """Human-readable output: each argument is one line, printed with :func:`escape_controls`
+    (so a newline inside one is shown as ``\\n``, never starts a line). Every command prints its
+    text output through it; ``--json`` prints the exact values."""
+    print("\n".join(escape_controls(line) for line in lines), file=file)
+
+
+def json_text(data: Any, *, indent: int | None = 2) -> str:
+    """``data`` as JSON text, safe on a terminal: ``json`` escapes C0 characters in strings,
+    and DEL and C1 are escaped too (``\\u009b``); it parses back to the exact values."""
+    text = json.dumps(data, indent=indent, ensure_ascii=False, default=str)
+    return re.sub("[\x7f-\x9f]", lambda m: f"\\u{ord(m[0]):04x}", text)
+
+
 def print_json(data: Any) -> None:
-    """``data`` as one indented JSON document on stdout."""
-    print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    """``data`` as one indented JSON document (:func:`json_text`) on stdout."""
+    print(json_text(data))
 
 
 def iso(value: datetime | None) -> str | None:
@@ -186,13 +221,23 @@ class Progress:
 
 def database_url(args: argparse.Namespace) -> str | None:
     """``--database-url``, else ``$ITERFLOW_DATABASE_URL``, else ``$DATABASE_URL``, else None
-    (the embedded PostgreSQL)."""
-    from iterflow.store.urls import resolve_database_url
+    (the embedded PostgreSQL). A URL from a variable that is not a PostgreSQL URL is
+    ``CONFIG_INVALID`` naming that variable (the engine would not: it gets the URL as an
+    argument)."""
+    from iterflow.store.urls import asyncpg_url, bad_env_url, resolve_database_url_source
 
-    return resolve_database_url(args.database_url)
+    url, source = resolve_database_url_source(args.database_url)
+    if url is None or source == "argument":
+        return url
+    try:
+        asyncpg_url(url)
+    except ConfigInvalid as exc:
+        raise bad_env_url(exc, source, argument="--database-url") from exc
+    return url
 
 
-def _data_dir(args: argparse.Namespace) -> Path | None:
+def data_dir(args: argparse.Namespace) -> Path | None:
+    """``--data-dir``, or None (the settings' default)."""
     value = getattr(args, "data_dir", None)
     return None if value is None else Path(value)
 
@@ -201,7 +246,7 @@ def embedded_data_dir(args: argparse.Namespace) -> Path:
     """Where the embedded PostgreSQL's cluster is (or would be) for these arguments."""
     from iterflow.core.settings import Settings
 
-    base = _data_dir(args) or Settings().data_dir
+    base = data_dir(args) or Settings().data_dir
     return (base / "pgdata").expanduser().resolve()
 
 
@@ -226,8 +271,8 @@ def open_engine(args: argparse.Namespace, *, create_embedded: bool = False) -> E
                 "point --data-dir at an existing directory, or run `flowctl migrate` to create it"
             )
     options: dict[str, Any] = {"db_schema": args.schema}
-    if (data_dir := _data_dir(args)) is not None:
-        options["data_dir"] = data_dir
+    if (directory := data_dir(args)) is not None:
+        options["data_dir"] = directory
     return Engine(url, **options)
 
 
@@ -298,6 +343,6 @@ def load_app_engine(args: argparse.Namespace) -> Engine:
     """:func:`load_engine` for ``args.engine`` with the global ``--database-url`` and
     ``--data-dir`` applied."""
     engine = load_engine(args.engine, args.database_url)
-    if (data_dir := _data_dir(args)) is not None:
-        engine.configure(data_dir=data_dir)
+    if (directory := data_dir(args)) is not None:
+        engine.configure(data_dir=directory)
     return engine

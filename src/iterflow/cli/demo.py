@@ -3,6 +3,11 @@ payment provider's webhook would send it: a signed event posted to iterflow's
 :func:`~iterflow.contrib.starlette.signal_webhook` endpoint, served by uvicorn (both come with
 ``iterflow[web]``).
 
+The demo starts its own embedded server (in ``--data-dir``, default ``./.iterflow``) and stops it
+at the end; ``$ITERFLOW_DATABASE_URL`` and ``$DATABASE_URL`` are ignored, so it never writes into
+the database an application uses. Only an explicit ``flowctl --database-url URL demo`` runs it
+there (migrating it). With ``--json`` the narrative goes to stderr and stdout gets one document.
+
 flowctl imports this module to build its parser, so the demo's own imports (pydantic, the
 engine, asyncio, starlette, uvicorn, urllib) happen inside the functions that run it.
 """
@@ -12,14 +17,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iterflow.cli.common import Subparsers, database_url
+from iterflow.cli.common import Subparsers, echo, embedded_data_dir, print_json, wants_json
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Callable
 
     import uvicorn
 
@@ -31,13 +39,24 @@ __all__ = ["build_engine", "register", "run_demo"]
 
 def register(subparsers: Subparsers) -> None:
     """Add ``demo``."""
-    demo = subparsers.add_parser("demo", help="run the order demo on embedded PostgreSQL")
+    demo = subparsers.add_parser(
+        "demo",
+        help="run the order demo on its own embedded PostgreSQL (in --data-dir; "
+        "$DATABASE_URL is ignored, only an explicit --database-url is used)",
+    )
     demo.add_argument("--sleep", type=float, default=2.0, help="durable sleep in seconds")
     demo.set_defaults(func=_demo)
 
 
 async def _demo(args: argparse.Namespace) -> None:
-    await run_demo(database_url(args), sleep_seconds=args.sleep)
+    summary = await run_demo(
+        args.database_url,
+        pgdata=embedded_data_dir(args),
+        sleep_seconds=args.sleep,
+        as_json=wants_json(args),
+    )
+    if wants_json(args):
+        print_json(summary)
 
 
 def build_engine(url: str | None, sleep_seconds: float) -> tuple[Engine, FlowHandle[Any, Any]]:
@@ -161,51 +180,98 @@ def _post(url: str, event: dict[str, Any]) -> str:
         return str(json.loads(response.read())["result"])
 
 
-async def run_demo(url: str | None, *, sleep_seconds: float = 2.0) -> None:
-    """Migrate, run one order end to end, print its timeline, and shut everything down."""
+async def _order(
+    engine: Engine, handle: FlowHandle[Any, Any], say: Callable[..., None]
+) -> tuple[uuid.UUID, Any]:
+    """Start one order (twice: the idempotency key), post its payment webhook (twice: a
+    redelivery) once it waits, and return its run id and receipt."""
     import asyncio
 
     from iterflow.core.models import RunStatus
+
+    order = {"order_id": f"A-{uuid.uuid4().hex[:6]}", "amount_cents": 4200}
+    key = f"order-{order['order_id']}"
+    started = await handle.start(order, idempotency_key=key)
+    again_start = await handle.start(order, idempotency_key=key)
+    run_id = started.run_id
+    say(
+        f"started run {run_id} (created={started.created}); the same idempotency key "
+        f"again returns {again_start.run_id == run_id and not again_start.created}"
+    )
+    server, serving, port = await _webhook_server(engine)
+    try:
+        deadline = time.monotonic() + 30
+        while (await engine.status(run_id)).run.status is not RunStatus.AWAITING_SIGNAL:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the demo run never reached its payment wait")
+            await asyncio.sleep(0.1)
+        say("run is waiting for the payment webhook; posting it…")
+        hook = f"http://127.0.0.1:{port}/webhooks/payments"
+        event = {
+            "id": "evt_1",
+            "type": "payment.succeeded",
+            "run_id": str(run_id),
+            "data": {"payment_id": "pay_123", "status": "paid"},
+        }
+        first = await asyncio.to_thread(_post, hook, event)
+        again = await asyncio.to_thread(_post, hook, event)  # a provider's redelivery
+        say(f"webhook answered {first!r}; its retry answered {again!r}")
+        receipt = await handle.result(run_id, timeout=30)
+        say(f"result: {receipt!r}")
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await serving
+    return run_id, receipt
+
+
+async def run_demo(
+    url: str | None,
+    *,
+    pgdata: Path = Path(".iterflow/pgdata"),
+    sleep_seconds: float = 2.0,
+    as_json: bool = False,
+) -> dict[str, Any]:
+    """Migrate, run one order end to end, print its timeline, shut everything down, and return
+    a summary (``{"run_id", "output", "database", "seconds"}``). With ``url`` None (the
+    environment's URLs are not read) the demo starts an embedded server in ``pgdata`` and stops
+    it at the end. ``as_json`` prints the narrative on stderr (stdout is the caller's)."""
+    import asyncio
+
     from iterflow.core.timeline import render_timeline
+    from iterflow.store.embedded import EmbeddedPostgres
+    from iterflow.store.urls import redacted
+
+    def say(*lines: str) -> None:
+        echo(*lines, file=sys.stderr if as_json else None)
 
     t0 = time.monotonic()
-    engine, handle = build_engine(url, sleep_seconds)
-    async with engine:
-        print(f"database ready ({time.monotonic() - t0:.1f}s); migrating…")
-        await engine.migrate()
-        await engine.listen(concurrency=2)
-        server, serving, port = await _webhook_server(engine)
-        try:
-            order = {"order_id": f"A-{uuid.uuid4().hex[:6]}", "amount_cents": 4200}
-            key = f"order-{order['order_id']}"
-            started = await handle.start(order, idempotency_key=key)
-            again_start = await handle.start(order, idempotency_key=key)
-            run_id = started.run_id
-            print(
-                f"started run {run_id} (created={started.created}); the same idempotency key "
-                f"again returns {again_start.run_id == run_id and not again_start.created}"
-            )
-            deadline = time.monotonic() + 30
-            while (await engine.status(run_id)).run.status is not RunStatus.AWAITING_SIGNAL:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the demo run never reached its payment wait")
-                await asyncio.sleep(0.1)
-            print("run is waiting for the payment webhook; posting it…")
-            hook = f"http://127.0.0.1:{port}/webhooks/payments"
-            event = {
-                "id": "evt_1",
-                "type": "payment.succeeded",
-                "run_id": str(run_id),
-                "data": {"payment_id": "pay_123", "status": "paid"},
-            }
-            first = await asyncio.to_thread(_post, hook, event)
-            again = await asyncio.to_thread(_post, hook, event)  # a provider's redelivery
-            print(f"webhook answered {first!r}; its retry answered {again!r}")
-            receipt = await handle.result(run_id, timeout=30)
-            print(f"result: {receipt!r}")
-            print(render_timeline(await engine.status(run_id)))
-        finally:
-            server.should_exit = True
-            with contextlib.suppress(Exception):
-                await serving
-    print(f"demo finished in {time.monotonic() - t0:.1f}s; embedded PostgreSQL stopped")
+    embedded: EmbeddedPostgres | None = None
+    if url is None:
+        embedded = EmbeddedPostgres(pgdata)
+        url = await asyncio.to_thread(embedded.start)
+        where = f"embedded PostgreSQL in {embedded.data_dir}"
+    else:
+        where = redacted(url)
+    try:
+        engine, handle = build_engine(url, sleep_seconds)
+        async with engine:
+            say(f"database ready: {where} ({time.monotonic() - t0:.1f}s); migrating…")
+            await engine.migrate()
+            await engine.listen(concurrency=2)
+            run_id, receipt = await _order(engine, handle, say)
+            say(*render_timeline(await engine.status(run_id)).rstrip("\n").split("\n"))
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+    seconds = round(time.monotonic() - t0, 1)
+    if embedded is not None:
+        say(f"demo finished in {seconds:.1f}s; embedded PostgreSQL stopped ({embedded.data_dir})")
+    else:
+        say(f"demo finished in {seconds:.1f}s; its run stays in {where}")
+    return {
+        "run_id": str(run_id),
+        "output": receipt.model_dump(mode="json"),
+        "database": "embedded" if embedded is not None else where,
+        "seconds": seconds,
+    }

@@ -15,7 +15,7 @@ import argparse
 from iterflow.cli.common import (
     Progress,
     Subparsers,
-    json_option,
+    echo,
     open_engine,
     print_json,
     schema_option,
@@ -30,7 +30,7 @@ def register(subparsers: Subparsers) -> None:
     """Add ``gc``."""
     gc = subparsers.add_parser(
         "gc",
-        parents=[schema_option(), json_option()],
+        parents=[schema_option()],
         help="delete finished runs older than an age, with their children (--dry-run counts)",
     )
     gc.add_argument(
@@ -71,4 +71,4 @@ async def _gc(args: argparse.Namespace) -> None:
     verb = "would delete" if report.dry_run else "deleted"
     detail = ", ".join(f"{status} {n}" for status, n in by_status.items()) or "none"
     children = report.runs - report.top_level
-    print(f"{verb} {report.runs} run(s): top-level {detail}; {children} child run(s)")
+    echo(f"{verb} {report.runs} run(s): top-level {detail}; {children} child run(s)")

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from iterflow.cli.common import (
     Subparsers,
+    echo,
     load_engine,
     open_engine,
     parse_json,
     schema_option,
     wants_json,
 )
-from iterflow.core.errors import ConfigInvalid, InputInvalid
+from iterflow.core.errors import ConfigInvalid, FlowUnknown, InputInvalid
+
+if TYPE_CHECKING:
+    from iterflow.core.definition import Registry
 
 __all__ = ["register"]
 
@@ -42,6 +47,7 @@ async def _graph(args: argparse.Namespace) -> None:
     from iterflow.core.progress import graph_from_history, overlay
 
     sample = parse_json(args.input, "--input", InputInvalid) if args.input else None
+    fmt = _format(args)
     module, _, rest = (args.target or "").partition(":")
     attr, _, flow_name = rest.partition(":")
     # module:engine:flow_name loads the application's engine (its --database-url overriding the
@@ -54,20 +60,44 @@ async def _graph(args: argparse.Namespace) -> None:
         if not flow_name:
             raise ConfigInvalid("expected module:engine:flow_name, or --run RUN_ID")
         registry = engine.registry
-        flow = registry.get(flow_name, args.version) if args.version else registry.latest(flow_name)
+        flow = (
+            registry.latest(flow_name)
+            if args.version is None
+            else registry.get(flow_name, args.version)
+        )
         if flow is None:
-            known = ", ".join(f.key for f in engine.registry.all()) or "none"
-            raise ConfigInvalid(f"flow {flow_name!r} is not registered (registered: {known})")
-        print(render(await graph_of(flow, sample), _format(args)), end="")
+            raise _unknown(registry, flow_name, args.version)
+        _print(render(await graph_of(flow, sample), fmt), fmt)
         return
     async with engine:  # a run's progress over its flow's graph (or the graph it walked)
         detail = await engine.status(args.run)
         flow = engine.registry.get(detail.run.name, detail.run.version)
         static = getattr(flow, "graph", None)
         graph = static if static is not None else graph_from_history(detail)
-        print(render(graph, _format(args), overlay(graph, detail)), end="")
+        _print(render(graph, fmt, overlay(graph, detail)), fmt)
 
 
 def _format(args: argparse.Namespace) -> str:
     """``--format``, or ``json`` with ``--json``."""
     return "json" if wants_json(args) else str(args.format)
+
+
+def _unknown(registry: Registry, name: str, version: int | None) -> FlowUnknown:
+    """``FLOW_UNKNOWN`` for ``name`` (at ``version``), listing what is registered."""
+    versions = sorted(f.version for f in registry.all() if f.name == name)
+    if versions and version is not None:
+        listed = ", ".join(str(v) for v in versions)
+        return FlowUnknown(
+            f"no version {version} of flow {name!r} is registered (its versions: {listed}); "
+            "pass one of them to --version, or omit it for the newest"
+        )
+    known = ", ".join(f.key for f in registry.all()) or "none"
+    return FlowUnknown(f"flow {name!r} is not registered (registered: {known})")
+
+
+def _print(text: str, fmt: str) -> None:
+    """A rendered graph: JSON (escaped by ``json``) as it is, Mermaid through :func:`echo`."""
+    if fmt == "json":
+        print(text, end="")
+    else:
+        echo(*text.rstrip("\n").split("\n"))

@@ -19,7 +19,7 @@ from iterflow.cli.common import (
     RESULT_EXIT,
     Progress,
     Subparsers,
-    json_option,
+    echo,
     load_app_engine,
     open_engine,
     parse_json,
@@ -39,7 +39,7 @@ __all__ = ["register"]
 
 def register(subparsers: Subparsers) -> None:
     """Add ``list``, ``retry``, ``cancel``, ``fork`` and ``signal``."""
-    parents = [schema_option(), json_option()]
+    parents = [schema_option()]
     lst = subparsers.add_parser(
         "list", parents=parents, help="list runs, newest first, by flow, status, tag, time..."
     )
@@ -91,9 +91,7 @@ def register(subparsers: Subparsers) -> None:
     )
     fork.set_defaults(func=_fork)
 
-    sig = subparsers.add_parser(
-        "signal", parents=[json_option()], help="deliver a signal (validated by the flow's model)"
-    )
+    sig = subparsers.add_parser("signal", help="deliver a signal (validated by the flow's model)")
     sig.add_argument("engine", help="import path of the Engine that registers the flow")
     sig.add_argument("run_id")
     sig.add_argument("name")
@@ -225,14 +223,14 @@ async def _list(args: argparse.Namespace) -> None:
             }
         )
         return
-    print(f"{'run id':36}  {'flow':24}  {'status':16}  {'created':25}  why")
+    echo(f"{'run id':36}  {'flow':24}  {'status':16}  {'created':25}  why")
     for run in page.runs:
         flow = f"{run.name}@{run.version}"
         created = run.created_at.astimezone(UTC).isoformat(timespec="seconds")
         why = run.waiting_for or (run.error or {}).get("code") or ""
-        print(f"{run.id!s:36}  {flow:24}  {run.status.value:16}  {created:25}  {why}")
+        echo(f"{run.id!s:36}  {flow:24}  {run.status.value:16}  {created:25}  {why}")
     if more is not None:
-        print(f"more: {more}")
+        echo(f"more: {more}")
 
 
 # --- retry, cancel (one run, or bulk) ------------------------------------------------------------
@@ -268,10 +266,10 @@ def _bulk_output(args: argparse.Namespace, result: BulkResult) -> None:
         return
     verb = f"would {result.action}" if result.dry_run else f"{result.action}"
     counts = ", ".join(f"{k} {v}" for k, v in sorted(result.outcomes.items())) or "none"
-    print(f"{result.matched} run(s) matched; {verb}: {result.acted} ({counts})")
+    echo(f"{result.matched} run(s) matched; {verb}: {result.acted} ({counts})")
     if result.dry_run:
         for run_id in result.run_ids:
-            print(f"  {run_id}")
+            echo(f"  {run_id}")
 
 
 async def _bulk(args: argparse.Namespace, action: str) -> None:
@@ -306,7 +304,7 @@ def _result(args: argparse.Namespace, run_id: str, kind: str, status: Any) -> in
         value = None if status is None else status.value
         print_json({"run_id": run_id, "result": kind, "status": value})
     else:
-        print(kind)
+        echo(kind)
     return RESULT_EXIT.get(kind)
 
 
@@ -344,7 +342,7 @@ async def _fork(args: argparse.Namespace) -> None:
             }
         )
     else:
-        print(f"forked {args.run_id} into run {result.run_id}")
+        echo(f"forked {args.run_id} into run {result.run_id}")
 
 
 async def _signal(args: argparse.Namespace) -> int | None:
@@ -362,5 +360,5 @@ async def _signal(args: argparse.Namespace) -> int | None:
             }
         )
     else:
-        print(result.kind)
+        echo(result.kind)
     return RESULT_EXIT.get(result.kind)

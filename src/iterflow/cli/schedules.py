@@ -17,10 +17,11 @@ from zoneinfo import ZoneInfo
 from iterflow.cli.common import (
     Progress,
     Subparsers,
-    json_option,
+    echo,
     load_engine,
     open_engine,
     schema_option,
+    wants_json,
 )
 from iterflow.core.errors import ConfigInvalid
 
@@ -35,13 +36,12 @@ def register(subparsers: Subparsers) -> None:
     group = subparsers.add_parser("schedules", help="list and act on cron schedules")
     commands = group.add_subparsers(dest="schedules_command", required=True, metavar="COMMAND")
     schema_opt = schema_option()
-    json_opt = json_option()  # also `flowctl --json schedules ...`
 
     commands.add_parser(
-        "list", parents=[schema_opt, json_opt], help="every schedule with its next tick"
+        "list", parents=[schema_opt], help="every schedule with its next tick"
     ).set_defaults(func=_list)
     show = commands.add_parser(
-        "show", parents=[schema_opt, json_opt], help="a schedule and its recent decisions"
+        "show", parents=[schema_opt], help="a schedule and its recent decisions"
     )
     show.add_argument("schedule_id")
     show.add_argument("--events", type=int, default=20, help="how many recent events")
@@ -51,19 +51,16 @@ def register(subparsers: Subparsers) -> None:
         ("resume", "start again from the next tick (missed ticks are not caught up)"),
         ("delete", "delete the schedule and its events (its runs stay)"),
     ):
-        cmd = commands.add_parser(name, parents=[schema_opt, json_opt], help=text)
+        cmd = commands.add_parser(name, parents=[schema_opt], help=text)
         cmd.add_argument("schedule_id")
         cmd.set_defaults(func=_act, action=name)
 
-    trigger = commands.add_parser(
-        "trigger", parents=[json_opt], help="start one run now, as if a tick fell now"
-    )
+    trigger = commands.add_parser("trigger", help="start one run now, as if a tick fell now")
     trigger.add_argument("engine", help="import path of the Engine that registers the flow")
     trigger.add_argument("schedule_id")
     trigger.set_defaults(func=_trigger)
     backfill = commands.add_parser(
         "backfill",
-        parents=[json_opt],
         help="start every tick in [START, END] (ticks that already ran start nothing)",
     )
     backfill.add_argument("engine", help="import path of the Engine that registers the flow")
@@ -132,32 +129,34 @@ def _line(record: ScheduleRecord) -> str:
 async def _list(args: argparse.Namespace) -> None:
     async with open_engine(args) as engine:
         records = await engine.list_schedules()
-    if args.json:
+    if wants_json(args):
         print(json.dumps([_data(r) for r in records], indent=2))
         return
-    print(f"{'schedule':24}  {'flow':20}  {'cron and zone':32}  {'state':6}  next tick")
-    for record in records:
-        print(_line(record))
+    echo(
+        f"{'schedule':24}  {'flow':20}  {'cron and zone':32}  {'state':6}  next tick",
+        *(_line(record) for record in records),
+    )
 
 
 async def _show(args: argparse.Namespace) -> None:
     async with open_engine(args) as engine:
         record = await engine.get_schedule(args.schedule_id)
         events = await engine.schedule_events(args.schedule_id, limit=args.events)
-    if args.json:
+    if wants_json(args):
         print(json.dumps({**_data(record), "events": [_event(e) for e in events]}, indent=2))
         return
     spec = record.spec
-    print(_line(record))
-    print(
+    lines = [
+        _line(record),
         f"  overlap {spec.overlap}, catch-up {spec.catchup_seconds or 'none'} s, "
-        f"jitter {spec.jitter_seconds} s, source {spec.source}"
-    )
-    print(f"  last tick {_local(record.last_tick, spec.tz)}, last run {record.last_run_id or '-'}")
+        f"jitter {spec.jitter_seconds} s, source {spec.source}",
+        f"  last tick {_local(record.last_tick, spec.tz)}, last run {record.last_run_id or '-'}",
+    ]
     for event in events:
         tick = f" tick {_iso(event.tick)}" if event.tick else ""
         run = f" run {event.run_id}" if event.run_id else ""
-        print(f"  {_iso(event.at)}  {event.type}{tick}{run}  {json.dumps(event.data)}")
+        lines.append(f"  {_iso(event.at)}  {event.type}{tick}{run}  {json.dumps(event.data)}")
+    echo(*lines)
 
 
 async def _act(args: argparse.Namespace) -> None:
@@ -169,16 +168,19 @@ async def _act(args: argparse.Namespace) -> None:
             result = _data(await engine.pause(args.schedule_id))
         else:
             result = _data(await engine.resume(args.schedule_id))
-    print(json.dumps(result, indent=2) if args.json else f"{args.action}d {args.schedule_id}")
+    if wants_json(args):
+        print(json.dumps(result, indent=2))
+    else:
+        echo(f"{args.action}d {args.schedule_id}")
 
 
 async def _trigger(args: argparse.Namespace) -> None:
     async with load_engine(args.engine, args.database_url) as engine:
         result = await engine.trigger(args.schedule_id)
-    if args.json:
+    if wants_json(args):
         print(json.dumps({"run_id": str(result.run_id), "created": result.created}))
     else:
-        print(f"started run {result.run_id}")
+        echo(f"started run {result.run_id}")
 
 
 def _when(text: str) -> datetime:
@@ -200,8 +202,8 @@ async def _backfill(args: argparse.Namespace) -> None:
     finally:
         progress.close()
     created = sum(r.created for r in results)
-    if args.json:
+    if wants_json(args):
         runs = [{"run_id": str(r.run_id), "created": r.created} for r in results]
         print(json.dumps({"ticks": len(results), "created": created, "runs": runs}))
     else:
-        print(f"{len(results)} tick(s): {created} run(s) started, {len(results) - created} existed")
+        echo(f"{len(results)} tick(s): {created} run(s) started, {len(results) - created} existed")

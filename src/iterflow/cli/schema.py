@@ -8,6 +8,7 @@ from pathlib import Path
 from iterflow.cli.common import (
     Progress,
     Subparsers,
+    echo,
     open_engine,
     print_json,
     schema_option,
@@ -62,7 +63,7 @@ async def _migrate(args: argparse.Namespace) -> None:
             if wants_json(args):
                 print_json({"schema": schema, "database": where, "stamped": False})
             else:
-                print(f"migrated schema {schema!r} on {where}")
+                echo(f"migrated schema {schema!r} on {where}")
             return
         result = await asyncio.to_thread(stamp, engine.database_url, schema=schema)
         before = result.previous or "none"
@@ -79,7 +80,7 @@ async def _migrate(args: argparse.Namespace) -> None:
                 }
             )
             return
-        print(
+        echo(
             f"stamped schema {schema!r} on {where} at revision {result.revision} "
             f"(was {before}); tables verified{extra}"
         )
@@ -97,4 +98,4 @@ def _generate_schema(args: argparse.Namespace) -> None:
     if wants_json(args):
         print_json({"written": None if written is None else str(written)})
     elif written is not None:
-        print(f"wrote {written}")
+        echo(f"wrote {written}")

@@ -7,7 +7,9 @@ timeline. Long values are cut with a marker saying how much was left out and tha
 prints everything; ``--json`` is always complete. Times are ISO 8601 with their UTC offset.
 
 The JSON shapes built here (:func:`run_data`, :func:`run_summary`) are also those of
-``flowctl list`` and are documented in docs/operations.md.
+``flowctl list`` and are documented in docs/operations.md. Text output goes through
+:func:`~iterflow.cli.common.echo`, which escapes control characters: a tag, key or message cannot
+drive the terminal or forge a line (``--json`` has the exact values).
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from iterflow.cli.common import Subparsers, iso, json_option, open_engine, print_json, schema_option
+from iterflow.cli.common import (
+    Subparsers,
+    echo,
+    iso,
+    open_engine,
+    print_json,
+    schema_option,
+    wants_json,
+)
 
 if TYPE_CHECKING:
     from iterflow.core.explain import Explanation
@@ -43,7 +53,7 @@ CHILDREN_SHOWN = 20
 
 def register(subparsers: Subparsers) -> None:
     """Add ``show`` and ``explain``."""
-    parents = [schema_option(), json_option()]
+    parents = [schema_option()]
     show = subparsers.add_parser(
         "show",
         parents=parents,
@@ -172,8 +182,9 @@ def _cell(value: Any, full: bool) -> str:
     return clip(text, CELL_LIMIT, full)
 
 
-def _indent(text: str, prefix: str = "    ") -> str:
-    return "\n".join(prefix + line for line in text.splitlines())
+def _indent(text: str, prefix: str = "    ") -> list[str]:
+    """The lines of a multi-line block (a JSON value, a traceback), indented."""
+    return [prefix + line for line in text.split("\n")]
 
 
 def _traceback(error: dict[str, Any]) -> str | None:
@@ -196,11 +207,11 @@ def _error_lines(error: dict[str, Any], full: bool) -> list[str]:
         lines.append(f"  cause: {cause.get('type')}: {message}")
     if error.get("details"):
         lines.append("  details:")
-        lines.append(_indent(_value(error["details"], full)))
+        lines += _indent(_value(error["details"], full))
     trace = _traceback(error)
     if trace:
         lines.append("  traceback:")
-        lines.append(_indent(clip(trace.rstrip("\n"), TEXT_LIMIT, full)))
+        lines += _indent(clip(trace.rstrip("\n"), TEXT_LIMIT, full))
     return lines
 
 
@@ -276,7 +287,7 @@ async def _show(args: argparse.Namespace) -> None:
         detail = await engine.status(args.run_id)
         explanation = await engine.explain(detail.run.id)
         run = detail.run
-        as_json = bool(getattr(args, "json", False))
+        as_json = wants_json(args)
         shown = 1000 if as_json or args.full else CHILDREN_SHOWN
         children, total_children = await _children(engine, run, shown)
     if as_json:
@@ -313,9 +324,9 @@ async def _show(args: argparse.Namespace) -> None:
         return
     full = bool(args.full)
     lines = _header(run, explanation)
-    lines += ["input:", _indent(_value(run.input, full))]
+    lines += ["input:", *_indent(_value(run.input, full))]
     if run.output is not None:
-        lines += ["output:", _indent(_value(run.output, full))]
+        lines += ["output:", *_indent(_value(run.output, full))]
     if run.error:
         lines += _error_lines(run.error, full)
     if children:
@@ -339,7 +350,7 @@ async def _show(args: argparse.Namespace) -> None:
         lines += _events(detail, full)
     else:
         lines.append(f"events: {len(detail.events)} (--events lists them)")
-    print("\n".join(lines))
+    echo(*lines)
 
 
 async def _explain(args: argparse.Namespace) -> None:
@@ -349,7 +360,7 @@ async def _explain(args: argparse.Namespace) -> None:
         workers = await engine.workers()
     key = f"{run.run.name}@{run.run.version}"
     serving = [w.id for w in workers if not w.stale and key in w.flows]
-    if getattr(args, "json", False):
+    if wants_json(args):
         print_json(
             {
                 "run_id": str(run.run.id),
@@ -381,4 +392,4 @@ async def _explain(args: argparse.Namespace) -> None:
         lines.append(f"  workers: {len(serving)} of {live} live worker(s) run {key}")
     else:
         lines.append(f"  workers: none of {live} live worker(s) runs {key}")
-    print("\n".join(lines))
+    echo(*lines)

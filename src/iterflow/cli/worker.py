@@ -10,8 +10,8 @@ import signal
 
 from iterflow.cli.common import (
     Subparsers,
+    echo,
     iso,
-    json_option,
     load_app_engine,
     open_engine,
     print_json,
@@ -43,7 +43,7 @@ def register(subparsers: Subparsers) -> None:
 
     workers = subparsers.add_parser(
         "workers",
-        parents=[schema_option(), json_option()],
+        parents=[schema_option()],
         help="list registered workers: host, pid, flows they run, last heartbeat",
     )
     workers.set_defaults(func=_workers)
@@ -107,12 +107,12 @@ async def _workers(args: argparse.Namespace) -> None:
         )
         return
     if not workers:
-        print("no worker is registered")
+        echo("no worker is registered")
         return
     for w in workers:
         state = "STALE" if w.stale else "live"
-        print(
+        echo(
             f"{w.id}  {state}  pid {w.pid} on {w.host}  heartbeat {iso(w.heartbeat_at)}  "
             f"started {iso(w.started_at)}"
         )
-        print(f"  flows: {', '.join(w.flows) or 'none'}  queues: {', '.join(w.queues)}")
+        echo(f"  flows: {', '.join(w.flows) or 'none'}  queues: {', '.join(w.queues)}")

@@ -14,7 +14,13 @@ from iterflow.core.errors import ConfigInvalid
 from iterflow.core.settings import Settings
 from iterflow.runtime.notify import TerminalListener
 from iterflow.store.postgres import HOT_IDLE, TERMINAL_CHANNEL, PostgresStore
-from iterflow.store.urls import asyncpg_url, libpq_url, redacted, resolve_database_url_source
+from iterflow.store.urls import (
+    asyncpg_url,
+    bad_env_url,
+    libpq_url,
+    redacted,
+    resolve_database_url_source,
+)
 
 if TYPE_CHECKING:
     from iterflow.store.embedded import EmbeddedPostgres
@@ -71,10 +77,7 @@ async def open_backend(settings: Settings) -> Backend:
         except ConfigInvalid as exc:
             if source == "argument":
                 raise
-            raise ConfigInvalid(
-                f"{exc.message} (the URL comes from {source}; pass database_url= or set "
-                "$ITERFLOW_DATABASE_URL, which takes precedence over $DATABASE_URL)"
-            ) from exc
+            raise bad_env_url(exc, source, argument="database_url=") from exc
         logger.debug("database %s (from %s)", redacted(url), source)
     read_url = settings.read_database_url
     if read_url is not None:

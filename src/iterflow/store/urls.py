@@ -18,6 +18,7 @@ from iterflow.core.errors import ConfigInvalid
 __all__ = [
     "URL_ENV_VARS",
     "asyncpg_url",
+    "bad_env_url",
     "libpq_url",
     "psycopg_url",
     "redacted",
@@ -42,6 +43,17 @@ def resolve_database_url_source(
         if value:
             return value, f"${name}"
     return None, "embedded"
+
+
+def bad_env_url(exc: ConfigInvalid, source: str, *, argument: str) -> ConfigInvalid:
+    """``exc`` (a URL that is not PostgreSQL's) for a URL that came from the variable
+    ``source`` (``"$NAME"``), naming it and how to fix it; ``argument`` is how the caller passes
+    a URL instead (``--database-url``, ``database_url=``). Only a URL in a variable of lower
+    precedence can be overridden by setting the other one."""
+    fix = f"fix or unset {source}, or pass {argument}"
+    if source != f"${URL_ENV_VARS[0]}":
+        fix += f" (or set ${URL_ENV_VARS[0]}, which takes precedence over {source})"
+    return ConfigInvalid(f"{exc.message} (the URL in {source}); {fix}")
 
 
 def resolve_database_url(
