@@ -60,6 +60,7 @@ async def test_an_expired_lease_can_be_claimed_and_the_old_owner_is_refused(
     await asyncio.sleep(0.1)  # let the lease expire (time passing is the subject here)
     new = await store.claim(run.id, "w2", LEASE)
     assert new is not None and new.run.claims == 2
+    assert new.run.waiting_for == "recovery"  # taken from a lost attempt, as if recovered
     with pytest.raises(LeaseLost):
         await store.checkpoint(old.lease, memo(0, "a"))
     await store.checkpoint(new.lease, memo(0, "a", output="new"))

@@ -1,7 +1,8 @@
 """A worker app for the SIGKILL tests: flows whose steps append to a counter file.
 
 ``four-steps``: step 3 blocks until a release file exists, so the test can kill the worker
-mid-step with steps 1-2 checkpointed. ``burst``: ten quick steps, for many concurrent runs whose
+mid-step with steps 1-2 checkpointed; each step execution can also record the attempt number
+it saw. ``burst``: ten quick steps, for many concurrent runs whose
 checkpoints are committed together (group commit). Run with ``flowctl worker kill_app:engine``
 (``PYTHONPATH`` = this folder).
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from iterflow import Engine, FlowContext
+from iterflow import Engine, FlowContext, step_attempt
 
 engine = Engine(lease_seconds=2.0, reconcile_every_seconds=1, worker_poll_interval=0.2)
 
@@ -21,6 +22,8 @@ engine = Engine(lease_seconds=2.0, reconcile_every_seconds=1, worker_poll_interv
 class Job(BaseModel):
     counter_file: str
     release_file: str
+    #: Where each step execution appends ``<step> <step_attempt()>`` (None: nowhere).
+    attempts_file: str | None = None
 
 
 def _count(path: str, name: str) -> None:
@@ -32,6 +35,8 @@ def _count(path: str, name: str) -> None:
 async def four_steps(ctx: FlowContext, job: Job) -> list[str]:
     async def step(name: str) -> str:
         _count(job.counter_file, name)
+        if job.attempts_file is not None:
+            _count(job.attempts_file, f"{name} {step_attempt()}")
         if name == "s3":
             while not Path(job.release_file).exists():
                 await asyncio.sleep(0.05)

@@ -134,10 +134,12 @@ async def test_a_worker_killed_mid_step_is_recovered_within_lease_plus_sweep(
 ) -> None:
     counter = tmp_path / "counts.txt"
     release = tmp_path / "release"
+    attempts = tmp_path / "attempts.txt"
     counter.touch()
     async with Engine(database_url, pool_size=2) as client:
         handle = client.register(four_steps.definition)
-        run = await handle.start(Job(counter_file=str(counter), release_file=str(release)))
+        job = Job(counter_file=str(counter), release_file=str(release), attempts_file=str(attempts))
+        run = await handle.start(job)
 
         first = spawn(workers, database_url, tmp_path)
         await until(
@@ -173,6 +175,9 @@ async def test_a_worker_killed_mid_step_is_recovered_within_lease_plus_sweep(
     assert done <= bound, f"finished {done:.1f} s after the kill (bound {bound:.0f} s)"
     runs = Counter(counter.read_text().split())
     assert runs["s3"] <= 2 and runs == Counter(s1=1, s2=1, s3=runs["s3"], s4=1), runs
+    # killed mid-s3 (s3 had begun, so it runs again): the re-run is attempt 2
+    seen = attempts.read_text().splitlines()
+    assert seen == ["s1 1", "s2 1", "s3 1", "s3 2", "s4 1"], seen
     print(
         f"\nkill -> recovered {recovered:.1f} s, kill -> finished {done:.1f} s "
         f"(bound {LEASE:.0f} + {EVERY} + {SLACK:.0f} s); step executions {dict(runs)}"

@@ -21,10 +21,12 @@ from tests.integration.flows import eventually, sql
 async def test_sigkill_after_step_two_of_four(database_url: str, tmp_path: Path) -> None:
     counter = tmp_path / "counts.txt"
     release = tmp_path / "release"
+    attempts = tmp_path / "attempts.txt"
     counter.touch()
     async with Engine(database_url, pool_size=2) as client:
         handle = client.register(four_steps.definition)
-        run = await handle.start(Job(counter_file=str(counter), release_file=str(release)))
+        job = Job(counter_file=str(counter), release_file=str(release), attempts_file=str(attempts))
+        run = await handle.start(job)
 
         first = start_worker("kill_app:engine", database_url, tmp_path / "worker1.log")
         try:
@@ -55,6 +57,15 @@ async def test_sigkill_after_step_two_of_four(database_url: str, tmp_path: Path)
     assert runs == Counter(s1=1, s2=1, s3=2, s4=1), runs
     events = [e for (e,) in sql(database_url, "SELECT type FROM iterflow.events ORDER BY id")]
     assert "recovered" in events
+    # s3's second execution knows it may be a duplicate: it is attempt 2, and so is its memo
+    seen = attempts.read_text().splitlines()
+    assert seen == ["s1 1", "s2 1", "s3 1", "s3 2", "s4 1"], seen
+    memos = sql(
+        database_url,
+        "SELECT cursor_key, attempts FROM iterflow.steps WHERE run_id = %s ORDER BY position",
+        run.run_id,
+    )
+    assert memos == [("s1", 1), ("s2", 1), ("s3", 2), ("s4", 1)], memos
     print(f"verified: step executions {dict(runs)}; s1/s2 not re-run after their checkpoint")
 
 

@@ -34,8 +34,21 @@ async def test_crash_before_the_checkpoint_runs_the_step_again(
     assert t.history(run).steps == ()  # the step ran, its result was never committed
     await t.recover()
     assert t.steps_run == {"charge": 2}  # at-least-once before the checkpoint
-    assert [s.cursor_key for s in t.history(run).steps] == ["charge"]
+    # the re-run is attempt 2 (step_attempt() said so): the lost attempt counts
+    assert [(s.cursor_key, s.attempts) for s in t.history(run).steps] == [("charge", 2)]
     assert t.history(run).run.status == "sleeping"
+
+
+async def test_each_attempt_lost_before_the_checkpoint_counts(
+    iterflow_any_engine: TestEngine,
+) -> None:
+    t = iterflow_any_engine
+    t.crash_before("charge", times=2)
+    run = await t.start(flows.order, Order(id="X-4", amount=5))
+    await t.recover()
+    await t.recover()
+    assert t.steps_run == {"charge": 3}
+    assert [(s.cursor_key, s.attempts) for s in t.history(run).steps] == [("charge", 3)]
 
 
 async def test_a_cursor_key_targets_one_occurrence_and_nothing_is_written_after_a_crash() -> None:

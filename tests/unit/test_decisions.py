@@ -32,6 +32,7 @@ from iterflow.core.errors import (
 )
 from iterflow.core.models import (
     ChildRecord,
+    RunRecord,
     RunStatus,
     SignalRecord,
     StepKind,
@@ -173,6 +174,72 @@ def test_a_step_starts_at_attempt_one_or_resumes_after_its_backoff() -> None:
     assert due == d.StepRun(3, fire_timer="retry:charge#1")
     # The timer already fired (a crash after the first checkpoint of the resumed attempt).
     assert d.resume_step(call, retrying, {}, NOW) == d.StepRun(3)
+
+
+def test_lost_attempts_count_claims_since_progress_after_a_crash_or_an_outage() -> None:
+    def lost(claims: int, stalled: int, waiting_for: str | None) -> int:
+        run = RunRecord(
+            id=uuid.uuid4(),
+            name="pay",
+            version=1,
+            status=RunStatus.RUNNING,
+            input=None,
+            output=None,
+            error=None,
+            idempotency_key=None,
+            parent_run_id=None,
+            parent_cursor_key=None,
+            tags=(),
+            priority=0,
+            lease_owner="w",
+            lease_expires_at=NOW,
+            claims=claims,
+            stalled_claims=stalled,
+            waiting_for=waiting_for,
+            wake_at=None,
+            created_at=NOW,
+            updated_at=NOW,
+            started_at=NOW,
+            finished_at=None,
+            seq=1,
+        )
+        return d.lost_attempts(run)
+
+    # No lost predecessor: a first claim, a resume after a wait, a retry's wake-up.
+    for waiting_for in (None, "timer:retry:pay", "signal:approve", "child:x", "deploy"):
+        assert lost(1, 1, waiting_for) == 0
+        assert lost(4, 3, waiting_for) == 0
+    for how in ("recovery", "storage"):
+        # The lost attempt had checkpointed (reset the count), then died: one.
+        assert lost(2, 1, how) == 1
+        # Lost without progress since the start: each claim before this one.
+        assert lost(2, 2, how) == 1
+        assert lost(4, 4, how) == 3
+        # Progress, lost; then lost again without progress: both.
+        assert lost(3, 2, how) == 2
+
+
+def test_lost_attempts_add_to_where_a_step_starts() -> None:
+    call = Call(3, StepKind.STEP, "charge", "charge#1")
+    assert d.resume_step(call, None, {}, NOW, lost=1) == d.StepRun(2)
+    assert d.resume_step(call, None, {}, NOW, lost=3) == d.StepRun(4)
+    # Inline retries (memo ``retrying``, attempts 2 recorded), then the attempt running the
+    # third try was lost: the re-run is attempt 4.
+    retrying = memo(3, "charge#1", StepStatus.RETRYING, attempts=2)
+    assert d.resume_step(call, retrying, {}, NOW, lost=1) == d.StepRun(4)
+    # A long backoff's due timer: the lost attempt ran try 3 without firing it.
+    # A long backoff's due timer: the attempt that scheduled it suspended cleanly (it is not
+    # lost), the one that ran try 3 was lost without firing it.
+    timer = TimerRecord("retry:charge#1", NOW)
+    due = d.resume_step(call, retrying, {timer.cursor_key: timer}, NOW, lost=2)
+    assert due == d.StepRun(4, fire_timer="retry:charge#1")
+    later = d.resume_step(call, retrying, {timer.cursor_key: timer}, NOW, lost=3)
+    assert later == d.StepRun(5, fire_timer="retry:charge#1")
+    # Not due yet: still a wait, whatever was lost.
+    early = TimerRecord("retry:charge#1", NOW + timedelta(minutes=1))
+    assert isinstance(
+        d.resume_step(call, retrying, {early.cursor_key: early}, NOW, lost=1), d.StepWait
+    )
 
 
 def test_step_failures_are_classified() -> None:

@@ -117,6 +117,7 @@ __all__ = [
     "fork_cut",
     "forked_run",
     "join_branches",
+    "lost_attempts",
     "outage_plan",
     "resume_children",
     "resume_step",
@@ -283,18 +284,40 @@ class StepWait:
     plan: SuspendPlan
 
 
+def lost_attempts(run: RunRecord) -> int:
+    """How many earlier attempts of a just-claimed ``run`` may have begun, without recording
+    it, the step(s) this attempt begins before its first checkpoint (where the run stopped).
+
+    0 unless the previous attempt was lost: its lease expired (the reconciler's recovery,
+    ``waiting_for`` = ``recovery``) or a storage outage aborted it (``storage``: its step may
+    have run, then failed to checkpoint). Then each claim since the run last recorded progress
+    but this one (``stalled_claims`` counts this claim too), plus the attempt that recorded that
+    progress, if an attempt did (an earlier claim): it may have been lost after it. An attempt
+    lost before it reached the step (killed while replaying) cannot be told apart and is
+    counted: a step that may be a duplicate says so. :func:`resume_step` discounts the attempt
+    that scheduled a due backoff, which ended cleanly."""
+    if run.waiting_for not in (keys.WAITING_RECOVERY, keys.WAITING_STORAGE):
+        return 0
+    return run.stalled_claims - 1 + (run.claims > run.stalled_claims)
+
+
 def resume_step(
-    call: Call, memo: StepRecord | None, timers: Mapping[str, TimerRecord], now: datetime
+    call: Call,
+    memo: StepRecord | None,
+    timers: Mapping[str, TimerRecord],
+    now: datetime,
+    lost: int = 0,
 ) -> StepRun | StepWait:
     """Where a step without a final memo starts: attempt 1, or after a ``retrying`` memo (a
     long backoff ended the attempt that failed) the next attempt once its ``retry:<key>`` timer
-    is due."""
+    is due; plus the ``lost`` attempts (:func:`lost_attempts`) that may have begun it since its
+    last recorded attempt."""
     if memo is None or memo.status is not StepStatus.RETRYING:
-        return StepRun(1)
+        return StepRun(1 + lost)
     retry_key = keys.retry_timer_key(call.cursor_key)
     timer = timers.get(retry_key)
     if timer is None:  # already fired (or never pinned): go on
-        return StepRun(memo.attempts + 1)
+        return StepRun(memo.attempts + 1 + lost)
     if timer.fire_at > now:
         return StepWait(
             SuspendPlan(
@@ -306,7 +329,9 @@ def resume_step(
                 progress=False,
             )
         )
-    return StepRun(memo.attempts + 1, fire_timer=retry_key)
+    # The attempt that scheduled this backoff suspended cleanly: not one of the lost ones.
+    lost = max(lost - 1, 1) if lost else 0
+    return StepRun(memo.attempts + 1 + lost, fire_timer=retry_key)
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,7 +110,8 @@ class AttemptInfo:
     #: What :meth:`Hook.inject` returned when the run was started (empty if nothing).
     carrier: Mapping[str, str]
     #: What the run waited for before this claim (``signal:<name>``, ``timer:<key>``,
-    #: ``child:<id>``, ``storage``, ``recovery``, ``deploy``), None for a first attempt.
+    #: ``child:<id>``, ``storage``, ``recovery``, ``deploy``), None for a first attempt;
+    #: ``recovery`` also when this claim took the run from an attempt whose lease expired.
     resumed_from: str | None
     #: The same as a :attr:`SuspendInfo.reason` (``sleep``, ``signal``, ``child``, ``retry``,
     #: ``storage``), see :func:`wait_reason`; None if the run was not suspended.

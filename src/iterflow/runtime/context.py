@@ -119,6 +119,9 @@ class FlowContext:
         self.failed_step: str | None = None
         self._invokes = 0
         self._progressed = False  # has this attempt checkpointed yet (renewed its lease)?
+        #: Earlier attempts lost (crash, outage) that may have begun the step(s) this attempt
+        #: begins before its first checkpoint: they count in those steps' attempts.
+        self._lost = decisions.lost_attempts(run)
         self.interrupted: Interrupt | LeaseLost | None = None
         self._calls = CallWatch(self)
         self.log = ReplayQuietLogger(logger, self)
@@ -239,7 +242,9 @@ class FlowContext:
         The result is stored as JSON (pydantic-encoded, typed by ``fn``'s return annotation) and
         decoded the same way on the first run and on replays. ``retries`` extra attempts are made
         with exponential backoff and jitter (``backoff`` is the first wait or a
-        :class:`RetryPolicy`); every attempt is recorded, so a crash never resets the count.
+        :class:`RetryPolicy`); every attempt is recorded, so a crash never resets the count: a
+        step re-run after its attempt was lost (worker crash, lease expiry, storage outage)
+        counts the lost attempt(s), and the lost attempts count against ``retries``.
         A function without a return annotation must return JSON data (``STEP_RESULT_UNTYPED``).
 
         ``compensate=undo``: once the step completed, ``undo(result)`` is its compensation. When
@@ -280,7 +285,8 @@ class FlowContext:
             value = replay.memo_value(memo, lambda out: codec.load(out, out_type))
             return self._completed(call, undo, value)
         self._halt_here()
-        start = decisions.resume_step(call, memo, self._timers, self._clock())
+        lost = 0 if self._progressed else self._lost
+        start = decisions.resume_step(call, memo, self._timers, self._clock(), lost)
         if isinstance(start, decisions.StepWait):
             self._raise(Suspended(start.plan))
         attempt, fired = start.attempt, start.fire_timer

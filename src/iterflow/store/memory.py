@@ -441,6 +441,8 @@ class MemoryStore:
         if decision is not None and limits is not None and key is not None:
             self._wake_line(run.name, key, run.id, limits, decision)
         ready_at = run.lease_expires_at if expired else (run.updated_at or run.created_at)
+        if expired:  # taken from a lost attempt, as the reconciler's recovery would
+            run.waiting_for = keys.WAITING_RECOVERY
         token = uuid.uuid4()
         run.status = RunStatus.RUNNING
         run.lease_token, run.lease_owner = token, owner

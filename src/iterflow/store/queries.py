@@ -213,7 +213,11 @@ class Statements:
                     lease_owner = :owner,
                     lease_expires_at = now() + make_interval(secs => :lease),
                     claims = claims + 1, stalled_claims = stalled_claims + 1,
-                    started_at = coalesce(started_at, now()), updated_at = now(), held = NULL
+                    started_at = coalesce(started_at, now()), updated_at = now(), held = NULL,
+                    -- taken from a lost attempt (expired lease), as the reconciler's recovery
+                    -- would: the attempt counts it (iterflow.core.decisions.lost_attempts)
+                    waiting_for = CASE WHEN status = {_RUNNING} THEN {_v(WaitKind.RECOVERY)}
+                                       ELSE waiting_for END
                 WHERE id = :run_id AND ({status_in(RESUMABLE_STATUSES)}
                     OR (status = {_RUNNING} AND lease_expires_at < now()))
                     -- flow control (iterflow.core.limits): a flow version this worker serves
