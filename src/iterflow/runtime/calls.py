@@ -22,9 +22,8 @@ from typing import Any, Protocol, TypeVar
 
 from iterflow.core import codec
 from iterflow.core.errors import CtxNested, CtxNotAwaited, StepResultUntyped
-from iterflow.core.keys import check_label
 
-__all__ = ["CallWatch", "ReplayQuietLogger", "check_label", "check_untyped", "inside_step"]
+__all__ = ["CallWatch", "ReplayQuietLogger", "check_untyped", "inside_step"]
 
 T = TypeVar("T")
 

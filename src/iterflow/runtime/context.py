@@ -50,17 +50,12 @@ from iterflow.core.errors import (
     Suspended,
 )
 from iterflow.core.hooks import TRACE_META_KEY, Hooks, StartInfo, StepEndInfo, StepInfo
+from iterflow.core.keys import check_label
 from iterflow.core.models import StepKind, StepRecord, StepStatus
 from iterflow.core.retry import RetryPolicy
 from iterflow.core.settings import Settings
 from iterflow.core.signals import Signal, resolve
-from iterflow.runtime.calls import (
-    CallWatch,
-    ReplayQuietLogger,
-    check_label,
-    check_untyped,
-    inside_step,
-)
+from iterflow.runtime.calls import CallWatch, ReplayQuietLogger, check_untyped, inside_step
 from iterflow.runtime.executor import execute, keep_traceback
 from iterflow.store.base import Claim, Store
 
