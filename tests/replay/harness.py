@@ -19,8 +19,6 @@ from iterflow.core.definition import FlowDef
 from iterflow.core.errors import Aborted, Drifted, LeaseLost, Suspended
 from iterflow.core.models import (
     NewRun,
-    RunRecord,
-    RunStatus,
     SignalRecord,
     StepRecord,
     TimerRecord,
@@ -28,6 +26,7 @@ from iterflow.core.models import (
 from iterflow.core.settings import Settings
 from iterflow.runtime.context import FlowContext
 from iterflow.store.base import Claim, Lease, Store
+from tests.records import run_record
 
 RUN_ID = uuid.UUID("00000000-0000-4000-8000-000000000001")
 
@@ -88,30 +87,15 @@ async def replay(
 ) -> Outcome:
     """One attempt of ``flow`` over ``history`` at time ``now``."""
     store = StubStore()
-    run = RunRecord(
+    run = run_record(
         id=RUN_ID,
         name=flow.name,
         version=flow.version,
-        status=RunStatus.RUNNING,
         input=input,
-        output=None,
-        error=None,
-        idempotency_key=None,
-        parent_run_id=None,
-        parent_cursor_key=None,
-        tags=(),
-        priority=0,
         lease_owner="replay",
-        lease_expires_at=None,
-        claims=1,
-        stalled_claims=0,
-        waiting_for=None,
-        wake_at=None,
         created_at=now,
         updated_at=now,
         started_at=now,
-        finished_at=None,
-        seq=1,
     )
     claim = Claim(
         run=run,

@@ -32,7 +32,6 @@ from iterflow.core.errors import (
 )
 from iterflow.core.models import (
     ChildRecord,
-    RunRecord,
     RunStatus,
     SignalRecord,
     StepKind,
@@ -44,6 +43,7 @@ from iterflow.core.models import (
 from iterflow.core.replay import Call
 from iterflow.core.retry import RetryPolicy
 from iterflow.core.settings import Settings
+from tests.records import run_record
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 RUN = uuid.UUID("00000000-0000-4000-8000-000000000001")
@@ -178,31 +178,7 @@ def test_a_step_starts_at_attempt_one_or_resumes_after_its_backoff() -> None:
 
 def test_lost_attempts_count_claims_since_progress_after_a_crash_or_an_outage() -> None:
     def lost(claims: int, stalled: int, waiting_for: str | None) -> int:
-        run = RunRecord(
-            id=uuid.uuid4(),
-            name="pay",
-            version=1,
-            status=RunStatus.RUNNING,
-            input=None,
-            output=None,
-            error=None,
-            idempotency_key=None,
-            parent_run_id=None,
-            parent_cursor_key=None,
-            tags=(),
-            priority=0,
-            lease_owner="w",
-            lease_expires_at=NOW,
-            claims=claims,
-            stalled_claims=stalled,
-            waiting_for=waiting_for,
-            wake_at=None,
-            created_at=NOW,
-            updated_at=NOW,
-            started_at=NOW,
-            finished_at=None,
-            seq=1,
-        )
+        run = run_record(claims=claims, stalled_claims=stalled, waiting_for=waiting_for)
         return d.lost_attempts(run)
 
     # No lost predecessor: a first claim, a resume after a wait, a retry's wake-up.

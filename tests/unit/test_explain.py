@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,38 +19,15 @@ from iterflow.core.keys import (
     waiting_for_timer,
 )
 from iterflow.core.models import RunRecord, RunStatus
+from tests.records import run_record
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SINCE = NOW - timedelta(hours=1)
 
 
 def _run(status: RunStatus, **changes: Any) -> RunRecord:
-    run = RunRecord(
-        id=uuid.UUID(int=1),
-        name="order",
-        version=2,
-        status=status,
-        input={},
-        output=None,
-        error=None,
-        idempotency_key=None,
-        parent_run_id=None,
-        parent_cursor_key=None,
-        tags=(),
-        priority=0,
-        lease_owner=None,
-        lease_expires_at=None,
-        claims=1,
-        stalled_claims=0,
-        waiting_for=None,
-        wake_at=None,
-        created_at=SINCE - timedelta(minutes=5),
-        updated_at=SINCE,
-        started_at=None,
-        finished_at=None,
-        seq=1,
-    )
-    return dataclasses.replace(run, **changes)
+    changes = {"created_at": SINCE - timedelta(minutes=5), "updated_at": SINCE, **changes}
+    return run_record(status, **changes)
 
 
 def test_signal_wait_names_the_signal_and_since_when() -> None:
