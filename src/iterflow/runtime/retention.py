@@ -58,12 +58,12 @@ class RetentionSweeper:
         workers' periodic task stays short, like every periodic task)."""
         if self._policy is None:
             return PurgeReport()
-        stop = None if budget_seconds is None else time.monotonic() + budget_seconds
-        report = await self.purge(self._policy.rules(), budget_seconds=budget_seconds)
+        stop = _deadline(budget_seconds)
+        report = await self._purge(self._policy.rules(), False, stop, None)
         if report.runs:
             logger.info("retention deleted %d run(s) %s", report.runs, dict(report.by_status))
         age, schedules = self._policy.schedule_events, self._schedules
-        if age is None or schedules is None or (stop is not None and time.monotonic() >= stop):
+        if age is None or schedules is None or _past(stop):
             return report
         events = await self._purge_schedule_events(schedules, age, stop)
         if events:
@@ -79,10 +79,9 @@ class RetentionSweeper:
             began = time.monotonic()
             deleted = await schedules.purge_schedule_events(age, limit=self._batch)
             total += deleted
-            if deleted < self._batch or (stop is not None and time.monotonic() >= stop):
+            if deleted < self._batch or _past(stop):
                 return total
-            if self._idle:
-                await asyncio.sleep((time.monotonic() - began) * self._idle)
+            await self._rest(began)
 
     async def purge(
         self,
@@ -94,11 +93,20 @@ class RetentionSweeper:
     ) -> PurgeReport:
         """Apply ``rules`` (or, with ``dry_run``, count what they would delete); ``progress``
         is called after each batch with the runs deleted so far."""
+        return await self._purge(rules, dry_run, _deadline(budget_seconds), progress)
+
+    async def _purge(
+        self,
+        rules: Sequence[RetentionRule],
+        dry_run: bool,
+        stop: float | None,
+        progress: Callable[[int], object] | None,
+    ) -> PurgeReport:
+        """:meth:`purge` starting no batch after ``stop`` (``time.monotonic()``; None: never)."""
         runs = 0
         by_status: dict[RunStatus, int] = {}
-        stop = None if budget_seconds is None else time.monotonic() + budget_seconds
         for rule in rules:
-            if stop is not None and time.monotonic() >= stop:
+            if _past(stop):
                 break
             top, total = await self._apply(rule, dry_run, stop, _offset(progress, runs))
             runs += total
@@ -132,12 +140,24 @@ class RetentionSweeper:
             if not dry_run and batch.runs and self._hooks is not None:
                 info = PurgeInfo(count=batch.runs, flow=rule.flow, statuses=(rule.status,))
                 self._hooks.purge(info)
-            if dry_run or batch.top_level < self._batch or batch.runs == 0:
+            if dry_run or batch.top_level < self._batch or batch.runs == 0 or _past(stop):
                 return top, total
-            if stop is not None and time.monotonic() >= stop:
-                return top, total
-            if self._idle:
-                await asyncio.sleep((time.monotonic() - began) * self._idle)
+            await self._rest(began)
+
+    async def _rest(self, began: float) -> None:
+        """Pause after a batch that began at ``began`` in proportion to its duration (``pace``)."""
+        if self._idle:
+            await asyncio.sleep((time.monotonic() - began) * self._idle)
+
+
+def _deadline(budget_seconds: float | None) -> float | None:
+    """When a sweep given ``budget_seconds`` stops starting batches (None: never)."""
+    return None if budget_seconds is None else time.monotonic() + budget_seconds
+
+
+def _past(stop: float | None) -> bool:
+    """Whether the deadline ``stop`` (:func:`_deadline`) has passed."""
+    return stop is not None and time.monotonic() >= stop
 
 
 def _offset(
