@@ -472,3 +472,17 @@ def test_text_output_error_lines_and_logs_escape_control_characters(
     )
     line = _TextLogFormatter("%(levelname)s %(message)s").format(record)
     assert line == "ERROR run r1 failed: x\\n  FORGED\\x1b[0m"
+
+
+def test_a_traceback_in_a_text_log_line_cannot_drive_the_terminal() -> None:
+    try:
+        raise ValueError("step said \x1b[2J\x1b]0;owned\x07\x9b31m")
+    except ValueError:
+        record = logging.LogRecord(
+            "iterflow", logging.ERROR, __file__, 1, "attempt failed", (), sys.exc_info()
+        )
+    text = _TextLogFormatter("%(levelname)s %(message)s").format(record)
+    lines = text.split("\n")
+    assert lines[0] == "ERROR attempt failed" and lines[1] == "Traceback (most recent call last):"
+    assert lines[-1] == "ValueError: step said \\x1b[2J\\x1b]0;owned\\x07\\x9b31m"
+    assert not any(ch in text for ch in "\x1b\x07\x9b")

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from iterflow import Engine, FlowError, StepContext, flow
 from iterflow.core.builder import FlowBuilder
-from iterflow.core.errors import FlowDefinitionError
+from iterflow.core.errors import ConfigInvalid, FlowDefinitionError
 from iterflow.core.graph import GraphEdge
 from iterflow.core.models import RunStatus
 from iterflow.testing import FakeClock
@@ -253,6 +253,22 @@ async def test_a_label_within_a_raised_max_label_chars_runs() -> None:
         run = await handle.start(N(n=1))
         await engine.drain()
         assert await handle.result(run.run_id, timeout=1) == N(n=2)
+
+
+def test_lowering_max_label_chars_below_a_registered_flows_label_is_refused() -> None:
+    """Registration checked the label against the limit of that time; lowering the limit
+    afterwards would make every run of the flow fail, so ``configure`` refuses it."""
+    engine = Engine.in_memory(max_label_chars=300)
+    engine.register(flow("long").input(N).step("L" * 250, inc).build())
+    with pytest.raises(ConfigInvalid) as info:
+        engine.configure(max_label_chars=200)
+    assert info.value.message.startswith(
+        "max_label_chars=200 is too small for a flow already registered: flow 'long': step "
+        "label is 250 characters, over the limit of 200"
+    )
+    assert engine.settings.max_label_chars == 300
+    engine.configure(max_label_chars=250)
+    assert engine.settings.max_label_chars == 250
 
 
 def test_the_same_signal_model_twice_and_unlabelled_repeats_are_allowed() -> None:

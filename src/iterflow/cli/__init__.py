@@ -231,10 +231,22 @@ def _run(args: argparse.Namespace) -> int | None:
 
 class _TextLogFormatter(logging.Formatter):
     """A log record's line with its control characters escaped (a message may carry data: a
-    tag, an error message), the traceback after it as it is."""
+    tag, an error message; its newline shows as ``\\n``), then its traceback with every line's
+    control characters escaped alike but its line breaks kept (an exception's message is data
+    too: it cannot drive the terminal, though a newline in it still breaks the traceback's line)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return _escape_lines(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _escape_lines(super().formatStack(stack_info))
+
+
+def _escape_lines(text: str) -> str:
+    return "\n".join(escape_controls(line) for line in text.split("\n"))
 
 
 class _JsonLogFormatter(logging.Formatter):

@@ -29,6 +29,7 @@ from iterflow.core.durations import DurationLike, parse_duration
 from iterflow.core.errors import (
     ConfigInvalid,
     EventInputInvalid,
+    FlowDefinitionError,
     FlowUnknown,
     InputInvalid,
     RunNotFound,
@@ -314,14 +315,27 @@ class Engine:
     def configure(self, **changes: Any) -> None:
         """Change settings, validated like ``Settings(...)``, e.g. ``configure(database_url=url)``.
 
-        Raises ``ConfigInvalid`` for an unknown field or an invalid value (nothing changes). The
-        pool, the worker and the reconciler read settings when the engine opens, so changes are
-        refused while it is open: configure it before ``async with engine`` (or close it first).
+        Raises ``ConfigInvalid`` for an unknown field or an invalid value (nothing changes),
+        including a ``max_label_chars`` below a label of a flow already registered (every run of
+        it would fail). The pool, the worker and the reconciler read settings when the engine
+        opens, so changes are refused while it is open: configure it before ``async with
+        engine`` (or close it first).
         """
         new = self.settings.model_copy(update=changes)  # validates (ConfigInvalid)
         changed = sorted(k for k in changes if getattr(new, k) != getattr(self.settings, k))
         if not changed:
             return
+        if "max_label_chars" in changed:
+            for flow in self.registry.all():
+                if isinstance(flow, BuiltFlow):
+                    try:
+                        flow.check_labels(new.max_label_chars)
+                    except FlowDefinitionError as exc:
+                        raise ConfigInvalid(
+                            f"max_label_chars={new.max_label_chars} is too small for a flow "
+                            f"already registered: {exc.message}. Keep the larger limit, or "
+                            "configure it before registering"
+                        ) from exc
         if self._memory is not None and "database_url" in changed:
             raise ConfigInvalid("an in-memory engine has no database URL to change")
         if self._store is not None:
